@@ -1,0 +1,362 @@
+//! The transport contract: named streams of envelopes, consumer groups, acknowledgements.
+//!
+//! A transport knows nothing about kinds or routes: the bus hands it stream keys. Every
+//! transport gives the same delivery semantics (DESIGN section 5); the conformance suite in
+//! `dualbus-testkit` checks each one against the same tests.
+
+use crate::envelope::Envelope;
+use async_trait::async_trait;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The name of a stream (`dualbus:logic:risk_alert`).
+pub type StreamKey = Arc<str>;
+
+/// Position of an entry in a stream, ordered; Redis stream ids (`ms-seq`) map onto it directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EntryId {
+    /// Milliseconds part (0 on the embedded transport).
+    pub ms: u64,
+    /// Sequence part (the offset on the embedded transport).
+    pub seq: u64,
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// A shared, immutable reference to a delivered envelope. Envelopes published in one batch
+/// share one allocation, so handing one to every group costs a reference count, not a copy.
+#[derive(Clone)]
+pub struct EnvelopeRef {
+    seg: Arc<[Envelope]>,
+    idx: u32,
+}
+
+impl EnvelopeRef {
+    /// Refers to envelope `idx` of a shared batch.
+    ///
+    /// # Panics
+    /// When `idx` is out of range: a bug in the transport.
+    pub fn shared(seg: Arc<[Envelope]>, idx: usize) -> EnvelopeRef {
+        assert!(idx < seg.len(), "envelope index out of range");
+        EnvelopeRef {
+            seg,
+            idx: idx as u32,
+        }
+    }
+
+    /// Wraps one owned envelope.
+    pub fn owned(env: Envelope) -> EnvelopeRef {
+        EnvelopeRef {
+            seg: Arc::from(vec![env]),
+            idx: 0,
+        }
+    }
+}
+
+impl Deref for EnvelopeRef {
+    type Target = Envelope;
+    fn deref(&self) -> &Envelope {
+        &self.seg[self.idx as usize]
+    }
+}
+
+impl fmt::Debug for EnvelopeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// One message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Index of the stream in [`SubscribeSpec::streams`].
+    pub stream: u16,
+    /// The entry's id in that stream; pass it back to acknowledge.
+    pub id: EntryId,
+    /// 1 on first delivery, then counts redeliveries.
+    pub attempt: u32,
+    /// The message.
+    pub envelope: EnvelopeRef,
+}
+
+/// What one call to [`Subscriber::next_batch`] returned.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Messages to handle, in stream order per stream.
+    pub deliveries: Vec<Delivery>,
+    /// Fast mode: messages jumped over because the consumer fell behind its lag limit.
+    pub skipped: u64,
+    /// Messages this call moved to the dead-letter stream (too many deliveries, or unparsable).
+    pub dead_lettered: u64,
+}
+
+/// How a subscription acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Acknowledge after the handler succeeds; redeliver otherwise; dead-letter after N tries.
+    #[default]
+    Reliable,
+    /// No acknowledgement; a consumer too far behind jumps to the head and is told how far.
+    Fast,
+}
+
+/// What a publisher meets when a reliable group's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// The publisher waits until the group has room.
+    #[default]
+    Block,
+    /// The group's oldest messages are dropped and counted.
+    DropOldest,
+    /// The publish fails with [`PublishError::Full`].
+    Reject,
+}
+
+/// Where a new group starts reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Only messages published after the group was created.
+    #[default]
+    Newest,
+    /// Everything the stream still holds.
+    Oldest,
+}
+
+/// When a publish returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Confirm {
+    /// Once queued for the broker.
+    #[default]
+    Queued,
+    /// Once the broker has it.
+    Broker,
+}
+
+/// One subscription: (group, consumer, streams) and how it is delivered.
+#[derive(Clone, Debug)]
+pub struct SubscribeSpec {
+    /// Consumer group; every group sees every message.
+    pub group: Arc<str>,
+    /// Consumer within the group; consumers of a group share the messages.
+    pub consumer: Arc<str>,
+    /// Streams to read, all in one call.
+    pub streams: Vec<StreamKey>,
+    /// Reliable or fast.
+    pub mode: Mode,
+    /// Where a new group starts.
+    pub start: StartFrom,
+    /// Most messages a reliable group may hold unacknowledged or unread.
+    pub queue_bound: usize,
+    /// What happens at `queue_bound`.
+    pub backpressure: Backpressure,
+    /// Fast mode: how far behind a consumer may fall before it jumps to the head.
+    pub lag_limit: u64,
+    /// Unacknowledged messages idle this long are redelivered (to any consumer of the group).
+    pub idle_timeout: Duration,
+    /// After this many deliveries without acknowledgement a message is dead-lettered.
+    pub max_deliveries: u32,
+    /// Where dead letters go.
+    pub dead_letter: StreamKey,
+}
+
+impl SubscribeSpec {
+    /// A reliable subscription with the library defaults (bound 100,000, block, idle 30 s,
+    /// 5 deliveries, lag limit 100,000).
+    pub fn new(
+        group: impl Into<Arc<str>>,
+        consumer: impl Into<Arc<str>>,
+        streams: Vec<StreamKey>,
+        dead_letter: impl Into<Arc<str>>,
+    ) -> SubscribeSpec {
+        SubscribeSpec {
+            group: group.into(),
+            consumer: consumer.into(),
+            streams,
+            mode: Mode::Reliable,
+            start: StartFrom::Newest,
+            queue_bound: 100_000,
+            backpressure: Backpressure::Block,
+            lag_limit: 100_000,
+            idle_timeout: Duration::from_secs(30),
+            max_deliveries: 5,
+            dead_letter: dead_letter.into(),
+        }
+    }
+}
+
+/// A message moved to a dead-letter stream, with why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The stream it came from.
+    pub stream: String,
+    /// The group that gave up on it (empty for entries rejected before any group).
+    pub group: String,
+    /// Its id in the original stream.
+    pub entry: EntryId,
+    /// How many times it was delivered.
+    pub deliveries: u32,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The message, when it parsed.
+    pub envelope: Option<Envelope>,
+}
+
+/// Counters a transport keeps itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Messages dropped by a `DropOldest` policy or trimmed before a group read them.
+    pub dropped: u64,
+    /// Messages moved to a dead-letter stream.
+    pub dead_lettered: u64,
+    /// Deliveries after the first.
+    pub redelivered: u64,
+    /// Fast-mode messages skipped by consumers that fell behind.
+    pub skipped: u64,
+}
+
+/// Whether the broker answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Reachable.
+    Up,
+    /// Unreachable, with why.
+    Down {
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Why a publish failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// A group with the `Reject` policy has no room.
+    #[error("stream {stream}: group {group} is full ({bound} messages queued), message rejected")]
+    Full {
+        /// The stream.
+        stream: String,
+        /// The full group.
+        group: String,
+        /// Its bound.
+        bound: usize,
+    },
+    /// The transport was shut down.
+    #[error("transport closed")]
+    Closed,
+    /// The broker cannot be reached.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with an error.
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// Why a subscription could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The spec is unusable (no streams, empty group, ...).
+    #[error("invalid subscription: {0}")]
+    Invalid(String),
+    /// The broker cannot be reached.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with an error.
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// Why receiving failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiveError {
+    /// The transport was shut down.
+    #[error("transport closed")]
+    Closed,
+    /// The broker cannot be reached.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with an error.
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// Why an acknowledgement failed (the messages stay pending and will be redelivered).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// The broker cannot be reached.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered with an error.
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// Moves envelopes between named streams with consumer-group semantics.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// A short name for logs and benchmarks (`memory`, `redis`).
+    fn name(&self) -> &'static str;
+
+    /// Appends a batch to one stream, in order.
+    ///
+    /// # Errors
+    /// [`PublishError::Full`] when a group with the `Reject` policy has no room for the whole
+    /// batch (nothing is appended); `Unavailable`/`Broker` when the broker fails.
+    async fn publish(
+        &self,
+        stream: &StreamKey,
+        batch: Vec<Envelope>,
+        confirm: Confirm,
+    ) -> Result<(), PublishError>;
+
+    /// Joins (creating if needed) a consumer group on the given streams.
+    ///
+    /// # Errors
+    /// [`SubscribeError`] when the spec is invalid or the broker fails.
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Subscriber>, SubscribeError>;
+
+    /// Whether the broker answers.
+    async fn health(&self) -> Health;
+
+    /// Reads up to `max` entries of a dead-letter stream, oldest first.
+    ///
+    /// # Errors
+    /// [`ReceiveError`] when the broker fails.
+    async fn dead_letters(
+        &self,
+        stream: &StreamKey,
+        max: usize,
+    ) -> Result<Vec<DeadLetter>, ReceiveError>;
+
+    /// Counters kept by the transport.
+    fn stats(&self) -> TransportStats;
+}
+
+/// One consumer of a group. Dropping it leaves its unacknowledged messages pending, to be
+/// redelivered after the idle timeout (or at once when the same consumer subscribes again).
+#[async_trait]
+pub trait Subscriber: Send {
+    /// Waits for at least one message (or a fast-mode skip report) and returns up to `max`.
+    /// A consumer that subscribes again under the same name first gets its own pending messages.
+    ///
+    /// Cancel-safe: if the future is dropped before it completes, no message is lost (messages
+    /// already taken stay pending and are redelivered after the idle timeout).
+    ///
+    /// # Errors
+    /// [`ReceiveError`] when the transport is closed or the broker fails.
+    async fn next_batch(&mut self, max: usize) -> Result<Batch, ReceiveError>;
+
+    /// Acknowledges handled messages (`(stream index, id)`).
+    ///
+    /// # Errors
+    /// [`AckError`] when the broker fails; the messages stay pending.
+    async fn ack(&mut self, ids: &[(u16, EntryId)]) -> Result<(), AckError>;
+
+    /// Records why a message failed; it stays pending and is redelivered after the idle timeout,
+    /// and the last reason goes with it to the dead-letter stream.
+    async fn nack(&mut self, stream: u16, id: EntryId, reason: &str);
+}
