@@ -131,6 +131,17 @@ impl SourceDedup {
         }
         verdict
     }
+
+    /// Un-records `seq` (its handler failed, so a redelivery must not count as a duplicate).
+    pub fn forget(&mut self, src: &Arc<str>, inst: &Arc<str>, seq: u64) {
+        if let Some(&slot) = self.index.get(&(src.clone(), inst.clone())) {
+            let w = &mut self.windows[slot];
+            if seq <= w.max && w.max - seq < w.span() {
+                let (i, m) = w.pos(seq);
+                w.bits[i] &= !m;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +161,8 @@ mod tests {
         let i2: Arc<str> = Arc::from("risk-2");
         assert_eq!(d.check(&s, &i2, 10), Verdict::New);
         assert_eq!(d.check(&s, &i, 11), Verdict::Duplicate);
+        d.forget(&s, &i, 11);
+        assert_eq!(d.check(&s, &i, 11), Verdict::New);
     }
 
     #[test]

@@ -284,7 +284,7 @@ impl Envelope {
         let opt = |i: usize, field: &'static str| -> Result<Option<Arc<str>>, WireError> {
             match slots[i] {
                 None => Ok(None),
-                Some(b) if b.is_empty() => Ok(None),
+                Some([]) => Ok(None),
                 Some(b) => Ok(Some(Arc::from(utf8(field, b)?))),
             }
         };

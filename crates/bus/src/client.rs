@@ -1,0 +1,1087 @@
+//! The `DualBus` client.
+
+use crate::config::{BusId, Config};
+use crate::route::{is_priority, Route, Router};
+use bytes::Bytes;
+use dualbus_core::dedup::{SourceDedup, Verdict};
+use dualbus_core::transport::StreamKey;
+use dualbus_core::{
+    Backpressure, CodecError, Confirm, DeadLetter, Encoding, Envelope, EventKind, Health, Mode,
+    Pattern, Priority, PublishError, ReceiveError, StartFrom, SubscribeError, SubscribeSpec,
+    Subscriber, Topic, TopicError, Transport,
+};
+use dualbus_memory::{MemoryOptions, MemoryTransport};
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch, OnceCell};
+use tokio::task::JoinHandle;
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Bad configuration or construction.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A topic that does not start with its kind's name.
+    #[error("topic {topic:?} does not start with its kind {kind:?} (topics are {{kind}}.…)")]
+    TopicKindMismatch {
+        /// The topic.
+        topic: String,
+        /// The kind.
+        kind: String,
+    },
+    /// A bad topic or pattern.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// A payload that could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Publishing failed on a bus.
+    #[error("publish on the {bus} bus failed: {source}")]
+    Publish {
+        /// The bus.
+        bus: BusId,
+        /// What failed.
+        source: PublishError,
+    },
+    /// Subscribing failed on a bus.
+    #[error("subscribe on the {bus} bus failed: {source}")]
+    Subscribe {
+        /// The bus.
+        bus: BusId,
+        /// What failed.
+        source: SubscribeError,
+    },
+    /// Reading a bus failed.
+    #[error("reading the {bus} bus failed: {source}")]
+    Receive {
+        /// The bus.
+        bus: BusId,
+        /// What failed.
+        source: ReceiveError,
+    },
+    /// `reply` was called with a message that is not a request.
+    #[error("message {id} is not a request (it has no reply stream or correlation id)")]
+    NotARequest {
+        /// The message id.
+        id: String,
+    },
+}
+
+/// Why a request got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// No reply within the timeout.
+    #[error("request {kind} on {topic} got no reply within {after:?}")]
+    Timeout {
+        /// The request's kind.
+        kind: String,
+        /// The request's topic.
+        topic: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The request could not be sent.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// A handler's failure: the message is not acknowledged, is redelivered after the idle timeout,
+/// and is dead-lettered with this reason after the last allowed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError(pub String);
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+impl From<String> for HandlerError {
+    fn from(s: String) -> Self {
+        HandlerError(s)
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(s: &str) -> Self {
+        HandlerError(s.to_string())
+    }
+}
+
+/// Handles the messages of a subscription. Called concurrently from the normal and the
+/// priority-lane reader (and from both buses), hence `&self`.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message; `Ok` acknowledges it.
+    fn handle(&self, msg: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A synchronous closure as a [`Handler`]; see [`handler_fn`].
+pub struct FnHandler<F>(F);
+
+/// Wraps a closure `Fn(&Envelope) -> Result<(), HandlerError>` as a handler.
+pub fn handler_fn<F>(f: F) -> FnHandler<F>
+where
+    F: Fn(&Envelope) -> Result<(), HandlerError> + Send + Sync + 'static,
+{
+    FnHandler(f)
+}
+
+impl<F> Handler for FnHandler<F>
+where
+    F: Fn(&Envelope) -> Result<(), HandlerError> + Send + Sync + 'static,
+{
+    fn handle(&self, msg: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        std::future::ready((self.0)(msg))
+    }
+}
+
+/// Counters of one bus, as seen by this client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BusCounters {
+    /// Messages published.
+    pub published: u64,
+    /// Messages handed to handlers (first deliveries and redeliveries, not duplicates).
+    pub delivered: u64,
+    /// Messages acknowledged (handled, filtered out or duplicates).
+    pub acknowledged: u64,
+    /// Deliveries after the first.
+    pub redelivered: u64,
+    /// Messages moved to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// Messages dropped by a `drop_oldest` policy or a stream trim.
+    pub dropped: u64,
+    /// Fast-mode messages skipped by consumers that fell behind.
+    pub skipped: u64,
+    /// Duplicates suppressed by (`src`, `inst`, `seq`).
+    pub duplicates: u64,
+    /// Handler failures.
+    pub failed: u64,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+#[derive(Default)]
+struct Counters {
+    published: Padded,
+    delivered: AtomicU64,
+    acknowledged: AtomicU64,
+    skipped: AtomicU64,
+    duplicates: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Per-subscription options; unset fields take the `[delivery]` defaults of the config.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// Consumer group (by convention the engine's name).
+    pub group: Arc<str>,
+    /// Consumer name within the group; defaults to the client's instance id.
+    pub consumer: Option<Arc<str>>,
+    /// Topic patterns; a message is handled when any matches.
+    pub patterns: Vec<Pattern>,
+    /// Kinds to read; when empty they come from the patterns' first segments (a wildcard first
+    /// segment reads every known kind).
+    pub kinds: Vec<EventKind>,
+    /// Reliable or fast.
+    pub mode: Option<Mode>,
+    /// Where a new group starts.
+    pub start: Option<StartFrom>,
+    /// Queue bound of the group.
+    pub queue_bound: Option<usize>,
+    /// Policy at the bound.
+    pub backpressure: Option<Backpressure>,
+    /// Redelivery delay of unacknowledged messages.
+    pub idle_timeout: Option<Duration>,
+    /// Deliveries before dead-lettering.
+    pub max_deliveries: Option<u32>,
+    /// Fast-mode lag limit.
+    pub lag_limit: Option<u64>,
+    /// Messages per read.
+    pub batch_max: Option<usize>,
+}
+
+impl SubscribeOptions {
+    /// Options for `group` reading the given topic patterns.
+    ///
+    /// # Errors
+    /// [`TopicError`] naming the bad pattern segment.
+    pub fn new(group: &str, patterns: &[&str]) -> Result<SubscribeOptions, TopicError> {
+        Ok(SubscribeOptions {
+            group: Arc::from(group),
+            consumer: None,
+            patterns: patterns
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect::<Result<_, _>>()?,
+            kinds: Vec::new(),
+            mode: None,
+            start: None,
+            queue_bound: None,
+            backpressure: None,
+            idle_timeout: None,
+            max_deliveries: None,
+            lag_limit: None,
+            batch_max: None,
+        })
+    }
+    /// Sets the consumer name.
+    pub fn consumer(mut self, c: &str) -> Self {
+        self.consumer = Some(Arc::from(c));
+        self
+    }
+    /// Sets the mode.
+    pub fn mode(mut self, m: Mode) -> Self {
+        self.mode = Some(m);
+        self
+    }
+    /// Sets where a new group starts.
+    pub fn start(mut self, s: StartFrom) -> Self {
+        self.start = Some(s);
+        self
+    }
+    /// Sets the queue bound and its policy.
+    pub fn bound(mut self, bound: usize, policy: Backpressure) -> Self {
+        self.queue_bound = Some(bound);
+        self.backpressure = Some(policy);
+        self
+    }
+    /// Sets the redelivery timeout and the deliveries before dead-lettering.
+    pub fn redelivery(mut self, idle: Duration, max_deliveries: u32) -> Self {
+        self.idle_timeout = Some(idle);
+        self.max_deliveries = Some(max_deliveries);
+        self
+    }
+    /// Sets the fast-mode lag limit.
+    pub fn lag_limit(mut self, n: u64) -> Self {
+        self.lag_limit = Some(n);
+        self
+    }
+    /// Sets the most messages per read.
+    pub fn batch_max(mut self, n: usize) -> Self {
+        self.batch_max = Some(n);
+        self
+    }
+    /// Reads these kinds instead of deriving them from the patterns.
+    pub fn kinds(mut self, kinds: Vec<EventKind>) -> Self {
+        self.kinds = kinds;
+        self
+    }
+}
+
+/// Counters of one subscription.
+#[derive(Debug, Default)]
+pub struct SubscriptionStats {
+    /// Messages handled successfully.
+    pub handled: AtomicU64,
+    /// Handler failures.
+    pub failed: AtomicU64,
+    /// Duplicates dropped.
+    pub duplicates: AtomicU64,
+    /// Fast-mode messages skipped.
+    pub skipped: AtomicU64,
+    /// Messages dead-lettered while this subscription read.
+    pub dead_lettered: AtomicU64,
+}
+
+/// A running subscription. Dropping it stops its readers (without waiting).
+pub struct Subscription {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    stats: Arc<SubscriptionStats>,
+}
+
+impl Subscription {
+    /// Its counters.
+    pub fn stats(&self) -> &SubscriptionStats {
+        &self.stats
+    }
+
+    /// Stops the readers and waits for them: the batch in hand is finished and acknowledged.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<Arc<str>, oneshot::Sender<Envelope>>>>;
+
+struct Inner {
+    cfg: Config,
+    router: Router,
+    src: Arc<str>,
+    inst: Arc<str>,
+    enc: Encoding,
+    transports: [Arc<dyn Transport>; 2],
+    counters: [Counters; 2],
+    seq: AtomicU64,
+    corr_seq: AtomicU64,
+    waiting: Waiters,
+    reply_readers: [OnceCell<Subscription>; 2],
+}
+
+/// The client of the two buses: routes each message by kind, publishes, subscribes, and does
+/// request/reply. Cheap to clone.
+#[derive(Clone)]
+pub struct DualBus {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`DualBus`].
+pub struct DualBusBuilder {
+    src: String,
+    inst: Option<String>,
+    cfg: Config,
+    transports: Option<[Arc<dyn Transport>; 2]>,
+    first_seq: Option<u64>,
+}
+
+impl DualBusBuilder {
+    /// Sets the instance id (default: the config's `instance`, else `{engine}-1`).
+    pub fn instance(mut self, inst: &str) -> Self {
+        self.inst = Some(inst.to_string());
+        self
+    }
+    /// Uses this configuration (default: [`Config::default`]).
+    pub fn config(mut self, cfg: Config) -> Self {
+        self.cfg = cfg;
+        self
+    }
+    /// Uses these transports for the MarketData and Engine Logic buses (engines sharing a
+    /// process share transports); default: new embedded transports.
+    pub fn transports(mut self, md: Arc<dyn Transport>, logic: Arc<dyn Transport>) -> Self {
+        self.transports = Some([md, logic]);
+        self
+    }
+    /// The first sequence number (default: the current Unix time in ns, so numbers keep
+    /// increasing across restarts of the same instance).
+    pub fn first_seq(mut self, seq: u64) -> Self {
+        self.first_seq = Some(seq);
+        self
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// [`BusError::Config`] for an invalid config or names, or a transport this build lacks.
+    pub fn build(self) -> Result<DualBus, BusError> {
+        let problems = self.cfg.problems();
+        if !problems.is_empty() {
+            return Err(BusError::Config(
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
+        }
+        let inst = self
+            .inst
+            .or_else(|| self.cfg.instance.clone())
+            .unwrap_or_else(|| format!("{}-1", self.src));
+        if !Envelope::names_valid(&self.src, &inst) {
+            return Err(BusError::Config(format!(
+                "engine name {:?} and instance {:?} must be 1-128 characters of [A-Za-z0-9_-]",
+                self.src, inst
+            )));
+        }
+        let transports = match self.transports {
+            Some(t) => t,
+            None => default_transports(&self.cfg)?,
+        };
+        Ok(DualBus {
+            inner: Arc::new(Inner {
+                router: Router::new(&self.cfg),
+                enc: self.cfg.encoding(),
+                src: Arc::from(self.src),
+                inst: Arc::from(inst),
+                transports,
+                counters: Default::default(),
+                seq: AtomicU64::new(self.first_seq.unwrap_or_else(dualbus_core::now_unix_nanos)),
+                corr_seq: AtomicU64::new(0),
+                waiting: Default::default(),
+                reply_readers: Default::default(),
+                cfg: self.cfg,
+            }),
+        })
+    }
+}
+
+/// The transports a config asks for when none are given.
+///
+/// # Errors
+/// [`BusError::Config`] when the config names a transport this build cannot create.
+pub fn default_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusError> {
+    match cfg.transport.as_str() {
+        "memory" => {
+            let mk = |bus: BusId| -> Arc<dyn Transport> {
+                Arc::new(MemoryTransport::with_options(MemoryOptions {
+                    maxlen: cfg.bus(bus).maxlen as usize,
+                    spin: Duration::from_micros(cfg.memory.spin_us),
+                }))
+            };
+            Ok([mk(BusId::MarketData), mk(BusId::Logic)])
+        }
+        other => Err(BusError::Config(format!(
+            "transport {other:?} cannot be created by DualBusBuilder; pass the transports \
+             explicitly (memory is built in)"
+        ))),
+    }
+}
+
+impl DualBus {
+    /// Starts building a client for the engine `src`.
+    pub fn builder(src: &str) -> DualBusBuilder {
+        DualBusBuilder {
+            src: src.to_string(),
+            inst: None,
+            cfg: Config::default(),
+            transports: None,
+            first_seq: None,
+        }
+    }
+
+    /// A client for another engine sharing this client's transports and config (engines in
+    /// one process).
+    ///
+    /// # Errors
+    /// [`BusError::Config`] for bad names.
+    pub fn sibling(&self, src: &str, inst: &str) -> Result<DualBus, BusError> {
+        DualBus::builder(src)
+            .instance(inst)
+            .config(self.inner.cfg.clone())
+            .transports(
+                self.inner.transports[0].clone(),
+                self.inner.transports[1].clone(),
+            )
+            .build()
+    }
+
+    /// This client's engine name.
+    pub fn src(&self) -> &str {
+        &self.inner.src
+    }
+    /// This client's instance id.
+    pub fn inst(&self) -> &str {
+        &self.inner.inst
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+    /// The transport of a bus.
+    pub fn transport(&self, bus: BusId) -> &Arc<dyn Transport> {
+        &self.inner.transports[bus.index()]
+    }
+
+    /// Where a message of this kind and priority goes.
+    pub fn route(&self, kind: &EventKind, prio: Priority) -> Route {
+        self.inner.router.route(kind, prio)
+    }
+
+    /// Builds an envelope from this client: next sequence number, current time.
+    ///
+    /// # Errors
+    /// [`BusError::TopicKindMismatch`] when the topic does not start with the kind's name.
+    pub fn stamp(
+        &self,
+        kind: EventKind,
+        topic: Topic,
+        prio: Priority,
+        enc: Encoding,
+        payload: Bytes,
+    ) -> Result<Envelope, BusError> {
+        if topic.first_segment() != kind.as_str() {
+            return Err(BusError::TopicKindMismatch {
+                topic: topic.to_string(),
+                kind: kind.to_string(),
+            });
+        }
+        Ok(Envelope {
+            kind,
+            topic,
+            src: self.inner.src.clone(),
+            inst: self.inner.inst.clone(),
+            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+            ts: dualbus_core::now_unix_nanos(),
+            prio,
+            enc,
+            corr: None,
+            reply: None,
+            payload,
+        })
+    }
+
+    /// Encodes `payload` with the configured encoding and stamps an envelope.
+    ///
+    /// # Errors
+    /// Bad topic, topic/kind mismatch, or a payload that does not encode.
+    pub fn envelope<T: Serialize + ?Sized>(
+        &self,
+        kind: EventKind,
+        topic: &str,
+        prio: Priority,
+        payload: &T,
+    ) -> Result<Envelope, BusError> {
+        let topic = Topic::new(topic)?;
+        let bytes = self.inner.enc.encode(payload)?;
+        self.stamp(kind, topic, prio, self.inner.enc, bytes)
+    }
+
+    /// Publishes a payload at normal priority; returns once it is queued.
+    ///
+    /// # Errors
+    /// See [`DualBus::envelope`] and [`DualBus::publish_batch`].
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        kind: EventKind,
+        topic: &str,
+        payload: &T,
+    ) -> Result<(), BusError> {
+        let env = self.envelope(kind, topic, Priority::Normal, payload)?;
+        self.publish_envelope(env).await
+    }
+
+    /// Publishes one envelope; returns once it is queued.
+    ///
+    /// # Errors
+    /// [`BusError::Publish`] naming the bus.
+    pub async fn publish_envelope(&self, env: Envelope) -> Result<(), BusError> {
+        self.send(vec![env], Confirm::Queued).await
+    }
+
+    /// Publishes one envelope; returns once the broker has it.
+    ///
+    /// # Errors
+    /// [`BusError::Publish`] naming the bus.
+    pub async fn publish_confirmed(&self, env: Envelope) -> Result<(), BusError> {
+        self.send(vec![env], Confirm::Broker).await
+    }
+
+    /// Publishes envelopes in order; consecutive envelopes for one stream go in one transport
+    /// call. Returns once all are queued.
+    ///
+    /// # Errors
+    /// [`BusError::Publish`] naming the bus; envelopes before the failing run were published.
+    pub async fn publish_batch(&self, envs: Vec<Envelope>) -> Result<(), BusError> {
+        self.send(envs, Confirm::Queued).await
+    }
+
+    async fn send(&self, envs: Vec<Envelope>, confirm: Confirm) -> Result<(), BusError> {
+        let mut run: Vec<Envelope> = Vec::new();
+        let mut run_route: Option<Route> = None;
+        let mut last_key: Option<(EventKind, bool)> = None;
+        let n = envs.len();
+        for env in envs {
+            let prio_lane = is_priority(&env.kind, env.prio);
+            let same = last_key
+                .as_ref()
+                .is_some_and(|(k, p)| *p == prio_lane && *k == env.kind);
+            if !same {
+                let route = self.inner.router.route(&env.kind, env.prio);
+                if run_route.as_ref().is_some_and(|r| r.stream != route.stream) {
+                    let r = run_route.take().expect("checked");
+                    self.send_run(&r, std::mem::take(&mut run), confirm).await?;
+                }
+                last_key = Some((env.kind.clone(), prio_lane));
+                run_route = Some(route);
+            }
+            if run.is_empty() {
+                run.reserve(n);
+            }
+            run.push(env);
+        }
+        if let Some(r) = run_route {
+            self.send_run(&r, run, confirm).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_run(
+        &self,
+        route: &Route,
+        run: Vec<Envelope>,
+        confirm: Confirm,
+    ) -> Result<(), BusError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let n = run.len() as u64;
+        self.inner.transports[route.bus.index()]
+            .publish(&route.stream, run, confirm)
+            .await
+            .map_err(|source| BusError::Publish {
+                bus: route.bus,
+                source,
+            })?;
+        self.inner.counters[route.bus.index()]
+            .published
+            .0
+            .fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Subscribes a handler. Reads the kinds' streams on their buses and the priority lanes,
+    /// each with its own reader task; a handler sees each message once (duplicates by
+    /// (`src`, `inst`, `seq`) are dropped) and, per kind, in per-source order.
+    ///
+    /// # Errors
+    /// [`BusError::Subscribe`] naming the bus, or a bad kind in a pattern.
+    pub async fn subscribe<H: Handler>(
+        &self,
+        opts: SubscribeOptions,
+        handler: H,
+    ) -> Result<Subscription, BusError> {
+        let kinds = if opts.kinds.is_empty() {
+            kinds_of_patterns(&opts.patterns, &self.inner.cfg)?
+        } else {
+            opts.kinds.clone()
+        };
+        let filter = Arc::new(Filter {
+            kinds: kinds.clone(),
+            patterns: opts.patterns.clone(),
+        });
+        let mut plan: Vec<(BusId, Vec<StreamKey>)> = Vec::new();
+        for bus in BusId::ALL {
+            let mut streams: Vec<StreamKey> = kinds
+                .iter()
+                .filter(|k| self.inner.router.bus_of(k) == bus)
+                .filter(|k| !k.is_critical())
+                .map(|k| self.inner.router.kind_stream(bus, k))
+                .collect();
+            let on_bus = kinds.iter().any(|k| self.inner.router.bus_of(k) == bus);
+            if !on_bus {
+                continue;
+            }
+            streams.dedup();
+            if !streams.is_empty() {
+                plan.push((bus, streams));
+            }
+            plan.push((bus, vec![self.inner.router.priority_stream(bus)]));
+        }
+        let handler = Arc::new(handler);
+        let dedup = Arc::new(Mutex::new(SourceDedup::new(
+            self.inner.cfg.delivery.dedup_window,
+        )));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats = Arc::new(SubscriptionStats::default());
+        let mut tasks = Vec::new();
+        for (bus, streams) in plan {
+            let spec = self.spec(&opts, streams, bus);
+            let sub = self.inner.transports[bus.index()]
+                .subscribe(spec.clone())
+                .await
+                .map_err(|source| BusError::Subscribe { bus, source })?;
+            let reader = Reader {
+                bus,
+                client: self.clone(),
+                handler: handler.clone(),
+                filter: Some(filter.clone()),
+                dedup: dedup.clone(),
+                stats: stats.clone(),
+                mode: spec.mode,
+                batch_max: opts
+                    .batch_max
+                    .unwrap_or(self.inner.cfg.delivery.batch_max as usize),
+            };
+            tasks.push(tokio::spawn(reader.run(sub, stop_rx.clone())));
+        }
+        Ok(Subscription {
+            stop: stop_tx,
+            tasks,
+            stats,
+        })
+    }
+
+    fn spec(&self, opts: &SubscribeOptions, streams: Vec<StreamKey>, bus: BusId) -> SubscribeSpec {
+        let d = &self.inner.cfg.delivery;
+        SubscribeSpec {
+            group: opts.group.clone(),
+            consumer: opts
+                .consumer
+                .clone()
+                .unwrap_or_else(|| self.inner.inst.clone()),
+            streams,
+            mode: opts.mode.unwrap_or(self.inner.cfg.mode()),
+            start: opts.start.unwrap_or(self.inner.cfg.start()),
+            queue_bound: opts.queue_bound.unwrap_or(d.queue_bound as usize),
+            backpressure: opts.backpressure.unwrap_or(self.inner.cfg.backpressure()),
+            lag_limit: opts.lag_limit.unwrap_or(d.lag_limit),
+            idle_timeout: opts
+                .idle_timeout
+                .unwrap_or(Duration::from_millis(d.idle_timeout_ms)),
+            max_deliveries: opts.max_deliveries.unwrap_or(d.max_deliveries as u32),
+            dead_letter: self.inner.router.dead_stream(bus),
+        }
+    }
+
+    /// Sends a request and waits for its reply (default timeout from the config).
+    ///
+    /// # Errors
+    /// [`RequestError::Timeout`] when no reply arrives in time; [`RequestError::Bus`] when the
+    /// request could not be sent.
+    pub async fn request<T: Serialize + ?Sized>(
+        &self,
+        kind: EventKind,
+        topic: &str,
+        payload: &T,
+        timeout: Option<Duration>,
+    ) -> Result<Envelope, RequestError> {
+        let mut env = self.envelope(kind, topic, Priority::Normal, payload)?;
+        let bus = self.inner.router.bus_of(&env.kind);
+        self.ensure_reply_reader(bus).await?;
+        let corr: Arc<str> = Arc::from(format!(
+            "{}:{}",
+            self.inner.inst,
+            self.inner.corr_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        env.corr = Some(corr.clone());
+        env.reply = Some(self.inner.router.reply_stream(bus, &self.inner.inst));
+        let (tx, rx) = oneshot::channel();
+        self.inner.waiting.lock().insert(corr.clone(), tx);
+        let after = timeout.unwrap_or(self.inner.cfg.request_timeout());
+        let (kind, topic) = (env.kind.to_string(), env.topic.to_string());
+        if let Err(e) = self.publish_envelope(env).await {
+            self.inner.waiting.lock().remove(&corr);
+            return Err(e.into());
+        }
+        match tokio::time::timeout(after, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            _ => {
+                self.inner.waiting.lock().remove(&corr);
+                Err(RequestError::Timeout { kind, topic, after })
+            }
+        }
+    }
+
+    /// Answers a request: publishes `payload` to the request's reply stream, with its
+    /// correlation id.
+    ///
+    /// # Errors
+    /// [`BusError::NotARequest`] when `request` has no reply stream or correlation id.
+    pub async fn reply<T: Serialize + ?Sized>(
+        &self,
+        request: &Envelope,
+        payload: &T,
+    ) -> Result<(), BusError> {
+        let (Some(reply), Some(corr)) = (&request.reply, &request.corr) else {
+            return Err(BusError::NotARequest { id: request.id() });
+        };
+        let mut env = self.stamp(
+            request.kind.clone(),
+            request.topic.clone(),
+            request.prio,
+            self.inner.enc,
+            self.inner.enc.encode(payload)?,
+        )?;
+        env.corr = Some(corr.clone());
+        let bus = self.inner.router.bus_of(&request.kind);
+        let route = Route {
+            bus,
+            lane: crate::route::Lane::Normal,
+            stream: reply.clone(),
+        };
+        self.send_run(&route, vec![env], Confirm::Queued).await
+    }
+
+    async fn ensure_reply_reader(&self, bus: BusId) -> Result<(), BusError> {
+        self.inner.reply_readers[bus.index()]
+            .get_or_try_init(|| async {
+                let stream = self.inner.router.reply_stream(bus, &self.inner.inst);
+                let mut opts = SubscribeOptions::new(&self.inner.inst, &[])
+                    .expect("no patterns")
+                    .mode(Mode::Reliable)
+                    .start(StartFrom::Oldest);
+                opts.consumer = Some(self.inner.inst.clone());
+                let spec = self.spec(&opts, vec![stream], bus);
+                let sub = self.inner.transports[bus.index()]
+                    .subscribe(spec)
+                    .await
+                    .map_err(|source| BusError::Subscribe { bus, source })?;
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let stats = Arc::new(SubscriptionStats::default());
+                let reader = Reader {
+                    bus,
+                    client: self.clone_weakly(),
+                    handler: Arc::new(ReplyHandler(self.inner.waiting.clone())),
+                    filter: None,
+                    dedup: Arc::new(Mutex::new(SourceDedup::new(
+                        self.inner.cfg.delivery.dedup_window,
+                    ))),
+                    stats: stats.clone(),
+                    mode: Mode::Reliable,
+                    batch_max: 64,
+                };
+                let task = tokio::spawn(reader.run(sub, stop_rx));
+                Ok::<_, BusError>(Subscription {
+                    stop: stop_tx,
+                    tasks: vec![task],
+                    stats,
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The reply reader must not keep the client alive (it would never be dropped), so it gets
+    /// a client of its own on the same transports.
+    fn clone_weakly(&self) -> DualBus {
+        DualBus::builder(&self.inner.src)
+            .instance(&self.inner.inst)
+            .config(self.inner.cfg.clone())
+            .transports(
+                self.inner.transports[0].clone(),
+                self.inner.transports[1].clone(),
+            )
+            .first_seq(0)
+            .build()
+            .expect("same settings as a valid client")
+    }
+
+    /// This client's counters for one bus, with the transport's own counts.
+    pub fn counters(&self, bus: BusId) -> BusCounters {
+        let c = &self.inner.counters[bus.index()];
+        let t = self.inner.transports[bus.index()].stats();
+        BusCounters {
+            published: c.published.0.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            acknowledged: c.acknowledged.load(Ordering::Relaxed),
+            redelivered: t.redelivered,
+            dead_lettered: t.dead_lettered,
+            dropped: t.dropped,
+            skipped: c.skipped.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether each bus answers.
+    pub async fn health(&self) -> [Health; 2] {
+        [
+            self.inner.transports[0].health().await,
+            self.inner.transports[1].health().await,
+        ]
+    }
+
+    /// Reads up to `max` entries of a bus's dead-letter stream.
+    ///
+    /// # Errors
+    /// [`BusError::Receive`] naming the bus.
+    pub async fn dead_letters(&self, bus: BusId, max: usize) -> Result<Vec<DeadLetter>, BusError> {
+        self.inner.transports[bus.index()]
+            .dead_letters(&self.inner.router.dead_stream(bus), max)
+            .await
+            .map_err(|source| BusError::Receive { bus, source })
+    }
+}
+
+fn kinds_of_patterns(patterns: &[Pattern], cfg: &Config) -> Result<Vec<EventKind>, BusError> {
+    let mut kinds: Vec<EventKind> = Vec::new();
+    for p in patterns {
+        match p.literal_first_segment() {
+            Some(name) => {
+                let k = EventKind::parse(name).map_err(|e| {
+                    BusError::Config(format!(
+                        "pattern {p}: its first segment must name a kind: {e}"
+                    ))
+                })?;
+                if !kinds.contains(&k) {
+                    kinds.push(k);
+                }
+            }
+            None => {
+                for k in EventKind::KNOWN
+                    .iter()
+                    .cloned()
+                    .chain(cfg.routes.keys().filter_map(|k| EventKind::parse(k).ok()))
+                {
+                    if !kinds.contains(&k) {
+                        kinds.push(k);
+                    }
+                }
+            }
+        }
+    }
+    if kinds.is_empty() {
+        return Err(BusError::Config(
+            "a subscription needs at least one pattern or kind".into(),
+        ));
+    }
+    Ok(kinds)
+}
+
+struct Filter {
+    kinds: Vec<EventKind>,
+    patterns: Vec<Pattern>,
+}
+
+impl Filter {
+    fn accepts(&self, env: &Envelope) -> bool {
+        self.kinds.contains(&env.kind)
+            && (self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(&env.topic)))
+    }
+}
+
+struct ReplyHandler(Waiters);
+
+impl Handler for ReplyHandler {
+    fn handle(&self, msg: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        if let Some(corr) = &msg.corr {
+            match self.0.lock().remove(corr) {
+                Some(tx) => {
+                    let _ = tx.send(msg.clone());
+                }
+                None => tracing::debug!(corr = %corr, "reply arrived after its request timed out"),
+            }
+        }
+        std::future::ready(Ok(()))
+    }
+}
+
+struct Reader<H> {
+    bus: BusId,
+    client: DualBus,
+    handler: Arc<H>,
+    filter: Option<Arc<Filter>>,
+    dedup: Arc<Mutex<SourceDedup>>,
+    stats: Arc<SubscriptionStats>,
+    mode: Mode,
+    batch_max: usize,
+}
+
+impl<H: Handler> Reader<H> {
+    async fn run(self, mut sub: Box<dyn Subscriber>, mut stop: watch::Receiver<bool>) {
+        let counters = &self.client.inner.counters[self.bus.index()];
+        let mut acks = Vec::with_capacity(self.batch_max);
+        let mut verdicts = Vec::with_capacity(self.batch_max);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                b = sub.next_batch(self.batch_max) => b,
+            };
+            let batch = match batch {
+                Ok(b) => {
+                    backoff = Duration::from_millis(10);
+                    b
+                }
+                Err(ReceiveError::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(bus = %self.bus, error = %e, "read failed; retrying");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if batch.skipped > 0 {
+                tracing::warn!(bus = %self.bus, skipped = batch.skipped, "slow consumer jumped to the head");
+                counters.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
+                self.stats
+                    .skipped
+                    .fetch_add(batch.skipped, Ordering::Relaxed);
+            }
+            if batch.dead_lettered > 0 {
+                self.stats
+                    .dead_lettered
+                    .fetch_add(batch.dead_lettered, Ordering::Relaxed);
+            }
+            acks.clear();
+            verdicts.clear();
+            {
+                let mut dedup = self.dedup.lock();
+                for d in &batch.deliveries {
+                    let e = &d.envelope;
+                    let accepted = self.filter.as_ref().is_none_or(|f| f.accepts(e));
+                    verdicts.push(if !accepted {
+                        None
+                    } else {
+                        Some(dedup.check(&e.src, &e.inst, e.seq))
+                    });
+                }
+            }
+            let mut handled = 0u64;
+            let mut dups = 0u64;
+            let mut failures: Vec<usize> = Vec::new();
+            for (i, d) in batch.deliveries.iter().enumerate() {
+                match verdicts[i] {
+                    None => acks.push((d.stream, d.id)),
+                    Some(Verdict::Duplicate) => {
+                        dups += 1;
+                        acks.push((d.stream, d.id));
+                    }
+                    Some(_) => match self.handler.handle(&d.envelope).await {
+                        Ok(()) => {
+                            handled += 1;
+                            acks.push((d.stream, d.id));
+                        }
+                        Err(e) => {
+                            failures.push(i);
+                            if self.mode == Mode::Reliable {
+                                sub.nack(d.stream, d.id, &e.0).await;
+                            }
+                            tracing::debug!(bus = %self.bus, id = %d.envelope.id(), error = %e, "handler failed");
+                        }
+                    },
+                }
+            }
+            if !failures.is_empty() && self.mode == Mode::Reliable {
+                // Failed messages will come back: they must not count as duplicates then.
+                let mut dedup = self.dedup.lock();
+                for &i in &failures {
+                    let e = &batch.deliveries[i].envelope;
+                    dedup.forget(&e.src, &e.inst, e.seq);
+                }
+            }
+            let failed = failures.len() as u64;
+            counters
+                .delivered
+                .fetch_add(handled + failed, Ordering::Relaxed);
+            self.stats.handled.fetch_add(handled, Ordering::Relaxed);
+            if dups > 0 {
+                counters.duplicates.fetch_add(dups, Ordering::Relaxed);
+                self.stats.duplicates.fetch_add(dups, Ordering::Relaxed);
+            }
+            if failed > 0 {
+                counters.failed.fetch_add(failed, Ordering::Relaxed);
+                self.stats.failed.fetch_add(failed, Ordering::Relaxed);
+            }
+            if self.mode == Mode::Reliable && !acks.is_empty() {
+                match sub.ack(&acks).await {
+                    Ok(()) => {
+                        counters
+                            .acknowledged
+                            .fetch_add(acks.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(bus = %self.bus, error = %e, "acknowledgement failed; messages will be redelivered")
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! Configuration: one TOML file (`dualbus.toml`, or a path given with `--config`), then
+//! environment overrides, then validation that reports every problem at once.
+//!
+//! ```toml
+//! transport = "memory"          # or "redis"
+//! prefix = "dualbus"            # stream keys are {prefix}:{bus}:{kind}
+//! encoding = "json"             # payload encoding this client writes: json or msgpack
+//! request_timeout_ms = 5000
+//!
+//! [md]                          # the MarketData bus
+//! url = "redis://127.0.0.1:6380"
+//! maxlen = 1000000
+//!
+//! [logic]                       # the Engine Logic bus
+//! url = "redis://127.0.0.1:6381"
+//!
+//! [delivery]                    # defaults for every subscription
+//! mode = "reliable"             # or "fast"
+//! backpressure = "block"        # or "drop_oldest", "reject"
+//! queue_bound = 100000
+//!
+//! [routes]                      # kind -> bus, overriding the defaults
+//! my_quotes = "md"
+//! ```
+
+use dualbus_core::{Backpressure, Encoding, EventKind, Mode, StartFrom};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default config file name, looked up in the working directory.
+pub const DEFAULT_FILE: &str = "dualbus.toml";
+
+/// Environment variables that override config keys, with the key each one sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("DUALBUS_TRANSPORT", "transport"),
+    ("DUALBUS_PREFIX", "prefix"),
+    ("DUALBUS_INSTANCE", "instance"),
+    ("DUALBUS_ENCODING", "encoding"),
+    ("DUALBUS_REQUEST_TIMEOUT_MS", "request_timeout_ms"),
+    ("DUALBUS_MD_URL", "md.url"),
+    ("DUALBUS_MD_MAXLEN", "md.maxlen"),
+    ("DUALBUS_LOGIC_URL", "logic.url"),
+    ("DUALBUS_LOGIC_MAXLEN", "logic.maxlen"),
+    ("DUALBUS_MODE", "delivery.mode"),
+    ("DUALBUS_BACKPRESSURE", "delivery.backpressure"),
+    ("DUALBUS_QUEUE_BOUND", "delivery.queue_bound"),
+];
+
+/// Settings of one bus.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BusSection {
+    /// Broker address (Redis transport).
+    pub url: String,
+    /// Most entries per stream (`MAXLEN ~`).
+    pub maxlen: u64,
+    /// How long connecting may take before it fails.
+    pub connect_timeout_ms: u64,
+    /// Largest payload accepted from the wire; larger entries are dead-lettered.
+    pub max_payload_bytes: u64,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+impl BusSection {
+    fn with_url(url: &str) -> BusSection {
+        BusSection {
+            url: url.to_string(),
+            maxlen: 1_000_000,
+            connect_timeout_ms: 2_000,
+            max_payload_bytes: 1 << 20,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for BusSection {
+    fn default() -> Self {
+        BusSection::with_url("")
+    }
+}
+
+/// Defaults for subscriptions.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DeliverySection {
+    /// `reliable` or `fast`.
+    pub mode: String,
+    /// `newest` or `oldest`: where a new group starts.
+    pub start: String,
+    /// Most messages a group may hold unread or unacknowledged.
+    pub queue_bound: u64,
+    /// `block`, `drop_oldest` or `reject`.
+    pub backpressure: String,
+    /// Unacknowledged messages idle this long are redelivered.
+    pub idle_timeout_ms: u64,
+    /// Deliveries before a message is dead-lettered.
+    pub max_deliveries: u64,
+    /// Fast mode: how far a consumer may fall behind before it jumps to the head.
+    pub lag_limit: u64,
+    /// Most messages handed to a subscription per read.
+    pub batch_max: u64,
+    /// Sequence numbers remembered per source for duplicate suppression.
+    pub dedup_window: u64,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            mode: "reliable".into(),
+            start: "newest".into(),
+            queue_bound: 100_000,
+            backpressure: "block".into(),
+            idle_timeout_ms: 30_000,
+            max_deliveries: 5,
+            lag_limit: 100_000,
+            batch_max: 512,
+            dedup_window: 1 << 20,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
+/// Embedded transport settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MemorySection {
+    /// Microseconds an idle consumer spins before parking.
+    pub spin_us: u64,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+impl Default for MemorySection {
+    fn default() -> Self {
+        MemorySection {
+            spin_us: 20,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// `memory` (embedded, the default) or `redis`.
+    pub transport: String,
+    /// First part of every stream key.
+    pub prefix: String,
+    /// This process's instance id; defaults to `{engine}-1`.
+    pub instance: Option<String>,
+    /// Encoding of payloads this client writes: `json` or `msgpack`.
+    pub encoding: String,
+    /// Default timeout of a request.
+    pub request_timeout_ms: u64,
+    /// The MarketData bus.
+    pub md: BusSection,
+    /// The Engine Logic bus.
+    pub logic: BusSection,
+    /// Subscription defaults.
+    pub delivery: DeliverySection,
+    /// Embedded transport settings.
+    pub memory: MemorySection,
+    /// Route overrides: kind name -> `md` or `logic`.
+    pub routes: BTreeMap<String, String>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+    /// Keys set from the environment, for error messages.
+    #[serde(skip)]
+    from_env: BTreeMap<String, &'static str>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            transport: "memory".into(),
+            prefix: "dualbus".into(),
+            instance: None,
+            encoding: "json".into(),
+            request_timeout_ms: 5_000,
+            md: BusSection::with_url("redis://127.0.0.1:6380"),
+            logic: BusSection::with_url("redis://127.0.0.1:6381"),
+            delivery: DeliverySection::default(),
+            memory: MemorySection::default(),
+            routes: BTreeMap::new(),
+            unknown: BTreeMap::new(),
+            from_env: BTreeMap::new(),
+        }
+    }
+}
+
+/// One problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key (`delivery.queue_bound`), with the environment variable that set it.
+    pub key: String,
+    /// The offending value as written.
+    pub value: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {}: {}", self.key, self.value, self.reason)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value has the wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file (or `<environment>`).
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// One or more values are invalid; every problem is listed.
+    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// A bus of the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BusId {
+    /// The MarketData bus (star).
+    MarketData,
+    /// The Engine Logic bus (mesh).
+    Logic,
+}
+
+impl BusId {
+    /// Both buses.
+    pub const ALL: [BusId; 2] = [BusId::MarketData, BusId::Logic];
+
+    /// The short name used in stream keys and config (`md`, `logic`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusId::MarketData => "md",
+            BusId::Logic => "logic",
+        }
+    }
+
+    /// The other bus.
+    pub fn other(self) -> BusId {
+        match self {
+            BusId::MarketData => BusId::Logic,
+            BusId::Logic => BusId::MarketData,
+        }
+    }
+
+    /// Index 0 (md) or 1 (logic).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Parses `md` / `logic` (also `market_data`, `engine_logic`).
+    pub fn parse(s: &str) -> Option<BusId> {
+        match s {
+            "md" | "market_data" => Some(BusId::MarketData),
+            "logic" | "engine_logic" => Some(BusId::Logic),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BusId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(raw.to_string())
+    }
+}
+
+impl Config {
+    /// Loads `path`, or `./dualbus.toml` when it exists, or the defaults; then applies the
+    /// environment overrides of [`ENV_OVERRIDES`] and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`]: an unreadable file, bad TOML, or every invalid value at once.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+                p.to_path_buf(),
+            ),
+            None if Path::new(DEFAULT_FILE).exists() => (
+                std::fs::read_to_string(DEFAULT_FILE).map_err(|source| ConfigError::Io {
+                    path: DEFAULT_FILE.into(),
+                    source,
+                })?,
+                PathBuf::from(DEFAULT_FILE),
+            ),
+            None => (String::new(), PathBuf::from("<defaults>")),
+        };
+        let env: Vec<(&'static str, String)> = ENV_OVERRIDES
+            .iter()
+            .filter_map(|(var, _)| std::env::var(var).ok().map(|v| (*var, v)))
+            .collect();
+        Config::from_toml_with_env(&text, &origin, &env)
+    }
+
+    /// Parses TOML text, applies `env` (pairs of variable name and value, as in
+    /// [`ENV_OVERRIDES`]) and validates.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_toml_with_env(
+        text: &str,
+        origin: &Path,
+        env: &[(&'static str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        let mut from_env = BTreeMap::new();
+        for (var, raw) in env {
+            let Some((_, key)) = ENV_OVERRIDES.iter().find(|(v, _)| v == var) else {
+                continue;
+            };
+            let mut t = &mut table;
+            let parts: Vec<&str> = key.split('.').collect();
+            for section in &parts[..parts.len() - 1] {
+                t = match t
+                    .entry(section.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                {
+                    toml::Value::Table(inner) => inner,
+                    _ => {
+                        return Err(ConfigError::Parse {
+                            path: origin.to_path_buf(),
+                            message: format!("`{section}` must be a table"),
+                        })
+                    }
+                };
+            }
+            // URLs, names and modes stay strings even when they look like numbers.
+            let value = if matches!(*key, "prefix" | "instance" | "md.url" | "logic.url") {
+                toml::Value::String(raw.clone())
+            } else {
+                env_value(raw)
+            };
+            t.insert(parts[parts.len() - 1].to_string(), value);
+            from_env.insert(key.to_string(), *var);
+        }
+        let mut cfg: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        cfg.from_env = from_env;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Every problem with this configuration (empty when valid).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, value: &dyn fmt::Display, reason: &str| {
+            let key = match self.from_env.get(key) {
+                Some(var) => format!("{key} (from {var})"),
+                None => key.to_string(),
+            };
+            out.push(Problem {
+                key,
+                value: value.to_string(),
+                reason: reason.to_string(),
+            });
+        };
+        let unknown = |section: &str,
+                       map: &BTreeMap<String, toml::Value>,
+                       bad: &mut dyn FnMut(&str, &dyn fmt::Display, &str)| {
+            for (k, v) in map {
+                let key = if section.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{section}.{k}")
+                };
+                bad(&key, v, "unknown key");
+            }
+        };
+        unknown("", &self.unknown, &mut bad);
+        unknown("md", &self.md.unknown, &mut bad);
+        unknown("logic", &self.logic.unknown, &mut bad);
+        unknown("delivery", &self.delivery.unknown, &mut bad);
+        unknown("memory", &self.memory.unknown, &mut bad);
+
+        if !matches!(self.transport.as_str(), "memory" | "redis") {
+            bad(
+                "transport",
+                &self.transport,
+                "expected \"memory\" or \"redis\"",
+            );
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !name_ok(&self.prefix) {
+            bad(
+                "prefix",
+                &self.prefix,
+                "must be non-empty and of [A-Za-z0-9_-]",
+            );
+        }
+        if let Some(inst) = &self.instance {
+            if !name_ok(inst) {
+                bad("instance", inst, "must be non-empty and of [A-Za-z0-9_-]");
+            }
+        }
+        if self.encoding.parse::<Encoding>().is_err() {
+            bad(
+                "encoding",
+                &self.encoding,
+                "expected \"json\" or \"msgpack\"",
+            );
+        }
+        if self.request_timeout_ms == 0 {
+            bad("request_timeout_ms", &0, "must be at least 1");
+        }
+        for (name, b) in [("md", &self.md), ("logic", &self.logic)] {
+            if !(b.url.starts_with("redis://")
+                || b.url.starts_with("rediss://")
+                || b.url.starts_with("unix://"))
+            {
+                bad(
+                    &format!("{name}.url"),
+                    &format!("{:?}", b.url),
+                    "expected redis://host:port",
+                );
+            }
+            if b.maxlen < 1_000 {
+                bad(
+                    &format!("{name}.maxlen"),
+                    &b.maxlen,
+                    "must be at least 1000",
+                );
+            }
+            if b.connect_timeout_ms == 0 {
+                bad(
+                    &format!("{name}.connect_timeout_ms"),
+                    &0,
+                    "must be at least 1",
+                );
+            }
+            if b.max_payload_bytes == 0 {
+                bad(
+                    &format!("{name}.max_payload_bytes"),
+                    &0,
+                    "must be at least 1",
+                );
+            }
+        }
+        let d = &self.delivery;
+        if parse_mode(&d.mode).is_none() {
+            bad(
+                "delivery.mode",
+                &format!("{:?}", d.mode),
+                "expected \"reliable\" or \"fast\"",
+            );
+        }
+        if parse_start(&d.start).is_none() {
+            bad(
+                "delivery.start",
+                &format!("{:?}", d.start),
+                "expected \"newest\" or \"oldest\"",
+            );
+        }
+        if parse_backpressure(&d.backpressure).is_none() {
+            bad(
+                "delivery.backpressure",
+                &format!("{:?}", d.backpressure),
+                "expected \"block\", \"drop_oldest\" or \"reject\"",
+            );
+        }
+        for (key, v, min) in [
+            ("delivery.queue_bound", d.queue_bound, 1),
+            ("delivery.idle_timeout_ms", d.idle_timeout_ms, 1),
+            ("delivery.max_deliveries", d.max_deliveries, 1),
+            ("delivery.lag_limit", d.lag_limit, 1),
+            ("delivery.batch_max", d.batch_max, 1),
+            ("delivery.dedup_window", d.dedup_window, 64),
+        ] {
+            if v < min {
+                bad(key, &v, &format!("must be at least {min}"));
+            }
+        }
+        if d.max_deliveries > u32::MAX as u64 {
+            bad("delivery.max_deliveries", &d.max_deliveries, "too large");
+        }
+        for (kind, bus) in &self.routes {
+            if let Err(e) = EventKind::parse(kind) {
+                bad(
+                    &format!("routes.{kind}"),
+                    &format!("{bus:?}"),
+                    &format!("bad kind name: {}", e.reason),
+                );
+            }
+            if BusId::parse(bus).is_none() {
+                bad(
+                    &format!("routes.{kind}"),
+                    &format!("{bus:?}"),
+                    "expected \"md\" or \"logic\"",
+                );
+            }
+        }
+        out
+    }
+
+    /// The default subscription mode.
+    pub fn mode(&self) -> Mode {
+        parse_mode(&self.delivery.mode).unwrap_or_default()
+    }
+    /// Where new groups start by default.
+    pub fn start(&self) -> StartFrom {
+        parse_start(&self.delivery.start).unwrap_or_default()
+    }
+    /// The default backpressure policy.
+    pub fn backpressure(&self) -> Backpressure {
+        parse_backpressure(&self.delivery.backpressure).unwrap_or_default()
+    }
+    /// The encoding this client writes.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding.parse().unwrap_or_default()
+    }
+    /// The default request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    /// The section of one bus.
+    pub fn bus(&self, bus: BusId) -> &BusSection {
+        match bus {
+            BusId::MarketData => &self.md,
+            BusId::Logic => &self.logic,
+        }
+    }
+}
+
+/// Parses `reliable` / `fast`.
+pub fn parse_mode(s: &str) -> Option<Mode> {
+    match s {
+        "reliable" => Some(Mode::Reliable),
+        "fast" => Some(Mode::Fast),
+        _ => None,
+    }
+}
+
+/// Parses `newest` / `oldest`.
+pub fn parse_start(s: &str) -> Option<StartFrom> {
+    match s {
+        "newest" => Some(StartFrom::Newest),
+        "oldest" => Some(StartFrom::Oldest),
+        _ => None,
+    }
+}
+
+/// Parses `block` / `drop_oldest` / `reject`.
+pub fn parse_backpressure(s: &str) -> Option<Backpressure> {
+    match s {
+        "block" => Some(Backpressure::Block),
+        "drop_oldest" => Some(Backpressure::DropOldest),
+        "reject" => Some(Backpressure::Reject),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&'static str, String)]) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, Path::new("test.toml"), env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.md.url, "redis://127.0.0.1:6380");
+        assert_eq!(c.logic.url, "redis://127.0.0.1:6381");
+        assert_eq!(c.md.maxlen, 1_000_000);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            transport = "kafka"
+            colour = "blue"
+            [md]
+            url = "http://x"
+            maxlen = 10
+            [delivery]
+            mode = "sometimes"
+            queue_bound = 0
+            backpresure = "block"
+            [routes]
+            risk_alert = "fast_bus"
+        "#;
+        let err = parse(text, &[]).unwrap_err();
+        let ConfigError::Invalid(problems) = &err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "transport",
+            "colour",
+            "md.url",
+            "md.maxlen",
+            "delivery.mode",
+            "delivery.queue_bound",
+            "delivery.backpresure",
+            "routes.risk_alert",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+        let text = err.to_string();
+        assert!(text.contains("transport = \"kafka\""), "{text}");
+        assert!(
+            text.contains("delivery.backpresure") && text.contains("unknown key"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_is_named_in_errors() {
+        let c = parse(
+            "[md]\nurl = \"redis://a:1\"",
+            &[
+                ("DUALBUS_MD_URL", "redis://b:2".into()),
+                ("DUALBUS_QUEUE_BOUND", "7".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.md.url, "redis://b:2");
+        assert_eq!(c.delivery.queue_bound, 7);
+
+        let err = parse("", &[("DUALBUS_MODE", "sloppy".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.mode (from DUALBUS_MODE)"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_parse_errors_naming_the_key() {
+        let err = parse("[delivery]\nqueue_bound = \"lots\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue_bound"), "{err}");
+    }
+}

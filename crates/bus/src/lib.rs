@@ -1,0 +1,43 @@
+//! The DualBus client: two buses, one API.
+//!
+//! A [`DualBus`] holds two transports, the MarketData bus and the Engine Logic bus, and routes
+//! every message to one of them by its kind (DESIGN section 4), so a market-data flood never
+//! delays a risk alert. Critical kinds travel on each bus's priority lane: a stream and a reader
+//! of their own.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use dualbus_bus::{DualBus, SubscribeOptions, handler_fn};
+//! use dualbus_core::EventKind;
+//!
+//! let risk = DualBus::builder("risk").build()?;
+//! let strategy = risk.sibling("strategy", "strategy-1")?; // same process, same buses
+//! let _sub = risk
+//!     .subscribe(SubscribeOptions::new("risk", &["strategy_signal.>"])?, handler_fn(|msg| {
+//!         println!("{} {}", msg.topic, String::from_utf8_lossy(&msg.payload));
+//!         Ok(())
+//!     }))
+//!     .await?;
+//! strategy
+//!     .publish(EventKind::StrategySignal, "strategy_signal.BTCUSDT", &serde_json::json!({"target": 1.5}))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! * [`config`]: [`Config`], the TOML file with environment overrides and validation.
+//! * [`route`]: [`Router`], kind to bus and stream key, the priority lane.
+//! * [`client`]: [`DualBus`], publish, subscribe (with duplicate suppression), request/reply,
+//!   counters.
+
+pub mod client;
+pub mod config;
+pub mod route;
+
+pub use client::{
+    default_transports, handler_fn, BusCounters, BusError, DualBus, DualBusBuilder, FnHandler,
+    Handler, HandlerError, RequestError, SubscribeOptions, Subscription, SubscriptionStats,
+};
+pub use config::{BusId, Config, ConfigError};
+pub use route::{Lane, Route, Router};

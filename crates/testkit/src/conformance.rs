@@ -1,0 +1,871 @@
+//! The conformance tests. Each takes a [`TransportFactory`] and asserts what was delivered, in
+//! what order and how many times; none asserts how fast.
+
+use crate::{wait_until, TransportFactory};
+use dualbus_bus::{
+    handler_fn, BusId, DualBus, Handler, HandlerError, RequestError, SubscribeOptions,
+};
+use dualbus_core::{
+    Backpressure, Encoding, Envelope, EventKind, Mode, Priority, PublishError, StartFrom,
+    SubscribeSpec, Topic,
+};
+use parking_lot::Mutex;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Records every handled message.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Envelope>>>);
+
+impl Recorder {
+    fn handler(&self) -> impl Handler {
+        let r = self.0.clone();
+        handler_fn(move |m| {
+            r.lock().push(m.clone());
+            Ok(())
+        })
+    }
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+    fn all(&self) -> Vec<Envelope> {
+        self.0.lock().clone()
+    }
+    fn ns(&self) -> Vec<u64> {
+        self.all().iter().map(n_of).collect()
+    }
+}
+
+fn n_of(e: &Envelope) -> u64 {
+    e.enc.to_json_value(&e.payload).expect("decodes")["n"]
+        .as_u64()
+        .expect("payload has n")
+}
+
+fn opts(group: &str, patterns: &[&str]) -> SubscribeOptions {
+    SubscribeOptions::new(group, patterns).expect("valid patterns")
+}
+
+async fn publish_n(bus: &DualBus, kind: EventKind, topic: &str, n: u64) {
+    for i in 0..n {
+        bus.publish(kind.clone(), topic, &json!({ "n": i }))
+            .await
+            .expect("publish");
+    }
+}
+
+/// Gives subscriptions a moment to be registered on transports that create groups
+/// asynchronously (a no-op cost on the embedded one).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// Every group receives every matching message.
+pub async fn fan_out_every_group_gets_every_message(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("features");
+    let mut recs = Vec::new();
+    let mut subs = Vec::new();
+    for g in ["ml", "factor", "strategy"] {
+        let rec = Recorder::default();
+        let bus = pair.bus(g);
+        subs.push(
+            bus.subscribe(opts(g, &["feature_vector.>"]), rec.handler())
+                .await
+                .unwrap(),
+        );
+        recs.push(rec);
+    }
+    settle().await;
+    publish_n(
+        &publisher,
+        EventKind::FeatureVector,
+        "feature_vector.BTCUSDT",
+        200,
+    )
+    .await;
+    for rec in &recs {
+        wait_until("every group has 200 messages", LIMIT, || rec.len() >= 200).await;
+    }
+    settle().await;
+    for rec in &recs {
+        assert_eq!(rec.ns(), (0..200).collect::<Vec<_>>());
+    }
+}
+
+/// Consumers of one group share its messages: each message goes to exactly one of them.
+pub async fn load_balancing_within_a_group(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("hub");
+    let seen: Arc<Mutex<Vec<(usize, u64)>>> = Default::default();
+    let mut subs = Vec::new();
+    for c in 0..2usize {
+        let bus = pair.bus_with("risk", &format!("risk-{c}"), pair.config());
+        let seen = seen.clone();
+        let h = handler_fn(move |m| {
+            seen.lock().push((c, n_of(m)));
+            // Slow enough that one consumer cannot take everything.
+            std::thread::sleep(Duration::from_micros(300));
+            Ok(())
+        });
+        subs.push(
+            bus.subscribe(opts("risk", &["order_request.>"]).batch_max(4), h)
+                .await
+                .unwrap(),
+        );
+    }
+    settle().await;
+    publish_n(
+        &publisher,
+        EventKind::OrderRequest,
+        "order_request.ETHUSDT",
+        400,
+    )
+    .await;
+    wait_until("400 messages handled", LIMIT, || seen.lock().len() >= 400).await;
+    settle().await;
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 400, "each message handled exactly once");
+    let distinct: HashSet<u64> = seen.iter().map(|(_, n)| *n).collect();
+    assert_eq!(distinct.len(), 400);
+    for c in 0..2 {
+        let share = seen.iter().filter(|(cc, _)| *cc == c).count();
+        assert!(share > 0, "consumer {c} got no messages: {share}");
+    }
+}
+
+/// Messages of one source arrive in its sequence order.
+pub async fn per_source_order(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let a = pair.bus("vpin");
+    let b = pair.bus("ml");
+    let rec = Recorder::default();
+    let _s = pair
+        .bus("strategy")
+        .subscribe(opts("strategy", &["vpin_calculation.>"]), rec.handler())
+        .await
+        .unwrap();
+    settle().await;
+    for i in 0..500u64 {
+        a.publish(
+            EventKind::VpinCalculation,
+            "vpin_calculation.BTC",
+            &json!({"n": i}),
+        )
+        .await
+        .unwrap();
+        b.publish(
+            EventKind::VpinCalculation,
+            "vpin_calculation.ETH",
+            &json!({"n": i}),
+        )
+        .await
+        .unwrap();
+    }
+    wait_until("1000 messages", LIMIT, || rec.len() >= 1000).await;
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for e in rec.all() {
+        if let Some(prev) = last.insert(e.src.to_string(), e.seq) {
+            assert!(e.seq > prev, "{}: seq {} after {}", e.src, e.seq, prev);
+        }
+    }
+    assert_eq!(last.len(), 2);
+}
+
+/// A message whose handler fails is not acknowledged and comes back after the idle timeout;
+/// once handled it is acknowledged and not delivered again.
+pub async fn ack_after_success_and_redelivery_after_failure(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("ml");
+    let attempts: Arc<Mutex<HashMap<u64, u32>>> = Default::default();
+    let a2 = attempts.clone();
+    let h = handler_fn(move |m| {
+        let n = n_of(m);
+        let mut a = a2.lock();
+        let k = a.entry(n).or_insert(0);
+        *k += 1;
+        if n == 3 && *k == 1 {
+            return Err(HandlerError::from("model not warmed up"));
+        }
+        Ok(())
+    });
+    let consumer = pair.bus("strategy");
+    let _s = consumer
+        .subscribe(
+            opts("strategy", &["ml_prediction.>"]).redelivery(Duration::from_millis(200), 5),
+            h,
+        )
+        .await
+        .unwrap();
+    settle().await;
+    publish_n(&publisher, EventKind::MlPrediction, "ml_prediction.BTC", 10).await;
+    wait_until("message 3 redelivered", LIMIT, || {
+        attempts.lock().get(&3).copied() == Some(2)
+    })
+    .await;
+    // Wait past another idle timeout: nothing may come back once acknowledged.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let a = attempts.lock().clone();
+    assert_eq!(a.len(), 10);
+    for (n, k) in &a {
+        assert_eq!(
+            *k,
+            if *n == 3 { 2 } else { 1 },
+            "message {n} handled {k} times"
+        );
+    }
+    let c = consumer.counters(BusId::Logic);
+    assert!(c.redelivered >= 1, "{c:?}");
+    assert_eq!(c.failed, 1, "{c:?}");
+}
+
+/// Messages a consumer took but never acknowledged (it died) go to another consumer of the
+/// group after the idle timeout.
+pub async fn dead_consumer_messages_are_reclaimed(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let bus = pair.bus("risk");
+    let stream = bus.route(&EventKind::OrderRequest, Priority::Normal).stream;
+    let dead_letter = bus.router().dead_stream(BusId::Logic);
+    let mut spec = SubscribeSpec::new("venue", "venue-a", vec![stream.clone()], dead_letter);
+    spec.idle_timeout = Duration::from_millis(150);
+    let mut a = pair.logic.subscribe(spec.clone()).await.unwrap();
+    publish_n(&bus, EventKind::OrderRequest, "order_request.BTC", 5).await;
+    let got = a.next_batch(100).await.unwrap();
+    assert_eq!(got.deliveries.len(), 5);
+    drop(a); // dies without acknowledging
+
+    spec.consumer = "venue-b".into();
+    let mut b = pair.logic.subscribe(spec).await.unwrap();
+    let mut reclaimed = Vec::new();
+    while reclaimed.len() < 5 {
+        let batch = tokio::time::timeout(LIMIT, b.next_batch(100))
+            .await
+            .expect("reclaimed within the limit")
+            .unwrap();
+        for d in batch.deliveries {
+            assert_eq!(d.attempt, 2, "second delivery");
+            reclaimed.push((d.stream, d.id, n_of(&d.envelope)));
+        }
+    }
+    let ns: Vec<u64> = reclaimed.iter().map(|r| r.2).collect();
+    assert_eq!(ns, vec![0, 1, 2, 3, 4]);
+    let ids: Vec<_> = reclaimed.iter().map(|r| (r.0, r.1)).collect();
+    b.ack(&ids).await.unwrap();
+}
+
+/// A consumer that subscribes again under its own name first gets its own pending messages.
+pub async fn restarted_consumer_rereads_its_own_pending(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let bus = pair.bus("portfolio");
+    let stream = bus
+        .route(&EventKind::PortfolioUpdate, Priority::Normal)
+        .stream;
+    let spec = SubscribeSpec::new(
+        "analytics",
+        "analytics-1",
+        vec![stream],
+        bus.router().dead_stream(BusId::Logic),
+    );
+    let mut a = pair.logic.subscribe(spec.clone()).await.unwrap();
+    publish_n(&bus, EventKind::PortfolioUpdate, "portfolio_update.book", 3).await;
+    let first = a.next_batch(2).await.unwrap();
+    assert_eq!(first.deliveries.len(), 2);
+    drop(a);
+    let mut again = pair.logic.subscribe(spec).await.unwrap();
+    let mut ns = Vec::new();
+    let mut acks = Vec::new();
+    while ns.len() < 3 {
+        let b = tokio::time::timeout(LIMIT, again.next_batch(10))
+            .await
+            .expect("pending re-read")
+            .unwrap();
+        for d in b.deliveries {
+            ns.push((n_of(&d.envelope), d.attempt));
+            acks.push((d.stream, d.id));
+        }
+    }
+    assert_eq!(
+        ns,
+        vec![(0, 2), (1, 2), (2, 1)],
+        "own pending first, then new"
+    );
+    again.ack(&acks).await.unwrap();
+}
+
+/// After `max_deliveries` failed deliveries a message goes to the dead-letter stream with the
+/// reason, and the others are not held up.
+pub async fn dead_letter_after_max_deliveries(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("strategy");
+    let tries = Arc::new(AtomicU64::new(0));
+    let t2 = tries.clone();
+    let ok = Recorder::default();
+    let ok2 = ok.0.clone();
+    let h = handler_fn(move |m| {
+        if n_of(m) == 1 {
+            t2.fetch_add(1, Ordering::SeqCst);
+            return Err(HandlerError::from("price is NaN"));
+        }
+        ok2.lock().push(m.clone());
+        Ok(())
+    });
+    let consumer = pair.bus("risk");
+    let _s = consumer
+        .subscribe(
+            opts("risk", &["strategy_signal.>"]).redelivery(Duration::from_millis(100), 3),
+            h,
+        )
+        .await
+        .unwrap();
+    settle().await;
+    publish_n(
+        &publisher,
+        EventKind::StrategySignal,
+        "strategy_signal.SOL",
+        3,
+    )
+    .await;
+    let mut letters = Vec::new();
+    let start = std::time::Instant::now();
+    while letters.is_empty() {
+        assert!(start.elapsed() < LIMIT, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        letters = consumer.dead_letters(BusId::Logic, 10).await.unwrap();
+    }
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0];
+    assert_eq!(l.group, "risk");
+    assert_eq!(l.deliveries, 3);
+    assert!(l.reason.contains("price is NaN"), "reason: {}", l.reason);
+    assert_eq!(n_of(l.envelope.as_ref().expect("envelope kept")), 1);
+    assert_eq!(tries.load(Ordering::SeqCst), 3);
+    assert_eq!(ok.ns(), vec![0, 2]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        3,
+        "not delivered after dead-lettering"
+    );
+    assert!(consumer.counters(BusId::Logic).dead_lettered >= 1);
+}
+
+/// The same (`src`, `inst`, `seq`) published twice is handled once.
+pub async fn duplicates_are_suppressed(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("collateral");
+    let rec = Recorder::default();
+    let consumer = pair.bus("risk");
+    let _s = consumer
+        .subscribe(opts("risk", &["margin_call.>"]), rec.handler())
+        .await
+        .unwrap();
+    settle().await;
+    let env = publisher
+        .envelope(
+            EventKind::MarginCall,
+            "margin_call.book",
+            Priority::Critical,
+            &json!({"n": 7}),
+        )
+        .unwrap();
+    publisher.publish_envelope(env.clone()).await.unwrap();
+    publisher.publish_envelope(env.clone()).await.unwrap();
+    let next = publisher
+        .envelope(
+            EventKind::MarginCall,
+            "margin_call.book",
+            Priority::Critical,
+            &json!({"n": 8}),
+        )
+        .unwrap();
+    publisher.publish_envelope(next).await.unwrap();
+    publisher.publish_envelope(env).await.unwrap();
+    wait_until("two distinct handled", LIMIT, || rec.len() >= 2).await;
+    wait_until("two duplicates counted", LIMIT, || {
+        consumer.counters(BusId::Logic).duplicates >= 2
+    })
+    .await;
+    assert_eq!(rec.ns(), vec![7, 8]);
+    assert_eq!(consumer.counters(BusId::Logic).duplicates, 2);
+}
+
+/// A gate that holds handlers until opened.
+#[derive(Clone, Default)]
+struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    fn open(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+        let g = self.0.clone();
+        async move {
+            while !g.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+struct GatedRecorder {
+    gate: Gate,
+    rec: Recorder,
+}
+
+impl Handler for GatedRecorder {
+    fn handle(&self, msg: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let wait = self.gate.wait();
+        let rec = self.rec.0.clone();
+        let msg = msg.clone();
+        async move {
+            wait.await;
+            rec.lock().push(msg);
+            Ok(())
+        }
+    }
+}
+
+/// `Block`: at the bound the publisher waits, and resumes when the consumer catches up;
+/// nothing is lost.
+pub async fn backpressure_block(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("factor");
+    let gate = Gate::default();
+    let rec = Recorder::default();
+    let consumer = pair.bus("ml");
+    let _s = consumer
+        .subscribe(
+            opts("ml", &["factor_calculation.>"]).bound(10, Backpressure::Block),
+            GatedRecorder {
+                gate: gate.clone(),
+                rec: rec.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    settle().await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let sent2 = sent.clone();
+    let p = publisher.clone();
+    let task = tokio::spawn(async move {
+        for i in 0..25u64 {
+            p.publish(
+                EventKind::FactorCalculation,
+                "factor_calculation.all",
+                &json!({"n": i}),
+            )
+            .await
+            .unwrap();
+            sent2.store(i + 1, Ordering::SeqCst);
+        }
+    });
+    wait_until("10 published", LIMIT, || sent.load(Ordering::SeqCst) >= 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        10,
+        "publisher must block at the bound"
+    );
+    assert!(!task.is_finished());
+    gate.open();
+    tokio::time::timeout(LIMIT, task)
+        .await
+        .expect("publisher resumes")
+        .unwrap();
+    wait_until("all 25 handled", LIMIT, || rec.len() >= 25).await;
+    assert_eq!(rec.ns(), (0..25).collect::<Vec<_>>());
+    assert_eq!(consumer.counters(BusId::Logic).dropped, 0);
+}
+
+/// `DropOldest`: at the bound the group's oldest messages are dropped and counted; the
+/// publisher never waits.
+pub async fn backpressure_drop_oldest(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let bus = pair.bus("analytics");
+    let stream = bus
+        .route(&EventKind::AnalyticsResult, Priority::Normal)
+        .stream;
+    let mut spec = SubscribeSpec::new(
+        "ws",
+        "ws-1",
+        vec![stream],
+        bus.router().dead_stream(BusId::Logic),
+    );
+    spec.queue_bound = 10;
+    spec.backpressure = Backpressure::DropOldest;
+    let mut sub = pair.logic.subscribe(spec).await.unwrap();
+    publish_n(&bus, EventKind::AnalyticsResult, "analytics_result.pnl", 25).await;
+    let mut ns = Vec::new();
+    let mut acks = Vec::new();
+    while ns.len() < 10 {
+        let b = tokio::time::timeout(LIMIT, sub.next_batch(100))
+            .await
+            .unwrap()
+            .unwrap();
+        for d in b.deliveries {
+            ns.push(n_of(&d.envelope));
+            acks.push((d.stream, d.id));
+        }
+    }
+    sub.ack(&acks).await.unwrap();
+    assert_eq!(ns, (15..25).collect::<Vec<_>>(), "the newest 10 survive");
+    assert_eq!(pair.logic.stats().dropped, 15);
+    assert_eq!(bus.counters(BusId::Logic).dropped, 15);
+}
+
+/// `Reject`: at the bound the publish fails with an error naming the group; nothing is
+/// appended.
+pub async fn backpressure_reject(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let bus = pair.bus("risk");
+    let stream = bus
+        .route(&EventKind::PositionChange, Priority::Normal)
+        .stream;
+    let mut spec = SubscribeSpec::new(
+        "collateral",
+        "collateral-1",
+        vec![stream],
+        bus.router().dead_stream(BusId::Logic),
+    );
+    spec.queue_bound = 10;
+    spec.backpressure = Backpressure::Reject;
+    let mut sub = pair.logic.subscribe(spec).await.unwrap();
+    publish_n(&bus, EventKind::PositionChange, "position_change.BTC", 10).await;
+    let err = bus
+        .publish(
+            EventKind::PositionChange,
+            "position_change.BTC",
+            &json!({"n": 10}),
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("collateral") && text.contains("full"),
+        "{text}"
+    );
+    match err {
+        dualbus_bus::BusError::Publish {
+            bus: BusId::Logic,
+            source: PublishError::Full { bound: 10, .. },
+        } => {}
+        other => panic!("unexpected error {other:?}"),
+    }
+    let b = sub.next_batch(100).await.unwrap();
+    let ns: Vec<u64> = b.deliveries.iter().map(|d| n_of(&d.envelope)).collect();
+    assert_eq!(ns, (0..10).collect::<Vec<_>>());
+    let acks: Vec<_> = b.deliveries.iter().map(|d| (d.stream, d.id)).collect();
+    sub.ack(&acks).await.unwrap();
+    // Room again.
+    bus.publish(
+        EventKind::PositionChange,
+        "position_change.BTC",
+        &json!({"n": 11}),
+    )
+    .await
+    .unwrap();
+}
+
+/// Fast mode: a consumer further behind than its lag limit jumps to the head and is told how
+/// many messages it skipped; it then receives new messages.
+pub async fn fast_mode_skips_to_head(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let hub = pair.bus("hub");
+    let stream = hub.route(&EventKind::MarketData, Priority::Normal).stream;
+    let mut spec = SubscribeSpec::new(
+        "websocket",
+        "websocket-1",
+        vec![stream],
+        hub.router().dead_stream(BusId::MarketData),
+    );
+    spec.mode = Mode::Fast;
+    spec.lag_limit = 100;
+    let mut sub = pair.md.subscribe(spec).await.unwrap();
+    publish_n(
+        &hub,
+        EventKind::MarketData,
+        "market_data.trade.BTCUSDT",
+        1000,
+    )
+    .await;
+    let b = sub.next_batch(10).await.unwrap();
+    assert_eq!(b.skipped, 1000, "told how many were skipped");
+    assert!(b.deliveries.is_empty());
+    hub.publish(
+        EventKind::MarketData,
+        "market_data.trade.BTCUSDT",
+        &json!({"n": 1000}),
+    )
+    .await
+    .unwrap();
+    let b = tokio::time::timeout(LIMIT, sub.next_batch(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let ns: Vec<u64> = b.deliveries.iter().map(|d| n_of(&d.envelope)).collect();
+    assert_eq!(ns, vec![1000]);
+    assert_eq!(pair.md.stats().skipped, 1000);
+}
+
+/// Every kind lands on its bus (DESIGN section 4) and nowhere else; overrides apply.
+pub async fn every_kind_is_routed_to_its_bus(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let mut cfg = pair.config();
+    cfg.routes.insert("my_quotes".into(), "md".into());
+    let bus = pair.bus_with("router", "router-1", cfg);
+    let mut kinds: Vec<EventKind> = EventKind::KNOWN.to_vec();
+    kinds.push(EventKind::parse("my_quotes").unwrap());
+    kinds.push(EventKind::parse("my_signal").unwrap());
+    for kind in kinds {
+        let expected = match kind.as_str() {
+            "market_data" | "price_update" | "trade_execution" | "my_quotes" => BusId::MarketData,
+            _ => BusId::Logic,
+        };
+        let topic = format!("{kind}.X");
+        bus.publish(kind.clone(), &topic, &json!({"n": 0}))
+            .await
+            .unwrap();
+        let route = bus.route(&kind, Priority::Normal);
+        assert_eq!(route.bus, expected, "{kind}");
+        for b in BusId::ALL {
+            let transport = if b == BusId::MarketData {
+                &pair.md
+            } else {
+                &pair.logic
+            };
+            let mut spec = SubscribeSpec::new(
+                format!("probe-{kind}"),
+                "probe-1",
+                vec![route.stream.clone()],
+                bus.router().dead_stream(b),
+            );
+            spec.start = StartFrom::Oldest;
+            let mut sub = transport.subscribe(spec).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_millis(300), sub.next_batch(10)).await;
+            let found: Vec<Envelope> = match got {
+                Ok(Ok(batch)) => batch
+                    .deliveries
+                    .iter()
+                    .map(|d| (*d.envelope).clone())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let here = found.iter().any(|e| e.kind == kind);
+            assert_eq!(here, b == expected, "{kind} on the {b} bus: {here}");
+        }
+    }
+}
+
+/// A critical message overtakes a backlog of bulk logic traffic: it has its own stream and
+/// reader.
+pub async fn priority_lane_overtakes_bulk_traffic(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("strategy");
+    let risk = pair.bus("risk");
+    let order: Arc<Mutex<Vec<EventKind>>> = Default::default();
+    let o2 = order.clone();
+    let h = handler_fn(move |m| {
+        o2.lock().push(m.kind.clone());
+        if m.kind == EventKind::StrategySignal {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(())
+    });
+    let _s = risk
+        .subscribe(
+            opts("risk", &["strategy_signal.>", "risk_alert.>"]).batch_max(16),
+            h,
+        )
+        .await
+        .unwrap();
+    settle().await;
+    const BULK: usize = 1000;
+    let envs: Vec<Envelope> = (0..BULK)
+        .map(|i| {
+            publisher
+                .envelope(
+                    EventKind::StrategySignal,
+                    "strategy_signal.BTC",
+                    Priority::Normal,
+                    &json!({"n": i}),
+                )
+                .unwrap()
+        })
+        .collect();
+    publisher.publish_batch(envs).await.unwrap();
+    wait_until("bulk started", LIMIT, || !order.lock().is_empty()).await;
+    publisher
+        .publish(
+            EventKind::RiskAlert,
+            "risk_alert.BTC",
+            &json!({"n": 0, "rule": "drawdown"}),
+        )
+        .await
+        .unwrap();
+    wait_until("alert handled", LIMIT, || {
+        order.lock().contains(&EventKind::RiskAlert)
+    })
+    .await;
+    let pos = order
+        .lock()
+        .iter()
+        .position(|k| *k == EventKind::RiskAlert)
+        .unwrap();
+    assert!(
+        pos < BULK / 2,
+        "the alert was handled after {pos} of {BULK} bulk messages"
+    );
+}
+
+struct Doubler(DualBus);
+
+impl Handler for Doubler {
+    fn handle(&self, msg: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let bus = self.0.clone();
+        let msg = msg.clone();
+        async move {
+            let x = n_of(&msg);
+            bus.reply(&msg, &json!({"n": x * 2}))
+                .await
+                .map_err(|e| HandlerError(e.to_string()))
+        }
+    }
+}
+
+/// A request gets its reply, matched by correlation id, even with several in flight.
+pub async fn request_reply(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let server = pair.bus("hub");
+    let _s = server
+        .subscribe(
+            opts("hub", &["snapshot_request.>"]),
+            Doubler(server.clone()),
+        )
+        .await
+        .unwrap();
+    settle().await;
+    let client = pair.bus("features");
+    let kind = EventKind::parse("snapshot_request").unwrap();
+    let mut handles = Vec::new();
+    for i in 0..20u64 {
+        let c = client.clone();
+        let k = kind.clone();
+        handles.push(tokio::spawn(async move {
+            let r = c
+                .request(k, "snapshot_request.BTC", &json!({"n": i}), Some(LIMIT))
+                .await
+                .unwrap();
+            (i, r)
+        }));
+    }
+    for h in handles {
+        let (i, reply) = h.await.unwrap();
+        assert_eq!(n_of(&reply), i * 2);
+        assert!(reply.corr.is_some());
+        assert_eq!(&*reply.src, "hub");
+    }
+}
+
+/// A request nobody answers fails with a timeout error naming it.
+pub async fn request_timeout(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let client = pair.bus("backtesting");
+    let err = client
+        .request(
+            EventKind::parse("history_request").unwrap(),
+            "history_request.BTC",
+            &json!({"n": 1}),
+            Some(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Timeout { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("history_request") && text.contains("200ms"),
+        "{text}"
+    );
+}
+
+/// A receiver decodes each payload by the envelope's own `enc`, whatever its own config says.
+pub async fn msgpack_and_json_decode_by_envelope(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let mut cfg = pair.config();
+    cfg.encoding = "msgpack".into();
+    let mp = pair.bus_with("ml", "ml-1", cfg);
+    let js = pair.bus("features");
+    let rec = Recorder::default();
+    let _s = pair
+        .bus("strategy")
+        .subscribe(opts("strategy", &["ml_prediction.>"]), rec.handler())
+        .await
+        .unwrap();
+    settle().await;
+    mp.publish(
+        EventKind::MlPrediction,
+        "ml_prediction.BTC",
+        &json!({"n": 1, "prob_up": 0.6}),
+    )
+    .await
+    .unwrap();
+    js.publish(
+        EventKind::MlPrediction,
+        "ml_prediction.BTC",
+        &json!({"n": 2, "prob_up": 0.4}),
+    )
+    .await
+    .unwrap();
+    wait_until("2 messages", LIMIT, || rec.len() >= 2).await;
+    let mut all = rec.all();
+    all.sort_by_key(n_of);
+    assert_eq!(all[0].enc, Encoding::Msgpack);
+    assert_eq!(all[1].enc, Encoding::Json);
+    assert_eq!(
+        all[0].enc.to_json_value(&all[0].payload).unwrap()["prob_up"],
+        0.6
+    );
+}
+
+/// A new group starts after the newest entry by default, or at the oldest when asked.
+pub async fn new_group_starts_at_newest_or_oldest(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let bus = pair.bus("portfolio");
+    publish_n(&bus, EventKind::PortfolioUpdate, "portfolio_update.book", 3).await;
+    let newest = Recorder::default();
+    let oldest = Recorder::default();
+    let _a = pair
+        .bus("analytics")
+        .subscribe(opts("analytics", &["portfolio_update.>"]), newest.handler())
+        .await
+        .unwrap();
+    let _b = pair
+        .bus("websocket")
+        .subscribe(
+            opts("websocket", &["portfolio_update.>"]).start(StartFrom::Oldest),
+            oldest.handler(),
+        )
+        .await
+        .unwrap();
+    settle().await;
+    let env = bus
+        .stamp(
+            EventKind::PortfolioUpdate,
+            Topic::new("portfolio_update.book").unwrap(),
+            Priority::Normal,
+            Encoding::Json,
+            bytes::Bytes::from_static(br#"{"n": 3}"#),
+        )
+        .unwrap();
+    bus.publish_envelope(env).await.unwrap();
+    wait_until("oldest group has 4", LIMIT, || oldest.len() >= 4).await;
+    wait_until("newest group has 1", LIMIT, || newest.len() >= 1).await;
+    settle().await;
+    assert_eq!(oldest.ns(), vec![0, 1, 2, 3]);
+    assert_eq!(newest.ns(), vec![3]);
+}

@@ -1,0 +1,149 @@
+//! Test support for dualbus: the conformance suite, written once and instantiated for every
+//! transport, so the embedded and Redis transports cannot drift apart.
+//!
+//! # Layout
+//!
+//! * [`TransportFactory`] / [`TransportPair`]: how a transport under test is created (a fresh
+//!   MarketData and Engine Logic pair per test, plus whatever guard keeps its servers alive).
+//! * [`conformance`]: the tests, as `async fn(&dyn TransportFactory)`.
+//! * [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance test.
+//! * [`MemoryFactory`]: the factory of the embedded transport.
+//!
+//! ```ignore
+//! dualbus_testkit::conformance_suite!(dualbus_testkit::MemoryFactory);
+//! ```
+
+pub mod conformance;
+
+use async_trait::async_trait;
+use dualbus_bus::{Config, DualBus};
+use dualbus_core::Transport;
+use dualbus_memory::MemoryTransport;
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A fresh pair of transports for one test.
+pub struct TransportPair {
+    /// The MarketData bus.
+    pub md: Arc<dyn Transport>,
+    /// The Engine Logic bus.
+    pub logic: Arc<dyn Transport>,
+    /// Stream-key prefix to use, unique per test where servers are shared.
+    pub prefix: String,
+    /// Keeps servers alive for the test's duration.
+    pub guard: Box<dyn Any + Send>,
+}
+
+impl TransportPair {
+    /// A config using this pair's prefix.
+    pub fn config(&self) -> Config {
+        let mut cfg = Config::default();
+        cfg.prefix = self.prefix.clone();
+        cfg
+    }
+
+    /// A client for engine `src` (instance `{src}-1`) on this pair, sequence numbers from 1.
+    pub fn bus(&self, src: &str) -> DualBus {
+        self.bus_with(src, &format!("{src}-1"), self.config())
+    }
+
+    /// A client with a given instance and config (whose prefix is replaced by the pair's).
+    pub fn bus_with(&self, src: &str, inst: &str, mut cfg: Config) -> DualBus {
+        cfg.prefix = self.prefix.clone();
+        DualBus::builder(src)
+            .instance(inst)
+            .config(cfg)
+            .transports(self.md.clone(), self.logic.clone())
+            .first_seq(1)
+            .build()
+            .expect("valid test client")
+    }
+}
+
+/// Creates transports under test.
+#[async_trait]
+pub trait TransportFactory: Send + Sync {
+    /// The transport's name, for messages.
+    fn name(&self) -> &'static str;
+    /// A fresh pair.
+    async fn pair(&self) -> TransportPair;
+}
+
+/// The embedded transport's factory.
+pub struct MemoryFactory;
+
+#[async_trait]
+impl TransportFactory for MemoryFactory {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    async fn pair(&self) -> TransportPair {
+        TransportPair {
+            md: Arc::new(MemoryTransport::new()),
+            logic: Arc::new(MemoryTransport::new()),
+            prefix: "dualbus".into(),
+            guard: Box::new(()),
+        }
+    }
+}
+
+/// Polls `cond` every 2 ms until it holds; panics with `what` after `limit` (a guard against a
+/// hang, not a performance bound).
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Runs a test future with a hang guard.
+pub async fn guarded<F: Future<Output = ()>>(name: &str, f: F) {
+    if tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .is_err()
+    {
+        panic!("conformance test {name} hung for 120 s");
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance test, each creating its transports with
+/// `$factory` (an expression of a type implementing [`TransportFactory`]).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@tests $factory;
+            fan_out_every_group_gets_every_message,
+            load_balancing_within_a_group,
+            per_source_order,
+            ack_after_success_and_redelivery_after_failure,
+            dead_consumer_messages_are_reclaimed,
+            restarted_consumer_rereads_its_own_pending,
+            dead_letter_after_max_deliveries,
+            duplicates_are_suppressed,
+            backpressure_block,
+            backpressure_drop_oldest,
+            backpressure_reject,
+            fast_mode_skips_to_head,
+            every_kind_is_routed_to_its_bus,
+            priority_lane_overtakes_bulk_traffic,
+            request_reply,
+            request_timeout,
+            msgpack_and_json_decode_by_envelope,
+            new_group_starts_at_newest_or_oldest
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let factory = $factory;
+                $crate::guarded(stringify!($name), $crate::conformance::$name(&factory)).await;
+            }
+        )*
+    };
+}

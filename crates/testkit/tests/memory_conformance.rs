@@ -1,0 +1,3 @@
+//! The conformance suite on the embedded transport.
+
+dualbus_testkit::conformance_suite!(dualbus_testkit::MemoryFactory);
