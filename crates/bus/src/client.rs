@@ -512,7 +512,7 @@ impl DualBus {
         enc: Encoding,
         payload: Bytes,
     ) -> Result<Envelope, BusError> {
-        if topic.first_segment() != kind.as_str() {
+        if !topic.starts_with_segment(kind.as_str()) {
             return Err(BusError::TopicKindMismatch {
                 topic: topic.to_string(),
                 kind: kind.to_string(),
@@ -589,6 +589,18 @@ impl DualBus {
     }
 
     async fn send(&self, envs: Vec<Envelope>, confirm: Confirm) -> Result<(), BusError> {
+        let Some(first) = envs.first() else {
+            return Ok(());
+        };
+        let lane = is_priority(&first.kind, first.prio);
+        if envs
+            .iter()
+            .all(|e| e.kind == first.kind && is_priority(&e.kind, e.prio) == lane)
+        {
+            // One stream: hand the batch over as it is.
+            let route = self.inner.router.route(&first.kind, first.prio);
+            return self.send_run(&route, envs, confirm).await;
+        }
         let mut run: Vec<Envelope> = Vec::new();
         let mut run_route: Option<Route> = None;
         let mut last_key: Option<(EventKind, bool)> = None;
@@ -1014,9 +1026,23 @@ impl<H: Handler> Reader<H> {
             verdicts.clear();
             {
                 let mut dedup = self.dedup.lock();
+                // Consecutive messages often share a topic allocation: match it once.
+                let mut last: Option<(Topic, EventKind, bool)> = None;
                 for d in &batch.deliveries {
                     let e = &d.envelope;
-                    let accepted = self.filter.as_ref().is_none_or(|f| f.accepts(e));
+                    let accepted = match (&self.filter, &last) {
+                        (None, _) => true,
+                        (Some(_), Some((t, k, ok)))
+                            if Topic::ptr_eq(t, &e.topic) && *k == e.kind =>
+                        {
+                            *ok
+                        }
+                        (Some(f), _) => {
+                            let ok = f.accepts(e);
+                            last = Some((e.topic.clone(), e.kind.clone(), ok));
+                            ok
+                        }
+                    };
                     verdicts.push(if !accepted {
                         None
                     } else {
@@ -1070,6 +1096,9 @@ impl<H: Handler> Reader<H> {
                 counters.failed.fetch_add(failed, Ordering::Relaxed);
                 self.stats.failed.fetch_add(failed, Ordering::Relaxed);
             }
+            // Release the messages before acknowledging: the transport may then free them on
+            // the publisher's side, where they were allocated.
+            drop(batch);
             if self.mode == Mode::Reliable && !acks.is_empty() {
                 match sub.ack(&acks).await {
                     Ok(()) => {

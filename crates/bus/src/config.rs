@@ -424,7 +424,7 @@ impl Config {
         if !matches!(self.transport.as_str(), "memory" | "redis") {
             bad(
                 "transport",
-                &self.transport,
+                &format!("{:?}", self.transport),
                 "expected \"memory\" or \"redis\"",
             );
         }
@@ -436,19 +436,23 @@ impl Config {
         if !name_ok(&self.prefix) {
             bad(
                 "prefix",
-                &self.prefix,
+                &format!("{:?}", self.prefix),
                 "must be non-empty and of [A-Za-z0-9_-]",
             );
         }
         if let Some(inst) = &self.instance {
             if !name_ok(inst) {
-                bad("instance", inst, "must be non-empty and of [A-Za-z0-9_-]");
+                bad(
+                    "instance",
+                    &format!("{inst:?}"),
+                    "must be non-empty and of [A-Za-z0-9_-]",
+                );
             }
         }
         if self.encoding.parse::<Encoding>().is_err() {
             bad(
                 "encoding",
-                &self.encoding,
+                &format!("{:?}", self.encoding),
                 "expected \"json\" or \"msgpack\"",
             );
         }

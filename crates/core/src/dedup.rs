@@ -103,29 +103,35 @@ impl SourceDedup {
 
     /// Records `seq` for the source and says whether it was new.
     pub fn check(&mut self, src: &Arc<str>, inst: &Arc<str>, seq: u64) -> Verdict {
-        let slot = match &self.last {
-            // Consecutive messages mostly come from the same source: skip the hash lookup.
+        let cached = match &self.last {
+            // Consecutive messages mostly come from the same source: skip the hash lookup and
+            // the reference counting.
             Some((s, i, slot))
                 if (Arc::ptr_eq(s, src) || **s == **src)
                     && (Arc::ptr_eq(i, inst) || **i == **inst) =>
             {
                 Some(*slot)
             }
-            _ => self.index.get(&(src.clone(), inst.clone())).copied(),
+            _ => None,
         };
-        let verdict = match slot {
-            Some(slot) => {
-                self.last = Some((src.clone(), inst.clone(), slot));
-                self.windows[slot].check(seq)
-            }
+        let slot = match cached {
+            Some(slot) => slot,
             None => {
-                let slot = self.windows.len();
-                self.windows.push(Window::new(self.words, seq));
-                self.index.insert((src.clone(), inst.clone()), slot);
+                let slot = match self.index.get(&(src.clone(), inst.clone())) {
+                    Some(&slot) => slot,
+                    None => {
+                        let slot = self.windows.len();
+                        self.windows.push(Window::new(self.words, seq));
+                        self.index.insert((src.clone(), inst.clone()), slot);
+                        self.last = Some((src.clone(), inst.clone(), slot));
+                        return Verdict::New;
+                    }
+                };
                 self.last = Some((src.clone(), inst.clone(), slot));
-                Verdict::New
+                slot
             }
         };
+        let verdict = self.windows[slot].check(seq);
         if verdict == Verdict::TooOld {
             self.too_old += 1;
         }

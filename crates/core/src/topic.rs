@@ -100,7 +100,24 @@ impl Topic {
 
     /// The first segment: by convention the kind's name.
     pub fn first_segment(&self) -> &str {
-        self.0.split('.').next().unwrap_or("")
+        let end = self
+            .0
+            .bytes()
+            .position(|b| b == b'.')
+            .unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+
+    /// Whether the first segment is exactly `name`.
+    pub fn starts_with_segment(&self, name: &str) -> bool {
+        let t = self.0.as_bytes();
+        t.starts_with(name.as_bytes()) && (t.len() == name.len() || t[name.len()] == b'.')
+    }
+
+    /// Whether both are the same allocation (a cheap equality check that may say `false` for
+    /// equal topics).
+    pub fn ptr_eq(a: &Topic, b: &Topic) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
     }
 
     /// Iterates over the segments.
@@ -217,22 +234,41 @@ impl Pattern {
 
     /// Like [`Pattern::matches`] on an already validated topic string.
     pub fn matches_str(&self, topic: &str) -> bool {
-        let mut parts = topic.split('.');
+        let t = topic.as_bytes();
+        let mut pos = 0usize; // start of the current topic segment
+        let mut first = true;
         for seg in self.segments.iter() {
+            if !first {
+                // Step over the dot that ended the previous segment.
+                if pos >= t.len() {
+                    return false;
+                }
+                pos += 1;
+            }
+            first = false;
+            if pos > t.len() || (pos == t.len() && !t.is_empty()) {
+                return false;
+            }
             match seg {
-                Segment::Rest => return parts.next().is_some(),
+                Segment::Rest => return pos < t.len(),
                 Segment::One => {
-                    if parts.next().is_none() {
+                    let end = t[pos..]
+                        .iter()
+                        .position(|&b| b == b'.')
+                        .map_or(t.len(), |i| pos + i);
+                    pos = end;
+                }
+                Segment::Literal(lit) => {
+                    let lit = lit.as_bytes();
+                    let end = pos + lit.len();
+                    if end > t.len() || &t[pos..end] != lit || (end < t.len() && t[end] != b'.') {
                         return false;
                     }
+                    pos = end;
                 }
-                Segment::Literal(lit) => match parts.next() {
-                    Some(p) if p == &**lit => {}
-                    _ => return false,
-                },
             }
         }
-        parts.next().is_none()
+        pos == t.len()
     }
 }
 

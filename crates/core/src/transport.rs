@@ -33,7 +33,7 @@ impl fmt::Display for EntryId {
 /// share one allocation, so handing one to every group costs a reference count, not a copy.
 #[derive(Clone)]
 pub struct EnvelopeRef {
-    seg: Arc<[Envelope]>,
+    seg: Arc<Vec<Envelope>>,
     idx: u32,
 }
 
@@ -42,7 +42,7 @@ impl EnvelopeRef {
     ///
     /// # Panics
     /// When `idx` is out of range: a bug in the transport.
-    pub fn shared(seg: Arc<[Envelope]>, idx: usize) -> EnvelopeRef {
+    pub fn shared(seg: Arc<Vec<Envelope>>, idx: usize) -> EnvelopeRef {
         assert!(idx < seg.len(), "envelope index out of range");
         EnvelopeRef {
             seg,
@@ -53,7 +53,7 @@ impl EnvelopeRef {
     /// Wraps one owned envelope.
     pub fn owned(env: Envelope) -> EnvelopeRef {
         EnvelopeRef {
-            seg: Arc::from(vec![env]),
+            seg: Arc::new(vec![env]),
             idx: 0,
         }
     }

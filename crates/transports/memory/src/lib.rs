@@ -57,6 +57,7 @@ pub struct MemoryTransport {
 
 struct Inner {
     opts: MemoryOptions,
+    epoch: Instant,
     streams: RwLock<HashMap<StreamKey, Arc<Stream>>>,
     dead: Mutex<HashMap<StreamKey, VecDeque<DeadLetter>>>,
     stats: Stats,
@@ -82,7 +83,7 @@ struct Stream {
 
 struct Seg {
     base: u64,
-    msgs: Arc<[Envelope]>,
+    msgs: Arc<Vec<Envelope>>,
 }
 
 struct State {
@@ -94,13 +95,14 @@ struct State {
     groups: Vec<Group>,
 }
 
+/// A delivered, unacknowledged entry (24 bytes; one per message in flight).
 struct Pending {
     offset: u64,
+    /// Nanoseconds since the transport's epoch.
+    delivered_at: u64,
     consumer: u32,
-    delivered_at: Instant,
-    count: u32,
+    count: u16,
     acked: bool,
-    last_error: Option<Box<str>>,
 }
 
 struct Group {
@@ -119,6 +121,8 @@ struct Group {
     pel: VecDeque<Pending>,
     /// Unacknowledged entries in `pel`.
     pel_live: usize,
+    /// Last handler error per pending offset (rare, so kept aside).
+    errors: HashMap<u64, Box<str>>,
     consumers: Vec<Arc<str>>,
     wakers: Vec<Arc<ReadWake>>,
     /// Fast mode: entries trimmed before this group read them, to report as skipped.
@@ -279,11 +283,11 @@ impl Stream {
             if room == 0 {
                 return Ok(Append::Wait);
             }
-            let msgs: Arc<[Envelope]> = if room == n {
-                Arc::from(std::mem::take(batch))
+            let msgs = Arc::new(if room == n {
+                std::mem::take(batch)
             } else {
-                batch.drain(..room).collect::<Vec<_>>().into()
-            };
+                batch.drain(..room).collect::<Vec<_>>()
+            });
             let base = st.next;
             st.segs.push_back(Seg { base, msgs });
             st.next += room as u64;
@@ -333,6 +337,7 @@ impl MemoryTransport {
         MemoryTransport {
             inner: Arc::new(Inner {
                 opts,
+                epoch: Instant::now(),
                 streams: RwLock::new(HashMap::new()),
                 dead: Mutex::new(HashMap::new()),
                 stats: Stats::default(),
@@ -496,6 +501,7 @@ impl Transport for MemoryTransport {
                             consumers: Vec::new(),
                             wakers: Vec::new(),
                             unreported_skips: 0,
+                            errors: HashMap::new(),
                         });
                         st.groups.len() - 1
                     }
@@ -561,6 +567,10 @@ struct Reader {
     consumer: u32,
 }
 
+/// Acknowledged entries a stream may retain before an acknowledgement (rather than the next
+/// publish) trims them.
+const ACK_TRIM_THRESHOLD: u64 = 65_536;
+
 struct MemorySubscriber {
     inner: Arc<Inner>,
     readers: Vec<Reader>,
@@ -576,11 +586,12 @@ struct MemorySubscriber {
 impl MemorySubscriber {
     /// Takes what is available without waiting.
     fn poll(&mut self, max: usize, batch: &mut Batch) {
-        let now = Instant::now();
-        let sweep = now.duration_since(self.last_sweep) >= self.sweep_every;
+        let instant = Instant::now();
+        let sweep = instant.duration_since(self.last_sweep) >= self.sweep_every;
         if sweep {
-            self.last_sweep = now;
+            self.last_sweep = instant;
         }
+        let now = instant.duration_since(self.inner.epoch).as_nanos() as u64;
         let replay_own = std::mem::take(&mut self.replay_own);
         let n = self.readers.len();
         for k in 0..n {
@@ -597,7 +608,7 @@ impl MemorySubscriber {
         &self,
         ri: usize,
         max: usize,
-        now: Instant,
+        now: u64,
         sweep: bool,
         replay_own: bool,
         batch: &mut Batch,
@@ -638,7 +649,9 @@ impl MemorySubscriber {
                         let due = if replay_own && p.consumer == r.consumer {
                             true
                         } else {
-                            sweep && now.duration_since(p.delivered_at) >= g.idle_timeout
+                            sweep
+                                && now.saturating_sub(p.delivered_at)
+                                    >= g.idle_timeout.as_nanos() as u64
                         };
                         if !due {
                             continue;
@@ -663,10 +676,10 @@ impl MemorySubscriber {
                             lost += 1;
                             continue;
                         };
-                        if p.count >= g.max_deliveries {
+                        if p.count as u32 >= g.max_deliveries {
                             p.acked = true;
                             g.pel_live -= 1;
-                            let reason = match &p.last_error {
+                            let reason = match g.errors.remove(&p.offset) {
                                 Some(e) => format!(
                                     "not acknowledged after {} deliveries; last error: {e}",
                                     p.count
@@ -680,13 +693,13 @@ impl MemorySubscriber {
                                     ms: 0,
                                     seq: p.offset,
                                 },
-                                deliveries: p.count,
+                                deliveries: p.count as u32,
                                 reason,
                                 envelope: Some((*env).clone()),
                             });
                             continue;
                         }
-                        p.count += 1;
+                        p.count = p.count.saturating_add(1);
                         p.consumer = r.consumer;
                         p.delivered_at = now;
                         redelivered += 1;
@@ -696,7 +709,7 @@ impl MemorySubscriber {
                                 ms: 0,
                                 seq: p.offset,
                             },
-                            attempt: p.count,
+                            attempt: p.count as u32,
                             envelope: env,
                         });
                     }
@@ -719,11 +732,10 @@ impl MemorySubscriber {
                         if g.mode == Mode::Reliable {
                             g.pel.push_back(Pending {
                                 offset,
-                                consumer: r.consumer,
                                 delivered_at: now,
+                                consumer: r.consumer,
                                 count: 1,
                                 acked: false,
-                                last_error: None,
                             });
                         }
                         out.push(Delivery {
@@ -828,19 +840,26 @@ impl Subscriber for MemorySubscriber {
                 let mut st = r.stream.state.lock();
                 let g = &mut st.groups[r.group];
                 if g.mode == Mode::Reliable {
+                    let mut hint = 0usize;
                     while i < ids.len() && ids[i].0 == si {
                         let off = ids[i].1.seq;
                         i += 1;
-                        // Usually the front, since acknowledgements follow delivery order.
-                        let pos = match g.pel.front() {
-                            Some(p) if p.offset == off => Ok(0),
+                        // Acknowledgements mostly follow delivery order: try the next slot first.
+                        let pos = match g.pel.get(hint) {
+                            Some(p) if p.offset == off => Ok(hint),
                             _ => g.pel.binary_search_by_key(&off, |p| p.offset),
                         };
+                        if let Ok(p) = pos {
+                            hint = p + 1;
+                        }
                         if let Ok(pos) = pos {
                             let p = &mut g.pel[pos];
                             if !p.acked {
                                 p.acked = true;
                                 g.pel_live -= 1;
+                                if !g.errors.is_empty() {
+                                    g.errors.remove(&off);
+                                }
                             }
                         }
                     }
@@ -850,11 +869,20 @@ impl Subscriber for MemorySubscriber {
                         i += 1;
                     }
                 }
-                let (removed, lost) = st.trim(self.inner.opts.maxlen);
-                freed = removed;
-                if lost > 0 {
-                    self.inner.stats.dropped.fetch_add(lost, Ordering::Relaxed);
-                }
+                // Publishers trim on every append, so envelopes are normally freed on the thread
+                // that allocated them; an acknowledgement trims only when a large acknowledged
+                // prefix has piled up (the publishers went quiet).
+                let idle = st.groups[r.group].floor(st.next).saturating_sub(st.first)
+                    >= ACK_TRIM_THRESHOLD;
+                freed = if idle {
+                    let (removed, lost) = st.trim(self.inner.opts.maxlen);
+                    if lost > 0 {
+                        self.inner.stats.dropped.fetch_add(lost, Ordering::Relaxed);
+                    }
+                    removed
+                } else {
+                    Vec::new()
+                };
             }
             drop(freed);
             r.stream.notify_space();
@@ -869,7 +897,9 @@ impl Subscriber for MemorySubscriber {
         let mut st = r.stream.state.lock();
         let g = &mut st.groups[r.group];
         if let Ok(pos) = g.pel.binary_search_by_key(&id.seq, |p| p.offset) {
-            g.pel[pos].last_error = Some(reason.into());
+            if !g.pel[pos].acked {
+                g.errors.insert(id.seq, reason.into());
+            }
         }
     }
 }
