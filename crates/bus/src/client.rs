@@ -679,7 +679,8 @@ impl DualBus {
             let mut streams: Vec<StreamKey> = kinds
                 .iter()
                 .filter(|k| self.inner.router.bus_of(k) == bus)
-                .filter(|k| !k.is_critical())
+                // Critical kinds travel on the priority lane, but their own streams are read
+                // too: a client that is not a DualBus (redis-cli, Python) may XADD there.
                 .map(|k| self.inner.router.kind_stream(bus, k))
                 .collect();
             let on_bus = kinds.iter().any(|k| self.inner.router.bus_of(k) == bus);

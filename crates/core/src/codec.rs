@@ -75,6 +75,14 @@ impl Encoding {
         res.map_err(|reason| CodecError::Decode { enc: self, reason })
     }
 
+    /// Checks that the bytes are one well-formed value in this encoding, without building it.
+    ///
+    /// # Errors
+    /// [`CodecError::Decode`] with the parser's reason.
+    pub fn validate(self, bytes: &[u8]) -> Result<(), CodecError> {
+        self.decode::<serde::de::IgnoredAny>(bytes).map(|_| ())
+    }
+
     /// Decodes any payload into a JSON value, whatever its encoding (for tools and logs).
     ///
     /// # Errors
@@ -136,6 +144,17 @@ mod tests {
             .unwrap();
         // A map (0x8N), not an array (0x9N), so other languages see field names.
         assert_eq!(bytes[0] & 0xf0, 0x80);
+    }
+
+    #[test]
+    fn validate_rejects_garbage() {
+        assert!(Encoding::Json.validate(br#"{"a":1}"#).is_ok());
+        assert!(Encoding::Json.validate(b"{\"a\":").is_err());
+        assert!(Encoding::Msgpack.validate(&[0xc1]).is_err());
+        let ok = Encoding::Msgpack
+            .encode(&serde_json::json!({"a": 1}))
+            .unwrap();
+        assert!(Encoding::Msgpack.validate(&ok).is_ok());
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Envelope {
                 enc: Encoding::Json,
                 corr: None,
                 reply: None,
-                payload: Bytes::new(),
+                payload: Bytes::from_static(b"{}"),
             },
         }
     }
@@ -239,6 +239,13 @@ impl Envelope {
         let topic_raw = req(3)?;
         let topic = Topic::new(utf8("topic", topic_raw)?)
             .map_err(|e| bad("topic", topic_raw, e.to_string()))?;
+        if !topic.starts_with_segment(kind.as_str()) {
+            return Err(bad(
+                "topic",
+                topic_raw,
+                format!("must start with its kind {:?}", kind.as_str()),
+            ));
+        }
         let src = utf8("src", req(4)?)?;
         if !name_ok(src) {
             return Err(bad(
@@ -257,9 +264,16 @@ impl Envelope {
         }
         let num = |i: usize, field: &'static str| -> Result<u64, WireError> {
             let raw = req(i)?;
-            utf8(field, raw)?
-                .parse::<u64>()
-                .map_err(|_| bad(field, raw, "not a decimal u64".into()))
+            // Canonical decimal only: digits, no sign, no leading zeros.
+            let canonical = !raw.is_empty()
+                && raw.iter().all(u8::is_ascii_digit)
+                && (raw.len() == 1 || raw[0] != b'0');
+            let parsed = if canonical {
+                utf8(field, raw)?.parse::<u64>().ok()
+            } else {
+                None
+            };
+            parsed.ok_or_else(|| bad(field, raw, "not a canonical decimal u64".into()))
         };
         let seq = num(6, "seq")?;
         let ts = num(7, "ts")?;
@@ -271,6 +285,8 @@ impl Envelope {
         let enc = utf8("enc", enc_raw)?
             .parse::<Encoding>()
             .map_err(|e| bad("enc", enc_raw, e.to_string()))?;
+        enc.validate(payload)
+            .map_err(|e| bad("payload", payload, e.to_string()))?;
         let id_raw = req(1)?;
         let id = utf8("id", id_raw)?;
         let expected = format!("{src}:{inst}:{seq}");

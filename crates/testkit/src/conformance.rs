@@ -60,6 +60,32 @@ async fn publish_n(bus: &DualBus, kind: EventKind, topic: &str, n: u64) {
     }
 }
 
+/// Publishes like [`publish_n`] and returns once the broker has every message (the last one is
+/// confirmed; a transport writes in order).
+async fn publish_n_confirmed(bus: &DualBus, kind: EventKind, topic: &str, n: u64) {
+    publish_n(bus, kind.clone(), topic, n - 1).await;
+    let last = bus
+        .envelope(kind, topic, Priority::Normal, &json!({ "n": n - 1 }))
+        .expect("envelope");
+    bus.publish_confirmed(last).await.expect("publish");
+}
+
+/// Reads until `n` deliveries arrived (a read returns at least one, not all that are ready).
+async fn read_n(
+    sub: &mut Box<dyn dualbus_core::Subscriber>,
+    n: usize,
+) -> Vec<dualbus_core::Delivery> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let b = tokio::time::timeout(LIMIT, sub.next_batch(n - out.len()))
+            .await
+            .expect("messages within the limit")
+            .expect("read");
+        out.extend(b.deliveries);
+    }
+    out
+}
+
 /// Gives subscriptions a moment to be registered on transports that create groups
 /// asynchronously (a no-op cost on the embedded one).
 async fn settle() {
@@ -236,8 +262,8 @@ pub async fn dead_consumer_messages_are_reclaimed(f: &dyn TransportFactory) {
     spec.idle_timeout = Duration::from_millis(150);
     let mut a = pair.logic.subscribe(spec.clone()).await.unwrap();
     publish_n(&bus, EventKind::OrderRequest, "order_request.BTC", 5).await;
-    let got = a.next_batch(100).await.unwrap();
-    assert_eq!(got.deliveries.len(), 5);
+    let got = read_n(&mut a, 5).await;
+    assert_eq!(got.len(), 5);
     drop(a); // dies without acknowledging
 
     spec.consumer = "venue-b".into();
@@ -273,9 +299,9 @@ pub async fn restarted_consumer_rereads_its_own_pending(f: &dyn TransportFactory
         bus.router().dead_stream(BusId::Logic),
     );
     let mut a = pair.logic.subscribe(spec.clone()).await.unwrap();
-    publish_n(&bus, EventKind::PortfolioUpdate, "portfolio_update.book", 3).await;
-    let first = a.next_batch(2).await.unwrap();
-    assert_eq!(first.deliveries.len(), 2);
+    publish_n_confirmed(&bus, EventKind::PortfolioUpdate, "portfolio_update.book", 3).await;
+    let first = read_n(&mut a, 2).await;
+    assert_eq!(first.len(), 2);
     drop(a);
     let mut again = pair.logic.subscribe(spec).await.unwrap();
     let mut ns = Vec::new();
@@ -500,7 +526,7 @@ pub async fn backpressure_drop_oldest(f: &dyn TransportFactory) {
     spec.queue_bound = 10;
     spec.backpressure = Backpressure::DropOldest;
     let mut sub = pair.logic.subscribe(spec).await.unwrap();
-    publish_n(&bus, EventKind::AnalyticsResult, "analytics_result.pnl", 25).await;
+    publish_n_confirmed(&bus, EventKind::AnalyticsResult, "analytics_result.pnl", 25).await;
     let mut ns = Vec::new();
     let mut acks = Vec::new();
     while ns.len() < 10 {
@@ -536,7 +562,7 @@ pub async fn backpressure_reject(f: &dyn TransportFactory) {
     spec.queue_bound = 10;
     spec.backpressure = Backpressure::Reject;
     let mut sub = pair.logic.subscribe(spec).await.unwrap();
-    publish_n(&bus, EventKind::PositionChange, "position_change.BTC", 10).await;
+    publish_n_confirmed(&bus, EventKind::PositionChange, "position_change.BTC", 10).await;
     let err = bus
         .publish(
             EventKind::PositionChange,
@@ -587,7 +613,7 @@ pub async fn fast_mode_skips_to_head(f: &dyn TransportFactory) {
     spec.mode = Mode::Fast;
     spec.lag_limit = 100;
     let mut sub = pair.md.subscribe(spec).await.unwrap();
-    publish_n(
+    publish_n_confirmed(
         &hub,
         EventKind::MarketData,
         "market_data.trade.BTCUSDT",

@@ -7,13 +7,17 @@
 //!   MarketData and Engine Logic pair per test, plus whatever guard keeps its servers alive).
 //! * [`conformance`]: the tests, as `async fn(&dyn TransportFactory)`.
 //! * [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance test.
-//! * [`MemoryFactory`]: the factory of the embedded transport.
+//! * [`MemoryFactory`], [`RedisFactory`]: the factories of the embedded and Redis transports.
+//! * [`RedisServer`]: a real `redis-server` on a free port, killed on drop.
 //!
 //! ```ignore
 //! dualbus_testkit::conformance_suite!(dualbus_testkit::MemoryFactory);
 //! ```
 
 pub mod conformance;
+pub mod redis_server;
+
+pub use redis_server::RedisServer;
 
 use async_trait::async_trait;
 use dualbus_bus::{Config, DualBus};
@@ -87,6 +91,34 @@ impl TransportFactory for MemoryFactory {
             guard: Box::new(()),
         }
     }
+}
+
+/// The Redis transport's factory: two fresh `redis-server` processes per test.
+pub struct RedisFactory;
+
+#[async_trait]
+impl TransportFactory for RedisFactory {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    async fn pair(&self) -> TransportPair {
+        let md = RedisServer::start().expect("start the MarketData redis-server");
+        let logic = RedisServer::start().expect("start the Engine Logic redis-server");
+        let md_t = connect_redis("md", &md.url()).await;
+        let logic_t = connect_redis("logic", &logic.url()).await;
+        TransportPair {
+            md: Arc::new(md_t),
+            logic: Arc::new(logic_t),
+            prefix: "dualbus".into(),
+            guard: Box::new((md, logic)),
+        }
+    }
+}
+
+async fn connect_redis(bus: &str, url: &str) -> dualbus_redis::RedisTransport {
+    dualbus_redis::RedisTransport::connect(dualbus_redis::RedisOptions::new(bus, url))
+        .await
+        .expect("connect to the test redis-server")
 }
 
 /// Polls `cond` every 2 ms until it holds; panics with `what` after `limit` (a guard against a

@@ -1,0 +1,157 @@
+//! A real `redis-server` for tests and benchmarks, on a free loopback port, killed on drop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` child process. Dropping it kills the server (SIGKILL) and removes its
+/// working directory.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+/// Ports the user's own buses use by default; tests never take them.
+const RESERVED: [u16; 2] = [6380, 6381];
+
+fn free_port() -> std::io::Result<u16> {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !RESERVED.contains(&port) {
+            return Ok(port);
+        }
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    matches!(s.read(&mut buf), Ok(n) if n >= 5 && &buf[..5] == b"+PONG")
+}
+
+impl RedisServer {
+    /// Starts a server on a free port (persistence off) and waits until it answers.
+    ///
+    /// # Errors
+    /// When `redis-server` is missing or does not come up.
+    pub fn start() -> std::io::Result<RedisServer> {
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            match RedisServer::start_on(port) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("at least one attempt"))
+    }
+
+    /// Starts a server on `port`.
+    ///
+    /// # Errors
+    /// When `redis-server` is missing or does not answer within 10 s.
+    pub fn start_on(port: u16) -> std::io::Result<RedisServer> {
+        let dir = std::env::temp_dir().join(format!("dualbus-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot start redis-server ({e}); install it: apt-get install redis-server"
+                    ),
+                )
+            })?;
+        self.child = Some(child);
+        let start = Instant::now();
+        while !ping(self.port) {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(std::io::Error::other(format!(
+                        "redis-server on port {} exited: {status}",
+                        self.port
+                    )));
+                }
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                self.kill();
+                return Err(std::io::Error::other(format!(
+                    "redis-server on port {} did not answer within 10 s",
+                    self.port
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its URL, `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty (no persistence).
+    ///
+    /// # Errors
+    /// When it does not come up.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,304 @@
+//! Queue bounds of reliable groups, enforced by publishers.
+//!
+//! Redis has no per-group bound, so each reliable group records its bound and policy in the hash
+//! `{stream}#groups` when it subscribes, and every publisher honours it: it keeps an estimate of
+//! each group's backlog (pending plus unread at the last check, plus everything admitted since),
+//! which can only overstate the truth, and checks precisely (`XINFO GROUPS`, after flushing its
+//! own queued writes) only when the estimate reaches a bound. Then `reject` fails the publish,
+//! `block` waits for room, and `drop_oldest` acknowledges the group's oldest pending entries and
+//! moves its cursor past the oldest unread ones, counting them as dropped.
+
+use crate::reply;
+use crate::RedisTransport;
+use dualbus_core::transport::StreamKey;
+use dualbus_core::{Backpressure, PublishError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a publisher trusts its copy of a stream's group bounds.
+const POLICY_TTL: Duration = Duration::from_millis(500);
+
+/// The hash holding the bounds of a stream's groups.
+pub(crate) fn bounds_key(stream: &str) -> String {
+    format!("{stream}#groups")
+}
+
+/// Encodes a bound for the hash: `{bound} {policy}`.
+pub(crate) fn encode(bound: usize, policy: Backpressure) -> String {
+    let p = match policy {
+        Backpressure::Block => "block",
+        Backpressure::DropOldest => "drop_oldest",
+        Backpressure::Reject => "reject",
+    };
+    format!("{bound} {p}")
+}
+
+fn decode(v: &str) -> Option<(u64, Backpressure)> {
+    let (b, p) = v.split_once(' ')?;
+    let policy = match p {
+        "block" => Backpressure::Block,
+        "drop_oldest" => Backpressure::DropOldest,
+        "reject" => Backpressure::Reject,
+        _ => return None,
+    };
+    Some((b.parse().ok()?, policy))
+}
+
+struct GroupBound {
+    group: String,
+    bound: u64,
+    policy: Backpressure,
+}
+
+#[derive(Default)]
+struct StreamBounds {
+    groups: Vec<GroupBound>,
+    loaded_at: Option<Instant>,
+    backlog: HashMap<String, u64>,
+    admitted_since: u64,
+    checked: bool,
+}
+
+/// Per-stream admission state of one transport.
+#[derive(Default)]
+pub(crate) struct Admission {
+    streams: Mutex<HashMap<StreamKey, Arc<tokio::sync::Mutex<StreamBounds>>>>,
+}
+
+/// How to publish an admitted batch.
+pub(crate) enum Admit {
+    /// As one batch.
+    Queued,
+    /// In pieces of at most this many (the batch exceeds a blocking group's bound).
+    Split(usize),
+}
+
+fn broker(t: &RedisTransport, e: redis::RedisError) -> PublishError {
+    PublishError::Unavailable(t.inner.describe(&e))
+}
+
+/// Decides whether `n` more entries may go to `stream`; waits, drops or rejects per the
+/// groups' policies.
+pub(crate) async fn admit(
+    t: &RedisTransport,
+    stream: &StreamKey,
+    n: usize,
+) -> Result<Admit, PublishError> {
+    let state = t
+        .inner
+        .admission
+        .streams
+        .lock()
+        .entry(stream.clone())
+        .or_default()
+        .clone();
+    let mut st = state.lock().await;
+    let mut conn = t.inner.conn.clone();
+    if st.loaded_at.is_none_or(|at| at.elapsed() > POLICY_TTL) {
+        let raw: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(bounds_key(stream))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| broker(t, e))?;
+        st.groups = raw
+            .iter()
+            .filter_map(|(g, v)| {
+                let (bound, policy) = decode(v)?;
+                Some(GroupBound {
+                    group: g.clone(),
+                    bound,
+                    policy,
+                })
+            })
+            .collect();
+        st.loaded_at = Some(Instant::now());
+    }
+    if st.groups.is_empty() {
+        return Ok(Admit::Queued);
+    }
+    let n64 = n as u64;
+    for g in &st.groups {
+        if n64 > g.bound {
+            match g.policy {
+                Backpressure::Block => return Ok(Admit::Split((g.bound / 2).max(1) as usize)),
+                Backpressure::Reject => {
+                    return Err(PublishError::Full {
+                        stream: stream.to_string(),
+                        group: g.group.clone(),
+                        bound: g.bound as usize,
+                    })
+                }
+                Backpressure::DropOldest => {}
+            }
+        }
+    }
+    let fits = st.checked
+        && st.groups.iter().all(|g| {
+            st.backlog.get(&g.group).copied().unwrap_or(0) + st.admitted_since + n64 <= g.bound
+        });
+    if fits {
+        st.admitted_since += n64;
+        return Ok(Admit::Queued);
+    }
+    // Precise check: first let our own queued writes land, so the counts include them.
+    t.flush().await?;
+    loop {
+        let v: redis::Value = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&**stream)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            // No such key yet: no group has a backlog.
+            Err(e) if e.to_string().contains("no such key") => redis::Value::Array(vec![]),
+            Err(e) => return Err(broker(t, e)),
+        };
+        let infos = reply::groups(&v);
+        let mut wait = false;
+        let mut backlog = HashMap::new();
+        for g in &st.groups {
+            let Some(info) = infos.iter().find(|i| i.name == g.group) else {
+                continue;
+            };
+            let unread = match info.lag {
+                Some(l) => l,
+                None => count_after(t, stream, &info.last_delivered, g.bound + n64 + 1).await?,
+            };
+            let mut b = info.pending + unread;
+            if b + n64 > g.bound {
+                match g.policy {
+                    Backpressure::Reject => {
+                        return Err(PublishError::Full {
+                            stream: stream.to_string(),
+                            group: g.group.clone(),
+                            bound: g.bound as usize,
+                        })
+                    }
+                    Backpressure::Block => wait = true,
+                    Backpressure::DropOldest => {
+                        let k = b + n64 - g.bound;
+                        let dropped = drop_oldest(t, stream, &g.group, k, info).await?;
+                        b = b.saturating_sub(dropped);
+                    }
+                }
+            }
+            backlog.insert(g.group.clone(), b);
+        }
+        if !wait {
+            st.backlog = backlog;
+            st.admitted_since = n64;
+            st.checked = true;
+            return Ok(Admit::Queued);
+        }
+        if t.inner.down.load(Ordering::SeqCst) {
+            return Err(PublishError::Unavailable(format!(
+                "{} bus at {} is down",
+                t.inner.opts.bus, t.inner.opts.url
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Entries after `after` (exclusive), counting at most `cap`.
+async fn count_after(
+    t: &RedisTransport,
+    stream: &str,
+    after: &[u8],
+    cap: u64,
+) -> Result<u64, PublishError> {
+    let mut conn = t.inner.conn.clone();
+    let mut start = b"(".to_vec();
+    start.extend_from_slice(after);
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(&start[..])
+        .arg("+")
+        .arg("COUNT")
+        .arg(cap)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| broker(t, e))?;
+    Ok(reply::entries(&v).map(|e| e.len() as u64).unwrap_or(0))
+}
+
+/// Drops the `k` oldest messages a group holds: pending ones first (acknowledged unhandled),
+/// then unread ones (the group's cursor moves past them). Returns how many were dropped.
+async fn drop_oldest(
+    t: &RedisTransport,
+    stream: &str,
+    group: &str,
+    k: u64,
+    info: &reply::GroupInfo,
+) -> Result<u64, PublishError> {
+    let mut conn = t.inner.conn.clone();
+    let rows: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(k)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| broker(t, e))?;
+    let rows = reply::pending_rows(&rows);
+    let mut dropped = 0u64;
+    if !rows.is_empty() {
+        let mut ack = redis::cmd("XACK");
+        ack.arg(stream).arg(group);
+        for (_, raw, _) in &rows {
+            ack.arg(&raw[..]);
+        }
+        let n: u64 = ack.query_async(&mut conn).await.map_err(|e| broker(t, e))?;
+        dropped += n;
+    }
+    let rest = k.saturating_sub(rows.len() as u64);
+    if rest > 0 {
+        let mut start = b"(".to_vec();
+        start.extend_from_slice(if info.last_delivered.is_empty() {
+            b"0-0"
+        } else {
+            &info.last_delivered
+        });
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&start[..])
+            .arg("+")
+            .arg("COUNT")
+            .arg(rest)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| broker(t, e))?;
+        let skipped = reply::entries(&v).map_err(PublishError::Broker)?;
+        if let Some(last) = skipped.last() {
+            let mut setid = redis::cmd("XGROUP");
+            setid
+                .arg("SETID")
+                .arg(stream)
+                .arg(group)
+                .arg(&last.raw_id[..]);
+            if let Some(read) = info.entries_read {
+                setid.arg("ENTRIESREAD").arg(read + skipped.len() as u64);
+            }
+            setid
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| broker(t, e))?;
+            dropped += skipped.len() as u64;
+        }
+    }
+    if dropped > 0 {
+        t.inner.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        tracing::debug!(
+            stream,
+            group,
+            dropped,
+            "queue bound reached: dropped the oldest"
+        );
+    }
+    Ok(dropped)
+}

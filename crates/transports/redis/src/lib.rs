@@ -1,0 +1,393 @@
+//! The Redis Streams transport: one Redis server per bus, the same semantics as the embedded
+//! transport (the conformance suite in `dualbus-testkit` runs unchanged against both).
+//!
+//! # Layout
+//!
+//! * [`RedisTransport`], [`RedisOptions`], [`ConnectError`]: connecting to one bus's server.
+//! * `writer` (private): the task that owns the publishing connection and sends whatever is
+//!   queued as one pipeline per round trip (no timer, no waiting for a batch to fill).
+//! * `admission` (private): queue bounds of consumer groups, enforced by publishers (block,
+//!   drop oldest, reject) from the groups' pending and lag counts.
+//! * `subscriber` (private): `XREADGROUP` over all of a subscription's streams per call, on a
+//!   connection of its own; `XAUTOCLAIM` sweeps; dead letters; `NOGROUP` recovery.
+//! * `reply` (private): parsing of Redis replies (RESP2 arrays and RESP3 maps).
+//!
+//! # Keys
+//!
+//! The bus chooses stream keys (`{prefix}:{bus}:{kind}`); this transport adds one hash per
+//! stream, `{stream}#groups`, where each reliable group records its queue bound and policy so
+//! that publishers in other processes can honour them.
+
+mod admission;
+mod reply;
+mod subscriber;
+mod writer;
+
+use async_trait::async_trait;
+use dualbus_core::transport::StreamKey;
+use dualbus_core::{
+    Confirm, DeadLetter, Envelope, Health, Mode, PublishError, ReceiveError, SubscribeError,
+    SubscribeSpec, Subscriber, Transport, TransportStats,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Options of one bus's Redis connection.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// The bus name, for messages (`md`, `logic`).
+    pub bus: String,
+    /// Server address, `redis://host:port`.
+    pub url: String,
+    /// `XADD ... MAXLEN ~ maxlen`.
+    pub maxlen: u64,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// Longest accepted payload; larger entries are dead-lettered.
+    pub max_payload: usize,
+    /// Messages that may wait for the writer before publishers wait (or fail, while the server
+    /// is down).
+    pub outgoing_bound: usize,
+}
+
+impl RedisOptions {
+    /// Options with the defaults for `bus` at `url`.
+    pub fn new(bus: &str, url: &str) -> RedisOptions {
+        RedisOptions {
+            bus: bus.to_string(),
+            url: url.to_string(),
+            maxlen: 1_000_000,
+            connect_timeout: Duration::from_secs(2),
+            max_payload: dualbus_core::envelope::DEFAULT_MAX_PAYLOAD,
+            outgoing_bound: 100_000,
+        }
+    }
+}
+
+/// Why connecting to a bus failed; names the bus and the address.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL does not parse.
+    #[error("the {bus} bus URL {url:?} is invalid: {reason}")]
+    BadUrl {
+        /// The bus.
+        bus: String,
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server did not answer within the connect timeout.
+    #[error("cannot reach the {bus} bus at {url} within {after:?}: {reason}")]
+    Unreachable {
+        /// The bus.
+        bus: String,
+        /// The URL.
+        url: String,
+        /// The connect timeout.
+        after: Duration,
+        /// What failed.
+        reason: String,
+    },
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub dropped: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub redelivered: AtomicU64,
+    pub skipped: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub opts: RedisOptions,
+    pub client: redis::Client,
+    /// For everything but publishing and reading: admission checks, group setup, health.
+    pub conn: ConnectionManager,
+    pub writer: mpsc::Sender<writer::Job>,
+    pub permits: Arc<Semaphore>,
+    pub stats: Stats,
+    pub down: AtomicBool,
+    pub admission: admission::Admission,
+}
+
+impl Inner {
+    pub(crate) fn describe(&self, e: &redis::RedisError) -> String {
+        format!("{} bus at {}: {e}", self.opts.bus, self.opts.url)
+    }
+
+    pub(crate) fn mark(&self, up: bool) {
+        let was_down = self.down.swap(!up, Ordering::SeqCst);
+        if was_down && up {
+            tracing::info!(bus = %self.opts.bus, url = %self.opts.url, "connection restored");
+        } else if !was_down && !up {
+            tracing::warn!(bus = %self.opts.bus, url = %self.opts.url, "connection lost");
+        }
+    }
+
+    /// A connection of its own (for a subscriber), whose responses may take `response` long.
+    pub(crate) async fn dedicated(&self, response: Duration) -> Result<ConnectionManager, String> {
+        let cfg = manager_config(&self.opts).set_response_timeout(Some(response));
+        self.client
+            .get_connection_manager_with_config(cfg)
+            .await
+            .map_err(|e| self.describe(&e))
+    }
+}
+
+fn manager_config(opts: &RedisOptions) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(opts.connect_timeout))
+        .set_response_timeout(Some(opts.connect_timeout.max(Duration::from_secs(1))))
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(500))
+        .set_number_of_retries(3)
+}
+
+/// The Redis Streams transport of one bus. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisTransport {
+    inner: Arc<Inner>,
+}
+
+impl RedisTransport {
+    /// Connects to the bus's server.
+    ///
+    /// # Errors
+    /// [`ConnectError`] naming the bus and address: a bad URL, or no answer within the connect
+    /// timeout.
+    pub async fn connect(opts: RedisOptions) -> Result<RedisTransport, ConnectError> {
+        let client = redis::Client::open(opts.url.as_str()).map_err(|e| ConnectError::BadUrl {
+            bus: opts.bus.clone(),
+            url: opts.url.clone(),
+            reason: e.to_string(),
+        })?;
+        let unreachable = |reason: String| ConnectError::Unreachable {
+            bus: opts.bus.clone(),
+            url: opts.url.clone(),
+            after: opts.connect_timeout,
+            reason,
+        };
+        // The connection manager retries on its own; bound the first connection by the
+        // connect timeout so a wrong address fails promptly.
+        let connect = async {
+            let mut conn = client
+                .get_connection_manager_with_config(manager_config(&opts))
+                .await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let conn = match tokio::time::timeout(opts.connect_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => return Err(unreachable("timed out".into())),
+        };
+        let writer_conn = client
+            .get_connection_manager_with_config(manager_config(&opts))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(4096);
+        let inner = Arc::new(Inner {
+            permits: Arc::new(Semaphore::new(opts.outgoing_bound.max(1))),
+            opts,
+            client,
+            conn,
+            writer: tx,
+            stats: Stats::default(),
+            down: AtomicBool::new(false),
+            admission: admission::Admission::default(),
+        });
+        tokio::spawn(writer::run(rx, writer_conn, Arc::downgrade(&inner)));
+        Ok(RedisTransport { inner })
+    }
+
+    /// The options this transport was connected with.
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.opts
+    }
+
+    async fn publish_inner(
+        &self,
+        stream: &StreamKey,
+        batch: Vec<Envelope>,
+        confirm: Confirm,
+    ) -> Result<(), PublishError> {
+        let n = batch.len();
+        if n > self.inner.opts.outgoing_bound {
+            // Larger than the whole outgoing queue: send it in pieces.
+            let mut batch = batch;
+            while !batch.is_empty() {
+                let rest = batch.split_off(batch.len().min(self.inner.opts.outgoing_bound));
+                let piece = std::mem::replace(&mut batch, rest);
+                Box::pin(self.publish_inner(stream, piece, confirm)).await?;
+            }
+            return Ok(());
+        }
+        let permits = match self.inner.permits.clone().try_acquire_many_owned(n as u32) {
+            Ok(p) => p,
+            Err(_) if self.inner.down.load(Ordering::SeqCst) => {
+                return Err(PublishError::Unavailable(format!(
+                    "{} bus at {} is down and its outgoing queue ({} messages) is full",
+                    self.inner.opts.bus, self.inner.opts.url, self.inner.opts.outgoing_bound
+                )))
+            }
+            Err(_) => self
+                .inner
+                .permits
+                .clone()
+                .acquire_many_owned(n as u32)
+                .await
+                .map_err(|_| PublishError::Closed)?,
+        };
+        let (done_tx, done_rx) = if confirm == Confirm::Broker {
+            let (t, r) = tokio::sync::oneshot::channel();
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        self.inner
+            .writer
+            .send(writer::Job {
+                stream: stream.clone(),
+                batch,
+                done: done_tx,
+                _permits: Some(permits),
+            })
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        match done_rx {
+            Some(rx) => rx.await.map_err(|_| PublishError::Closed)?,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until everything queued before this call has been written (or failed).
+    pub(crate) async fn flush(&self) -> Result<(), PublishError> {
+        writer::flush(&self.inner).await
+    }
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(
+        &self,
+        stream: &StreamKey,
+        batch: Vec<Envelope>,
+        confirm: Confirm,
+    ) -> Result<(), PublishError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match admission::admit(self, stream, batch.len()).await? {
+            admission::Admit::Queued => self.publish_inner(stream, batch, confirm).await,
+            admission::Admit::Split(chunk) => {
+                // Larger than a blocking group's bound: admit it piece by piece.
+                let mut batch = batch;
+                while !batch.is_empty() {
+                    let rest = batch.split_off(batch.len().min(chunk.max(1)));
+                    let piece = std::mem::replace(&mut batch, rest);
+                    admission::admit(self, stream, piece.len()).await?;
+                    self.publish_inner(stream, piece, confirm).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Subscriber>, SubscribeError> {
+        if spec.streams.is_empty() {
+            return Err(SubscribeError::Invalid("no streams to read".into()));
+        }
+        if spec.group.is_empty() || spec.consumer.is_empty() {
+            return Err(SubscribeError::Invalid(
+                "group and consumer names must not be empty".into(),
+            ));
+        }
+        if spec.mode == Mode::Reliable && (spec.queue_bound == 0 || spec.max_deliveries == 0) {
+            return Err(SubscribeError::Invalid(format!(
+                "queue_bound ({}) and max_deliveries ({}) must be at least 1",
+                spec.queue_bound, spec.max_deliveries
+            )));
+        }
+        let sub = subscriber::RedisSubscriber::start(self.inner.clone(), spec).await?;
+        Ok(Box::new(sub))
+    }
+
+    async fn health(&self) -> Health {
+        let mut conn = self.inner.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.inner.opts.connect_timeout, ping).await {
+            Ok(Ok(_)) => Health::Up,
+            Ok(Err(e)) => Health::Down {
+                reason: self.inner.describe(&e),
+            },
+            Err(_) => Health::Down {
+                reason: format!(
+                    "{} bus at {}: no answer to PING within {:?}",
+                    self.inner.opts.bus, self.inner.opts.url, self.inner.opts.connect_timeout
+                ),
+            },
+        }
+    }
+
+    async fn dead_letters(
+        &self,
+        stream: &StreamKey,
+        max: usize,
+    ) -> Result<Vec<DeadLetter>, ReceiveError> {
+        let mut conn = self.inner.conn.clone();
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(&**stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ReceiveError::Unavailable(self.inner.describe(&e)))?;
+        let entries = reply::entries(&v).map_err(ReceiveError::Broker)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let get = |k: &str| {
+                    e.fields
+                        .iter()
+                        .find(|(f, _)| f == k.as_bytes())
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                let envelope = Envelope::from_wire_fields(
+                    e.fields.iter().map(|(k, v)| (&k[..], &v[..])),
+                    usize::MAX,
+                )
+                .ok();
+                DeadLetter {
+                    stream: get("dead_stream"),
+                    group: get("dead_group"),
+                    entry: reply::parse_id(get("dead_entry").as_bytes()).unwrap_or_default(),
+                    deliveries: get("dead_deliveries").parse().unwrap_or(0),
+                    reason: get("dead_reason"),
+                    envelope,
+                }
+            })
+            .collect())
+    }
+
+    fn stats(&self) -> TransportStats {
+        let s = &self.inner.stats;
+        TransportStats {
+            dropped: s.dropped.load(Ordering::Relaxed),
+            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+            redelivered: s.redelivered.load(Ordering::Relaxed),
+            skipped: s.skipped.load(Ordering::Relaxed),
+        }
+    }
+}

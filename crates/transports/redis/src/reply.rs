@@ -1,0 +1,231 @@
+//! Parsing of Redis replies into plain structures (RESP2 arrays and RESP3 maps alike).
+
+use dualbus_core::EntryId;
+use redis::Value;
+
+/// One stream entry: its id and its fields; `fields` is `None` for an entry that was deleted
+/// while pending.
+pub(crate) struct Entry {
+    pub id: EntryId,
+    pub raw_id: Vec<u8>,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub deleted: bool,
+}
+
+pub(crate) fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
+        Value::Okay => Some(b"OK".to_vec()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+pub(crate) fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Parses `ms-seq`.
+pub(crate) fn parse_id(raw: &[u8]) -> Option<EntryId> {
+    let s = std::str::from_utf8(raw).ok()?;
+    let (ms, seq) = s.split_once('-')?;
+    Some(EntryId {
+        ms: ms.parse().ok()?,
+        seq: seq.parse().ok()?,
+    })
+}
+
+fn items(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a.iter().collect(),
+        Value::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Parses a list of entries (`XRANGE`, one stream of `XREADGROUP`, `XAUTOCLAIM`'s second item).
+pub(crate) fn entries(v: &Value) -> Result<Vec<Entry>, String> {
+    let mut out = Vec::new();
+    for e in items(v) {
+        let parts = items(e);
+        let raw_id = parts
+            .first()
+            .and_then(|x| bytes(x))
+            .ok_or_else(|| format!("entry without id: {e:?}"))?;
+        let id = parse_id(&raw_id).ok_or_else(|| format!("bad entry id {raw_id:?}"))?;
+        let (fields, deleted) = match parts.get(1) {
+            None | Some(Value::Nil) => (Vec::new(), true),
+            Some(f) => {
+                let flat = items(f);
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                for pair in flat.chunks(2) {
+                    if let [k, v] = pair {
+                        fields.push((bytes(k).unwrap_or_default(), bytes(v).unwrap_or_default()));
+                    }
+                }
+                (fields, false)
+            }
+        };
+        out.push(Entry {
+            id,
+            raw_id,
+            fields,
+            deleted,
+        });
+    }
+    Ok(out)
+}
+
+/// The entries an `XREADGROUP` returned for one stream key.
+pub(crate) type StreamEntries = (Vec<u8>, Vec<Entry>);
+
+/// Parses an `XREADGROUP` reply into (stream key, entries) pairs; `Nil` (timeout) is empty.
+pub(crate) fn read_reply(v: &Value) -> Result<Vec<StreamEntries>, String> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(m) => m
+            .iter()
+            .map(|(k, v)| Ok((bytes(k).unwrap_or_default(), entries(v)?)))
+            .collect(),
+        Value::Array(streams) => streams
+            .iter()
+            .map(|s| {
+                let parts = items(s);
+                let key = parts.first().and_then(|k| bytes(k)).unwrap_or_default();
+                let list = parts
+                    .get(1)
+                    .map(|l| entries(l))
+                    .transpose()?
+                    .unwrap_or_default();
+                Ok((key, list))
+            })
+            .collect(),
+        other => Err(format!("unexpected XREADGROUP reply {other:?}")),
+    }
+}
+
+/// One group of `XINFO GROUPS`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GroupInfo {
+    pub name: String,
+    pub pending: u64,
+    pub lag: Option<u64>,
+    pub entries_read: Option<u64>,
+    pub last_delivered: Vec<u8>,
+}
+
+/// Parses `XINFO GROUPS`.
+pub(crate) fn groups(v: &Value) -> Vec<GroupInfo> {
+    items(v)
+        .into_iter()
+        .map(|g| {
+            let flat = items(g);
+            let mut info = GroupInfo::default();
+            for pair in flat.chunks(2) {
+                if let [k, v] = pair {
+                    match bytes(k).as_deref() {
+                        Some(b"name") => {
+                            info.name =
+                                String::from_utf8_lossy(&bytes(v).unwrap_or_default()).into_owned()
+                        }
+                        Some(b"pending") => info.pending = int(v).unwrap_or(0).max(0) as u64,
+                        Some(b"lag") => info.lag = int(v).map(|l| l.max(0) as u64),
+                        Some(b"entries-read") => {
+                            info.entries_read = int(v).map(|l| l.max(0) as u64)
+                        }
+                        Some(b"last-delivered-id") => {
+                            info.last_delivered = bytes(v).unwrap_or_default()
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            info
+        })
+        .collect()
+}
+
+/// One row of extended `XPENDING`: (id, consumer, idle ms, deliveries).
+pub(crate) fn pending_rows(v: &Value) -> Vec<(EntryId, Vec<u8>, u64)> {
+    items(v)
+        .into_iter()
+        .filter_map(|row| {
+            let r = items(row);
+            let raw = bytes(r.first()?)?;
+            Some((parse_id(&raw)?, raw, int(r.get(3)?)?.max(0) as u64))
+        })
+        .collect()
+}
+
+/// Parses `XAUTOCLAIM`: (next cursor, claimed entries, ids of deleted entries).
+pub(crate) fn autoclaim(v: &Value) -> Result<(Vec<u8>, Vec<Entry>, usize), String> {
+    let parts = items(v);
+    let cursor = parts
+        .first()
+        .and_then(|c| bytes(c))
+        .ok_or_else(|| format!("unexpected XAUTOCLAIM reply {v:?}"))?;
+    let claimed = parts
+        .get(1)
+        .map(|e| entries(e))
+        .transpose()?
+        .unwrap_or_default();
+    let deleted = parts.get(2).map(|d| items(d).len()).unwrap_or(0);
+    Ok((cursor, claimed, deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bs(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn parses_xreadgroup() {
+        let v = Value::Array(vec![Value::Array(vec![
+            bs("dualbus:logic:risk_alert"),
+            Value::Array(vec![
+                Value::Array(vec![bs("1-0"), Value::Array(vec![bs("v"), bs("1")])]),
+                Value::Array(vec![bs("1-1"), Value::Nil]),
+            ]),
+        ])]);
+        let r = read_reply(&v).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, b"dualbus:logic:risk_alert");
+        assert_eq!(r[0].1[0].id, EntryId { ms: 1, seq: 0 });
+        assert_eq!(r[0].1[0].fields, vec![(b"v".to_vec(), b"1".to_vec())]);
+        assert!(r[0].1[1].deleted);
+        assert!(read_reply(&Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn parses_xinfo_groups() {
+        let v = Value::Array(vec![Value::Array(vec![
+            bs("name"),
+            bs("risk"),
+            bs("consumers"),
+            Value::Int(1),
+            bs("pending"),
+            Value::Int(3),
+            bs("last-delivered-id"),
+            bs("5-0"),
+            bs("entries-read"),
+            Value::Int(5),
+            bs("lag"),
+            Value::Nil,
+        ])]);
+        let g = groups(&v);
+        assert_eq!(g[0].name, "risk");
+        assert_eq!(g[0].pending, 3);
+        assert_eq!(g[0].lag, None);
+        assert_eq!(g[0].last_delivered, b"5-0");
+    }
+}

@@ -1,0 +1,589 @@
+//! One consumer of a group: `XREADGROUP` over all of its streams per call on a connection of its
+//! own, re-reading its own pending entries first after a restart, `XAUTOCLAIM` sweeps for
+//! entries idle too long, dead letters, and recovery from `NOGROUP`.
+
+use crate::admission;
+use crate::reply::{self, Entry};
+use crate::Inner;
+use async_trait::async_trait;
+use dualbus_core::{
+    AckError, Batch, Delivery, EntryId, Envelope, EnvelopeRef, Mode, ReceiveError, StartFrom,
+    SubscribeError, SubscribeSpec, Subscriber,
+};
+use redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most failure reasons remembered for dead letters.
+const MAX_REASONS: usize = 10_000;
+
+pub(crate) struct RedisSubscriber {
+    inner: Arc<Inner>,
+    conn: ConnectionManager,
+    spec: SubscribeSpec,
+    /// Per stream: `Some(last id)` while re-reading this consumer's own pending entries.
+    replay: Vec<Option<Vec<u8>>>,
+    claim_cursor: Vec<Vec<u8>>,
+    last_sweep: Instant,
+    sweep_every: Duration,
+    block: Duration,
+    reasons: HashMap<(u16, EntryId), String>,
+    lag_check_due: bool,
+    recovering: bool,
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+impl RedisSubscriber {
+    pub(crate) async fn start(
+        inner: Arc<Inner>,
+        spec: SubscribeSpec,
+    ) -> Result<RedisSubscriber, SubscribeError> {
+        let sweep_every =
+            (spec.idle_timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let block = match spec.mode {
+            Mode::Reliable => sweep_every.max(Duration::from_millis(10)),
+            Mode::Fast => Duration::from_millis(250),
+        };
+        let conn = inner
+            .dedicated(block + inner.opts.connect_timeout + Duration::from_secs(1))
+            .await
+            .map_err(SubscribeError::Unavailable)?;
+        let n = spec.streams.len();
+        let mut sub = RedisSubscriber {
+            replay: vec![
+                if spec.mode == Mode::Reliable {
+                    Some(b"0".to_vec())
+                } else {
+                    None
+                };
+                n
+            ],
+            claim_cursor: vec![b"0-0".to_vec(); n],
+            last_sweep: Instant::now(),
+            sweep_every,
+            block,
+            reasons: HashMap::new(),
+            lag_check_due: true,
+            recovering: false,
+            inner,
+            conn,
+            spec,
+        };
+        let start: &[u8] = match sub.spec.start {
+            StartFrom::Newest => b"$",
+            StartFrom::Oldest => b"0",
+        };
+        sub.create_groups(start)
+            .await
+            .map_err(|e| SubscribeError::Unavailable(sub.inner.describe(&e)))?;
+        Ok(sub)
+    }
+
+    /// Creates the group on every stream (with `MKSTREAM`) and records its bound.
+    async fn create_groups(&mut self, start: &[u8]) -> Result<(), redis::RedisError> {
+        for key in &self.spec.streams {
+            let res = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&**key)
+                .arg(&*self.spec.group)
+                .arg(start)
+                .arg("MKSTREAM")
+                .query_async::<()>(&mut self.conn)
+                .await;
+            match res {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+            if self.spec.mode == Mode::Reliable {
+                redis::cmd("HSET")
+                    .arg(admission::bounds_key(key))
+                    .arg(&*self.spec.group)
+                    .arg(admission::encode(
+                        self.spec.queue_bound,
+                        self.spec.backpressure,
+                    ))
+                    .query_async::<()>(&mut self.conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The group vanished (stream deleted, server restarted empty): recreate it, reading from
+    /// the start of whatever the stream now holds so nothing published since is missed. Logged
+    /// once per outage, not once per attempt.
+    async fn recover_nogroup(&mut self) -> Result<(), ReceiveError> {
+        if !self.recovering {
+            tracing::warn!(
+                bus = %self.inner.opts.bus,
+                group = %self.spec.group,
+                "consumer group missing (stream deleted or server restarted empty): recreating it"
+            );
+            self.recovering = true;
+        }
+        self.create_groups(b"0")
+            .await
+            .map_err(|e| ReceiveError::Unavailable(self.inner.describe(&e)))?;
+        for r in self.replay.iter_mut() {
+            *r = None;
+        }
+        for c in self.claim_cursor.iter_mut() {
+            *c = b"0-0".to_vec();
+        }
+        Ok(())
+    }
+
+    fn err(&self, e: &redis::RedisError) -> ReceiveError {
+        self.inner
+            .mark(!(e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()));
+        ReceiveError::Unavailable(self.inner.describe(e))
+    }
+
+    fn stream_index(&self, key: &[u8]) -> Option<usize> {
+        self.spec.streams.iter().position(|s| s.as_bytes() == key)
+    }
+
+    /// Delivery counts of `ids` in stream `i` (after a claim or a re-read).
+    async fn counts(
+        &mut self,
+        i: usize,
+        ids: &[&Entry],
+    ) -> Result<HashMap<EntryId, u64>, redis::RedisError> {
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+            return Ok(HashMap::new());
+        };
+        let v: redis::Value = redis::cmd("XPENDING")
+            .arg(&*self.spec.streams[i])
+            .arg(&*self.spec.group)
+            .arg(&first.raw_id[..])
+            .arg(&last.raw_id[..])
+            .arg(ids.len())
+            .arg(&*self.spec.consumer)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(reply::pending_rows(&v)
+            .into_iter()
+            .map(|(id, _, c)| (id, c))
+            .collect())
+    }
+
+    /// Moves entries to the dead-letter stream with their reason and acknowledges them.
+    async fn dead_letter(
+        &mut self,
+        i: usize,
+        entries: Vec<(&Entry, String, u64)>,
+        acknowledge: bool,
+    ) -> Result<u64, redis::RedisError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let key = self.spec.streams[i].clone();
+        let mut pipe = redis::pipe();
+        for (e, reason, deliveries) in &entries {
+            tracing::warn!(stream = %key, group = %self.spec.group, entry = %e.id, reason = %reason, "dead-lettered");
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&*self.spec.dead_letter)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.inner.opts.maxlen)
+                .arg("*");
+            for (k, v) in &e.fields {
+                if !k.starts_with(b"dead_") {
+                    cmd.arg(&k[..]).arg(&v[..]);
+                }
+            }
+            cmd.arg("dead_reason")
+                .arg(reason.as_str())
+                .arg("dead_stream")
+                .arg(&*key)
+                .arg("dead_group")
+                .arg(&*self.spec.group)
+                .arg("dead_entry")
+                .arg(&e.raw_id[..])
+                .arg("dead_deliveries")
+                .arg(*deliveries)
+                .ignore();
+            if acknowledge {
+                pipe.cmd("XACK")
+                    .arg(&*key)
+                    .arg(&*self.spec.group)
+                    .arg(&e.raw_id[..])
+                    .ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut self.conn).await?;
+        let n = entries.len() as u64;
+        self.inner
+            .stats
+            .dead_lettered
+            .fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Turns entries of stream `i` into deliveries; unparsable ones are dead-lettered.
+    async fn take(
+        &mut self,
+        i: usize,
+        entries: &[Entry],
+        attempts: Option<&HashMap<EntryId, u64>>,
+        envs: &mut Vec<Envelope>,
+        meta: &mut Vec<(u16, EntryId, u32)>,
+        batch: &mut Batch,
+    ) -> Result<(), redis::RedisError> {
+        let reliable = self.spec.mode == Mode::Reliable;
+        let mut bad: Vec<(&Entry, String, u64)> = Vec::new();
+        let mut gone: Vec<&Entry> = Vec::new();
+        for e in entries {
+            if e.deleted {
+                gone.push(e);
+                continue;
+            }
+            let attempt = attempts.and_then(|a| a.get(&e.id).copied()).unwrap_or(1);
+            if reliable && attempt > self.spec.max_deliveries as u64 {
+                let reason = match self.reasons.remove(&(i as u16, e.id)) {
+                    Some(r) => format!(
+                        "not acknowledged after {} deliveries; last error: {r}",
+                        attempt - 1
+                    ),
+                    None => format!("not acknowledged after {} deliveries", attempt - 1),
+                };
+                bad.push((e, reason, attempt - 1));
+                continue;
+            }
+            match Envelope::from_wire_fields(
+                e.fields.iter().map(|(k, v)| (&k[..], &v[..])),
+                self.inner.opts.max_payload,
+            ) {
+                Ok(env) => {
+                    envs.push(env);
+                    meta.push((i as u16, e.id, attempt as u32));
+                }
+                Err(why) => bad.push((e, format!("unparsable entry: {why}"), attempt)),
+            }
+        }
+        batch.dead_lettered += self.dead_letter(i, bad, reliable).await?;
+        if !gone.is_empty() {
+            // Trimmed (MAXLEN) while pending: nothing left to deliver.
+            self.inner
+                .stats
+                .dropped
+                .fetch_add(gone.len() as u64, Ordering::Relaxed);
+            if reliable {
+                let mut ack = redis::cmd("XACK");
+                ack.arg(&*self.spec.streams[i]).arg(&*self.spec.group);
+                for e in &gone {
+                    ack.arg(&e.raw_id[..]);
+                }
+                ack.query_async::<()>(&mut self.conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_own_pending(
+        &mut self,
+        max: usize,
+        envs: &mut Vec<Envelope>,
+        meta: &mut Vec<(u16, EntryId, u32)>,
+        batch: &mut Batch,
+    ) -> Result<(), redis::RedisError> {
+        let idx: Vec<usize> = (0..self.spec.streams.len())
+            .filter(|&i| self.replay[i].is_some())
+            .collect();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&*self.spec.group)
+            .arg(&*self.spec.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("STREAMS");
+        for &i in &idx {
+            cmd.arg(&*self.spec.streams[i]);
+        }
+        for &i in &idx {
+            cmd.arg(&self.replay[i].as_ref().expect("replaying")[..]);
+        }
+        let v: redis::Value = cmd.query_async(&mut self.conn).await?;
+        let streams = reply::read_reply(&v).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "XREADGROUP reply", e))
+        })?;
+        let mut seen = vec![false; self.spec.streams.len()];
+        for (key, entries) in streams {
+            let Some(i) = self.stream_index(&key) else {
+                continue;
+            };
+            seen[i] = true;
+            match entries.last() {
+                None => self.replay[i] = None,
+                Some(last) => self.replay[i] = Some(last.raw_id.clone()),
+            }
+            let live: Vec<&Entry> = entries.iter().filter(|e| !e.deleted).collect();
+            let counts = self.counts(i, &live).await?;
+            let before = envs.len();
+            self.take(i, &entries, Some(&counts), envs, meta, batch)
+                .await?;
+            let redelivered = (envs.len() - before) as u64;
+            self.inner
+                .stats
+                .redelivered
+                .fetch_add(redelivered, Ordering::Relaxed);
+        }
+        for &i in &idx {
+            if !seen[i] {
+                self.replay[i] = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sweep(
+        &mut self,
+        max: usize,
+        envs: &mut Vec<Envelope>,
+        meta: &mut Vec<(u16, EntryId, u32)>,
+        batch: &mut Batch,
+    ) -> Result<(), redis::RedisError> {
+        let idle_ms = self.spec.idle_timeout.as_millis().max(1) as u64;
+        for i in 0..self.spec.streams.len() {
+            if envs.len() >= max {
+                break;
+            }
+            let v: redis::Value = redis::cmd("XAUTOCLAIM")
+                .arg(&*self.spec.streams[i])
+                .arg(&*self.spec.group)
+                .arg(&*self.spec.consumer)
+                .arg(idle_ms)
+                .arg(&self.claim_cursor[i][..])
+                .arg("COUNT")
+                .arg(max - envs.len())
+                .query_async(&mut self.conn)
+                .await?;
+            let (cursor, claimed, deleted) = reply::autoclaim(&v).map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Parse, "XAUTOCLAIM reply", e))
+            })?;
+            self.claim_cursor[i] = cursor;
+            if deleted > 0 {
+                self.inner
+                    .stats
+                    .dropped
+                    .fetch_add(deleted as u64, Ordering::Relaxed);
+            }
+            if claimed.is_empty() {
+                continue;
+            }
+            let live: Vec<&Entry> = claimed.iter().filter(|e| !e.deleted).collect();
+            let counts = self.counts(i, &live).await?;
+            let before = envs.len();
+            self.take(i, &claimed, Some(&counts), envs, meta, batch)
+                .await?;
+            self.inner
+                .stats
+                .redelivered
+                .fetch_add((envs.len() - before) as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Fast mode: a group further behind than its lag limit jumps to the head.
+    async fn check_lag(&mut self, batch: &mut Batch) -> Result<(), redis::RedisError> {
+        for i in 0..self.spec.streams.len() {
+            let key = self.spec.streams[i].clone();
+            let v: redis::Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&*key)
+                .query_async(&mut self.conn)
+                .await?;
+            let Some(info) = reply::groups(&v)
+                .into_iter()
+                .find(|g| g.name == *self.spec.group)
+            else {
+                continue;
+            };
+            let lag = match info.lag {
+                Some(l) => l,
+                None => {
+                    let mut start = b"(".to_vec();
+                    start.extend_from_slice(&info.last_delivered);
+                    let v: redis::Value = redis::cmd("XRANGE")
+                        .arg(&*key)
+                        .arg(&start[..])
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(self.spec.lag_limit + 1)
+                        .query_async(&mut self.conn)
+                        .await?;
+                    reply::entries(&v).map(|e| e.len() as u64).unwrap_or(0)
+                }
+            };
+            if lag > self.spec.lag_limit {
+                let v: redis::Value = redis::cmd("XREVRANGE")
+                    .arg(&*key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut self.conn)
+                    .await?;
+                if let Some(last) = reply::entries(&v).ok().and_then(|mut e| e.pop()) {
+                    let mut setid = redis::cmd("XGROUP");
+                    setid
+                        .arg("SETID")
+                        .arg(&*key)
+                        .arg(&*self.spec.group)
+                        .arg(&last.raw_id[..]);
+                    if let Some(read) = info.entries_read {
+                        setid.arg("ENTRIESREAD").arg(read + lag);
+                    }
+                    setid.query_async::<()>(&mut self.conn).await?;
+                    batch.skipped += lag;
+                }
+            }
+        }
+        self.lag_check_due = false;
+        Ok(())
+    }
+
+    async fn read_new(
+        &mut self,
+        max: usize,
+        envs: &mut Vec<Envelope>,
+        meta: &mut Vec<(u16, EntryId, u32)>,
+        batch: &mut Batch,
+    ) -> Result<(), redis::RedisError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&*self.spec.group)
+            .arg(&*self.spec.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64);
+        if self.spec.mode == Mode::Fast {
+            cmd.arg("NOACK");
+        }
+        cmd.arg("STREAMS");
+        for k in &self.spec.streams {
+            cmd.arg(&**k);
+        }
+        for _ in &self.spec.streams {
+            cmd.arg(">");
+        }
+        let v: redis::Value = cmd.query_async(&mut self.conn).await?;
+        let streams = reply::read_reply(&v).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "XREADGROUP reply", e))
+        })?;
+        let mut total = 0;
+        for (key, entries) in streams {
+            let Some(i) = self.stream_index(&key) else {
+                continue;
+            };
+            total += entries.len();
+            self.take(i, &entries, None, envs, meta, batch).await?;
+        }
+        if self.spec.mode == Mode::Fast && total >= max {
+            self.lag_check_due = true;
+        }
+        Ok(())
+    }
+
+    async fn poll(&mut self, max: usize) -> Result<Batch, redis::RedisError> {
+        let mut batch = Batch::default();
+        let mut envs = Vec::new();
+        let mut meta = Vec::new();
+        let reliable = self.spec.mode == Mode::Reliable;
+        if reliable && self.replay.iter().any(|r| r.is_some()) {
+            self.read_own_pending(max, &mut envs, &mut meta, &mut batch)
+                .await?;
+        }
+        if reliable && envs.is_empty() && self.last_sweep.elapsed() >= self.sweep_every {
+            self.last_sweep = Instant::now();
+            self.sweep(max, &mut envs, &mut meta, &mut batch).await?;
+        }
+        if !reliable && self.lag_check_due {
+            self.check_lag(&mut batch).await?;
+        }
+        if envs.is_empty() && batch.skipped == 0 && batch.dead_lettered == 0 {
+            self.read_new(max, &mut envs, &mut meta, &mut batch).await?;
+        }
+        let seg = Arc::new(envs);
+        batch.deliveries = meta
+            .into_iter()
+            .enumerate()
+            .map(|(k, (stream, id, attempt))| Delivery {
+                stream,
+                id,
+                attempt,
+                envelope: EnvelopeRef::shared(seg.clone(), k),
+            })
+            .collect();
+        Ok(batch)
+    }
+}
+
+#[async_trait]
+impl Subscriber for RedisSubscriber {
+    async fn next_batch(&mut self, max: usize) -> Result<Batch, ReceiveError> {
+        let max = max.max(1);
+        loop {
+            match self.poll(max).await {
+                Ok(batch) => {
+                    self.inner.mark(true);
+                    self.recovering = false;
+                    if batch.skipped > 0 {
+                        self.inner
+                            .stats
+                            .skipped
+                            .fetch_add(batch.skipped, Ordering::Relaxed);
+                    }
+                    if !batch.deliveries.is_empty() || batch.skipped > 0 || batch.dead_lettered > 0
+                    {
+                        return Ok(batch);
+                    }
+                }
+                Err(e) if is_nogroup(&e) => self.recover_nogroup().await?,
+                Err(e) => return Err(self.err(&e)),
+            }
+        }
+    }
+
+    async fn ack(&mut self, ids: &[(u16, EntryId)]) -> Result<(), AckError> {
+        if self.spec.mode == Mode::Fast || ids.is_empty() {
+            return Ok(());
+        }
+        let mut by_stream: HashMap<u16, Vec<String>> = HashMap::new();
+        for (s, id) in ids {
+            by_stream.entry(*s).or_default().push(id.to_string());
+            if !self.reasons.is_empty() {
+                self.reasons.remove(&(*s, *id));
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (s, list) in &by_stream {
+            let Some(key) = self.spec.streams.get(*s as usize) else {
+                continue;
+            };
+            let cmd = pipe.cmd("XACK").arg(&**key).arg(&*self.spec.group);
+            for id in list {
+                cmd.arg(id.as_str());
+            }
+            cmd.ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(|e| AckError::Unavailable(self.inner.describe(&e)))
+    }
+
+    async fn nack(&mut self, stream: u16, id: EntryId, reason: &str) {
+        if self.reasons.len() >= MAX_REASONS {
+            self.reasons.clear();
+        }
+        self.reasons.insert((stream, id), reason.to_string());
+    }
+}

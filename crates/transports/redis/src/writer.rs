@@ -1,0 +1,126 @@
+//! The writer: one task owns the publishing connection and sends whatever is queued as one
+//! pipeline per round trip. Nothing waits for a batch to fill and no timer is involved: while a
+//! pipeline is in flight, new jobs queue up and form the next one.
+
+use crate::Inner;
+use dualbus_core::transport::StreamKey;
+use dualbus_core::{Envelope, PublishError};
+use redis::aio::ConnectionManager;
+use std::sync::Weak;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+/// Most entries in one pipeline.
+const MAX_PIPELINE: usize = 4096;
+
+/// Envelopes to append to one stream; `done` is answered once they are written (confirmed
+/// publishes and flushes).
+pub(crate) struct Job {
+    pub stream: StreamKey,
+    pub batch: Vec<Envelope>,
+    pub done: Option<oneshot::Sender<Result<(), PublishError>>>,
+    /// Room in the outgoing queue, released once written.
+    pub _permits: Option<OwnedSemaphorePermit>,
+}
+
+/// Waits until every job queued before this call was written (or failed).
+pub(crate) async fn flush(inner: &Inner) -> Result<(), PublishError> {
+    let (tx, rx) = oneshot::channel();
+    inner
+        .writer
+        .send(Job {
+            stream: StreamKey::from(""),
+            batch: Vec::new(),
+            done: Some(tx),
+            _permits: None,
+        })
+        .await
+        .map_err(|_| PublishError::Closed)?;
+    rx.await.map_err(|_| PublishError::Closed)?
+}
+
+fn pipeline(jobs: &[Job], maxlen: u64) -> (redis::Pipeline, usize) {
+    let mut pipe = redis::pipe();
+    let mut n = 0;
+    for job in jobs {
+        for env in &job.batch {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&*job.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(maxlen)
+                .arg("*");
+            for (k, v) in env.to_wire_fields() {
+                cmd.arg(k).arg(&v[..]);
+            }
+            cmd.ignore();
+            n += 1;
+        }
+    }
+    (pipe, n)
+}
+
+pub(crate) async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    mut conn: ConnectionManager,
+    inner: Weak<Inner>,
+) {
+    let mut jobs: Vec<Job> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut count = first.batch.len();
+        jobs.push(first);
+        while count < MAX_PIPELINE {
+            match rx.try_recv() {
+                Ok(j) => {
+                    count += j.batch.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let Some(shared) = inner.upgrade() else {
+                return;
+            };
+            let (pipe, n) = pipeline(&jobs, shared.opts.maxlen);
+            let res = if n == 0 {
+                Ok(())
+            } else {
+                pipe.query_async::<()>(&mut conn).await
+            };
+            match res {
+                Ok(()) => {
+                    shared.mark(true);
+                    for job in jobs.drain(..) {
+                        if let Some(done) = job.done {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    shared.mark(false);
+                    let why = shared.describe(&e);
+                    tracing::warn!(error = %why, entries = n, "publishing failed; queued messages will be retried");
+                    // Confirmed publishes learn of the failure at once (their callers decide);
+                    // queued ones were promised delivery and are retried with backoff.
+                    jobs.retain_mut(|j| match j.done.take() {
+                        Some(done) => {
+                            let _ = done.send(Err(PublishError::Unavailable(why.clone())));
+                            false
+                        }
+                        None => true,
+                    });
+                    drop(shared);
+                    if jobs.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
