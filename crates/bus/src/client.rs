@@ -11,6 +11,7 @@ use dualbus_core::{
     Subscriber, Topic, TopicError, Transport,
 };
 use dualbus_memory::{MemoryOptions, MemoryTransport};
+use dualbus_redis::{ConnectError, RedisOptions, RedisTransport};
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -65,6 +66,9 @@ pub enum BusError {
         /// What failed.
         source: ReceiveError,
     },
+    /// A broker could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// `reply` was called with a message that is not a request.
     #[error("message {id} is not a request (it has no reply stream or correlation id)")]
     NotARequest {
@@ -424,10 +428,11 @@ impl DualBusBuilder {
     }
 }
 
-/// The transports a config asks for when none are given.
+/// The embedded transports a config asks for (for `transport = "memory"`).
 ///
 /// # Errors
-/// [`BusError::Config`] when the config names a transport this build cannot create.
+/// [`BusError::Config`] when the config names another transport: those need a connection, see
+/// [`connect_transports`].
 pub fn default_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusError> {
     match cfg.transport.as_str() {
         "memory" => {
@@ -440,9 +445,34 @@ pub fn default_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusEr
             Ok([mk(BusId::MarketData), mk(BusId::Logic)])
         }
         other => Err(BusError::Config(format!(
-            "transport {other:?} cannot be created by DualBusBuilder; pass the transports \
-             explicitly (memory is built in)"
+            "transport {other:?} needs a connection: use connect_transports (or DualBus::connect)"
         ))),
+    }
+}
+
+/// The Redis options of one bus from the config.
+pub fn redis_options(cfg: &Config, bus: BusId) -> RedisOptions {
+    let b = cfg.bus(bus);
+    RedisOptions {
+        maxlen: b.maxlen,
+        connect_timeout: Duration::from_millis(b.connect_timeout_ms),
+        max_payload: b.max_payload_bytes as usize,
+        ..RedisOptions::new(bus.as_str(), &b.url)
+    }
+}
+
+/// Creates the transports the config asks for: embedded ones, or connections to both Redis
+/// servers.
+///
+/// # Errors
+/// [`BusError::Connect`] naming the bus and address that could not be reached.
+pub async fn connect_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusError> {
+    if cfg.transport == "redis" {
+        let md = RedisTransport::connect(redis_options(cfg, BusId::MarketData)).await?;
+        let logic = RedisTransport::connect(redis_options(cfg, BusId::Logic)).await?;
+        Ok([Arc::new(md), Arc::new(logic)])
+    } else {
+        default_transports(cfg)
     }
 }
 
@@ -456,6 +486,19 @@ impl DualBus {
             transports: None,
             first_seq: None,
         }
+    }
+
+    /// Connects the transports the config names (embedded or Redis) and builds a client for
+    /// engine `src`.
+    ///
+    /// # Errors
+    /// [`BusError::Connect`] naming an unreachable bus, or [`BusError::Config`].
+    pub async fn connect(src: &str, cfg: Config) -> Result<DualBus, BusError> {
+        let [md, logic] = connect_transports(&cfg).await?;
+        DualBus::builder(src)
+            .config(cfg)
+            .transports(md, logic)
+            .build()
     }
 
     /// A client for another engine sharing this client's transports and config (engines in
@@ -1112,6 +1155,9 @@ impl<H: Handler> Reader<H> {
                     }
                 }
             }
+        }
+        if let Err(e) = sub.close().await {
+            tracing::warn!(bus = %self.bus, error = %e, "final acknowledgements failed; messages will be redelivered");
         }
     }
 }

@@ -36,8 +36,9 @@ pub mod config;
 pub mod route;
 
 pub use client::{
-    default_transports, handler_fn, BusCounters, BusError, DualBus, DualBusBuilder, FnHandler,
-    Handler, HandlerError, RequestError, SubscribeOptions, Subscription, SubscriptionStats,
+    connect_transports, default_transports, handler_fn, redis_options, BusCounters, BusError,
+    DualBus, DualBusBuilder, FnHandler, Handler, HandlerError, RequestError, SubscribeOptions,
+    Subscription, SubscriptionStats,
 };
 pub use config::{BusId, Config, ConfigError};
 pub use route::{Lane, Route, Router};

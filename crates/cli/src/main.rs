@@ -4,23 +4,21 @@
 
 mod commands;
 
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
 // A thread-caching allocator: envelopes are allocated by publishers and freed after every group
 // has them, often on another thread, which the system allocator handles poorly.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// dualbus: two isolated message buses (MarketData and Engine Logic) for a multi-engine
 /// trading system, embedded in-process or over Redis Streams.
 #[derive(Parser)]
 #[command(name = "dualbus", version, about, long_about = None)]
 struct Cli {
-    /// Config file (default: ./dualbus.toml when it exists, else built-in defaults).
-    #[arg(long, global = true, value_name = "PATH")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    global: commands::Global,
 
     #[command(subcommand)]
     command: Command,
@@ -30,6 +28,14 @@ struct Cli {
 enum Command {
     /// Measure throughput and latency of the bus (see `dualbus bench --help`).
     Bench(commands::bench::BenchArgs),
+    /// Start, stop or inspect the two local Redis servers (MarketData 6380, Engine Logic 6381).
+    Redis(commands::redis::RedisArgs),
+    /// Publish messages to the Redis buses.
+    Publish(commands::publish::PublishArgs),
+    /// Print messages from the Redis buses as they arrive.
+    Tail(commands::tail::TailArgs),
+    /// Per stream and group: published, delivered, pending, lag, dead-lettered.
+    Stats(commands::stats::StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,7 +48,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Bench(args) => commands::bench::run(args, cli.config.as_deref()),
+        Command::Bench(args) => commands::bench::run(args, &cli.global),
+        Command::Redis(args) => commands::redis::run(args, &cli.global),
+        Command::Publish(args) => commands::publish::run(args, &cli.global),
+        Command::Tail(args) => commands::tail::run(args, &cli.global),
+        Command::Stats(args) => commands::stats::run(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -195,7 +195,7 @@ impl SubscribeSpec {
 pub struct DeadLetter {
     /// The stream it came from.
     pub stream: String,
-    /// The group that gave up on it (empty for entries rejected before any group).
+    /// The group that gave up on it, or that read it and found it unparsable.
     pub group: String,
     /// Its id in the original stream.
     pub entry: EntryId,
@@ -350,7 +350,8 @@ pub trait Subscriber: Send {
     /// [`ReceiveError`] when the transport is closed or the broker fails.
     async fn next_batch(&mut self, max: usize) -> Result<Batch, ReceiveError>;
 
-    /// Acknowledges handled messages (`(stream index, id)`).
+    /// Acknowledges handled messages (`(stream index, id)`). A transport may batch
+    /// acknowledgements and send them with its next read (see [`Subscriber::close`]).
     ///
     /// # Errors
     /// [`AckError`] when the broker fails; the messages stay pending.
@@ -359,4 +360,14 @@ pub trait Subscriber: Send {
     /// Records why a message failed; it stays pending and is redelivered after the idle timeout,
     /// and the last reason goes with it to the dead-letter stream.
     async fn nack(&mut self, stream: u16, id: EntryId, reason: &str);
+
+    /// Sends whatever the subscriber still holds (acknowledgements it batches); called before
+    /// the subscriber is dropped. Without it, unsent acknowledgements are lost and their messages
+    /// redelivered (and dropped as duplicates by the bus).
+    ///
+    /// # Errors
+    /// [`AckError`] when the broker fails.
+    async fn close(&mut self) -> Result<(), AckError> {
+        Ok(())
+    }
 }

@@ -588,7 +588,8 @@ pub async fn backpressure_reject(f: &dyn TransportFactory) {
     assert_eq!(ns, (0..10).collect::<Vec<_>>());
     let acks: Vec<_> = b.deliveries.iter().map(|d| (d.stream, d.id)).collect();
     sub.ack(&acks).await.unwrap();
-    // Room again.
+    sub.close().await.unwrap(); // acknowledgements may be batched: send them now
+                                // Room again.
     bus.publish(
         EventKind::PositionChange,
         "position_change.BTC",

@@ -1,24 +1,28 @@
-//! `dualbus bench SCENARIO`: throughput, fan-out, latency and stalled-consumer memory of the
-//! bus, measured through the public `DualBus` API (publish -> transport -> handler).
+//! `dualbus bench SCENARIO`: throughput, fan-out, latency, isolation and stalled-consumer
+//! memory of the bus, measured through the public `DualBus` API (publish -> transport ->
+//! handler), on the embedded or the Redis transport.
 //!
 //! Every scenario checks each message by its sequence number at the handler (lost, duplicated)
 //! and records publish-to-handler latency (`ts` field to handler entry, same wall clock) in an
 //! HDR histogram.
 
+use super::Global;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use dualbus_bus::{BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions};
+use dualbus_bus::{
+    redis_options, BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions, Subscription,
+};
 use dualbus_core::{
     now_unix_nanos, Backpressure, Encoding, Envelope, EventKind, Mode, Priority, Topic, Transport,
 };
 use dualbus_memory::{MemoryOptions, MemoryTransport};
+use dualbus_redis::RedisTransport;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::future::Future;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,16 +30,26 @@ use std::time::{Duration, Instant};
 #[derive(Args, Debug)]
 #[command(after_long_help = "\
 Scenarios:
-  throughput  1 producer, 1 consumer group; messages published in batches of --batch
+  throughput  1 producer, 1 consumer group; messages published in batches of --batch. On Redis
+              it also measures, in the same run, the raw ceiling of pipelined XADD on the
+              MarketData server with redis-benchmark, and prints our figure as a ratio of it
   fanout      1 producer, --groups groups (12); rate at which every group has every message
-  latency     1 producer paced at --rate, one message per publish; publish-to-handler latency
+  latency     1 producer paced at --rate (default 100,000/s), one message per publish;
+              publish-to-handler latency
+  isolation   Engine Logic bus latency at --rate (default 10,000/s) with the MarketData bus
+              idle, then while a flood saturates the MarketData bus, in one run
   stall       a reliable group that never handles anything, with --queue-bound and
               --backpressure; shows that memory stays bounded (blocks, rejects or drops)
+
+The Redis backend uses the buses of --md-url / --logic-url (default 127.0.0.1:6380 and 6381,
+start them with `dualbus redis up`) under a private key prefix, removed afterwards.
 
 Examples:
   dualbus bench throughput --messages 10000000 --payload-bytes 64
   dualbus bench fanout --messages 2000000 --json
   dualbus bench latency --rate 100000 --messages 1000000
+  dualbus bench throughput --backend redis --messages 500000
+  dualbus bench isolation --backend redis --messages 50000
   dualbus bench stall --messages 10000000 --queue-bound 100000 --backpressure reject")]
 pub struct BenchArgs {
     /// What to measure.
@@ -44,12 +58,12 @@ pub struct BenchArgs {
     /// Transport under test.
     #[arg(long, value_enum, default_value_t = Backend::Memory)]
     backend: Backend,
-    /// Messages to publish.
+    /// Messages to publish (per phase for isolation).
     #[arg(long, default_value_t = 1_000_000)]
     messages: u64,
-    /// Publish rate in messages per second (latency scenario).
-    #[arg(long, default_value_t = 100_000)]
-    rate: u64,
+    /// Publish rate in messages per second (latency: default 100,000; isolation: 10,000).
+    #[arg(long)]
+    rate: Option<u64>,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64)]
     payload_bytes: usize,
@@ -59,7 +73,7 @@ pub struct BenchArgs {
     /// Consumer groups (fanout scenario).
     #[arg(long, default_value_t = 12)]
     groups: usize,
-    /// Envelopes per publish call (throughput and fanout).
+    /// Envelopes per publish call (throughput, fanout, the isolation flood).
     #[arg(long, default_value_t = 1024)]
     batch: usize,
     /// Queue bound of each group.
@@ -71,6 +85,12 @@ pub struct BenchArgs {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Redis ceiling: pipeline depth of redis-benchmark (`-P`).
+    #[arg(long, default_value_t = 64)]
+    ceiling_pipeline: usize,
+    /// Redis ceiling: connections of redis-benchmark (`-c`).
+    #[arg(long, default_value_t = 4)]
+    ceiling_clients: usize,
     /// Print exactly one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -81,6 +101,7 @@ enum Scenario {
     Throughput,
     Fanout,
     Latency,
+    Isolation,
     Stall,
 }
 
@@ -109,59 +130,190 @@ impl Scenario {
             Scenario::Throughput => "throughput",
             Scenario::Fanout => "fanout",
             Scenario::Latency => "latency",
+            Scenario::Isolation => "isolation",
             Scenario::Stall => "stall",
         }
     }
 }
 
-/// Runs the benchmark.
-pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
-    if args.messages == 0 {
-        bail!("--messages must be at least 1");
+impl BenchArgs {
+    fn mode(&self) -> Mode {
+        match self.mode {
+            ModeArg::Reliable => Mode::Reliable,
+            ModeArg::Fast => Mode::Fast,
+        }
     }
-    if args.scenario == Scenario::Latency && args.rate == 0 {
-        bail!("--rate must be at least 1 message per second");
+    fn mode_name(&self) -> &'static str {
+        match self.mode {
+            ModeArg::Reliable => "reliable",
+            ModeArg::Fast => "fast",
+        }
     }
-    if args.batch == 0 || args.groups == 0 || args.queue_bound == 0 || args.threads == 0 {
-        bail!("--batch, --groups, --queue-bound and --threads must be at least 1");
+    fn policy(&self) -> Backpressure {
+        match self.backpressure {
+            PolicyArg::Block => Backpressure::Block,
+            PolicyArg::DropOldest => Backpressure::DropOldest,
+            PolicyArg::Reject => Backpressure::Reject,
+        }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(async move {
-        let (md, logic, memory) = match args.backend {
+    fn policy_name(&self) -> &'static str {
+        match self.backpressure {
+            PolicyArg::Block => "block",
+            PolicyArg::DropOldest => "drop_oldest",
+            PolicyArg::Reject => "reject",
+        }
+    }
+    fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+        }
+    }
+    fn rate(&self) -> u64 {
+        self.rate.unwrap_or(match self.scenario {
+            Scenario::Isolation => 10_000,
+            _ => 100_000,
+        })
+    }
+}
+
+/// The buses under test.
+struct Rig {
+    cfg: Config,
+    md: Arc<dyn Transport>,
+    logic: Arc<dyn Transport>,
+    memory_md: Option<MemoryTransport>,
+}
+
+impl Rig {
+    async fn new(args: &BenchArgs, mut cfg: Config) -> anyhow::Result<Rig> {
+        match args.backend {
             Backend::Memory => {
                 let opts = MemoryOptions {
                     maxlen: cfg.md.maxlen as usize,
                     spin: Duration::from_micros(cfg.memory.spin_us),
                 };
                 let md = MemoryTransport::with_options(opts.clone());
-                let logic = MemoryTransport::with_options(opts);
-                (
-                    Arc::new(md.clone()) as Arc<dyn Transport>,
-                    Arc::new(logic) as Arc<dyn Transport>,
-                    Some(md),
-                )
+                Ok(Rig {
+                    cfg,
+                    md: Arc::new(md.clone()),
+                    logic: Arc::new(MemoryTransport::with_options(opts)),
+                    memory_md: Some(md),
+                })
             }
             Backend::Redis => {
-                bail!("the Redis backend is not part of this build yet; use --backend memory")
+                // A private prefix: a run never meets another run's streams or groups.
+                cfg.prefix = format!("bench{}", std::process::id());
+                cfg.transport = "redis".into();
+                let md = RedisTransport::connect(redis_options(&cfg, BusId::MarketData))
+                    .await
+                    .context(
+                        "the redis backend needs both buses (start them with `dualbus redis up`)",
+                    )?;
+                let logic = RedisTransport::connect(redis_options(&cfg, BusId::Logic))
+                    .await
+                    .context(
+                        "the redis backend needs both buses (start them with `dualbus redis up`)",
+                    )?;
+                Ok(Rig {
+                    cfg,
+                    md: Arc::new(md),
+                    logic: Arc::new(logic),
+                    memory_md: None,
+                })
             }
-        };
-        let publisher = DualBus::builder("bench")
-            .instance("bench-1")
-            .config(cfg)
-            .transports(md, logic)
-            .first_seq(0)
-            .build()?;
-        match args.scenario {
-            Scenario::Throughput | Scenario::Fanout | Scenario::Latency => {
-                delivery_bench(&args, &publisher).await
-            }
-            Scenario::Stall => stall_bench(&args, &publisher, memory).await,
         }
+    }
+
+    /// A client whose sequence numbers start at 0 (the handlers index messages by them).
+    fn client(&self, src: &str, inst: &str) -> anyhow::Result<DualBus> {
+        Ok(DualBus::builder(src)
+            .instance(inst)
+            .config(self.cfg.clone())
+            .transports(self.md.clone(), self.logic.clone())
+            .first_seq(0)
+            .build()?)
+    }
+
+    /// Entries retained by a stream.
+    async fn stream_len(&self, bus: BusId, kind: &EventKind) -> anyhow::Result<u64> {
+        let key = format!("{}:{}:{}", self.cfg.prefix, bus.as_str(), kind.as_str());
+        if let Some(m) = &self.memory_md {
+            return Ok(m.stream_len(&key) as u64);
+        }
+        let mut conn =
+            super::inspect::connect(bus.as_str(), &self.cfg.bus(bus).url, Duration::from_secs(2))
+                .await?;
+        Ok(redis::cmd("XLEN").arg(&key).query_async(&mut conn).await?)
+    }
+
+    /// Removes the run's keys from the Redis servers.
+    async fn cleanup(&self) {
+        if self.memory_md.is_some() {
+            return;
+        }
+        for bus in BusId::ALL {
+            let Ok(mut conn) = super::inspect::connect(
+                bus.as_str(),
+                &self.cfg.bus(bus).url,
+                Duration::from_secs(2),
+            )
+            .await
+            else {
+                continue;
+            };
+            let mut cursor = "0".to_string();
+            loop {
+                let Ok((next, keys)): Result<(String, Vec<String>), _> = redis::cmd("SCAN")
+                    .arg(&cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}:*", self.cfg.prefix))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                else {
+                    break;
+                };
+                if !keys.is_empty() {
+                    let _ = redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut conn)
+                        .await;
+                }
+                cursor = next;
+                if cursor == "0" {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(args: BenchArgs, global: &Global) -> anyhow::Result<()> {
+    let cfg = global.config()?;
+    if args.messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    if args.rate == Some(0) {
+        bail!("--rate must be at least 1 message per second");
+    }
+    if args.batch == 0 || args.groups == 0 || args.queue_bound == 0 || args.threads == 0 {
+        bail!("--batch, --groups, --queue-bound and --threads must be at least 1");
+    }
+    let rt = super::runtime(args.threads)?;
+    rt.block_on(async move {
+        let rig = Rig::new(&args, cfg).await?;
+        let res = match args.scenario {
+            Scenario::Throughput | Scenario::Fanout | Scenario::Latency => {
+                delivery_bench(&args, &rig).await
+            }
+            Scenario::Isolation => isolation_bench(&args, &rig).await,
+            Scenario::Stall => stall_bench(&args, &rig).await,
+        };
+        rig.cleanup().await;
+        res
     })
 }
 
@@ -200,13 +352,10 @@ struct Counting {
 
 impl Handler for Counting {
     fn handle(&self, m: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        let now = if m.seq.is_multiple_of(self.sample_every) {
-            now_unix_nanos()
-        } else {
-            0
-        };
-        let mut t = self.tally.lock();
         let seq = m.seq;
+        let sampled = seq.is_multiple_of(self.sample_every);
+        let now = if sampled { now_unix_nanos() } else { 0 };
+        let mut t = self.tally.lock();
         let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
         if let Some(word) = t.seen.get_mut(w) {
             if *word & bit != 0 {
@@ -216,7 +365,7 @@ impl Handler for Counting {
                 t.delivered += 1;
             }
         }
-        if seq.is_multiple_of(self.sample_every) {
+        if sampled {
             let _ = t.hist.record(now.saturating_sub(m.ts).max(1));
         }
         if t.delivered == self.expected {
@@ -233,230 +382,342 @@ impl Handler for Counting {
     }
 }
 
-fn mode(args: &BenchArgs) -> Mode {
-    match args.mode {
-        ModeArg::Reliable => Mode::Reliable,
-        ModeArg::Fast => Mode::Fast,
+/// Consumer groups counting what they receive.
+struct Groups {
+    tallies: Vec<Arc<Mutex<Tally>>>,
+    progress: Arc<AtomicU64>,
+    subs: Vec<Subscription>,
+    n: u64,
+}
+
+impl Groups {
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        rig: &Rig,
+        args: &BenchArgs,
+        prefix: &str,
+        groups: usize,
+        pattern: &str,
+        mode: Mode,
+        n: u64,
+        sample_every: u64,
+    ) -> anyhow::Result<Groups> {
+        let progress = Arc::new(AtomicU64::new(0));
+        let mut tallies = Vec::new();
+        let mut subs = Vec::new();
+        for g in 0..groups {
+            let tally = Arc::new(Mutex::new(Tally::new(n)));
+            let consumer = rig.client(&format!("{prefix}-sub"), &format!("{prefix}-sub-{g}"))?;
+            let opts = SubscribeOptions::new(&format!("{prefix}-g{g}"), &[pattern])?
+                .mode(mode)
+                .bound(args.queue_bound, args.policy())
+                .lag_limit(args.queue_bound as u64);
+            let handler = Counting {
+                tally: tally.clone(),
+                progress: progress.clone(),
+                sample_every,
+                expected: n,
+            };
+            subs.push(consumer.subscribe(opts, handler).await?);
+            tallies.push(tally);
+        }
+        Ok(Groups {
+            tallies,
+            progress,
+            subs,
+            n,
+        })
+    }
+
+    /// Waits until every group has every message, or until progress stops for 10 s.
+    async fn wait(&self, quiet: bool) {
+        let total = self.n * self.tallies.len() as u64;
+        let mut last = 0;
+        let mut last_change = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let p = self.progress.load(Ordering::Relaxed);
+            if p >= total {
+                break;
+            }
+            if p != last {
+                last = p;
+                last_change = Instant::now();
+            } else if last_change.elapsed() > Duration::from_secs(10) {
+                eprintln!("no progress for 10 s: stopping with {p} of {total} deliveries");
+                break;
+            }
+            if !quiet && last_report.elapsed() > Duration::from_secs(1) {
+                eprintln!("  {p} / {total} deliveries");
+                last_report = Instant::now();
+            }
+        }
+    }
+
+    /// Stops the groups and sums up: histogram, delivered, duplicated, lost, last delivery.
+    async fn finish(self) -> anyhow::Result<Summary> {
+        for s in self.subs {
+            s.stop().await;
+        }
+        let mut s = Summary {
+            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+            delivered: 0,
+            duplicated: 0,
+            lost: 0,
+            last_at: None,
+        };
+        for t in &self.tallies {
+            let t = t.lock();
+            s.hist.add(&t.hist)?;
+            s.delivered += t.delivered;
+            s.duplicated += t.duplicated;
+            s.lost += self.n - t.delivered;
+            s.last_at = s.last_at.max(t.last_at);
+        }
+        Ok(s)
     }
 }
 
-fn policy(args: &BenchArgs) -> Backpressure {
-    match args.backpressure {
-        PolicyArg::Block => Backpressure::Block,
-        PolicyArg::DropOldest => Backpressure::DropOldest,
-        PolicyArg::Reject => Backpressure::Reject,
-    }
+struct Summary {
+    hist: Histogram<u64>,
+    delivered: u64,
+    duplicated: u64,
+    lost: u64,
+    last_at: Option<Instant>,
 }
 
-fn mode_name(args: &BenchArgs) -> &'static str {
-    match args.mode {
-        ModeArg::Reliable => "reliable",
-        ModeArg::Fast => "fast",
-    }
+fn percentiles(h: &Histogram<u64>) -> Value {
+    json!({
+        "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+    })
 }
 
-fn policy_name(args: &BenchArgs) -> &'static str {
-    match args.backpressure {
-        PolicyArg::Block => "block",
-        PolicyArg::DropOldest => "drop_oldest",
-        PolicyArg::Reject => "reject",
-    }
+fn percentile_line(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}   ({} samples)",
+        h.value_at_quantile(0.50),
+        h.value_at_quantile(0.90),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max(),
+        h.len()
+    )
 }
 
-fn backend_name(args: &BenchArgs) -> &'static str {
-    match args.backend {
-        Backend::Memory => "memory",
-        Backend::Redis => "redis",
+/// Publishes `n` envelopes in batches; returns when all are queued.
+async fn publish_batched(
+    bus: DualBus,
+    kind: EventKind,
+    topic: Topic,
+    n: u64,
+    batch: usize,
+    payload: Vec<u8>,
+    stop: Option<Arc<AtomicBool>>,
+) -> anyhow::Result<u64> {
+    let mut i = 0;
+    while i < n {
+        if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            break;
+        }
+        let k = (batch as u64).min(n - i) as usize;
+        let mut envs = Vec::with_capacity(k);
+        for _ in 0..k {
+            envs.push(bus.stamp(
+                kind.clone(),
+                topic.clone(),
+                Priority::Normal,
+                Encoding::Json,
+                Bytes::copy_from_slice(&payload),
+            )?);
+        }
+        bus.publish_batch(envs).await?;
+        i += k as u64;
     }
+    Ok(i)
 }
 
-const TOPIC: &str = "market_data.trade.BENCH";
+/// Publishes `n` envelopes one by one at `rate` per second from a thread of its own (sleeping,
+/// then spinning until each one's time, so pacing does not depend on timer resolution).
+fn publish_paced(
+    bus: DualBus,
+    kind: EventKind,
+    topic: Topic,
+    n: u64,
+    rate: u64,
+    payload: Vec<u8>,
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<()>> {
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        // A 1 µs timer slack (the default is 50 µs) makes short sleeps end on time.
+        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong);
+        }
+        let res = (|| -> anyhow::Result<()> {
+            let interval = 1e9 / rate as f64;
+            let t0 = Instant::now();
+            for i in 0..n {
+                let target = t0 + Duration::from_nanos((i as f64 * interval) as u64);
+                // Sleep through most of the gap (so the core is free for the brokers and
+                // consumers), spin through the last stretch.
+                let now = Instant::now();
+                if target > now + Duration::from_micros(40) {
+                    std::thread::sleep(target - now - Duration::from_micros(25));
+                }
+                while Instant::now() < target {
+                    std::hint::spin_loop();
+                }
+                let env = bus.stamp(
+                    kind.clone(),
+                    topic.clone(),
+                    Priority::Normal,
+                    Encoding::Json,
+                    Bytes::copy_from_slice(&payload),
+                )?;
+                handle.block_on(bus.publish_envelope(env))?;
+            }
+            Ok(())
+        })();
+        let _ = tx.send(res);
+    });
+    rx
+}
 
-async fn delivery_bench(args: &BenchArgs, publisher: &DualBus) -> anyhow::Result<()> {
+/// A valid JSON payload of exactly `size` bytes (a string of `x`; at least 2 bytes).
+fn json_payload(size: usize) -> Vec<u8> {
+    let mut p = vec![b'x'; size.max(2)];
+    p[0] = b'"';
+    let last = p.len() - 1;
+    p[last] = b'"';
+    p
+}
+
+const MD_TOPIC: &str = "market_data.trade.BENCH";
+const LOGIC_TOPIC: &str = "strategy_signal.BENCH";
+
+async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     let n = args.messages;
     let groups = if args.scenario == Scenario::Fanout {
         args.groups
     } else {
         1
     };
+    let latency = args.scenario == Scenario::Latency;
     // Paced runs record every message; batch runs every 16th, so that measuring costs the
     // handler little.
-    let sample_every = if args.scenario == Scenario::Latency {
-        1
-    } else {
-        16
-    };
-    let mut tallies = Vec::new();
-    let progress = Arc::new(AtomicU64::new(0));
-    let mut subs = Vec::new();
-    for g in 0..groups {
-        let tally = Arc::new(Mutex::new(Tally::new(n)));
-        let consumer = publisher.sibling("bench-sub", &format!("bench-sub-{g}"))?;
-        let opts = SubscribeOptions::new(&format!("bench-g{g}"), &["market_data.>"])?
-            .mode(mode(args))
-            .bound(args.queue_bound, policy(args))
-            .lag_limit(args.queue_bound as u64);
-        subs.push(
-            consumer
-                .subscribe(
-                    opts,
-                    Counting {
-                        tally: tally.clone(),
-                        progress: progress.clone(),
-                        sample_every,
-                        expected: n,
-                    },
-                )
-                .await?,
-        );
-        tallies.push(tally);
-    }
-    let payload = vec![b'x'; args.payload_bytes];
-    let topic = Topic::new(TOPIC)?;
-    let total = n * groups as u64;
+    let sample_every = if latency { 1 } else { 16 };
+    let consumers = Groups::start(
+        rig,
+        args,
+        "bench",
+        groups,
+        "market_data.>",
+        args.mode(),
+        n,
+        sample_every,
+    )
+    .await?;
+    let publisher = rig.client("bench", "bench-1")?;
+    let payload = json_payload(args.payload_bytes);
+    let topic = Topic::new(MD_TOPIC)?;
+    let method = format!(
+        "{} {} messages x {} B through DualBus::{} -> {} transport -> handler; {} group(s); {} mode; {}",
+        args.scenario.name(),
+        n,
+        args.payload_bytes,
+        if latency { "publish_envelope" } else { "publish_batch" },
+        args.backend_name(),
+        groups,
+        args.mode_name(),
+        if latency {
+            format!("paced at {} msgs/s; latency of every message", args.rate())
+        } else {
+            format!("batches of {}; latency of every 16th message", args.batch)
+        }
+    );
     if !args.json {
-        eprintln!(
-            "bench {}: {} messages of {} B, {} group(s), {} mode, {} backend{}",
-            args.scenario.name(),
-            n,
-            args.payload_bytes,
-            groups,
-            mode_name(args),
-            backend_name(args),
-            if args.scenario == Scenario::Latency {
-                format!(", paced at {} msgs/s", args.rate)
-            } else {
-                format!(", batches of {}", args.batch)
-            }
-        );
+        eprintln!("{method}");
     }
     let start = Instant::now();
-    let producer: tokio::task::JoinHandle<anyhow::Result<Instant>> =
-        if args.scenario == Scenario::Latency {
-            let bus = publisher.clone();
-            let rate = args.rate;
-            let handle = tokio::runtime::Handle::current();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::thread::spawn(move || {
-                let res = (|| -> anyhow::Result<Instant> {
-                    let interval = 1e9 / rate as f64;
-                    let t0 = Instant::now();
-                    for i in 0..n {
-                        let target = t0 + Duration::from_nanos((i as f64 * interval) as u64);
-                        while Instant::now() < target {
-                            std::hint::spin_loop();
-                        }
-                        let env = bus.stamp(
-                            EventKind::MarketData,
-                            topic.clone(),
-                            Priority::Normal,
-                            Encoding::Json,
-                            Bytes::copy_from_slice(&payload),
-                        )?;
-                        handle.block_on(bus.publish_envelope(env))?;
-                    }
-                    Ok(Instant::now())
-                })();
-                let _ = tx.send(res);
-            });
-            tokio::spawn(async move { rx.await.context("producer thread died")? })
-        } else {
-            let bus = publisher.clone();
-            let batch = args.batch;
-            tokio::spawn(async move {
-                let mut i = 0;
-                while i < n {
-                    let k = (batch as u64).min(n - i) as usize;
-                    let mut envs = Vec::with_capacity(k);
-                    for _ in 0..k {
-                        envs.push(bus.stamp(
-                            EventKind::MarketData,
-                            topic.clone(),
-                            Priority::Normal,
-                            Encoding::Json,
-                            Bytes::copy_from_slice(&payload),
-                        )?);
-                    }
-                    bus.publish_batch(envs).await?;
-                    i += k as u64;
-                }
-                Ok(Instant::now())
-            })
-        };
-
-    // Wait until every group has every message, or until progress stops for 10 s.
-    let mut last = 0;
-    let mut last_change = Instant::now();
-    let mut last_report = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let p = progress.load(Ordering::Relaxed);
-        if p >= total {
-            break;
-        }
-        if p != last {
-            last = p;
-            last_change = Instant::now();
-        } else if last_change.elapsed() > Duration::from_secs(10) {
-            eprintln!("no progress for 10 s: stopping with {p} of {total} deliveries");
-            break;
-        }
-        if !args.json && last_report.elapsed() > Duration::from_secs(1) {
-            eprintln!("  {p} / {total} deliveries");
-            last_report = Instant::now();
-        }
-    }
-    let publish_end = producer.await??;
-    for s in subs {
-        s.stop().await;
-    }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let (mut delivered, mut duplicated, mut lost) = (0u64, 0u64, 0u64);
-    let mut end = publish_end;
-    for t in &tallies {
-        let t = t.lock();
-        hist.add(&t.hist)?;
-        delivered += t.delivered;
-        duplicated += t.duplicated;
-        lost += n - t.delivered;
-        if let Some(at) = t.last_at {
-            end = end.max(at);
-        }
-    }
+    let producer = if latency {
+        let rx = publish_paced(
+            publisher.clone(),
+            EventKind::MarketData,
+            topic,
+            n,
+            args.rate(),
+            payload.clone(),
+        );
+        tokio::spawn(async move { rx.await.context("producer thread died")? })
+    } else {
+        let bus = publisher.clone();
+        let batch = args.batch;
+        let p = payload.clone();
+        tokio::spawn(async move {
+            publish_batched(bus, EventKind::MarketData, topic, n, batch, p, None)
+                .await
+                .map(|_| ())
+        })
+    };
+    consumers.wait(args.json).await;
+    producer.await??;
+    let publish_end = Instant::now();
+    let s = consumers.finish().await?;
+    let end = s.last_at.unwrap_or(publish_end);
     let duration = end.duration_since(start).as_secs_f64();
     let throughput = n as f64 / duration;
-    let lat = json!({
-        "p50": hist.value_at_quantile(0.50),
-        "p90": hist.value_at_quantile(0.90),
-        "p99": hist.value_at_quantile(0.99),
-        "p999": hist.value_at_quantile(0.999),
-        "max": hist.max(),
-    });
     let mut out = json!({
-        "backend": backend_name(args),
+        "backend": args.backend_name(),
         "scenario": args.scenario.name(),
-        "mode": mode_name(args),
+        "mode": args.mode_name(),
         "messages": n,
         "payload_bytes": args.payload_bytes,
         "duration_s": duration,
         "throughput_msgs_per_s": throughput,
-        "delivered": delivered,
-        "lost": lost,
-        "duplicated": duplicated,
-        "latency_ns": lat,
+        "delivered": s.delivered,
+        "lost": s.lost,
+        "duplicated": s.duplicated,
+        "latency_ns": percentiles(&s.hist),
     });
     if args.scenario == Scenario::Fanout {
         out["groups"] = json!(groups);
     }
+    let mut ceiling_line = None;
+    if args.scenario == Scenario::Throughput && args.backend == Backend::Redis {
+        let sample = publisher.stamp(
+            EventKind::MarketData,
+            Topic::new(MD_TOPIC)?,
+            Priority::Normal,
+            Encoding::Json,
+            Bytes::copy_from_slice(&payload),
+        )?;
+        let ceiling = xadd_ceiling(args, rig, &sample, n.min(2_000_000))?;
+        out["ceiling_msgs_per_s"] = json!(ceiling);
+        out["ratio_to_ceiling"] = json!(throughput / ceiling);
+        out["ceiling_method"] = json!(format!(
+            "redis-benchmark -P {} -c {} XADD MAXLEN ~ {} with the same {} fields, on the MarketData server",
+            args.ceiling_pipeline,
+            args.ceiling_clients,
+            rig.cfg.md.maxlen,
+            sample.to_wire_fields().len()
+        ));
+        ceiling_line = Some(format!(
+            "ceiling    : {ceiling:.0} XADD/s raw (redis-benchmark -P {} -c {}, same entry); ours = {:.1}% of it",
+            args.ceiling_pipeline,
+            args.ceiling_clients,
+            100.0 * throughput / ceiling
+        ));
+    }
     if args.json {
         println!("{out}");
     } else {
-        let c = publisher.counters(BusId::MarketData);
-        println!("method     : {} {} messages x {} B through DualBus::{} -> {} transport -> handler; {} group(s); {} mode; {}",
-            args.scenario.name(), n, args.payload_bytes,
-            if args.scenario == Scenario::Latency { "publish_envelope" } else { "publish_batch" },
-            backend_name(args), groups, mode_name(args),
-            if args.scenario == Scenario::Latency { format!("paced at {} msgs/s", args.rate) } else { format!("batches of {}", args.batch) });
+        println!("method     : {method}");
         println!("duration   : {duration:.3} s (first publish to last delivery)");
         println!(
             "throughput : {:.0} msgs/s{}",
@@ -470,16 +731,175 @@ async fn delivery_bench(args: &BenchArgs, publisher: &DualBus) -> anyhow::Result
                 String::new()
             }
         );
-        println!("delivered  : {delivered}   lost: {lost}   duplicated: {duplicated}   (bus counters: published {}, acknowledged {}, dropped {})",
-            c.published, c.acknowledged, c.dropped);
+        if let Some(l) = ceiling_line {
+            println!("{l}");
+        }
         println!(
-            "latency ns : p50 {}  p90 {}  p99 {}  p99.9 {}  max {}   ({} samples, publish ts -> handler entry)",
-            hist.value_at_quantile(0.50),
-            hist.value_at_quantile(0.90),
-            hist.value_at_quantile(0.99),
-            hist.value_at_quantile(0.999),
-            hist.max(),
-            hist.len()
+            "delivered  : {}   lost: {}   duplicated: {}",
+            s.delivered, s.lost, s.duplicated
+        );
+        println!(
+            "latency ns : {} publish ts -> handler entry",
+            percentile_line(&s.hist)
+        );
+    }
+    Ok(())
+}
+
+/// The raw rate of pipelined `XADD`s of an entry like ours, measured with `redis-benchmark`
+/// against the MarketData server.
+fn xadd_ceiling(args: &BenchArgs, rig: &Rig, sample: &Envelope, n: u64) -> anyhow::Result<f64> {
+    let url = &rig.cfg.md.url;
+    let client = redis::Client::open(url.as_str())?;
+    let (host, port) = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
+        other => bail!("the ceiling needs a TCP address, not {other:?}"),
+    };
+    let key = format!("{}:ceiling", rig.cfg.prefix);
+    let mut cmd = std::process::Command::new("redis-benchmark");
+    cmd.args(["-h", &host, "-p", &port.to_string()])
+        .args(["-n", &n.to_string()])
+        .args(["-P", &args.ceiling_pipeline.to_string()])
+        .args(["-c", &args.ceiling_clients.to_string()])
+        .arg("--csv")
+        .args([
+            "XADD",
+            &key,
+            "MAXLEN",
+            "~",
+            &rig.cfg.md.maxlen.to_string(),
+            "*",
+        ]);
+    for (k, v) in sample.to_wire_fields() {
+        cmd.arg(k).arg(String::from_utf8_lossy(&v).into_owned());
+    }
+    let out = cmd.output().context(
+        "cannot run redis-benchmark (it comes with redis-server: apt-get install redis-server)",
+    )?;
+    if !out.status.success() {
+        bail!(
+            "redis-benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // CSV: a header line, then "XADD ...","<rps>",...
+    text.lines()
+        .filter(|l| !l.starts_with("\"test\""))
+        .find_map(|l| {
+            l.split("\",\"")
+                .nth(1)
+                .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+        })
+        .with_context(|| format!("cannot read redis-benchmark's output: {text}"))
+}
+
+async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
+    let n = args.messages;
+    let rate = args.rate();
+    let payload = json_payload(args.payload_bytes);
+    let logic_kind = EventKind::StrategySignal;
+    let method = format!(
+        "isolation: {n} strategy_signal messages x {} B on the Engine Logic bus paced at {rate} msgs/s, \
+         first with the MarketData bus idle, then while one producer floods it with market_data in \
+         batches of {} (a fast-mode group draining it); {} transport; latency of every message",
+        args.payload_bytes,
+        args.batch,
+        args.backend_name()
+    );
+    if !args.json {
+        eprintln!("{method}");
+    }
+    let phase = |name: &'static str| {
+        let rig_ptr = rig;
+        let payload = payload.clone();
+        let kind = logic_kind.clone();
+        async move {
+            let groups = Groups::start(
+                rig_ptr,
+                args,
+                name,
+                1,
+                "strategy_signal.>",
+                Mode::Reliable,
+                n,
+                1,
+            )
+            .await?;
+            let publisher = rig_ptr.client(name, &format!("{name}-1"))?;
+            let rx = publish_paced(publisher, kind, Topic::new(LOGIC_TOPIC)?, n, rate, payload);
+            groups.wait(args.json).await;
+            rx.await.context("producer thread died")??;
+            groups.finish().await
+        }
+    };
+    let idle = phase("idle").await?;
+
+    // Saturate the MarketData bus.
+    let flood_groups = Groups::start(
+        rig,
+        args,
+        "flood",
+        1,
+        "market_data.>",
+        Mode::Fast,
+        1,
+        1_000_000,
+    )
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood_bus = rig.client("flood", "flood-1")?;
+    let flood = tokio::spawn(publish_batched(
+        flood_bus,
+        EventKind::MarketData,
+        Topic::new(MD_TOPIC)?,
+        u64::MAX,
+        args.batch,
+        payload.clone(),
+        Some(stop.clone()),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    let saturated = phase("saturated").await?;
+    let flood_secs = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let flooded = flood.await??;
+    drop(flood_groups);
+    let flood_rate = flooded as f64 / (flood_secs + 0.5);
+    let out = json!({
+        "backend": args.backend_name(),
+        "scenario": "isolation",
+        "mode": "reliable",
+        "messages": n,
+        "payload_bytes": args.payload_bytes,
+        "rate": rate,
+        "delivered": saturated.delivered,
+        "lost": saturated.lost,
+        "duplicated": saturated.duplicated,
+        "latency_ns": percentiles(&saturated.hist),
+        "idle_latency_ns": percentiles(&idle.hist),
+        "idle_lost": idle.lost,
+        "md_flood_msgs_per_s": flood_rate,
+        "p99_ratio": saturated.hist.value_at_quantile(0.99) as f64
+            / idle.hist.value_at_quantile(0.99).max(1) as f64,
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("method     : {method}");
+        println!("idle       : {}", percentile_line(&idle.hist));
+        println!("saturated  : {}", percentile_line(&saturated.hist));
+        println!(
+            "flood      : {flood_rate:.0} market_data msgs/s on the MarketData bus during the saturated phase"
+        );
+        println!(
+            "p99 ratio  : {:.2} (saturated / idle)   lost: {} + {}   duplicated: {} + {}",
+            saturated.hist.value_at_quantile(0.99) as f64
+                / idle.hist.value_at_quantile(0.99).max(1) as f64,
+            idle.lost,
+            saturated.lost,
+            idle.duplicated,
+            saturated.duplicated
         );
     }
     Ok(())
@@ -507,22 +927,19 @@ impl Handler for Stalled {
     }
 }
 
-async fn stall_bench(
-    args: &BenchArgs,
-    publisher: &DualBus,
-    memory: Option<MemoryTransport>,
-) -> anyhow::Result<()> {
+async fn stall_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     if args.mode == ModeArg::Fast {
         bail!("the stall scenario measures a reliable group; drop --mode fast");
     }
     let n = args.messages;
-    let consumer = publisher.sibling("stalled", "stalled-1")?;
+    let consumer = rig.client("stalled", "stalled-1")?;
     let opts = SubscribeOptions::new("stalled", &["market_data.>"])?
         .mode(Mode::Reliable)
-        .bound(args.queue_bound, policy(args));
+        .bound(args.queue_bound, args.policy());
     let _sub = consumer.subscribe(opts, Stalled).await?;
-    let payload = vec![b'x'; args.payload_bytes];
-    let topic = Topic::new(TOPIC)?;
+    let publisher = rig.client("bench", "bench-1")?;
+    let payload = json_payload(args.payload_bytes);
+    let topic = Topic::new(MD_TOPIC)?;
     let (mut accepted, mut rejected, mut blocked) = (0u64, 0u64, false);
     let start = Instant::now();
     let mut last_report = Instant::now();
@@ -557,20 +974,22 @@ async fn stall_bench(
             last_report = Instant::now();
         }
     }
-    let c = publisher.counters(BusId::MarketData);
-    let retained = memory.map(|m| m.stream_len("dualbus:md:market_data") as u64);
+    let dropped = rig.md.stats().dropped;
+    let retained = rig
+        .stream_len(BusId::MarketData, &EventKind::MarketData)
+        .await?;
     let out = json!({
-        "backend": backend_name(args),
+        "backend": args.backend_name(),
         "scenario": "stall",
         "mode": "reliable",
-        "policy": policy_name(args),
+        "policy": args.policy_name(),
         "queue_bound": args.queue_bound,
         "messages": n,
         "payload_bytes": args.payload_bytes,
         "attempted": i,
         "accepted": accepted,
         "rejected": rejected,
-        "dropped": c.dropped,
+        "dropped": dropped,
         "blocked": blocked,
         "retained_in_stream": retained,
         "duration_s": start.elapsed().as_secs_f64(),
@@ -579,11 +998,10 @@ async fn stall_bench(
     if args.json {
         println!("{out}");
     } else {
-        println!("method     : publish {n} x {} B in batches of {} at a reliable group that never acknowledges; queue bound {}, policy {}",
-            args.payload_bytes, args.batch, args.queue_bound, policy_name(args));
+        println!("method     : publish {n} x {} B in batches of {} at a reliable group that never acknowledges; queue bound {}, policy {}; {} transport",
+            args.payload_bytes, args.batch, args.queue_bound, args.policy_name(), args.backend_name());
         println!(
-            "attempted  : {i}   accepted: {accepted}   rejected: {rejected}   dropped: {}",
-            c.dropped
+            "attempted  : {i}   accepted: {accepted}   rejected: {rejected}   dropped: {dropped}"
         );
         println!(
             "blocked    : {blocked}{}",
@@ -593,14 +1011,12 @@ async fn stall_bench(
                 ""
             }
         );
-        if let Some(r) = retained {
-            println!("retained   : {r} entries in the stream");
-        }
+        println!("retained   : {retained} entries in the stream");
         if let Some(e) = first_error {
             println!("first error: {e}");
         }
         println!(
-            "peak RSS   : {:.1} MiB",
+            "peak RSS   : {:.1} MiB (this process)",
             peak_rss_bytes() as f64 / (1 << 20) as f64
         );
     }

@@ -160,11 +160,16 @@ impl RedisTransport {
     /// [`ConnectError`] naming the bus and address: a bad URL, or no answer within the connect
     /// timeout.
     pub async fn connect(opts: RedisOptions) -> Result<RedisTransport, ConnectError> {
-        let client = redis::Client::open(opts.url.as_str()).map_err(|e| ConnectError::BadUrl {
+        let bad_url = |e: redis::RedisError| ConnectError::BadUrl {
             bus: opts.bus.clone(),
             url: opts.url.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        // Small writes (one message, an acknowledgement) must leave at once: no Nagle delay.
+        let info = redis::IntoConnectionInfo::into_connection_info(opts.url.as_str())
+            .map_err(bad_url)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(bad_url)?;
         let unreachable = |reason: String| ConnectError::Unreachable {
             bus: opts.bus.clone(),
             url: opts.url.clone(),

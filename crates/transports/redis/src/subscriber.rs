@@ -32,7 +32,12 @@ pub(crate) struct RedisSubscriber {
     reasons: HashMap<(u16, EntryId), String>,
     lag_check_due: bool,
     recovering: bool,
+    /// Acknowledgements not yet sent: they go with the next read, in the same round trip.
+    acks: Vec<(u16, EntryId)>,
 }
+
+/// Acknowledgements held back at most before they are sent on their own.
+const MAX_HELD_ACKS: usize = 4096;
 
 fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
@@ -70,6 +75,7 @@ impl RedisSubscriber {
             reasons: HashMap::new(),
             lag_check_due: true,
             recovering: false,
+            acks: Vec::new(),
             inner,
             conn,
             spec,
@@ -136,6 +142,38 @@ impl RedisSubscriber {
         for c in self.claim_cursor.iter_mut() {
             *c = b"0-0".to_vec();
         }
+        Ok(())
+    }
+
+    /// Adds the held acknowledgements to a pipeline (one `XACK` per stream).
+    fn push_acks(&self, pipe: &mut redis::Pipeline) {
+        let mut by_stream: HashMap<u16, Vec<String>> = HashMap::new();
+        for (s, id) in &self.acks {
+            by_stream.entry(*s).or_default().push(id.to_string());
+        }
+        for (s, list) in &by_stream {
+            let Some(key) = self.spec.streams.get(*s as usize) else {
+                continue;
+            };
+            let cmd = pipe.cmd("XACK").arg(&**key).arg(&*self.spec.group);
+            for id in list {
+                cmd.arg(id.as_str());
+            }
+            cmd.ignore();
+        }
+    }
+
+    /// Sends the held acknowledgements now.
+    async fn flush_acks(&mut self) -> Result<(), AckError> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        self.push_acks(&mut pipe);
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(|e| AckError::Unavailable(self.inner.describe(&e)))?;
+        self.acks.clear();
         Ok(())
     }
 
@@ -475,7 +513,12 @@ impl RedisSubscriber {
         for _ in &self.spec.streams {
             cmd.arg(">");
         }
-        let v: redis::Value = cmd.query_async(&mut self.conn).await?;
+        // Held acknowledgements travel in the same round trip, ahead of the read.
+        let mut pipe = redis::pipe();
+        self.push_acks(&mut pipe);
+        pipe.add_command(cmd);
+        let (v,): (redis::Value,) = pipe.query_async(&mut self.conn).await?;
+        self.acks.clear();
         let streams = reply::read_reply(&v).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Parse, "XREADGROUP reply", e))
         })?;
@@ -498,11 +541,19 @@ impl RedisSubscriber {
         let mut envs = Vec::new();
         let mut meta = Vec::new();
         let reliable = self.spec.mode == Mode::Reliable;
+        let sweep_due = reliable && self.last_sweep.elapsed() >= self.sweep_every;
+        if sweep_due && !self.acks.is_empty() {
+            // Acknowledge first, so the sweep does not reclaim what was handled.
+            let mut pipe = redis::pipe();
+            self.push_acks(&mut pipe);
+            pipe.query_async::<()>(&mut self.conn).await?;
+            self.acks.clear();
+        }
         if reliable && self.replay.iter().any(|r| r.is_some()) {
             self.read_own_pending(max, &mut envs, &mut meta, &mut batch)
                 .await?;
         }
-        if reliable && envs.is_empty() && self.last_sweep.elapsed() >= self.sweep_every {
+        if sweep_due && envs.is_empty() {
             self.last_sweep = Instant::now();
             self.sweep(max, &mut envs, &mut meta, &mut batch).await?;
         }
@@ -557,27 +608,20 @@ impl Subscriber for RedisSubscriber {
         if self.spec.mode == Mode::Fast || ids.is_empty() {
             return Ok(());
         }
-        let mut by_stream: HashMap<u16, Vec<String>> = HashMap::new();
-        for (s, id) in ids {
-            by_stream.entry(*s).or_default().push(id.to_string());
-            if !self.reasons.is_empty() {
-                self.reasons.remove(&(*s, *id));
+        if !self.reasons.is_empty() {
+            for k in ids {
+                self.reasons.remove(k);
             }
         }
-        let mut pipe = redis::pipe();
-        for (s, list) in &by_stream {
-            let Some(key) = self.spec.streams.get(*s as usize) else {
-                continue;
-            };
-            let cmd = pipe.cmd("XACK").arg(&**key).arg(&*self.spec.group);
-            for id in list {
-                cmd.arg(id.as_str());
-            }
-            cmd.ignore();
+        self.acks.extend_from_slice(ids);
+        if self.acks.len() >= MAX_HELD_ACKS {
+            self.flush_acks().await?;
         }
-        pipe.query_async::<()>(&mut self.conn)
-            .await
-            .map_err(|e| AckError::Unavailable(self.inner.describe(&e)))
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), AckError> {
+        self.flush_acks().await
     }
 
     async fn nack(&mut self, stream: u16, id: EntryId, reason: &str) {

@@ -1,0 +1,223 @@
+//! Reading the state of a running Redis bus: streams, groups, memory, dead letters. Shared by
+//! `redis status` and `stats`.
+
+use anyhow::Context;
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One consumer group of a stream.
+#[derive(Debug, Clone, Default)]
+pub struct GroupRow {
+    pub name: String,
+    pub consumers: u64,
+    pub pending: u64,
+    pub lag: Option<u64>,
+    pub entries_read: Option<u64>,
+}
+
+/// One stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamRow {
+    pub key: String,
+    pub length: u64,
+    pub entries_added: u64,
+    pub groups: Vec<GroupRow>,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Okay => "OK".into(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        _ => String::new(),
+    }
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => Some((*i).max(0) as u64),
+        Value::BulkString(_) | Value::SimpleString(_) => text(v).parse().ok(),
+        _ => None,
+    }
+}
+
+fn pairs(v: &Value) -> Vec<(String, &Value)> {
+    match v {
+        Value::Array(a) => a
+            .chunks(2)
+            .filter_map(|c| match c {
+                [k, v] => Some((text(k), v)),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(m) => m.iter().map(|(k, v)| (text(k), v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn list(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a.iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Connects to one bus, failing within `timeout` with the bus and address named.
+pub async fn connect(
+    bus: &str,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<MultiplexedConnection> {
+    let client = redis::Client::open(url)
+        .with_context(|| format!("the {bus} bus URL {url:?} is invalid"))?;
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    let conn = tokio::time::timeout(
+        timeout,
+        client.get_multiplexed_async_connection_with_config(&cfg),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("cannot reach the {bus} bus at {url} within {timeout:?}"))?
+    .with_context(|| format!("cannot reach the {bus} bus at {url}"))?;
+    Ok(conn)
+}
+
+/// Every stream whose key starts with `{prefix}:`, with its groups.
+pub async fn streams(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+) -> anyhow::Result<Vec<StreamRow>> {
+    let mut keys = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let v: Value = redis::cmd("SCAN")
+            .arg(&cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(conn)
+            .await?;
+        let parts = list(&v);
+        cursor = parts.first().map(|c| text(c)).unwrap_or_else(|| "0".into());
+        if let Some(found) = parts.get(1) {
+            keys.extend(list(found).into_iter().map(text));
+        }
+        if cursor == "0" {
+            break;
+        }
+    }
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        let info: Value = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&key)
+            .query_async(conn)
+            .await?;
+        let mut row = StreamRow {
+            key: key.clone(),
+            ..Default::default()
+        };
+        for (k, v) in pairs(&info) {
+            match k.as_str() {
+                "length" => row.length = int(v).unwrap_or(0),
+                "entries-added" => row.entries_added = int(v).unwrap_or(0),
+                _ => {}
+            }
+        }
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(conn)
+            .await?;
+        for g in list(&groups) {
+            let mut gr = GroupRow::default();
+            for (k, v) in pairs(g) {
+                match k.as_str() {
+                    "name" => gr.name = text(v),
+                    "consumers" => gr.consumers = int(v).unwrap_or(0),
+                    "pending" => gr.pending = int(v).unwrap_or(0),
+                    "lag" => gr.lag = int(v),
+                    "entries-read" => gr.entries_read = int(v),
+                    _ => {}
+                }
+            }
+            row.groups.push(gr);
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// `INFO` fields of interest: used memory, eviction policy, persistence.
+pub async fn server_info(
+    conn: &mut MultiplexedConnection,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let info: String = redis::cmd("INFO").query_async(conn).await?;
+    let wanted = [
+        "redis_version",
+        "used_memory_human",
+        "maxmemory_human",
+        "maxmemory_policy",
+        "aof_enabled",
+        "rdb_last_save_time",
+        "process_id",
+    ];
+    Ok(info
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| wanted.contains(k))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect())
+}
+
+/// Dead letters per (original stream, group), from the bus's dead-letter stream.
+pub async fn dead_counts(
+    conn: &mut MultiplexedConnection,
+    dead_key: &str,
+) -> anyhow::Result<BTreeMap<(String, String), u64>> {
+    let mut out = BTreeMap::new();
+    let mut start = "-".to_string();
+    loop {
+        let v: Value = redis::cmd("XRANGE")
+            .arg(dead_key)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        let entries = list(&v);
+        if entries.is_empty() {
+            break;
+        }
+        let mut last = String::new();
+        for e in &entries {
+            let parts = list(e);
+            last = parts.first().map(|x| text(x)).unwrap_or_default();
+            let fields = parts.get(1).map(|f| pairs(f)).unwrap_or_default();
+            let get = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| text(v))
+                    .unwrap_or_default()
+            };
+            *out.entry((get("dead_stream"), get("dead_group")))
+                .or_insert(0) += 1;
+        }
+        if entries.len() < 1000 {
+            break;
+        }
+        start = format!("({last}");
+    }
+    Ok(out)
+}

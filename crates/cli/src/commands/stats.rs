@@ -1,0 +1,79 @@
+//! `dualbus stats`: per stream and group, what was published, delivered, is pending, lagging
+//! and dead-lettered, read from the Redis servers.
+
+use super::{inspect, runtime, Global, BUSES};
+use clap::Args;
+use serde_json::json;
+use std::time::Duration;
+
+/// Arguments of `dualbus stats`.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// One JSON object per stream and group instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `dualbus stats`.
+pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
+    let cfg = global.redis_config()?;
+    runtime(1)?.block_on(async move {
+        if !args.json {
+            println!(
+                "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
+                "bus", "stream", "published", "group", "delivered", "pending", "lag", "dead"
+            );
+        }
+        for (bus, name) in BUSES {
+            let url = &cfg.bus(bus).url;
+            let timeout = Duration::from_millis(cfg.bus(bus).connect_timeout_ms);
+            let mut conn = inspect::connect(name, url, timeout).await?;
+            let streams = inspect::streams(&mut conn, &cfg.prefix).await?;
+            let dead_key = format!("{}:{}:dead", cfg.prefix, bus.as_str());
+            let dead = inspect::dead_counts(&mut conn, &dead_key).await?;
+            for s in &streams {
+                let rows: Vec<Option<&inspect::GroupRow>> = if s.groups.is_empty() {
+                    vec![None]
+                } else {
+                    s.groups.iter().map(Some).collect()
+                };
+                for g in rows {
+                    let group = g.map(|g| g.name.as_str()).unwrap_or("-");
+                    let dead_n = g
+                        .map(|g| *dead.get(&(s.key.clone(), g.name.clone())).unwrap_or(&0))
+                        .unwrap_or(0);
+                    if args.json {
+                        println!(
+                            "{}",
+                            json!({
+                                "bus": bus.as_str(),
+                                "stream": s.key,
+                                "length": s.length,
+                                "published": s.entries_added,
+                                "group": g.map(|g| g.name.clone()),
+                                "delivered": g.and_then(|g| g.entries_read),
+                                "pending": g.map(|g| g.pending),
+                                "lag": g.and_then(|g| g.lag),
+                                "dead_lettered": dead_n,
+                            })
+                        );
+                    } else {
+                        let opt = |v: Option<u64>| v.map_or("-".to_string(), |x| x.to_string());
+                        println!(
+                            "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
+                            bus.as_str(),
+                            s.key,
+                            s.entries_added,
+                            group,
+                            opt(g.and_then(|g| g.entries_read)),
+                            opt(g.map(|g| g.pending)),
+                            opt(g.and_then(|g| g.lag)),
+                            dead_n
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
