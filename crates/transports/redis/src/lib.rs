@@ -20,6 +20,7 @@
 
 mod admission;
 mod reply;
+mod resp;
 mod subscriber;
 mod writer;
 

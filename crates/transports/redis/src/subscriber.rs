@@ -4,6 +4,7 @@
 
 use crate::admission;
 use crate::reply::{self, Entry};
+use crate::resp::RawConnection;
 use crate::Inner;
 use async_trait::async_trait;
 use dualbus_core::{
@@ -22,6 +23,8 @@ const MAX_REASONS: usize = 10_000;
 pub(crate) struct RedisSubscriber {
     inner: Arc<Inner>,
     conn: ConnectionManager,
+    /// Reads new entries (the hot path), with its own reply parser.
+    raw: RawConnection,
     spec: SubscribeSpec,
     /// Per stream: `Some(last id)` while re-reading this consumer's own pending entries.
     replay: Vec<Option<Vec<u8>>>,
@@ -31,6 +34,7 @@ pub(crate) struct RedisSubscriber {
     block: Duration,
     reasons: HashMap<(u16, EntryId), String>,
     lag_check_due: bool,
+    last_lag_check: Instant,
     recovering: bool,
     /// Acknowledgements not yet sent: they go with the next read, in the same round trip.
     acks: Vec<(u16, EntryId)>,
@@ -59,7 +63,12 @@ impl RedisSubscriber {
             .await
             .map_err(SubscribeError::Unavailable)?;
         let n = spec.streams.len();
+        let raw = RawConnection::new(
+            inner.client.get_connection_info().clone(),
+            inner.opts.connect_timeout,
+        );
         let mut sub = RedisSubscriber {
+            raw,
             replay: vec![
                 if spec.mode == Mode::Reliable {
                     Some(b"0".to_vec())
@@ -74,6 +83,7 @@ impl RedisSubscriber {
             block,
             reasons: HashMap::new(),
             lag_check_due: true,
+            last_lag_check: Instant::now(),
             recovering: false,
             acks: Vec::new(),
             inner,
@@ -145,8 +155,9 @@ impl RedisSubscriber {
         Ok(())
     }
 
-    /// Adds the held acknowledgements to a pipeline (one `XACK` per stream).
-    fn push_acks(&self, pipe: &mut redis::Pipeline) {
+    /// Adds the held acknowledgements to a pipeline (one `XACK` per stream); returns how many
+    /// commands it added.
+    fn push_acks(&self, pipe: &mut redis::Pipeline) -> usize {
         let mut by_stream: HashMap<u16, Vec<String>> = HashMap::new();
         for (s, id) in &self.acks {
             by_stream.entry(*s).or_default().push(id.to_string());
@@ -161,6 +172,7 @@ impl RedisSubscriber {
             }
             cmd.ignore();
         }
+        by_stream.len()
     }
 
     /// Sends the held acknowledgements now.
@@ -485,6 +497,7 @@ impl RedisSubscriber {
             }
         }
         self.lag_check_due = false;
+        self.last_lag_check = Instant::now();
         Ok(())
     }
 
@@ -513,12 +526,16 @@ impl RedisSubscriber {
         for _ in &self.spec.streams {
             cmd.arg(">");
         }
-        // Held acknowledgements travel in the same round trip, ahead of the read.
+        // Held acknowledgements travel in the same round trip, ahead of the read, on the read
+        // path's own connection (see `resp`).
         let mut pipe = redis::pipe();
-        self.push_acks(&mut pipe);
-        pipe.add_command(cmd);
-        let (v,): (redis::Value,) = pipe.query_async(&mut self.conn).await?;
+        let acks = self.push_acks(&mut pipe);
+        let mut packed = pipe.get_packed_pipeline();
+        packed.extend_from_slice(&cmd.get_packed_command());
+        let within = self.block + self.inner.opts.connect_timeout + Duration::from_secs(1);
+        let mut replies = self.raw.query(&packed, acks + 1, within).await?;
         self.acks.clear();
+        let v = replies.pop().unwrap_or(redis::Value::Nil);
         let streams = reply::read_reply(&v).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Parse, "XREADGROUP reply", e))
         })?;
@@ -530,7 +547,11 @@ impl RedisSubscriber {
             total += entries.len();
             self.take(i, &entries, None, envs, meta, batch).await?;
         }
-        if self.spec.mode == Mode::Fast && total >= max {
+        // A full read suggests a backlog: check the lag, at most every 100 ms.
+        if self.spec.mode == Mode::Fast
+            && total >= max
+            && self.last_lag_check.elapsed() >= Duration::from_millis(100)
+        {
             self.lag_check_due = true;
         }
         Ok(())
