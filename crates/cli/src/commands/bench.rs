@@ -33,7 +33,8 @@ Scenarios:
   throughput  1 producer, 1 consumer group; messages published in batches of --batch. On Redis
               it also measures, in the same run, the raw ceiling of pipelined XADD on the
               MarketData server with redis-benchmark, and prints our figure as a ratio of it
-  fanout      1 producer, --groups groups (12); rate at which every group has every message
+  fanout      1 producer, --groups groups (12); rate at which every group has every message;
+              with --rate, paced one message at a time (latency of every delivery)
   latency     1 producer paced at --rate (default 100,000/s), one message per publish;
               publish-to-handler latency
   isolation   Engine Logic bus latency at --rate (default 10,000/s) with the MarketData bus
@@ -610,7 +611,9 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     } else {
         1
     };
-    let latency = args.scenario == Scenario::Latency;
+    // Latency runs, and fan-out runs given a --rate, are paced one message at a time.
+    let latency = args.scenario == Scenario::Latency
+        || (args.scenario == Scenario::Fanout && args.rate.is_some());
     // Paced runs record every message; batch runs every 16th, so that measuring costs the
     // handler little.
     let sample_every = if latency { 1 } else { 16 };

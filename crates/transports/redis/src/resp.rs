@@ -12,20 +12,139 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// One RESP2 reply.
+/// Offset of the `\r\n` ending the line that starts at `pos`.
+fn line_end(buf: &[u8], pos: usize) -> Option<usize> {
+    let mut i = pos;
+    loop {
+        let cr = buf[i..].iter().position(|&b| b == b'\r')? + i;
+        if buf.get(cr + 1) == Some(&b'\n') {
+            return Some(cr - pos);
+        }
+        if cr + 1 >= buf.len() {
+            return None;
+        }
+        i = cr + 1;
+    }
+}
+
+fn header_num(line: &[u8]) -> Option<i64> {
+    let (neg, digits) = match line.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, line),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+    }
+    Some(if neg { -n } else { n })
+}
+
+/// Finds where a reply ends without building it, resuming where the previous call stopped, so
+/// a large reply arriving in many reads is scanned once in all.
+#[derive(Default)]
+struct Scanner {
+    /// Start of the next element to scan.
+    pos: usize,
+    /// Elements still expected by each open array.
+    open: Vec<i64>,
+    /// Whether a reply is being scanned.
+    started: bool,
+}
+
+impl Scanner {
+    /// Where the reply starting at `start` ends, if the buffer holds all of it.
+    fn complete(&mut self, buf: &[u8], start: usize) -> Option<usize> {
+        if !self.started {
+            *self = Scanner {
+                pos: start,
+                open: Vec::new(),
+                started: true,
+            };
+        }
+        loop {
+            let pos = self.pos;
+            let &tag = buf.get(pos)?;
+            let nl = line_end(buf, pos)?;
+            let after = pos + nl + 2;
+            let next = match tag {
+                b'$' => {
+                    let len = header_num(&buf[pos + 1..pos + nl])?;
+                    if len < 0 {
+                        after
+                    } else {
+                        let end = after + len as usize + 2;
+                        if buf.len() < end {
+                            return None;
+                        }
+                        end
+                    }
+                }
+                b'*' => {
+                    let len = header_num(&buf[pos + 1..pos + nl])?;
+                    if len > 0 {
+                        self.open.push(len);
+                        self.pos = after;
+                        continue;
+                    }
+                    after
+                }
+                _ => after,
+            };
+            self.pos = next;
+            // One element done: close every array it completes.
+            loop {
+                match self.open.last_mut() {
+                    None => {
+                        self.started = false;
+                        return Some(next);
+                    }
+                    Some(left) => {
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        self.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One RESP2 reply, once the buffer holds all of it.
+#[cfg(test)]
 fn parse(buf: &[u8], pos: usize) -> Result<Option<(Value, usize)>, String> {
+    parse_with(&mut Scanner::default(), buf, pos)
+}
+
+fn parse_with(
+    scanner: &mut Scanner,
+    buf: &[u8],
+    pos: usize,
+) -> Result<Option<(Value, usize)>, String> {
+    if scanner.complete(buf, pos).is_none() {
+        return Ok(None);
+    }
+    parse_value(buf, pos)
+}
+
+fn parse_value(buf: &[u8], pos: usize) -> Result<Option<(Value, usize)>, String> {
     let Some(&tag) = buf.get(pos) else {
         return Ok(None);
     };
-    let Some(nl) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
+    let Some(nl) = line_end(buf, pos) else {
         return Ok(None);
     };
     let line = &buf[pos + 1..pos + nl];
     let after = pos + nl + 2;
     let num = || -> Result<i64, String> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
+        header_num(line)
             .ok_or_else(|| format!("bad RESP number {:?}", String::from_utf8_lossy(line)))
     };
     match tag {
@@ -54,7 +173,7 @@ fn parse(buf: &[u8], pos: usize) -> Result<Option<(Value, usize)>, String> {
             let mut items = Vec::with_capacity(len as usize);
             let mut p = after;
             for _ in 0..len {
-                match parse(buf, p)? {
+                match parse_value(buf, p)? {
                     Some((v, next)) => {
                         items.push(v);
                         p = next;
@@ -133,8 +252,9 @@ impl RawConnection {
         let mut out = Vec::with_capacity(replies);
         let mut pos = 0;
         let mut first_error = None;
+        let mut scanner = Scanner::default();
         while out.len() < replies {
-            match parse(&self.buf, pos) {
+            match parse_with(&mut scanner, &self.buf, pos) {
                 Ok(Some((v, next))) => {
                     out.push(v);
                     pos = next;
@@ -143,10 +263,7 @@ impl RawConnection {
                 Ok(None) => {}
                 Err(server) => {
                     // An error reply: skip its line and remember it.
-                    let nl = self.buf[pos..]
-                        .windows(2)
-                        .position(|w| w == b"\r\n")
-                        .unwrap_or(0);
+                    let nl = line_end(&self.buf, pos).unwrap_or(0);
                     pos += nl + 2;
                     first_error.get_or_insert(server);
                     out.push(Value::Nil);
@@ -216,6 +333,16 @@ mod tests {
         for cut in 0..full.len() {
             assert!(parse(&full[..cut], 0).unwrap().is_none(), "cut at {cut}");
         }
+        // The same scanner, fed a growing buffer, resumes instead of starting over.
+        let mut sc = Scanner::default();
+        for cut in 0..full.len() {
+            assert!(
+                parse_with(&mut sc, &full[..cut], 0).unwrap().is_none(),
+                "cut at {cut}"
+            );
+        }
+        let (_, used) = parse_with(&mut sc, full, 0).unwrap().unwrap();
+        assert_eq!(used, full.len());
         assert!(matches!(
             parse(b"*-1\r\n", 0).unwrap(),
             Some((Value::Nil, 5))
