@@ -190,8 +190,15 @@ impl Rig {
     async fn new(args: &BenchArgs, mut cfg: Config) -> anyhow::Result<Rig> {
         match args.backend {
             Backend::Memory => {
+                // Fast-mode consumers are never waited for: a stream shorter than the run would
+                // make them skip (by design), so a fast-mode delivery benchmark keeps it all.
+                let maxlen = if args.mode == ModeArg::Fast && args.scenario != Scenario::Isolation {
+                    cfg.md.maxlen.max(args.messages + 1)
+                } else {
+                    cfg.md.maxlen
+                };
                 let opts = MemoryOptions {
-                    maxlen: cfg.md.maxlen as usize,
+                    maxlen: maxlen as usize,
                     spin: Duration::from_micros(cfg.memory.spin_us),
                 };
                 let md = MemoryTransport::with_options(opts.clone());
