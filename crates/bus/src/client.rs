@@ -1,6 +1,7 @@
 //! The `DualBus` client.
 
 use crate::config::{BusId, Config};
+use crate::failover::{Failover, FailoverCounters, FailoverSettings};
 use crate::route::{is_priority, Route, Router};
 use bytes::Bytes;
 use dualbus_core::dedup::{SourceDedup, Verdict};
@@ -339,6 +340,8 @@ struct Inner {
     corr_seq: AtomicU64,
     waiting: Waiters,
     reply_readers: [OnceCell<Subscription>; 2],
+    /// Shared by every client built on the same transports.
+    failover: Arc<Failover>,
 }
 
 /// The client of the two buses: routes each message by kind, publishes, subscribes, and does
@@ -355,6 +358,7 @@ pub struct DualBusBuilder {
     cfg: Config,
     transports: Option<[Arc<dyn Transport>; 2]>,
     first_seq: Option<u64>,
+    failover: Option<Arc<Failover>>,
 }
 
 impl DualBusBuilder {
@@ -410,6 +414,30 @@ impl DualBusBuilder {
             Some(t) => t,
             None => default_transports(&self.cfg)?,
         };
+        let failover = match self.failover {
+            Some(f) => f,
+            None => {
+                let f = &self.cfg.failover;
+                let settings = FailoverSettings {
+                    enabled: match f.enabled.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        _ => transports.iter().all(|t| t.name() != "memory"),
+                    },
+                    heartbeat: Duration::from_millis(f.heartbeat_ms),
+                    heartbeat_timeout: Duration::from_millis(f.heartbeat_timeout_ms),
+                    window: f.window as usize,
+                    window_age: Duration::from_millis(f.window_ms),
+                };
+                let fo = Arc::new(Failover::new(settings));
+                if settings.enabled {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(watch(Arc::downgrade(&fo), transports.clone()));
+                    }
+                }
+                fo
+            }
+        };
         Ok(DualBus {
             inner: Arc::new(Inner {
                 router: Router::new(&self.cfg),
@@ -422,6 +450,7 @@ impl DualBusBuilder {
                 corr_seq: AtomicU64::new(0),
                 waiting: Default::default(),
                 reply_readers: Default::default(),
+                failover,
                 cfg: self.cfg,
             }),
         })
@@ -485,6 +514,7 @@ impl DualBus {
             cfg: Config::default(),
             transports: None,
             first_seq: None,
+            failover: None,
         }
     }
 
@@ -507,14 +537,15 @@ impl DualBus {
     /// # Errors
     /// [`BusError::Config`] for bad names.
     pub fn sibling(&self, src: &str, inst: &str) -> Result<DualBus, BusError> {
-        DualBus::builder(src)
+        let mut b = DualBus::builder(src)
             .instance(inst)
             .config(self.inner.cfg.clone())
             .transports(
                 self.inner.transports[0].clone(),
                 self.inner.transports[1].clone(),
-            )
-            .build()
+            );
+        b.failover = Some(self.inner.failover.clone());
+        b.build()
     }
 
     /// This client's engine name.
@@ -683,18 +714,57 @@ impl DualBus {
             return Ok(());
         }
         let n = run.len() as u64;
-        self.inner.transports[route.bus.index()]
+        let fo = &self.inner.failover;
+        if !fo.settings.enabled {
+            self.inner.transports[route.bus.index()]
+                .publish(&route.stream, run, confirm)
+                .await
+                .map_err(|source| BusError::Publish {
+                    bus: route.bus,
+                    source,
+                })?;
+            self.inner.counters[route.bus.index()]
+                .published
+                .0
+                .fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        }
+        let target = fo.target(route.bus);
+        let copy = run.clone();
+        let res = self.inner.transports[target.index()]
             .publish(&route.stream, run, confirm)
-            .await
-            .map_err(|source| BusError::Publish {
-                bus: route.bus,
-                source,
-            })?;
-        self.inner.counters[route.bus.index()]
+            .await;
+        let used = match res {
+            Ok(()) => target,
+            Err(PublishError::Unavailable(why)) if fo.is_up(target.other()) => {
+                // The broker is gone: fail over now rather than at the next heartbeat.
+                tracing::warn!(bus = %target, error = %why, "publish failed; failing over");
+                fail_over(fo, &self.inner.transports, target).await;
+                let other = target.other();
+                self.inner.transports[other.index()]
+                    .publish(&route.stream, copy.clone(), confirm)
+                    .await
+                    .map_err(|source| BusError::Publish { bus: other, source })?;
+                other
+            }
+            Err(source) => {
+                return Err(BusError::Publish {
+                    bus: target,
+                    source,
+                })
+            }
+        };
+        fo.record(used, &route.stream, &copy);
+        self.inner.counters[used.index()]
             .published
             .0
             .fetch_add(n, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Failover counters of a bus (shared by clients on the same transports).
+    pub fn failover_counters(&self, bus: BusId) -> FailoverCounters {
+        self.inner.failover.counters(bus)
     }
 
     /// Subscribes a handler. Reads the kinds' streams on their buses and the priority lanes,
@@ -731,10 +801,20 @@ impl DualBus {
                 continue;
             }
             streams.dedup();
-            if !streams.is_empty() {
-                plan.push((bus, streams));
+            streams.push(self.inner.router.priority_stream(bus));
+            // The priority lane has a reader of its own, never behind bulk traffic.
+            let lanes = [
+                streams[..streams.len() - 1].to_vec(),
+                vec![streams[streams.len() - 1].clone()],
+            ];
+            for lane in lanes.into_iter().filter(|l| !l.is_empty()) {
+                if self.inner.failover.settings.enabled {
+                    // While this bus is down its traffic arrives on the other one, under the
+                    // same keys: read there too (the groups exist before they are needed).
+                    plan.push((bus.other(), lane.clone()));
+                }
+                plan.push((bus, lane));
             }
-            plan.push((bus, vec![self.inner.router.priority_stream(bus)]));
         }
         let handler = Arc::new(handler);
         let dedup = Arc::new(Mutex::new(SourceDedup::new(
@@ -870,29 +950,39 @@ impl DualBus {
                     .mode(Mode::Reliable)
                     .start(StartFrom::Oldest);
                 opts.consumer = Some(self.inner.inst.clone());
-                let spec = self.spec(&opts, vec![stream], bus);
-                let sub = self.inner.transports[bus.index()]
-                    .subscribe(spec)
-                    .await
-                    .map_err(|source| BusError::Subscribe { bus, source })?;
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let stats = Arc::new(SubscriptionStats::default());
-                let reader = Reader {
-                    bus,
-                    client: self.clone_weakly(),
-                    handler: Arc::new(ReplyHandler(self.inner.waiting.clone())),
-                    filter: None,
-                    dedup: Arc::new(Mutex::new(SourceDedup::new(
-                        self.inner.cfg.delivery.dedup_window,
-                    ))),
-                    stats: stats.clone(),
-                    mode: Mode::Reliable,
-                    batch_max: 64,
-                };
-                let task = tokio::spawn(reader.run(sub, stop_rx));
+                let client = self.clone_weakly();
+                let dedup = Arc::new(Mutex::new(SourceDedup::new(
+                    self.inner.cfg.delivery.dedup_window,
+                )));
+                let mut buses = vec![bus];
+                if self.inner.failover.settings.enabled {
+                    // Replies to requests sent during an outage arrive on the other bus.
+                    buses.push(bus.other());
+                }
+                let mut tasks = Vec::new();
+                for b in buses {
+                    let spec = self.spec(&opts, vec![stream.clone()], b);
+                    let sub = self.inner.transports[b.index()]
+                        .subscribe(spec)
+                        .await
+                        .map_err(|source| BusError::Subscribe { bus: b, source })?;
+                    let reader = Reader {
+                        bus: b,
+                        client: client.clone(),
+                        handler: Arc::new(ReplyHandler(self.inner.waiting.clone())),
+                        filter: None,
+                        dedup: dedup.clone(),
+                        stats: stats.clone(),
+                        mode: Mode::Reliable,
+                        batch_max: 64,
+                    };
+                    tasks.push(tokio::spawn(reader.run(sub, stop_rx.clone())));
+                }
                 Ok::<_, BusError>(Subscription {
                     stop: stop_tx,
-                    tasks: vec![task],
+                    tasks,
                     stats,
                 })
             })
@@ -903,16 +993,16 @@ impl DualBus {
     /// The reply reader must not keep the client alive (it would never be dropped), so it gets
     /// a client of its own on the same transports.
     fn clone_weakly(&self) -> DualBus {
-        DualBus::builder(&self.inner.src)
+        let mut b = DualBus::builder(&self.inner.src)
             .instance(&self.inner.inst)
             .config(self.inner.cfg.clone())
             .transports(
                 self.inner.transports[0].clone(),
                 self.inner.transports[1].clone(),
             )
-            .first_seq(0)
-            .build()
-            .expect("same settings as a valid client")
+            .first_seq(0);
+        b.failover = Some(self.inner.failover.clone());
+        b.build().expect("same settings as a valid client")
     }
 
     /// This client's counters for one bus, with the transport's own counts.
@@ -949,6 +1039,64 @@ impl DualBus {
             .dead_letters(&self.inner.router.dead_stream(bus), max)
             .await
             .map_err(|source| BusError::Receive { bus, source })
+    }
+}
+
+/// Marks `bus` down and re-sends its window of recent messages on the other bus.
+async fn fail_over(fo: &Failover, transports: &[Arc<dyn Transport>; 2], bus: BusId) {
+    let Some(items) = fo.mark_down(bus) else {
+        return;
+    };
+    let other = bus.other();
+    tracing::warn!(bus = %bus, resent = items.len(), "bus down: its traffic moves to the {other} bus");
+    // Re-send in order, one batch per run of the same stream.
+    let mut run: Vec<Envelope> = Vec::new();
+    let mut key: Option<StreamKey> = None;
+    for (stream, env) in items {
+        if key.as_ref().is_some_and(|k| *k != stream) {
+            let k = key.take().expect("checked");
+            if let Err(e) = transports[other.index()]
+                .publish(&k, std::mem::take(&mut run), Confirm::Queued)
+                .await
+            {
+                tracing::error!(bus = %other, error = %e, "re-sending the window failed");
+            }
+        }
+        key = Some(stream);
+        run.push(env);
+    }
+    if let Some(k) = key {
+        if let Err(e) = transports[other.index()]
+            .publish(&k, run, Confirm::Queued)
+            .await
+        {
+            tracing::error!(bus = %other, error = %e, "re-sending the window failed");
+        }
+    }
+}
+
+/// The heartbeat: checks each bus, fails over when one stops answering and fails back once it
+/// answers again. Ends when the last client using these transports is dropped.
+async fn watch(fo: std::sync::Weak<Failover>, transports: [Arc<dyn Transport>; 2]) {
+    loop {
+        let Some(f) = fo.upgrade() else { return };
+        let period = f.settings.heartbeat;
+        for bus in BusId::ALL {
+            let t = &transports[bus.index()];
+            let healthy = matches!(
+                tokio::time::timeout(f.settings.heartbeat_timeout, t.health()).await,
+                Ok(Health::Up)
+            );
+            if healthy {
+                if let Some(outage) = f.mark_up(bus) {
+                    tracing::warn!(bus = %bus, outage_ms = outage.as_millis() as u64, "bus back: its traffic moves back");
+                }
+            } else if f.is_up(bus) && f.is_up(bus.other()) {
+                fail_over(&f, &transports, bus).await;
+            }
+        }
+        drop(f);
+        tokio::time::sleep(period).await;
     }
 }
 

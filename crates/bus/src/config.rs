@@ -145,6 +145,37 @@ impl Default for MemorySection {
     }
 }
 
+/// Failover between the buses (DESIGN section 6).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct FailoverSection {
+    /// `auto` (on for Redis, off for the embedded transport), `on` or `off`.
+    pub enabled: String,
+    /// Heartbeat period of each bus.
+    pub heartbeat_ms: u64,
+    /// A heartbeat answered later than this marks the bus down.
+    pub heartbeat_timeout_ms: u64,
+    /// Most recently published messages kept per bus, re-sent on the other bus when it fails.
+    pub window: u64,
+    /// Oldest message kept in that window.
+    pub window_ms: u64,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+impl Default for FailoverSection {
+    fn default() -> Self {
+        FailoverSection {
+            enabled: "auto".into(),
+            heartbeat_ms: 10,
+            heartbeat_timeout_ms: 50,
+            window: 10_000,
+            window_ms: 2_000,
+            unknown: BTreeMap::new(),
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -167,6 +198,8 @@ pub struct Config {
     pub delivery: DeliverySection,
     /// Embedded transport settings.
     pub memory: MemorySection,
+    /// Failover between the buses.
+    pub failover: FailoverSection,
     /// Route overrides: kind name -> `md` or `logic`.
     pub routes: BTreeMap<String, String>,
     #[serde(flatten)]
@@ -188,6 +221,7 @@ impl Default for Config {
             logic: BusSection::with_url("redis://127.0.0.1:6381"),
             delivery: DeliverySection::default(),
             memory: MemorySection::default(),
+            failover: FailoverSection::default(),
             routes: BTreeMap::new(),
             unknown: BTreeMap::new(),
             from_env: BTreeMap::new(),
@@ -420,6 +454,7 @@ impl Config {
         unknown("logic", &self.logic.unknown, &mut bad);
         unknown("delivery", &self.delivery.unknown, &mut bad);
         unknown("memory", &self.memory.unknown, &mut bad);
+        unknown("failover", &self.failover.unknown, &mut bad);
 
         if !matches!(self.transport.as_str(), "memory" | "redis") {
             bad(
@@ -528,6 +563,24 @@ impl Config {
         }
         if d.max_deliveries > u32::MAX as u64 {
             bad("delivery.max_deliveries", &d.max_deliveries, "too large");
+        }
+        let f = &self.failover;
+        if !matches!(f.enabled.as_str(), "auto" | "on" | "off") {
+            bad(
+                "failover.enabled",
+                &format!("{:?}", f.enabled),
+                "expected \"auto\", \"on\" or \"off\"",
+            );
+        }
+        for (key, v) in [
+            ("failover.heartbeat_ms", f.heartbeat_ms),
+            ("failover.heartbeat_timeout_ms", f.heartbeat_timeout_ms),
+            ("failover.window", f.window),
+            ("failover.window_ms", f.window_ms),
+        ] {
+            if v == 0 {
+                bad(key, &v, "must be at least 1");
+            }
         }
         for (kind, bus) in &self.routes {
             if let Err(e) = EventKind::parse(kind) {

@@ -28,11 +28,13 @@
 //!
 //! * [`config`]: [`Config`], the TOML file with environment overrides and validation.
 //! * [`route`]: [`Router`], kind to bus and stream key, the priority lane.
+//! * [`failover`]: heartbeats, failing over to the other bus and back, the re-send window.
 //! * [`client`]: [`DualBus`], publish, subscribe (with duplicate suppression), request/reply,
 //!   counters.
 
 pub mod client;
 pub mod config;
+pub mod failover;
 pub mod route;
 
 pub use client::{
@@ -41,4 +43,5 @@ pub use client::{
     Subscription, SubscriptionStats,
 };
 pub use config::{BusId, Config, ConfigError};
+pub use failover::{FailoverCounters, FailoverSettings};
 pub use route::{Lane, Route, Router};

@@ -1,0 +1,154 @@
+//! Failover between the buses (DESIGN section 6).
+//!
+//! Each bus is watched: a publish that finds its broker unreachable marks the bus down at once,
+//! and a heartbeat (`health()` with a short timeout) catches a hung broker and sees it recover.
+//! While a bus is down its traffic is published to the other bus under its own stream keys
+//! (`dualbus:md:market_data` on the Engine Logic server), where every subscription also reads.
+//! A bounded window of recently published messages is re-sent on the surviving bus when a bus
+//! goes down, since the broker may have lost them or consumers may not have read them yet;
+//! consumers drop the duplicates by (`src`, `inst`, `seq`).
+
+use crate::config::BusId;
+use dualbus_core::transport::StreamKey;
+use dualbus_core::Envelope;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Failover settings in effect.
+#[derive(Debug, Clone, Copy)]
+pub struct FailoverSettings {
+    /// Whether failover is on.
+    pub enabled: bool,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// A heartbeat slower than this marks the bus down.
+    pub heartbeat_timeout: Duration,
+    /// Most messages kept per bus for re-sending.
+    pub window: usize,
+    /// Oldest message kept for re-sending.
+    pub window_age: Duration,
+}
+
+/// Counters of failover events on one bus.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FailoverCounters {
+    /// Times this bus was marked down (its traffic moved to the other bus).
+    pub failovers: u64,
+    /// Times it came back (its traffic moved back).
+    pub failbacks: u64,
+    /// Messages re-sent on the other bus when it went down.
+    pub resent: u64,
+    /// Whether it is up now.
+    pub up: bool,
+}
+
+struct Window {
+    items: VecDeque<(StreamKey, Envelope, Instant)>,
+}
+
+pub(crate) struct Failover {
+    pub settings: FailoverSettings,
+    up: [AtomicBool; 2],
+    down_since: [Mutex<Option<Instant>>; 2],
+    failovers: [AtomicU64; 2],
+    failbacks: [AtomicU64; 2],
+    resent: [AtomicU64; 2],
+    window: [Mutex<Window>; 2],
+}
+
+impl Failover {
+    pub(crate) fn new(settings: FailoverSettings) -> Failover {
+        let w = || {
+            Mutex::new(Window {
+                items: VecDeque::new(),
+            })
+        };
+        Failover {
+            settings,
+            up: [AtomicBool::new(true), AtomicBool::new(true)],
+            down_since: [Mutex::new(None), Mutex::new(None)],
+            failovers: Default::default(),
+            failbacks: Default::default(),
+            resent: Default::default(),
+            window: [w(), w()],
+        }
+    }
+
+    pub(crate) fn is_up(&self, bus: BusId) -> bool {
+        self.up[bus.index()].load(Ordering::SeqCst)
+    }
+
+    /// Where traffic for `bus` goes now: the bus itself unless it is down and the other is up.
+    pub(crate) fn target(&self, bus: BusId) -> BusId {
+        if !self.settings.enabled || self.is_up(bus) || !self.is_up(bus.other()) {
+            bus
+        } else {
+            bus.other()
+        }
+    }
+
+    /// Keeps copies of published messages for re-sending (bounded by count and age).
+    pub(crate) fn record(&self, bus: BusId, stream: &StreamKey, envs: &[Envelope]) {
+        let now = Instant::now();
+        let mut w = self.window[bus.index()].lock();
+        for e in envs {
+            w.items.push_back((stream.clone(), e.clone(), now));
+        }
+        let cap = self.settings.window;
+        while w.items.len() > cap {
+            w.items.pop_front();
+        }
+        let age = self.settings.window_age;
+        while w
+            .items
+            .front()
+            .is_some_and(|(_, _, at)| now.duration_since(*at) > age)
+        {
+            w.items.pop_front();
+        }
+    }
+
+    /// Marks `bus` down; returns the messages to re-send when this is a new outage.
+    pub(crate) fn mark_down(&self, bus: BusId) -> Option<Vec<(StreamKey, Envelope)>> {
+        if !self.up[bus.index()].swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        *self.down_since[bus.index()].lock() = Some(Instant::now());
+        self.failovers[bus.index()].fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let age = self.settings.window_age;
+        let items: Vec<(StreamKey, Envelope)> = self.window[bus.index()]
+            .lock()
+            .items
+            .drain(..)
+            .filter(|(_, _, at)| now.duration_since(*at) <= age)
+            .map(|(s, e, _)| (s, e))
+            .collect();
+        self.resent[bus.index()].fetch_add(items.len() as u64, Ordering::Relaxed);
+        Some(items)
+    }
+
+    /// Marks `bus` up; returns how long it was down when this ends an outage.
+    pub(crate) fn mark_up(&self, bus: BusId) -> Option<Duration> {
+        if self.up[bus.index()].swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        self.failbacks[bus.index()].fetch_add(1, Ordering::Relaxed);
+        self.down_since[bus.index()]
+            .lock()
+            .take()
+            .map(|t| t.elapsed())
+    }
+
+    pub(crate) fn counters(&self, bus: BusId) -> FailoverCounters {
+        let i = bus.index();
+        FailoverCounters {
+            failovers: self.failovers[i].load(Ordering::Relaxed),
+            failbacks: self.failbacks[i].load(Ordering::Relaxed),
+            resent: self.resent[i].load(Ordering::Relaxed),
+            up: self.is_up(bus),
+        }
+    }
+}
