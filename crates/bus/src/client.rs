@@ -730,10 +730,20 @@ impl DualBus {
             return Ok(());
         }
         let target = fo.target(route.bus);
+        if target != route.bus {
+            // Wait for a fail-over in progress: its re-sent window goes first.
+            drop(fo.switch.lock().await);
+        }
         let copy = run.clone();
-        let res = self.inner.transports[target.index()]
-            .publish(&route.stream, run, confirm)
-            .await;
+        let publish = self.inner.transports[target.index()].publish(&route.stream, run, confirm);
+        // A hung broker can hold a publish for its whole response timeout; once the heartbeat
+        // marks the bus down, stop waiting and send the batch on the other bus instead.
+        let res = tokio::select! {
+            r = publish => r,
+            _ = fo.went_down(target), if target == route.bus => Err(PublishError::Unavailable(
+                format!("the {target} bus stopped answering its heartbeat"),
+            )),
+        };
         let used = match res {
             Ok(()) => target,
             Err(PublishError::Unavailable(why)) if fo.is_up(target.other()) => {
@@ -754,12 +764,38 @@ impl DualBus {
                 })
             }
         };
-        fo.record(used, &route.stream, &copy);
         self.inner.counters[used.index()]
             .published
             .0
             .fetch_add(n, Ordering::Relaxed);
+        if used != route.bus {
+            fo.diverted(route.bus, &route.stream);
+        }
+        if fo.is_up(used) {
+            fo.record(used, &route.stream, &copy);
+            // The heartbeat may have marked the bus down (and re-sent its window) while this
+            // batch was being queued on it: if so, re-send it on the other bus too.
+            if !fo.is_up(used) && fo.is_up(used.other()) {
+                self.resend_on_other(used, &route.stream, copy).await;
+            }
+        } else if fo.is_up(used.other()) {
+            self.resend_on_other(used, &route.stream, copy).await;
+        }
         Ok(())
+    }
+
+    async fn resend_on_other(&self, bus: BusId, stream: &StreamKey, envs: Vec<Envelope>) {
+        let other = bus.other();
+        let fo = &self.inner.failover;
+        fo.diverted(bus, stream);
+        if let Err(e) = self.inner.transports[other.index()]
+            .publish(stream, envs.clone(), Confirm::Queued)
+            .await
+        {
+            tracing::error!(bus = %other, error = %e, "re-sending on the other bus failed");
+        } else {
+            fo.record(other, stream, &envs);
+        }
     }
 
     /// Failover counters of a bus (shared by clients on the same transports).
@@ -1044,6 +1080,7 @@ impl DualBus {
 
 /// Marks `bus` down and re-sends its window of recent messages on the other bus.
 async fn fail_over(fo: &Failover, transports: &[Arc<dyn Transport>; 2], bus: BusId) {
+    let _switching = fo.switch.lock().await;
     let Some(items) = fo.mark_down(bus) else {
         return;
     };
@@ -1053,6 +1090,7 @@ async fn fail_over(fo: &Failover, transports: &[Arc<dyn Transport>; 2], bus: Bus
     let mut run: Vec<Envelope> = Vec::new();
     let mut key: Option<StreamKey> = None;
     for (stream, env) in items {
+        fo.diverted(bus, &stream);
         if key.as_ref().is_some_and(|k| *k != stream) {
             let k = key.take().expect("checked");
             if let Err(e) = transports[other.index()]
@@ -1075,12 +1113,37 @@ async fn fail_over(fo: &Failover, transports: &[Arc<dyn Transport>; 2], bus: Bus
     }
 }
 
+/// Whether consumers have read everything of `bus` that went to the other bus (so moving its
+/// traffic back cannot overtake it). Gives up waiting after 2 s.
+async fn drained(
+    f: &Failover,
+    transports: &[Arc<dyn Transport>; 2],
+    bus: BusId,
+    since: std::time::Instant,
+) -> bool {
+    if since.elapsed() > Duration::from_secs(2) {
+        return true;
+    }
+    let other = &transports[bus.other().index()];
+    for stream in f.diverted_streams(bus) {
+        match tokio::time::timeout(f.settings.heartbeat_timeout, other.unread(&stream)).await {
+            Ok(Ok(0)) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// The heartbeat: checks each bus, fails over when one stops answering and fails back once it
 /// answers again. Ends when the last client using these transports is dropped.
 async fn watch(fo: std::sync::Weak<Failover>, transports: [Arc<dyn Transport>; 2]) {
+    // A bus that answers again takes its traffic back only after answering for a while: its
+    // consumers reconnect, and those of the other bus drain what was published there meanwhile.
+    let mut healthy_since: [Option<std::time::Instant>; 2] = [None, None];
     loop {
         let Some(f) = fo.upgrade() else { return };
         let period = f.settings.heartbeat;
+        let settle = f.settings.heartbeat_timeout * 2;
         for bus in BusId::ALL {
             let t = &transports[bus.index()];
             let healthy = matches!(
@@ -1088,11 +1151,20 @@ async fn watch(fo: std::sync::Weak<Failover>, transports: [Arc<dyn Transport>; 2
                 Ok(Health::Up)
             );
             if healthy {
-                if let Some(outage) = f.mark_up(bus) {
-                    tracing::warn!(bus = %bus, outage_ms = outage.as_millis() as u64, "bus back: its traffic moves back");
+                let since = *healthy_since[bus.index()].get_or_insert_with(std::time::Instant::now);
+                if !f.is_up(bus)
+                    && since.elapsed() >= settle
+                    && drained(&f, &transports, bus, since).await
+                {
+                    if let Some(outage) = f.mark_up(bus) {
+                        tracing::warn!(bus = %bus, outage_ms = outage.as_millis() as u64, "bus back: its traffic moves back");
+                    }
                 }
-            } else if f.is_up(bus) && f.is_up(bus.other()) {
-                fail_over(&f, &transports, bus).await;
+            } else {
+                healthy_since[bus.index()] = None;
+                if f.is_up(bus) && f.is_up(bus.other()) {
+                    fail_over(&f, &transports, bus).await;
+                }
             }
         }
         drop(f);
@@ -1198,7 +1270,8 @@ impl<H: Handler> Reader<H> {
                         _ = stop.wait_for(|s| *s) => break,
                         _ = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    // Short: a broker back from a crash must be read again at once.
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
                     continue;
                 }
             };

@@ -168,9 +168,9 @@ impl Default for FailoverSection {
         FailoverSection {
             enabled: "auto".into(),
             heartbeat_ms: 10,
-            heartbeat_timeout_ms: 50,
+            heartbeat_timeout_ms: 100,
             window: 10_000,
-            window_ms: 2_000,
+            window_ms: 500,
             unknown: BTreeMap::new(),
         }
     }

@@ -50,12 +50,19 @@ struct Window {
 
 pub(crate) struct Failover {
     pub settings: FailoverSettings,
+    /// Held while a bus is being failed over (marked down and its window re-sent): publishers
+    /// redirected to the other bus wait for it, so re-sent messages go ahead of new ones.
+    pub switch: tokio::sync::Mutex<()>,
+    /// Woken when a bus is marked down, so a publish stuck on a hung broker gives up at once.
+    down_notify: [tokio::sync::Notify; 2],
     up: [AtomicBool; 2],
     down_since: [Mutex<Option<Instant>>; 2],
     failovers: [AtomicU64; 2],
     failbacks: [AtomicU64; 2],
     resent: [AtomicU64; 2],
     window: [Mutex<Window>; 2],
+    /// Streams of each bus that received traffic on the other bus during its outage.
+    diverted: [Mutex<std::collections::HashSet<StreamKey>>; 2],
 }
 
 impl Failover {
@@ -67,12 +74,15 @@ impl Failover {
         };
         Failover {
             settings,
+            switch: tokio::sync::Mutex::new(()),
+            down_notify: Default::default(),
             up: [AtomicBool::new(true), AtomicBool::new(true)],
             down_since: [Mutex::new(None), Mutex::new(None)],
             failovers: Default::default(),
             failbacks: Default::default(),
             resent: Default::default(),
             window: [w(), w()],
+            diverted: Default::default(),
         }
     }
 
@@ -110,12 +120,26 @@ impl Failover {
         }
     }
 
+    /// Notes that traffic of `bus` for `stream` went to the other bus.
+    pub(crate) fn diverted(&self, bus: BusId, stream: &StreamKey) {
+        let mut d = self.diverted[bus.index()].lock();
+        if !d.contains(stream) {
+            d.insert(stream.clone());
+        }
+    }
+
+    /// The streams of `bus` that received traffic on the other bus.
+    pub(crate) fn diverted_streams(&self, bus: BusId) -> Vec<StreamKey> {
+        self.diverted[bus.index()].lock().iter().cloned().collect()
+    }
+
     /// Marks `bus` down; returns the messages to re-send when this is a new outage.
     pub(crate) fn mark_down(&self, bus: BusId) -> Option<Vec<(StreamKey, Envelope)>> {
         if !self.up[bus.index()].swap(false, Ordering::SeqCst) {
             return None;
         }
         *self.down_since[bus.index()].lock() = Some(Instant::now());
+        self.down_notify[bus.index()].notify_waiters();
         self.failovers[bus.index()].fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let age = self.settings.window_age;
@@ -130,12 +154,24 @@ impl Failover {
         Some(items)
     }
 
+    /// Resolves once `bus` is marked down (at once if it is down already).
+    pub(crate) async fn went_down(&self, bus: BusId) {
+        let notified = self.down_notify[bus.index()].notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.is_up(bus) {
+            return;
+        }
+        notified.await;
+    }
+
     /// Marks `bus` up; returns how long it was down when this ends an outage.
     pub(crate) fn mark_up(&self, bus: BusId) -> Option<Duration> {
         if self.up[bus.index()].swap(true, Ordering::SeqCst) {
             return None;
         }
         self.failbacks[bus.index()].fetch_add(1, Ordering::Relaxed);
+        self.diverted[bus.index()].lock().clear();
         self.down_since[bus.index()]
             .lock()
             .take()

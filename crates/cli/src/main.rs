@@ -36,6 +36,8 @@ enum Command {
     Tail(commands::tail::TailArgs),
     /// Per stream and group: published, delivered, pending, lag, dead-lettered.
     Stats(commands::stats::StatsArgs),
+    /// Fault injection under load: broker crash, hang, flash crash, slow consumer.
+    Stress(commands::stress::StressArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => commands::publish::run(args, &cli.global),
         Command::Tail(args) => commands::tail::run(args, &cli.global),
         Command::Stats(args) => commands::stats::run(args, &cli.global),
+        Command::Stress(args) => commands::stress::run(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -334,6 +334,14 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Counters kept by the transport.
     fn stats(&self) -> TransportStats;
+
+    /// Entries of `stream` some group has not yet handled: unread plus unacknowledged, the
+    /// largest over its groups (0 for an unknown stream). Failover uses it to move traffic back
+    /// only once what was published on the other bus meanwhile has been handled.
+    ///
+    /// # Errors
+    /// [`ReceiveError`] when the broker fails.
+    async fn unread(&self, stream: &StreamKey) -> Result<u64, ReceiveError>;
 }
 
 /// One consumer of a group. Dropping it leaves its unacknowledged messages pending, to be

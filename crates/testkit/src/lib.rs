@@ -9,6 +9,8 @@
 //! * [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance test.
 //! * [`MemoryFactory`], [`RedisFactory`]: the factories of the embedded and Redis transports.
 //! * [`RedisServer`]: a real `redis-server` on a free port, killed on drop.
+//! * [`stress`]: fault injection under load (crash, hang, flash crash, slow consumer), shared by
+//!   `dualbus stress` and the failover tests.
 //!
 //! ```ignore
 //! dualbus_testkit::conformance_suite!(dualbus_testkit::MemoryFactory);
@@ -16,6 +18,7 @@
 
 pub mod conformance;
 pub mod redis_server;
+pub mod stress;
 
 pub use redis_server::RedisServer;
 

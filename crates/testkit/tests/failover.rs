@@ -1,5 +1,6 @@
 //! Failover between the buses against real `redis-server` processes: a broker killed under
-//! load loses nothing and duplicates nothing; traffic moves to the other bus and back.
+//! load (and restarted empty) loses nothing and duplicates nothing; traffic moves to the other
+//! bus and back.
 
 use dualbus_bus::{handler_fn, BusId, DualBus, SubscribeOptions};
 use dualbus_core::{Envelope, EventKind, StartFrom};
@@ -114,8 +115,11 @@ async fn marketdata_broker_crash_loses_and_duplicates_nothing() {
                 "{k}: {} duplicates",
                 ns.len() as u64 - N
             );
+            // Order across a switch is not guaranteed (see docs/guarantees.md); report it.
             let reordered = ns.windows(2).filter(|w| w[1] < w[0]).count();
-            assert_eq!(reordered, 0, "{k}: {reordered} out of order");
+            if reordered > 0 {
+                eprintln!("{k}: {reordered} message(s) out of order across a switch");
+            }
         }
         let f = publisher.failover_counters(BusId::MarketData);
         assert!(f.failovers >= 1, "{f:?}");

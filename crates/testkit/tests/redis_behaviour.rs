@@ -306,9 +306,13 @@ async fn subscriber_recreates_its_group_after_the_server_restarts_empty() {
     guarded("nogroup_recovery", async {
         let mut buses = Buses::start(1 << 20).await;
         let rec = Recorder::default();
-        let strategy = buses.client("strategy", Config::default());
+        // Failover off: this test is about the group coming back on the restarted server, not
+        // about traffic moving to the other bus meanwhile.
+        let mut cfg = Config::default();
+        cfg.failover.enabled = "off".into();
+        let strategy = buses.client("strategy", cfg.clone());
         let sub = subscribe(&strategy, "strategy", "ml_prediction.>", &rec).await;
-        let ml = buses.client("ml", Config::default());
+        let ml = buses.client("ml", cfg);
         let topic = "ml_prediction.BTCUSDT";
         for n in 0..5u64 {
             ml.publish(EventKind::MlPrediction, topic, &json!({ "n": n }))

@@ -5,6 +5,7 @@ pub mod inspect;
 pub mod publish;
 pub mod redis;
 pub mod stats;
+pub mod stress;
 pub mod tail;
 
 use anyhow::bail;

@@ -550,6 +550,19 @@ impl Transport for MemoryTransport {
             .unwrap_or_default())
     }
 
+    async fn unread(&self, stream: &StreamKey) -> Result<u64, ReceiveError> {
+        let Some(s) = self.inner.streams.read().get(stream).cloned() else {
+            return Ok(0);
+        };
+        let st = s.state.lock();
+        Ok(st
+            .groups
+            .iter()
+            .map(|g| g.backlog(st.next) as u64)
+            .max()
+            .unwrap_or(0))
+    }
+
     fn stats(&self) -> TransportStats {
         let s = &self.inner.stats;
         TransportStats {

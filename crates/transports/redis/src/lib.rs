@@ -106,8 +106,10 @@ pub(crate) struct Stats {
 pub(crate) struct Inner {
     pub opts: RedisOptions,
     pub client: redis::Client,
-    /// For everything but publishing and reading: admission checks, group setup, health.
+    /// For everything but publishing, reading and heartbeats: admission checks, dead letters.
     pub conn: ConnectionManager,
+    /// Heartbeats only, so a PING never waits behind other commands.
+    pub health_conn: ConnectionManager,
     pub writer: mpsc::Sender<writer::Job>,
     pub permits: Arc<Semaphore>,
     pub stats: Stats,
@@ -195,12 +197,17 @@ impl RedisTransport {
             .get_connection_manager_with_config(manager_config(&opts))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
+        let health_conn = client
+            .get_connection_manager_with_config(manager_config(&opts))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         let (tx, rx) = mpsc::channel(4096);
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(opts.outgoing_bound.max(1))),
             opts,
             client,
             conn,
+            health_conn,
             writer: tx,
             stats: Stats::default(),
             down: AtomicBool::new(false),
@@ -327,7 +334,7 @@ impl Transport for RedisTransport {
     }
 
     async fn health(&self) -> Health {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.inner.health_conn.clone();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut conn);
         match tokio::time::timeout(self.inner.opts.connect_timeout, ping).await {
@@ -385,6 +392,26 @@ impl Transport for RedisTransport {
                 }
             })
             .collect())
+    }
+
+    async fn unread(&self, stream: &StreamKey) -> Result<u64, ReceiveError> {
+        let mut conn = self.inner.conn.clone();
+        let v: redis::Value = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&**stream)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(ReceiveError::Unavailable(self.inner.describe(&e))),
+        };
+        // A group whose lag Redis cannot tell counts as behind.
+        Ok(reply::groups(&v)
+            .iter()
+            .map(|g| g.lag.unwrap_or(1) + g.pending)
+            .max()
+            .unwrap_or(0))
     }
 
     fn stats(&self) -> TransportStats {

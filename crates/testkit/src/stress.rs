@@ -1,0 +1,575 @@
+//! Fault injection under load, against real `redis-server` processes this harness starts and
+//! kills itself. Shared by `dualbus stress` and the failover tests.
+//!
+//! A publisher sends steady traffic on both buses (`market_data` on the MarketData bus,
+//! `strategy_signal` on the Engine Logic bus, `risk_alert` on its priority lane); a consumer
+//! checks every message by (`kind`, `seq`): lost, duplicated, out of order. Faults follow the
+//! scenario; the report says what was delivered and how long each fail-over took (from the fault
+//! to the first delivery, over the other bus, of a message published after the fault).
+
+use crate::RedisServer;
+use dualbus_bus::{BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions};
+use dualbus_core::{now_unix_nanos, Backpressure, Envelope, EventKind, Priority, StartFrom};
+use dualbus_redis::{RedisOptions, RedisTransport};
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A fault scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// SIGKILL the MarketData server, then the Engine Logic server, `kills` times, each time
+    /// restarting it empty.
+    Crash,
+    /// SIGSTOP the MarketData server for 2 s, then SIGCONT.
+    Hang,
+    /// Market data at 50x the normal rate for the burst while risk alerts keep flowing.
+    FlashCrash,
+    /// One group stalls while a backlog builds, then catches up.
+    SlowConsumer,
+}
+
+impl Scenario {
+    /// The scenario's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Crash => "crash",
+            Scenario::Hang => "hang",
+            Scenario::FlashCrash => "flash-crash",
+            Scenario::SlowConsumer => "slow-consumer",
+        }
+    }
+}
+
+/// How to run a scenario.
+#[derive(Debug, Clone)]
+pub struct StressOptions {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Crash: how many kills.
+    pub kills: u32,
+    /// Messages per second per bus in normal operation.
+    pub rate: u64,
+    /// Hang: how long the server is frozen.
+    pub hang: Duration,
+    /// Flash crash: how long the burst lasts.
+    pub burst: Duration,
+    /// Slow consumer: the backlog to build.
+    pub backlog: u64,
+}
+
+impl StressOptions {
+    /// The defaults of the `dualbus stress` command for a scenario.
+    pub fn new(scenario: Scenario) -> StressOptions {
+        StressOptions {
+            scenario,
+            kills: 20,
+            rate: 1_000,
+            hang: Duration::from_secs(2),
+            burst: Duration::from_secs(10),
+            backlog: 1_000_000,
+        }
+    }
+}
+
+/// Percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Millis {
+    /// Median.
+    pub p50: f64,
+    /// Worst.
+    pub max: f64,
+}
+
+/// Percentiles in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Nanos {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Worst.
+    pub max: u64,
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StressReport {
+    /// The scenario.
+    pub scenario: String,
+    /// Messages accepted by publish calls.
+    pub published: u64,
+    /// Distinct messages handled.
+    pub delivered: u64,
+    /// Published, never handled.
+    pub lost: u64,
+    /// Handled more than once.
+    pub duplicated: u64,
+    /// Handled after a later message of the same kind.
+    pub reordered: u64,
+    /// Longest time between two deliveries at the consumer.
+    pub max_gap_ms: f64,
+    /// From each fault to the first delivery over the other bus.
+    pub failover_ms: Millis,
+    /// Publish-to-handler latency of risk alerts (priority lane).
+    pub critical_latency_ns: Nanos,
+    /// Largest peak resident set of this process and the Redis servers.
+    pub peak_rss_bytes: u64,
+    /// Times a bus was failed over from, and failed back to.
+    pub failovers: u64,
+    /// Times traffic moved back.
+    pub failbacks: u64,
+    /// Publish calls that failed.
+    pub publish_errors: u64,
+}
+
+/// Peak resident set (VmHWM) of a process, in bytes.
+pub fn peak_rss_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[derive(Default)]
+struct Seen {
+    by_kind: HashMap<EventKind, Vec<u64>>,
+    critical_ns: Vec<u64>,
+    last_at: Option<Instant>,
+    max_gap: Duration,
+}
+
+/// A fault waiting for its first delivery over the other bus.
+struct PendingFault {
+    bus: BusId,
+    at: Instant,
+    at_ns: u64,
+}
+
+struct Recorder {
+    seen: Arc<Mutex<Seen>>,
+    fault: Arc<Mutex<Option<PendingFault>>>,
+    failover_ms: Arc<Mutex<Vec<f64>>>,
+    gate: Option<Arc<AtomicBool>>,
+}
+
+fn bus_of(kind: &EventKind) -> BusId {
+    dualbus_bus::route::default_bus(kind)
+}
+
+impl Handler for Recorder {
+    fn handle(&self, m: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let gate = self.gate.clone();
+        let now = Instant::now();
+        let mut s = self.seen.lock();
+        if let Some(last) = s.last_at {
+            s.max_gap = s.max_gap.max(now.duration_since(last));
+        }
+        s.last_at = Some(now);
+        s.by_kind.entry(m.kind.clone()).or_default().push(m.seq);
+        if m.kind == EventKind::RiskAlert {
+            s.critical_ns.push(now_unix_nanos().saturating_sub(m.ts));
+        }
+        drop(s);
+        let mut f = self.fault.lock();
+        if let Some(p) = f.as_ref() {
+            if bus_of(&m.kind) == p.bus && m.ts > p.at_ns {
+                self.failover_ms
+                    .lock()
+                    .push(now.duration_since(p.at).as_secs_f64() * 1e3);
+                *f = None;
+            }
+        }
+        drop(f);
+        async move {
+            if let Some(g) = gate {
+                while !g.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn connect(bus: &str, url: &str) -> Result<Arc<RedisTransport>, String> {
+    let mut opts = RedisOptions::new(bus, url);
+    opts.connect_timeout = Duration::from_millis(500);
+    RedisTransport::connect(opts)
+        .await
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// Published sequence numbers per kind.
+type Published = Arc<Mutex<HashMap<EventKind, Vec<u64>>>>;
+
+/// Publishes market data, strategy signals and risk alerts at `rate` per second (market data at
+/// `rate * boost`) until `stop`.
+async fn publish_loop(
+    bus: DualBus,
+    rate: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    published: Published,
+    errors: Arc<AtomicU64>,
+) {
+    let start = Instant::now();
+    let mut sent_md = 0u64;
+    let mut sent_logic = 0u64;
+    let logic_rate = rate.load(Ordering::Relaxed);
+    let mut md_budget = 0f64;
+    let mut last = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let now = Instant::now();
+        md_budget += rate.load(Ordering::Relaxed) as f64 * now.duration_since(last).as_secs_f64();
+        last = now;
+        let logic_due = (now.duration_since(start).as_secs_f64() * logic_rate as f64) as u64;
+        let mut batch: Vec<Envelope> = Vec::new();
+        while md_budget >= 1.0 {
+            md_budget -= 1.0;
+            match bus.envelope(
+                EventKind::MarketData,
+                "market_data.trade.BTCUSDT",
+                Priority::Normal,
+                &serde_json::json!({"price": 42000.5, "size": 0.1}),
+            ) {
+                Ok(e) => batch.push(e),
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            sent_md += 1;
+        }
+        if !batch.is_empty() {
+            let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+            match bus.publish_batch(batch).await {
+                Ok(()) => published
+                    .lock()
+                    .entry(EventKind::MarketData)
+                    .or_default()
+                    .extend(seqs),
+                Err(e) => {
+                    errors.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "publish failed");
+                }
+            }
+        }
+        while sent_logic < logic_due {
+            sent_logic += 1;
+            // One risk alert per ten signals, on the priority lane.
+            let (kind, topic) = if sent_logic.is_multiple_of(10) {
+                (EventKind::RiskAlert, "risk_alert.BTCUSDT")
+            } else {
+                (EventKind::StrategySignal, "strategy_signal.BTCUSDT")
+            };
+            let Ok(env) = bus.envelope(
+                kind.clone(),
+                topic,
+                Priority::Normal,
+                &serde_json::json!({"target": 1.0}),
+            ) else {
+                continue;
+            };
+            let seq = env.seq;
+            match bus.publish_envelope(env).await {
+                Ok(()) => published.lock().entry(kind).or_default().push(seq),
+                Err(e) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "publish failed");
+                }
+            }
+        }
+    }
+    let _ = sent_md;
+}
+
+/// Runs one scenario; `progress` receives a line now and then.
+///
+/// # Errors
+/// When the Redis servers cannot be started or reached.
+pub async fn run(
+    opts: &StressOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<StressReport, String> {
+    let mut md_server = RedisServer::start().map_err(|e| e.to_string())?;
+    let mut logic_server = RedisServer::start().map_err(|e| e.to_string())?;
+    let md = connect("md", &md_server.url()).await?;
+    let logic = connect("logic", &logic_server.url()).await?;
+    let mut cfg = Config::default();
+    cfg.failover.enabled = "on".into();
+    let mk = |src: &str| -> Result<DualBus, String> {
+        DualBus::builder(src)
+            .config(cfg.clone())
+            .transports(md.clone(), logic.clone())
+            .first_seq(1)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let publisher = mk("stress-pub")?;
+    let consumer = publisher
+        .sibling("stress-sub", "stress-sub-1")
+        .map_err(|e| e.to_string())?;
+
+    let seen: Arc<Mutex<Seen>> = Default::default();
+    let fault: Arc<Mutex<Option<PendingFault>>> = Default::default();
+    let failover_ms: Arc<Mutex<Vec<f64>>> = Default::default();
+    let patterns = ["market_data.>", "strategy_signal.>", "risk_alert.>"];
+    let slow = opts.scenario == Scenario::SlowConsumer;
+    let bound = if slow {
+        (opts.backlog as usize).saturating_mul(2).max(100_000)
+    } else {
+        100_000
+    };
+    let sub = consumer
+        .subscribe(
+            SubscribeOptions::new("stress", &patterns)
+                .map_err(|e| e.to_string())?
+                .start(StartFrom::Oldest)
+                .bound(bound, Backpressure::Block),
+            Recorder {
+                seen: seen.clone(),
+                fault: fault.clone(),
+                failover_ms: failover_ms.clone(),
+                gate: None,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    // The slow group of the slow-consumer scenario: it holds its first batch until the backlog
+    // is built, then catches up; its deliveries are what the report counts.
+    let gate = Arc::new(AtomicBool::new(!slow));
+    let slow_seen: Arc<Mutex<Seen>> = Default::default();
+    let slow_sub = if slow {
+        Some(
+            publisher
+                .sibling("stress-slow", "stress-slow-1")
+                .map_err(|e| e.to_string())?
+                .subscribe(
+                    SubscribeOptions::new("slow", &["market_data.>"])
+                        .map_err(|e| e.to_string())?
+                        .start(StartFrom::Oldest)
+                        .bound(bound, Backpressure::Block),
+                    Recorder {
+                        seen: slow_seen.clone(),
+                        fault: Default::default(),
+                        failover_ms: Default::default(),
+                        gate: Some(gate.clone()),
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let rate = Arc::new(AtomicU64::new(opts.rate));
+    let stop = Arc::new(AtomicBool::new(false));
+    let published: Published = Default::default();
+    let errors = Arc::new(AtomicU64::new(0));
+    let pub_task = tokio::spawn(publish_loop(
+        publisher.clone(),
+        rate.clone(),
+        stop.clone(),
+        published.clone(),
+        errors.clone(),
+    ));
+    let set_fault = |bus: BusId| {
+        *fault.lock() = Some(PendingFault {
+            bus,
+            at: Instant::now(),
+            at_ns: now_unix_nanos(),
+        });
+    };
+    let wait_back = |bus: BusId| {
+        let p = publisher.clone();
+        async move {
+            let t = Instant::now();
+            while !p.failover_counters(bus).up && t.elapsed() < Duration::from_secs(15) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let mut peak_servers = 0u64;
+    let mut sample_servers = |md: &RedisServer, logic: &RedisServer| {
+        for s in [md, logic] {
+            if let Some(pid) = s.pid() {
+                peak_servers = peak_servers.max(peak_rss_of(&pid.to_string()));
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match opts.scenario {
+        Scenario::Crash => {
+            for k in 0..opts.kills {
+                let bus = if k % 2 == 0 {
+                    BusId::MarketData
+                } else {
+                    BusId::Logic
+                };
+                let server = if bus == BusId::MarketData {
+                    &mut md_server
+                } else {
+                    &mut logic_server
+                };
+                set_fault(bus);
+                server.kill();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                server.restart().map_err(|e| e.to_string())?;
+                wait_back(bus).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                progress(&format!("  kill {}/{}: {} bus", k + 1, opts.kills, bus));
+            }
+        }
+        Scenario::Hang => {
+            set_fault(BusId::MarketData);
+            md_server.pause();
+            tokio::time::sleep(opts.hang).await;
+            md_server.resume();
+            wait_back(BusId::MarketData).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Scenario::FlashCrash => {
+            rate.store(opts.rate * 50, Ordering::Relaxed);
+            let t = Instant::now();
+            while t.elapsed() < opts.burst {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                sample_servers(&md_server, &logic_server);
+            }
+            rate.store(opts.rate, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Scenario::SlowConsumer => {
+            rate.store(opts.rate.max(50_000), Ordering::Relaxed);
+            let t = Instant::now();
+            loop {
+                let n = published
+                    .lock()
+                    .get(&EventKind::MarketData)
+                    .map_or(0, |v| v.len() as u64);
+                if n >= opts.backlog || t.elapsed() > Duration::from_secs(300) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                sample_servers(&md_server, &logic_server);
+            }
+            rate.store(opts.rate, Ordering::Relaxed);
+            progress("  backlog built; the slow group catches up");
+            gate.store(true, Ordering::SeqCst);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = pub_task.await;
+    sample_servers(&md_server, &logic_server);
+
+    // Wait for every published message (or for progress to stop for 10 s).
+    let expected: u64 = published.lock().values().map(|v| v.len() as u64).sum();
+    let expected_slow = published
+        .lock()
+        .get(&EventKind::MarketData)
+        .map_or(0, |v| v.len() as u64);
+    let count =
+        |s: &Arc<Mutex<Seen>>| -> u64 { s.lock().by_kind.values().map(|v| v.len() as u64).sum() };
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    loop {
+        let got = count(&seen) + if slow { count(&slow_seen) } else { 0 };
+        let want = expected + if slow { expected_slow } else { 0 };
+        if got >= want || last_change.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        if got != last {
+            last = got;
+            last_change = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sub.stop().await;
+    if let Some(s) = slow_sub {
+        s.stop().await;
+    }
+
+    let published = published.lock().clone();
+    let mut report = StressReport {
+        scenario: opts.scenario.name().to_string(),
+        publish_errors: errors.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    let mut tally = |seen: &Seen, kinds: &[EventKind]| {
+        for kind in kinds {
+            let sent = published.get(kind).cloned().unwrap_or_default();
+            let got = seen.by_kind.get(kind).cloned().unwrap_or_default();
+            let mut distinct = got.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let sent_set: std::collections::HashSet<u64> = sent.iter().copied().collect();
+            let delivered = distinct.iter().filter(|s| sent_set.contains(s)).count() as u64;
+            report.published += sent.len() as u64;
+            report.delivered += delivered;
+            report.lost += sent.len() as u64 - delivered;
+            report.duplicated += (got.len() - distinct.len()) as u64;
+            report.reordered += got.windows(2).filter(|w| w[1] < w[0]).count() as u64;
+            if std::env::var_os("DUALBUS_STRESS_DEBUG").is_some() {
+                for (i, w) in got.windows(2).enumerate() {
+                    if w[1] < w[0] {
+                        let ctx: Vec<u64> =
+                            got[i.saturating_sub(3)..(i + 5).min(got.len())].to_vec();
+                        eprintln!("reorder {kind}: {ctx:?}");
+                    }
+                }
+            }
+        }
+        report.max_gap_ms = report.max_gap_ms.max(seen.max_gap.as_secs_f64() * 1e3);
+    };
+    if slow {
+        tally(&slow_seen.lock(), &[EventKind::MarketData]);
+    } else {
+        tally(
+            &seen.lock(),
+            &[
+                EventKind::MarketData,
+                EventKind::StrategySignal,
+                EventKind::RiskAlert,
+            ],
+        );
+    }
+    let mut fo = failover_ms.lock().clone();
+    fo.sort_by(|a, b| a.total_cmp(b));
+    if !fo.is_empty() {
+        report.failover_ms = Millis {
+            p50: fo[fo.len() / 2],
+            max: fo[fo.len() - 1],
+        };
+    }
+    let mut crit = seen.lock().critical_ns.clone();
+    crit.sort_unstable();
+    if !crit.is_empty() {
+        let at = |q: f64| crit[((crit.len() as f64 * q) as usize).min(crit.len() - 1)];
+        report.critical_latency_ns = Nanos {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: crit[crit.len() - 1],
+        };
+    }
+    for bus in BusId::ALL {
+        let c = publisher.failover_counters(bus);
+        report.failovers += c.failovers;
+        report.failbacks += c.failbacks;
+    }
+    report.peak_rss_bytes = peak_rss_of("self").max(peak_servers);
+    Ok(report)
+}
