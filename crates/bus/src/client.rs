@@ -328,6 +328,17 @@ impl Drop for Subscription {
 
 type Waiters = Arc<Mutex<HashMap<Arc<str>, oneshot::Sender<Envelope>>>>;
 
+struct WaiterGuard<'a> {
+    waiting: &'a Waiters,
+    corr: Arc<str>,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.waiting.lock().remove(&self.corr);
+    }
+}
+
 struct Inner {
     cfg: Config,
     router: Router,
@@ -932,18 +943,17 @@ impl DualBus {
         env.reply = Some(self.inner.router.reply_stream(bus, &self.inner.inst));
         let (tx, rx) = oneshot::channel();
         self.inner.waiting.lock().insert(corr.clone(), tx);
+        // Removes the waiter however this call ends: reply, timeout, error or cancellation.
+        let _waiter = WaiterGuard {
+            waiting: &self.inner.waiting,
+            corr,
+        };
         let after = timeout.unwrap_or(self.inner.cfg.request_timeout());
         let (kind, topic) = (env.kind.to_string(), env.topic.to_string());
-        if let Err(e) = self.publish_envelope(env).await {
-            self.inner.waiting.lock().remove(&corr);
-            return Err(e.into());
-        }
+        self.publish_envelope(env).await?;
         match tokio::time::timeout(after, rx).await {
             Ok(Ok(reply)) => Ok(reply),
-            _ => {
-                self.inner.waiting.lock().remove(&corr);
-                Err(RequestError::Timeout { kind, topic, after })
-            }
+            _ => Err(RequestError::Timeout { kind, topic, after }),
         }
     }
 

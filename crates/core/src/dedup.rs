@@ -23,6 +23,8 @@ pub enum Verdict {
 struct Window {
     max: u64,
     bits: Box<[u64]>,
+    /// When this source was last seen (the filter's message counter), for eviction.
+    last_seen: u64,
 }
 
 impl Window {
@@ -30,6 +32,7 @@ impl Window {
         let mut w = Window {
             max: seq,
             bits: vec![0; words].into_boxed_slice(),
+            last_seen: 0,
         };
         w.set(seq);
         w
@@ -51,9 +54,18 @@ impl Window {
             if gap >= self.span() {
                 self.bits.fill(0);
             } else {
-                for s in self.max + 1..seq {
-                    let (i, m) = self.pos(s);
-                    self.bits[i] &= !m;
+                // Clear the bits of max+1..seq: whole words at once, masks at the edges.
+                let mut s = self.max + 1;
+                while s < seq {
+                    let (i, _) = self.pos(s);
+                    let bit = s % 64;
+                    if bit == 0 && seq - s >= 64 {
+                        self.bits[i] = 0;
+                        s += 64;
+                    } else {
+                        self.bits[i] &= !(1u64 << bit);
+                        s += 1;
+                    }
                 }
             }
             let (i, m) = self.pos(seq);
@@ -75,9 +87,14 @@ impl Window {
     }
 }
 
+/// Most sources a filter tracks; beyond it the least recently seen one is forgotten (its
+/// duplicates can then no longer be recognised).
+pub const MAX_SOURCES: usize = 4096;
+
 /// Per-source duplicate filter. Not thread-safe; one per subscription.
 pub struct SourceDedup {
     words: usize,
+    clock: u64,
     index: HashMap<(Arc<str>, Arc<str>), usize>,
     windows: Vec<Window>,
     last: Option<(Arc<str>, Arc<str>, usize)>,
@@ -89,6 +106,7 @@ impl SourceDedup {
     pub fn new(window: u64) -> SourceDedup {
         SourceDedup {
             words: window.div_ceil(64).max(1) as usize,
+            clock: 0,
             index: HashMap::new(),
             windows: Vec::new(),
             last: None,
@@ -120,9 +138,7 @@ impl SourceDedup {
                 let slot = match self.index.get(&(src.clone(), inst.clone())) {
                     Some(&slot) => slot,
                     None => {
-                        let slot = self.windows.len();
-                        self.windows.push(Window::new(self.words, seq));
-                        self.index.insert((src.clone(), inst.clone()), slot);
+                        let slot = self.insert(src, inst, seq);
                         self.last = Some((src.clone(), inst.clone(), slot));
                         return Verdict::New;
                     }
@@ -131,11 +147,36 @@ impl SourceDedup {
                 slot
             }
         };
+        self.clock += 1;
+        self.windows[slot].last_seen = self.clock;
         let verdict = self.windows[slot].check(seq);
         if verdict == Verdict::TooOld {
             self.too_old += 1;
         }
         verdict
+    }
+
+    /// Starts tracking a source, reusing the least recently seen one's slot at the cap.
+    fn insert(&mut self, src: &Arc<str>, inst: &Arc<str>, seq: u64) -> usize {
+        self.clock += 1;
+        let key = (src.clone(), inst.clone());
+        if self.windows.len() < MAX_SOURCES {
+            let slot = self.windows.len();
+            let mut w = Window::new(self.words, seq);
+            w.last_seen = self.clock;
+            self.windows.push(w);
+            self.index.insert(key, slot);
+            return slot;
+        }
+        let slot = (0..self.windows.len())
+            .min_by_key(|&i| self.windows[i].last_seen)
+            .expect("at the cap, so not empty");
+        self.index.retain(|_, v| *v != slot);
+        let mut w = Window::new(self.words, seq);
+        w.last_seen = self.clock;
+        self.windows[slot] = w;
+        self.index.insert(key, slot);
+        slot
     }
 
     /// Un-records `seq` (its handler failed, so a redelivery must not count as a duplicate).
@@ -172,6 +213,24 @@ mod tests {
     }
 
     #[test]
+    fn sources_beyond_the_cap_evict_the_least_recent() {
+        let mut d = SourceDedup::new(64);
+        let inst: Arc<str> = Arc::from("i");
+        let names: Vec<Arc<str>> = (0..=MAX_SOURCES)
+            .map(|n| Arc::from(format!("s{n}")))
+            .collect();
+        for n in &names[..MAX_SOURCES] {
+            assert_eq!(d.check(n, &inst, 1), Verdict::New);
+        }
+        // Touch the first source so the second is the least recent.
+        assert_eq!(d.check(&names[0], &inst, 1), Verdict::Duplicate);
+        assert_eq!(d.check(&names[MAX_SOURCES], &inst, 1), Verdict::New);
+        assert_eq!(d.check(&names[0], &inst, 1), Verdict::Duplicate);
+        // The evicted source is new again.
+        assert_eq!(d.check(&names[1], &inst, 1), Verdict::New);
+    }
+
+    #[test]
     fn window_slides_and_old_messages_pass() {
         let (s, i) = (Arc::from("a"), Arc::from("a-1"));
         let mut d = SourceDedup::new(64);
@@ -182,6 +241,16 @@ mod tests {
         assert_eq!(d.check(&s, &i, 950), Verdict::Duplicate);
         assert_eq!(d.check(&s, &i, 10), Verdict::TooOld);
         assert_eq!(d.too_old(), 1);
+        // A gap inside the window clears the skipped numbers, word by word.
+        assert_eq!(d.check(&s, &i, 1300), Verdict::New);
+        assert_eq!(d.check(&s, &i, 1200), Verdict::TooOld);
+        let mut wide = SourceDedup::new(4096);
+        assert_eq!(wide.check(&s, &i, 10), Verdict::New);
+        assert_eq!(wide.check(&s, &i, 3000), Verdict::New);
+        for seq in 2900..3000 {
+            assert_eq!(wide.check(&s, &i, seq), Verdict::New, "{seq}");
+        }
+        assert_eq!(wide.check(&s, &i, 2950), Verdict::Duplicate);
         // A jump larger than the window clears it.
         assert_eq!(d.check(&s, &i, 1_000_000), Verdict::New);
         assert_eq!(d.check(&s, &i, 999_999), Verdict::New);

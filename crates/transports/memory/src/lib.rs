@@ -171,7 +171,11 @@ impl Group {
                     self.pel.pop_front();
                 }
                 Some(_) => {
-                    self.pel.pop_front();
+                    if let Some(p) = self.pel.pop_front() {
+                        if !self.errors.is_empty() {
+                            self.errors.remove(&p.offset);
+                        }
+                    }
                     self.pel_live -= 1;
                     dropped += 1;
                     k -= 1;
@@ -686,6 +690,7 @@ impl MemorySubscriber {
                             // Trimmed away (maxlen) while pending: nothing left to deliver.
                             p.acked = true;
                             g.pel_live -= 1;
+                            g.errors.remove(&p.offset);
                             lost += 1;
                             continue;
                         };

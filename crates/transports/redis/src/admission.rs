@@ -2,9 +2,11 @@
 //!
 //! Redis has no per-group bound, so each reliable group records its bound and policy in the hash
 //! `{stream}#groups` when it subscribes, and every publisher honours it: it keeps an estimate of
-//! each group's backlog (pending plus unread at the last check, plus everything admitted since),
-//! which can only overstate the truth, and checks precisely (`XINFO GROUPS`, after flushing its
-//! own queued writes) only when the estimate reaches a bound. Then `reject` fails the publish,
+//! each group's backlog (pending plus unread at the last check, plus everything it admitted
+//! since), and checks precisely (`XINFO GROUPS`, after flushing its own queued writes) when the
+//! estimate reaches a bound. The estimate counts only this publisher's messages: with several
+//! publishing processes a group can exceed its bound by what the others sent since this one's
+//! last check (a known limit, not an exact distributed bound). Then `reject` fails the publish,
 //! `block` waits for room, and `drop_oldest` acknowledges the group's oldest pending entries and
 //! moves its cursor past the oldest unread ones, counting them as dropped.
 
@@ -143,8 +145,16 @@ pub(crate) async fn admit(
         st.admitted_since += n64;
         return Ok(Admit::Queued);
     }
-    // Precise check: first let our own queued writes land, so the counts include them.
-    t.flush().await?;
+    // Precise check: first let our own queued writes land, so the counts include them (within
+    // the connect timeout: a broker that does not answer is down, not merely slow).
+    tokio::time::timeout(t.inner.opts.connect_timeout, t.flush())
+        .await
+        .map_err(|_| {
+            PublishError::Unavailable(format!(
+                "{} bus at {}: queued writes not confirmed within {:?}",
+                t.inner.opts.bus, t.inner.opts.url, t.inner.opts.connect_timeout
+            ))
+        })??;
     loop {
         let v: redis::Value = match redis::cmd("XINFO")
             .arg("GROUPS")

@@ -261,16 +261,29 @@ impl RedisTransport {
         } else {
             (None, None)
         };
-        self.inner
-            .writer
-            .send(writer::Job {
-                stream: stream.clone(),
-                batch,
-                done: done_tx,
-                _permits: Some(permits),
-            })
-            .await
-            .map_err(|_| PublishError::Closed)?;
+        let job = writer::Job {
+            stream: stream.clone(),
+            batch,
+            done: done_tx,
+            _permits: Some(permits),
+        };
+        match self.inner.writer.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(PublishError::Closed),
+            // While the server is down the writer is not draining: fail instead of waiting.
+            Err(mpsc::error::TrySendError::Full(_)) if self.inner.down.load(Ordering::SeqCst) => {
+                return Err(PublishError::Unavailable(format!(
+                    "{} bus at {} is down and its outgoing queue is full",
+                    self.inner.opts.bus, self.inner.opts.url
+                )))
+            }
+            Err(mpsc::error::TrySendError::Full(job)) => self
+                .inner
+                .writer
+                .send(job)
+                .await
+                .map_err(|_| PublishError::Closed)?,
+        }
         match done_rx {
             Some(rx) => rx.await.map_err(|_| PublishError::Closed)?,
             None => Ok(()),

@@ -220,77 +220,40 @@ impl RawConnection {
                 )))
             }
         };
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect((host.as_str(), port)))
-            .await
-            .map_err(|_| io_err(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
-        self.stream = Some(stream);
-        self.buf.clear();
         let settings = self.info.redis_settings().clone();
-        if let Some(pw) = settings.password() {
-            let mut auth = redis::cmd("AUTH");
-            if let Some(user) = settings.username() {
-                auth.arg(user);
+        self.buf.clear();
+        let buf = &mut self.buf;
+        // Connect and authenticate within the timeout; keep the socket only once it is usable.
+        let setup = async {
+            let mut stream = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(io_err)?;
+            stream.set_nodelay(true).map_err(io_err)?;
+            if let Some(pw) = settings.password() {
+                let mut auth = redis::cmd("AUTH");
+                if let Some(user) = settings.username() {
+                    auth.arg(user);
+                }
+                auth.arg(pw);
+                exchange(&mut stream, buf, &auth.get_packed_command(), 1).await?;
             }
-            auth.arg(pw);
-            self.exchange(&auth.get_packed_command(), 1).await?;
-        }
-        if settings.db() != 0 {
-            self.exchange(
-                &redis::cmd("SELECT").arg(settings.db()).get_packed_command(),
-                1,
-            )
-            .await?;
-        }
+            if settings.db() != 0 {
+                let select = redis::cmd("SELECT").arg(settings.db()).get_packed_command();
+                exchange(&mut stream, buf, &select, 1).await?;
+            }
+            Ok::<_, RedisError>(stream)
+        };
+        let stream = tokio::time::timeout(self.timeout, setup)
+            .await
+            .map_err(|_| io_err(std::io::ErrorKind::TimedOut.into()))??;
+        self.stream = Some(stream);
         Ok(())
     }
 
-    async fn exchange(&mut self, packed: &[u8], replies: usize) -> Result<Vec<Value>, RedisError> {
-        let stream = self.stream.as_mut().expect("connected");
-        stream.write_all(packed).await.map_err(io_err)?;
-        let mut out = Vec::with_capacity(replies);
-        let mut pos = 0;
-        let mut first_error = None;
-        let mut scanner = Scanner::default();
-        while out.len() < replies {
-            match parse_with(&mut scanner, &self.buf, pos) {
-                Ok(Some((v, next))) => {
-                    out.push(v);
-                    pos = next;
-                    continue;
-                }
-                Ok(None) => {}
-                Err(server) => {
-                    // An error reply: skip its line and remember it.
-                    let nl = line_end(&self.buf, pos).unwrap_or(0);
-                    pos += nl + 2;
-                    first_error.get_or_insert(server);
-                    out.push(Value::Nil);
-                    continue;
-                }
-            }
-            if self.buf.capacity() - self.buf.len() < 1 << 15 {
-                self.buf.reserve(1 << 16);
-            }
-            let n = stream.read_buf(&mut self.buf).await.map_err(io_err)?;
-            if n == 0 {
-                return Err(io_err(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-        }
-        self.buf.drain(..pos);
-        if let Some(msg) = first_error {
-            return Err(RedisError::from((
-                ErrorKind::Server(redis::ServerErrorKind::ResponseError),
-                "server error",
-                msg,
-            )));
-        }
-        Ok(out)
-    }
-
     /// Sends packed commands and returns their `replies` replies; reconnects first when the
-    /// previous call failed. Any failure drops the connection.
+    /// previous call failed. Any failure other than a server error drops the connection, and so
+    /// does cancelling the call (the socket is owned by the call while it runs), so a later call
+    /// never reads an earlier call's replies.
     pub(crate) async fn query(
         &mut self,
         packed: &[u8],
@@ -300,21 +263,73 @@ impl RawConnection {
         if self.stream.is_none() {
             self.connect().await?;
         }
-        match tokio::time::timeout(within, self.exchange(packed, replies)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                // Server errors leave the connection usable; anything else does not.
-                if !e.to_string().contains("server error") {
-                    self.stream = None;
-                }
+        let mut stream = self.stream.take().expect("connected above");
+        match tokio::time::timeout(
+            within,
+            exchange(&mut stream, &mut self.buf, packed, replies),
+        )
+        .await
+        {
+            Ok(Ok(v)) => {
+                self.stream = Some(stream);
+                Ok(v)
+            }
+            Ok(Err(e)) if e.to_string().contains("server error") => {
+                self.stream = Some(stream);
                 Err(e)
             }
-            Err(_) => {
-                self.stream = None;
-                Err(io_err(std::io::ErrorKind::TimedOut.into()))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io_err(std::io::ErrorKind::TimedOut.into())),
         }
     }
+}
+
+/// Writes `packed` and reads `replies` replies into `buf`.
+async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    packed: &[u8],
+    replies: usize,
+) -> Result<Vec<Value>, RedisError> {
+    stream.write_all(packed).await.map_err(io_err)?;
+    let mut out = Vec::with_capacity(replies);
+    let mut pos = 0;
+    let mut first_error = None;
+    let mut scanner = Scanner::default();
+    while out.len() < replies {
+        match parse_with(&mut scanner, buf, pos) {
+            Ok(Some((v, next))) => {
+                out.push(v);
+                pos = next;
+                continue;
+            }
+            Ok(None) => {}
+            Err(server) => {
+                // An error reply: skip its line and remember it.
+                let nl = line_end(buf, pos).unwrap_or(0);
+                pos += nl + 2;
+                first_error.get_or_insert(server);
+                out.push(Value::Nil);
+                continue;
+            }
+        }
+        if buf.capacity() - buf.len() < 1 << 15 {
+            buf.reserve(1 << 16);
+        }
+        let n = stream.read_buf(buf).await.map_err(io_err)?;
+        if n == 0 {
+            return Err(io_err(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    buf.drain(..pos);
+    if let Some(msg) = first_error {
+        return Err(RedisError::from((
+            ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "server error",
+            msg,
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

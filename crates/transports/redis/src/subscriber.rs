@@ -162,6 +162,7 @@ impl RedisSubscriber {
         for (s, id) in &self.acks {
             by_stream.entry(*s).or_default().push(id.to_string());
         }
+        let mut pushed = 0;
         for (s, list) in &by_stream {
             let Some(key) = self.spec.streams.get(*s as usize) else {
                 continue;
@@ -171,8 +172,9 @@ impl RedisSubscriber {
                 cmd.arg(id.as_str());
             }
             cmd.ignore();
+            pushed += 1;
         }
-        by_stream.len()
+        pushed
     }
 
     /// Sends the held acknowledgements now.
@@ -508,12 +510,14 @@ impl RedisSubscriber {
         meta: &mut Vec<(u16, EntryId, u32)>,
         batch: &mut Batch,
     ) -> Result<(), redis::RedisError> {
+        // COUNT applies per stream: split `max` so one read returns at most about `max`.
+        let per_stream = max.div_ceil(self.spec.streams.len()).max(1);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&*self.spec.group)
             .arg(&*self.spec.consumer)
             .arg("COUNT")
-            .arg(max)
+            .arg(per_stream)
             .arg("BLOCK")
             .arg(self.block.as_millis() as u64);
         if self.spec.mode == Mode::Fast {
@@ -549,7 +553,7 @@ impl RedisSubscriber {
         }
         // A full read suggests a backlog: check the lag, at most every 100 ms.
         if self.spec.mode == Mode::Fast
-            && total >= max
+            && total >= per_stream
             && self.last_lag_check.elapsed() >= Duration::from_millis(100)
         {
             self.lag_check_due = true;

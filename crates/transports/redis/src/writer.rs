@@ -6,6 +6,7 @@ use crate::Inner;
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{Envelope, PublishError};
 use redis::aio::ConnectionManager;
+use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
@@ -41,6 +42,8 @@ pub(crate) async fn flush(inner: &Inner) -> Result<(), PublishError> {
 
 fn pipeline(jobs: &[Job], maxlen: u64) -> (redis::Pipeline, usize) {
     let mut pipe = redis::pipe();
+    // Per-command results: one bad entry (WRONGTYPE, OOM at maxmemory) must not fail the rest.
+    pipe.ignore_errors();
     let mut n = 0;
     for job in jobs {
         for env in &job.batch {
@@ -54,7 +57,6 @@ fn pipeline(jobs: &[Job], maxlen: u64) -> (redis::Pipeline, usize) {
             for (k, v) in env.to_wire_fields() {
                 cmd.arg(k).arg(&v[..]);
             }
-            cmd.ignore();
             n += 1;
         }
     }
@@ -86,16 +88,35 @@ pub(crate) async fn run(
             };
             let (pipe, n) = pipeline(&jobs, shared.opts.maxlen);
             let res = if n == 0 {
-                Ok(())
+                Ok(Vec::new())
             } else {
-                pipe.query_async::<()>(&mut conn).await
+                pipe.query_async::<Vec<redis::Value>>(&mut conn).await
             };
             match res {
-                Ok(()) => {
+                Ok(results) => {
                     shared.mark(true);
+                    // Answer each job with its own entries' outcome.
+                    let mut k = 0;
                     for job in jobs.drain(..) {
+                        let mut failed = None;
+                        for _ in 0..job.batch.len() {
+                            if let Some(redis::Value::ServerError(e)) = results.get(k) {
+                                failed.get_or_insert_with(|| e.to_string());
+                                shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            k += 1;
+                        }
+                        if let Some(why) = &failed {
+                            tracing::error!(stream = %job.stream, error = %why, "the broker refused entries; they are counted as dropped");
+                        }
                         if let Some(done) = job.done {
-                            let _ = done.send(Ok(()));
+                            let _ = done.send(match failed {
+                                None => Ok(()),
+                                Some(why) => Err(PublishError::Broker(format!(
+                                    "{} bus refused an entry of {}: {why}",
+                                    shared.opts.bus, job.stream
+                                ))),
+                            });
                         }
                     }
                     break;
