@@ -735,6 +735,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("```toml\ntransport")
+            .expect("README has the config example")
+            + 8;
+        let end = start + readme[start..].find("```").expect("closed block");
+        let cfg = parse(&readme[start..end], &[]).unwrap();
+        assert_eq!(cfg.failover.window, 10_000);
+        assert_eq!(cfg.routes.get("my_quotes").map(String::as_str), Some("md"));
+    }
+
+    #[test]
     fn wrong_types_are_parse_errors_naming_the_key() {
         let err = parse("[delivery]\nqueue_bound = \"lots\"", &[])
             .unwrap_err()
