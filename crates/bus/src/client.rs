@@ -1178,7 +1178,19 @@ async fn watch(fo: std::sync::Weak<Failover>, transports: [Arc<dyn Transport>; 2
             }
         }
         drop(f);
-        tokio::time::sleep(period).await;
+        // Between heartbeats, notice at once a failure the transport saw itself (a write that
+        // lost its connection), without waiting for the next ping.
+        let until = std::time::Instant::now() + period;
+        while std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1).min(period)).await;
+            let Some(f) = fo.upgrade() else { return };
+            for bus in BusId::ALL {
+                if transports[bus.index()].reported_down() && f.is_up(bus) && f.is_up(bus.other()) {
+                    healthy_since[bus.index()] = None;
+                    fail_over(&f, &transports, bus).await;
+                }
+            }
+        }
     }
 }
 

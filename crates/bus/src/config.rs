@@ -561,6 +561,18 @@ impl Config {
                 bad(key, &v, &format!("must be at least {min}"));
             }
         }
+        for (name, b) in [("md", &self.md), ("logic", &self.logic)] {
+            if d.queue_bound > b.maxlen {
+                bad(
+                    "delivery.queue_bound",
+                    &d.queue_bound,
+                    &format!(
+                        "exceeds {name}.maxlen ({}): a group's backlog beyond the stream's length is trimmed away",
+                        b.maxlen
+                    ),
+                );
+            }
+        }
         if d.max_deliveries > u32::MAX as u64 {
             bad("delivery.max_deliveries", &d.max_deliveries, "too large");
         }

@@ -335,6 +335,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Counters kept by the transport.
     fn stats(&self) -> TransportStats;
 
+    /// Whether the transport itself saw its broker fail (a write or read that lost the
+    /// connection), without asking the broker. Cheap; failover polls it between heartbeats.
+    fn reported_down(&self) -> bool {
+        false
+    }
+
     /// Entries of `stream` some group has not yet handled: unread plus unacknowledged, the
     /// largest over its groups (0 for an unknown stream). Failover uses it to move traffic back
     /// only once what was published on the other bus meanwhile has been handled.

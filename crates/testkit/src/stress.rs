@@ -201,9 +201,10 @@ impl Handler for Recorder {
     }
 }
 
-async fn connect(bus: &str, url: &str) -> Result<Arc<RedisTransport>, String> {
+async fn connect(bus: &str, url: &str, maxlen: u64) -> Result<Arc<RedisTransport>, String> {
     let mut opts = RedisOptions::new(bus, url);
     opts.connect_timeout = Duration::from_millis(500);
+    opts.maxlen = maxlen;
     RedisTransport::connect(opts)
         .await
         .map(Arc::new)
@@ -213,19 +214,14 @@ async fn connect(bus: &str, url: &str) -> Result<Arc<RedisTransport>, String> {
 /// Published sequence numbers per kind.
 type Published = Arc<Mutex<HashMap<EventKind, Vec<u64>>>>;
 
-/// Publishes market data, strategy signals and risk alerts at `rate` per second (market data at
-/// `rate * boost`) until `stop`.
-async fn publish_loop(
+/// Publishes market data at `rate` per second (the hub) until `stop`.
+async fn publish_market_data(
     bus: DualBus,
     rate: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     published: Published,
     errors: Arc<AtomicU64>,
 ) {
-    let start = Instant::now();
-    let mut sent_md = 0u64;
-    let mut sent_logic = 0u64;
-    let logic_rate = rate.load(Ordering::Relaxed);
     let mut md_budget = 0f64;
     let mut last = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -235,7 +231,6 @@ async fn publish_loop(
         let now = Instant::now();
         md_budget += rate.load(Ordering::Relaxed) as f64 * now.duration_since(last).as_secs_f64();
         last = now;
-        let logic_due = (now.duration_since(start).as_secs_f64() * logic_rate as f64) as u64;
         let mut batch: Vec<Envelope> = Vec::new();
         while md_budget >= 1.0 {
             md_budget -= 1.0;
@@ -250,7 +245,6 @@ async fn publish_loop(
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            sent_md += 1;
         }
         if !batch.is_empty() {
             let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
@@ -266,6 +260,25 @@ async fn publish_loop(
                 }
             }
         }
+    }
+}
+
+/// Publishes strategy signals and, one in ten, risk alerts at `rate` per second (the logic
+/// engines) until `stop`.
+async fn publish_logic(
+    bus: DualBus,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    published: Published,
+    errors: Arc<AtomicU64>,
+) {
+    let start = Instant::now();
+    let mut sent_logic = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let logic_due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent_logic < logic_due {
             sent_logic += 1;
             // One risk alert per ten signals, on the priority lane.
@@ -292,7 +305,6 @@ async fn publish_loop(
             }
         }
     }
-    let _ = sent_md;
 }
 
 /// Runs one scenario; `progress` receives a line now and then.
@@ -305,10 +317,15 @@ pub async fn run(
 ) -> Result<StressReport, String> {
     let mut md_server = RedisServer::start().map_err(|e| e.to_string())?;
     let mut logic_server = RedisServer::start().map_err(|e| e.to_string())?;
-    let md = connect("md", &md_server.url()).await?;
-    let logic = connect("logic", &logic_server.url()).await?;
+    // Streams must hold the whole backlog a slow group may build (MAXLEN trims regardless of
+    // consumer groups).
+    let maxlen = opts.backlog.saturating_mul(2).max(1_000_000);
+    let md = connect("md", &md_server.url(), maxlen).await?;
+    let logic = connect("logic", &logic_server.url(), maxlen).await?;
     let mut cfg = Config::default();
     cfg.failover.enabled = "on".into();
+    cfg.md.maxlen = maxlen;
+    cfg.logic.maxlen = maxlen;
     let mk = |src: &str| -> Result<DualBus, String> {
         DualBus::builder(src)
             .config(cfg.clone())
@@ -380,9 +397,19 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let published: Published = Default::default();
     let errors = Arc::new(AtomicU64::new(0));
-    let pub_task = tokio::spawn(publish_loop(
+    let md_task = tokio::spawn(publish_market_data(
         publisher.clone(),
         rate.clone(),
+        stop.clone(),
+        published.clone(),
+        errors.clone(),
+    ));
+    let logic_publisher = publisher
+        .sibling("stress-logic", "stress-logic-1")
+        .map_err(|e| e.to_string())?;
+    let logic_task = tokio::spawn(publish_logic(
+        logic_publisher,
+        opts.rate,
         stop.clone(),
         published.clone(),
         errors.clone(),
@@ -425,8 +452,9 @@ pub async fn run(
                 } else {
                     &mut logic_server
                 };
-                set_fault(bus);
+                // The fault starts once the server is gone.
                 server.kill();
+                set_fault(bus);
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 server.restart().map_err(|e| e.to_string())?;
                 wait_back(bus).await;
@@ -435,8 +463,8 @@ pub async fn run(
             }
         }
         Scenario::Hang => {
-            set_fault(BusId::MarketData);
             md_server.pause();
+            set_fault(BusId::MarketData);
             tokio::time::sleep(opts.hang).await;
             md_server.resume();
             wait_back(BusId::MarketData).await;
@@ -472,7 +500,8 @@ pub async fn run(
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let _ = pub_task.await;
+    let _ = md_task.await;
+    let _ = logic_task.await;
     sample_servers(&md_server, &logic_server);
 
     // Wait for every published message (or for progress to stop for 10 s).

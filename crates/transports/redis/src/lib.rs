@@ -347,10 +347,30 @@ impl Transport for RedisTransport {
     }
 
     async fn health(&self) -> Health {
-        let mut conn = self.inner.health_conn.clone();
+        // The heartbeat connection, then the command connection: a broker back from a crash
+        // counts as up only once both reconnected, so the first publish after a fail-back does
+        // not meet a stale connection.
+        let mut hb = self.inner.health_conn.clone();
+        let mut cmdc = self.inner.conn.clone();
         let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<String>(&mut conn);
+        let ping = async {
+            cmd.query_async::<String>(&mut hb).await?;
+            cmd.query_async::<String>(&mut cmdc).await
+        };
         match tokio::time::timeout(self.inner.opts.connect_timeout, ping).await {
+            Ok(Ok(_)) if self.inner.down.load(Ordering::SeqCst) => {
+                // The broker answers; the writer must too before the bus counts as up (a
+                // successful flush, which pings on the writer's connection, clears the flag).
+                match tokio::time::timeout(self.inner.opts.connect_timeout, self.flush()).await {
+                    Ok(Ok(())) => Health::Up,
+                    _ => Health::Down {
+                        reason: format!(
+                            "{} bus at {}: the publishing connection has not recovered",
+                            self.inner.opts.bus, self.inner.opts.url
+                        ),
+                    },
+                }
+            }
             Ok(Ok(_)) => Health::Up,
             Ok(Err(e)) => Health::Down {
                 reason: self.inner.describe(&e),
@@ -425,6 +445,10 @@ impl Transport for RedisTransport {
             .map(|g| g.lag.unwrap_or(1) + g.pending)
             .max()
             .unwrap_or(0))
+    }
+
+    fn reported_down(&self) -> bool {
+        self.inner.down.load(Ordering::SeqCst)
     }
 
     fn stats(&self) -> TransportStats {

@@ -88,7 +88,11 @@ pub(crate) async fn run(
             };
             let (pipe, n) = pipeline(&jobs, shared.opts.maxlen);
             let res = if n == 0 {
-                Ok(Vec::new())
+                // Only flushes: exercise the connection, so a flush also proves it works.
+                redis::cmd("PING")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map(|()| Vec::new())
             } else {
                 pipe.query_async::<Vec<redis::Value>>(&mut conn).await
             };
@@ -139,7 +143,7 @@ pub(crate) async fn run(
                         break;
                     }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
             }
         }
