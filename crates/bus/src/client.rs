@@ -548,6 +548,24 @@ impl DualBus {
     /// # Errors
     /// [`BusError::Config`] for bad names.
     pub fn sibling(&self, src: &str, inst: &str) -> Result<DualBus, BusError> {
+        self.sibling_builder(src, inst).build()
+    }
+
+    /// Like [`DualBus::sibling`], with sequence numbers starting at `first_seq` (tests and
+    /// benchmarks that index messages by sequence number).
+    ///
+    /// # Errors
+    /// [`BusError::Config`] for bad names.
+    pub fn sibling_starting_at(
+        &self,
+        src: &str,
+        inst: &str,
+        first_seq: u64,
+    ) -> Result<DualBus, BusError> {
+        self.sibling_builder(src, inst).first_seq(first_seq).build()
+    }
+
+    fn sibling_builder(&self, src: &str, inst: &str) -> DualBusBuilder {
         let mut b = DualBus::builder(src)
             .instance(inst)
             .config(self.inner.cfg.clone())
@@ -555,8 +573,9 @@ impl DualBus {
                 self.inner.transports[0].clone(),
                 self.inner.transports[1].clone(),
             );
+        // One failover state (and one heartbeat) per set of transports.
         b.failover = Some(self.inner.failover.clone());
-        b.build()
+        b
     }
 
     /// This client's engine name.

@@ -181,8 +181,8 @@ impl BenchArgs {
 /// The buses under test.
 struct Rig {
     cfg: Config,
+    root: DualBus,
     md: Arc<dyn Transport>,
-    logic: Arc<dyn Transport>,
     memory_md: Option<MemoryTransport>,
 }
 
@@ -202,10 +202,15 @@ impl Rig {
                     spin: Duration::from_micros(cfg.memory.spin_us),
                 };
                 let md = MemoryTransport::with_options(opts.clone());
+                let md_t: Arc<dyn Transport> = Arc::new(md.clone());
+                let logic_t: Arc<dyn Transport> = Arc::new(MemoryTransport::with_options(opts));
                 Ok(Rig {
+                    root: DualBus::builder("bench-rig")
+                        .config(cfg.clone())
+                        .transports(md_t.clone(), logic_t.clone())
+                        .build()?,
                     cfg,
-                    md: Arc::new(md.clone()),
-                    logic: Arc::new(MemoryTransport::with_options(opts)),
+                    md: md_t,
                     memory_md: Some(md),
                 })
             }
@@ -223,24 +228,25 @@ impl Rig {
                     .context(
                         "the redis backend needs both buses (start them with `dualbus redis up`)",
                     )?;
+                let md_t: Arc<dyn Transport> = Arc::new(md);
+                let logic_t: Arc<dyn Transport> = Arc::new(logic);
                 Ok(Rig {
+                    root: DualBus::builder("bench-rig")
+                        .config(cfg.clone())
+                        .transports(md_t.clone(), logic_t.clone())
+                        .build()?,
                     cfg,
-                    md: Arc::new(md),
-                    logic: Arc::new(logic),
+                    md: md_t,
                     memory_md: None,
                 })
             }
         }
     }
 
-    /// A client whose sequence numbers start at 0 (the handlers index messages by them).
+    /// A client whose sequence numbers start at 0 (the handlers index messages by them). All
+    /// clients share one failover state and heartbeat, as engines in one process do.
     fn client(&self, src: &str, inst: &str) -> anyhow::Result<DualBus> {
-        Ok(DualBus::builder(src)
-            .instance(inst)
-            .config(self.cfg.clone())
-            .transports(self.md.clone(), self.logic.clone())
-            .first_seq(0)
-            .build()?)
+        Ok(self.root.sibling_starting_at(src, inst, 0)?)
     }
 
     /// Entries retained by a stream.
