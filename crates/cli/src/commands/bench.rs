@@ -925,15 +925,7 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
 
 /// Peak resident set size of this process (VmHWM), in bytes.
 pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    dualbus_testkit::stress::peak_rss_of("self")
 }
 
 /// A handler that never finishes: the group stalls with its first batch in hand.
