@@ -311,6 +311,15 @@ impl Subscription {
         &self.stats
     }
 
+    /// Kills the readers at once, as a crash of the consumer's process would: the batch in
+    /// hand is neither finished nor acknowledged (another consumer of the group takes it over
+    /// after the idle timeout).
+    pub fn abort(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
     /// Stops the readers and waits for them: the batch in hand is finished and acknowledged.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);

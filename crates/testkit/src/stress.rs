@@ -3,13 +3,17 @@
 //!
 //! A publisher sends steady traffic on both buses (`market_data` on the MarketData bus,
 //! `strategy_signal` on the Engine Logic bus, `risk_alert` on its priority lane); a consumer
-//! checks every message by (`kind`, `seq`): lost, duplicated, out of order. Faults follow the
+//! checks every message by (`kind`, `seq`): lost, duplicated, out of order (in the
+//! consumer-crash scenario two consumers share the group, so "out of order" there counts their
+//! interleaving, which per-source order does not cover). Faults follow the
 //! scenario; the report says what was delivered and how long each fail-over took (from the fault
 //! to the first delivery, over the other bus, of a message published after the fault).
 
 use crate::RedisServer;
 use dualbus_bus::{BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions};
-use dualbus_core::{now_unix_nanos, Backpressure, Envelope, EventKind, Priority, StartFrom};
+use dualbus_core::{
+    now_unix_nanos, Backpressure, Envelope, EventKind, Priority, StartFrom, Transport,
+};
 use dualbus_redis::{RedisOptions, RedisTransport};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -31,6 +35,8 @@ pub enum Scenario {
     FlashCrash,
     /// One group stalls while a backlog builds, then catches up.
     SlowConsumer,
+    /// A consumer dies holding a batch; another instance of its group takes the batch over.
+    ConsumerCrash,
 }
 
 impl Scenario {
@@ -41,6 +47,7 @@ impl Scenario {
             Scenario::Hang => "hang",
             Scenario::FlashCrash => "flash-crash",
             Scenario::SlowConsumer => "slow-consumer",
+            Scenario::ConsumerCrash => "consumer-crash",
         }
     }
 }
@@ -125,6 +132,8 @@ pub struct StressReport {
     pub failbacks: u64,
     /// Publish calls that failed.
     pub publish_errors: u64,
+    /// Deliveries after the first (taken over from a dead consumer, or after a failure).
+    pub redelivered: u64,
 }
 
 /// Peak resident set (VmHWM) of a process, in bytes.
@@ -160,6 +169,8 @@ struct Recorder {
     fault: Arc<Mutex<Option<PendingFault>>>,
     failover_ms: Arc<Mutex<Vec<f64>>>,
     gate: Option<Arc<AtomicBool>>,
+    /// Once set, the consumer is dead: it stops at its next message, holding its batch.
+    dead: Option<Arc<AtomicBool>>,
 }
 
 fn bus_of(kind: &EventKind) -> BusId {
@@ -169,7 +180,28 @@ fn bus_of(kind: &EventKind) -> BusId {
 impl Handler for Recorder {
     fn handle(&self, m: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send {
         let gate = self.gate.clone();
+        let dead = self.dead.as_ref().is_some_and(|d| d.load(Ordering::SeqCst));
         let now = Instant::now();
+        if !dead {
+            self.record(m, now);
+        }
+        async move {
+            if dead {
+                // A dead consumer neither handles nor acknowledges anything again.
+                std::future::pending::<()>().await;
+            }
+            if let Some(g) = gate {
+                while !g.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Recorder {
+    fn record(&self, m: &Envelope, now: Instant) {
         let mut s = self.seen.lock();
         if let Some(last) = s.last_at {
             s.max_gap = s.max_gap.max(now.duration_since(last));
@@ -190,14 +222,6 @@ impl Handler for Recorder {
             }
         }
         drop(f);
-        async move {
-            if let Some(g) = gate {
-                while !g.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-            Ok(())
-        }
     }
 }
 
@@ -344,6 +368,15 @@ pub async fn run(
     let failover_ms: Arc<Mutex<Vec<f64>>> = Default::default();
     let patterns = ["market_data.>", "strategy_signal.>", "risk_alert.>"];
     let slow = opts.scenario == Scenario::SlowConsumer;
+    let consumer_crash = opts.scenario == Scenario::ConsumerCrash;
+    // Consumer crash: instance 1 dies holding a batch; instance 2 of the same group takes it
+    // over once it has been idle for 500 ms.
+    let crash = consumer_crash.then(|| Arc::new(AtomicBool::new(false)));
+    let idle = if consumer_crash {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(30)
+    };
     let bound = if slow {
         (opts.backlog as usize).saturating_mul(2).max(100_000)
     } else {
@@ -354,16 +387,44 @@ pub async fn run(
             SubscribeOptions::new("stress", &patterns)
                 .map_err(|e| e.to_string())?
                 .start(StartFrom::Oldest)
-                .bound(bound, Backpressure::Block),
+                .bound(bound, Backpressure::Block)
+                .redelivery(idle, 5),
             Recorder {
                 seen: seen.clone(),
                 fault: fault.clone(),
                 failover_ms: failover_ms.clone(),
                 gate: None,
+                dead: crash.clone(),
             },
         )
         .await
         .map_err(|e| e.to_string())?;
+    let mut sub = Some(sub);
+    let second = if consumer_crash {
+        Some(
+            publisher
+                .sibling("stress-sub", "stress-sub-2")
+                .map_err(|e| e.to_string())?
+                .subscribe(
+                    SubscribeOptions::new("stress", &patterns)
+                        .map_err(|e| e.to_string())?
+                        .start(StartFrom::Oldest)
+                        .bound(bound, Backpressure::Block)
+                        .redelivery(idle, 5),
+                    Recorder {
+                        seen: seen.clone(),
+                        fault: fault.clone(),
+                        failover_ms: failover_ms.clone(),
+                        gate: None,
+                        dead: None,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
     // The slow group of the slow-consumer scenario: it holds its first batch until the backlog
     // is built, then catches up; its deliveries are what the report counts.
     let gate = Arc::new(AtomicBool::new(!slow));
@@ -383,6 +444,7 @@ pub async fn run(
                         fault: Default::default(),
                         failover_ms: Default::default(),
                         gate: Some(gate.clone()),
+                        dead: None,
                     },
                 )
                 .await
@@ -480,6 +542,18 @@ pub async fn run(
             rate.store(opts.rate, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        Scenario::ConsumerCrash => {
+            if let Some(c) = &crash {
+                c.store(true, Ordering::SeqCst);
+            }
+            // Let it reach a message and stop there, then kill it: no acknowledgement leaves.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(s) = sub.take() {
+                s.abort();
+            }
+            progress("  consumer 1 killed holding its batch; consumer 2 takes over");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
         Scenario::SlowConsumer => {
             rate.store(opts.rate.max(50_000), Ordering::Relaxed);
             let t = Instant::now();
@@ -527,7 +601,12 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sub.stop().await;
+    if let Some(s) = sub {
+        s.stop().await;
+    }
+    if let Some(s) = second {
+        s.stop().await;
+    }
     if let Some(s) = slow_sub {
         s.stop().await;
     }
@@ -600,5 +679,6 @@ pub async fn run(
         report.failbacks += c.failbacks;
     }
     report.peak_rss_bytes = peak_rss_of("self").max(peak_servers);
+    report.redelivered = md.stats().redelivered + logic.stats().redelivered;
     Ok(report)
 }

@@ -61,3 +61,9 @@ async fn slow_consumer_gets_its_whole_backlog() {
     opts.backlog = 20_000;
     scenario(opts).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_consumers_batch_is_taken_over_by_the_other_instance() {
+    let r = scenario(StressOptions::new(Scenario::ConsumerCrash)).await;
+    assert!(r.redelivered > 0, "the batch was taken over: {r:?}");
+}

@@ -16,6 +16,8 @@ Scenarios (each starts and kills its own redis-server processes on free ports):
   flash-crash    market data at 50x --rate for --burst-s while risk alerts keep flowing on the
                  priority lane
   slow-consumer  one group stalls while a --backlog message backlog builds, then catches up
+  consumer-crash one of two consumers of a group is killed holding a batch (nothing of it
+                 handled or acknowledged); the other takes the batch over after 500 ms idle
 
 Every message is checked at the consumer by (kind, seq): lost, duplicated, out of order.
 failover_ms is the time from a fault to the first delivery, over the other bus, of a message
@@ -54,6 +56,7 @@ enum ScenarioArg {
     Hang,
     FlashCrash,
     SlowConsumer,
+    ConsumerCrash,
 }
 
 /// Runs `dualbus stress`.
@@ -63,6 +66,7 @@ pub fn run(args: StressArgs, _global: &Global) -> anyhow::Result<()> {
         ScenarioArg::Hang => Scenario::Hang,
         ScenarioArg::FlashCrash => Scenario::FlashCrash,
         ScenarioArg::SlowConsumer => Scenario::SlowConsumer,
+        ScenarioArg::ConsumerCrash => Scenario::ConsumerCrash,
     };
     if args.rate == 0 || args.kills == 0 || args.backlog == 0 {
         anyhow::bail!("--rate, --kills and --backlog must be at least 1");
