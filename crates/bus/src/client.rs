@@ -303,6 +303,27 @@ pub struct Subscription {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     stats: Arc<SubscriptionStats>,
+    /// The (bus, stream, group, consumer) this subscription reads, released when it ends.
+    claims: Option<(Claims, Vec<Claim>)>,
+}
+
+type Claim = (usize, StreamKey, Arc<str>, Arc<str>);
+type Claims = Arc<Mutex<std::collections::HashSet<Claim>>>;
+
+struct ClaimGuard {
+    claims: Claims,
+    mine: Option<Vec<Claim>>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(mine) = self.mine.take() {
+            let mut c = self.claims.lock();
+            for k in mine {
+                c.remove(&k);
+            }
+        }
+    }
 }
 
 impl Subscription {
@@ -332,6 +353,12 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if let Some((claims, mine)) = self.claims.take() {
+            let mut c = claims.lock();
+            for k in mine {
+                c.remove(&k);
+            }
+        }
     }
 }
 
@@ -362,6 +389,8 @@ struct Inner {
     reply_readers: [OnceCell<Subscription>; 2],
     /// Shared by every client built on the same transports.
     failover: Arc<Failover>,
+    /// What this client's subscriptions read.
+    claims: Claims,
 }
 
 /// The client of the two buses: routes each message by kind, publishes, subscribes, and does
@@ -471,6 +500,7 @@ impl DualBusBuilder {
                 waiting: Default::default(),
                 reply_readers: Default::default(),
                 failover,
+                claims: Default::default(),
                 cfg: self.cfg,
             }),
         })
@@ -898,6 +928,35 @@ impl DualBus {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stats = Arc::new(SubscriptionStats::default());
         let mut tasks = Vec::new();
+        // One (stream, group, consumer) is read by one subscription: a second one would split
+        // the messages with the first, each acknowledging what its filter skips.
+        let consumer = opts
+            .consumer
+            .clone()
+            .unwrap_or_else(|| self.inner.inst.clone());
+        let mine: Vec<Claim> = plan
+            .iter()
+            .flat_map(|(bus, streams)| {
+                streams
+                    .iter()
+                    .map(|s| (bus.index(), s.clone(), opts.group.clone(), consumer.clone()))
+            })
+            .collect();
+        {
+            let mut claimed = self.inner.claims.lock();
+            if let Some((_, stream, group, consumer)) = mine.iter().find(|k| claimed.contains(*k)) {
+                return Err(BusError::Config(format!(
+                    "group {group:?} consumer {consumer:?} already reads {stream} in another \
+                     subscription of this client; give this subscription its own group"
+                )));
+            }
+            claimed.extend(mine.iter().cloned());
+        }
+        // Released if subscribing fails below; handed to the subscription otherwise.
+        let mut guard = ClaimGuard {
+            claims: self.inner.claims.clone(),
+            mine: Some(mine),
+        };
         for (bus, streams) in plan {
             let spec = self.spec(&opts, streams, bus);
             let sub = self.inner.transports[bus.index()]
@@ -922,6 +981,10 @@ impl DualBus {
             stop: stop_tx,
             tasks,
             stats,
+            claims: Some((
+                self.inner.claims.clone(),
+                guard.mine.take().unwrap_or_default(),
+            )),
         })
     }
 
@@ -1058,6 +1121,7 @@ impl DualBus {
                     stop: stop_tx,
                     tasks,
                     stats,
+                    claims: None,
                 })
             })
             .await?;
