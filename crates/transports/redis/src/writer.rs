@@ -6,6 +6,7 @@ use crate::Inner;
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{Envelope, PublishError};
 use redis::aio::ConnectionManager;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
@@ -45,6 +46,7 @@ fn pipeline(jobs: &[Job], maxlen: u64) -> (redis::Pipeline, usize) {
     // Per-command results: one bad entry (WRONGTYPE, OOM at maxmemory) must not fail the rest.
     pipe.ignore_errors();
     let mut n = 0;
+    let mut id = String::new();
     for job in jobs {
         for env in &job.batch {
             let cmd = pipe
@@ -54,9 +56,37 @@ fn pipeline(jobs: &[Job], maxlen: u64) -> (redis::Pipeline, usize) {
                 .arg("~")
                 .arg(maxlen)
                 .arg("*");
-            for (k, v) in env.to_wire_fields() {
-                cmd.arg(k).arg(&v[..]);
+            // The fields of `Envelope::to_wire_fields`, written straight into the command
+            // (no intermediate strings per field).
+            id.clear();
+            let _ = write!(id, "{}:{}:{}", env.src, env.inst, env.seq);
+            cmd.arg("v")
+                .arg("1")
+                .arg("id")
+                .arg(id.as_str())
+                .arg("kind")
+                .arg(env.kind.as_str())
+                .arg("topic")
+                .arg(env.topic.as_str())
+                .arg("src")
+                .arg(&*env.src)
+                .arg("inst")
+                .arg(&*env.inst)
+                .arg("seq")
+                .arg(env.seq)
+                .arg("ts")
+                .arg(env.ts)
+                .arg("prio")
+                .arg(env.prio.as_str())
+                .arg("enc")
+                .arg(env.enc.as_str());
+            if let Some(c) = &env.corr {
+                cmd.arg("corr").arg(&**c);
             }
+            if let Some(r) = &env.reply {
+                cmd.arg("reply").arg(&**r);
+            }
+            cmd.arg("payload").arg(&env.payload[..]);
             n += 1;
         }
     }
@@ -147,5 +177,51 @@ pub(crate) async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dualbus_core::{Encoding, EventKind, Priority, Topic};
+
+    /// The writer's fields are exactly `Envelope::to_wire_fields`, in the same order.
+    #[test]
+    fn command_matches_the_wire_contract() {
+        let env = Envelope::builder(
+            EventKind::RiskAlert,
+            Topic::new("risk_alert.BTC").unwrap(),
+            "risk",
+            "risk-1",
+        )
+        .seq(7)
+        .prio(Priority::Critical)
+        .payload(Encoding::Json, bytes_of(br#"{"a":1}"#))
+        .corr("c-1")
+        .reply("dualbus:logic:reply:x")
+        .build();
+        let job = Job {
+            stream: StreamKey::from("k"),
+            batch: vec![env.clone()],
+            done: None,
+            _permits: None,
+        };
+        let (pipe, n) = pipeline(std::slice::from_ref(&job), 100);
+        assert_eq!(n, 1);
+        let mut expected = redis::cmd("XADD");
+        expected
+            .arg("k")
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(100u64)
+            .arg("*");
+        for (k, v) in env.to_wire_fields() {
+            expected.arg(k).arg(&v[..]);
+        }
+        assert_eq!(pipe.get_packed_pipeline(), expected.get_packed_command());
+    }
+
+    fn bytes_of(b: &'static [u8]) -> bytes::Bytes {
+        bytes::Bytes::from_static(b)
     }
 }
