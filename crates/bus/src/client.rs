@@ -840,15 +840,12 @@ impl DualBus {
         if used != route.bus {
             fo.diverted(route.bus, &route.stream);
         }
-        if fo.is_up(used) {
-            fo.record(used, &route.stream, &copy);
-            // The heartbeat may have marked the bus down (and re-sent its window) while this
-            // batch was being queued on it: if so, re-send it on the other bus too.
-            if !fo.is_up(used) && fo.is_up(used.other()) {
-                self.resend_on_other(used, &route.stream, copy).await;
+        // If the bus was marked down (its window re-sent) while this batch was being queued on
+        // it, re-send the batch on the other bus too.
+        if let Some(missed) = fo.record(used, &route.stream, copy) {
+            if fo.is_up(used.other()) {
+                self.resend_on_other(used, &route.stream, missed).await;
             }
-        } else if fo.is_up(used.other()) {
-            self.resend_on_other(used, &route.stream, copy).await;
         }
         Ok(())
     }
@@ -863,7 +860,8 @@ impl DualBus {
         {
             tracing::error!(bus = %other, error = %e, "re-sending on the other bus failed");
         } else {
-            fo.record(other, stream, &envs);
+            // Both buses failing at once leaves nowhere to re-send: the window just ends here.
+            let _ = fo.record(other, stream, envs);
         }
     }
 

@@ -99,12 +99,23 @@ impl Failover {
         }
     }
 
-    /// Keeps copies of published messages for re-sending (bounded by count and age).
-    pub(crate) fn record(&self, bus: BusId, stream: &StreamKey, envs: &[Envelope]) {
+    /// Keeps published messages for re-sending (bounded by count and age). When the bus is
+    /// already marked down, its window was drained (or is being drained) for re-sending, so the
+    /// messages are handed back for the caller to re-send itself. Checked under the window's
+    /// lock, which `mark_down` takes after marking the bus down: no message falls between.
+    pub(crate) fn record(
+        &self,
+        bus: BusId,
+        stream: &StreamKey,
+        envs: Vec<Envelope>,
+    ) -> Option<Vec<Envelope>> {
         let now = Instant::now();
         let mut w = self.window[bus.index()].lock();
+        if !self.is_up(bus) {
+            return Some(envs);
+        }
         for e in envs {
-            w.items.push_back((stream.clone(), e.clone(), now));
+            w.items.push_back((stream.clone(), e, now));
         }
         let cap = self.settings.window;
         while w.items.len() > cap {
@@ -118,6 +129,7 @@ impl Failover {
         {
             w.items.pop_front();
         }
+        None
     }
 
     /// Notes that traffic of `bus` for `stream` went to the other bus.

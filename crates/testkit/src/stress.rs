@@ -382,43 +382,33 @@ pub async fn run(
     } else {
         100_000
     };
+    // The group every scenario checks ("stress"), and for consumer-crash its second instance.
+    let options = || -> Result<SubscribeOptions, String> {
+        Ok(SubscribeOptions::new("stress", &patterns)
+            .map_err(|e| e.to_string())?
+            .start(StartFrom::Oldest)
+            .bound(bound, Backpressure::Block)
+            .redelivery(idle, 5))
+    };
+    let recorder = |dead: Option<Arc<AtomicBool>>| Recorder {
+        seen: seen.clone(),
+        fault: fault.clone(),
+        failover_ms: failover_ms.clone(),
+        gate: None,
+        dead,
+    };
     let sub = consumer
-        .subscribe(
-            SubscribeOptions::new("stress", &patterns)
-                .map_err(|e| e.to_string())?
-                .start(StartFrom::Oldest)
-                .bound(bound, Backpressure::Block)
-                .redelivery(idle, 5),
-            Recorder {
-                seen: seen.clone(),
-                fault: fault.clone(),
-                failover_ms: failover_ms.clone(),
-                gate: None,
-                dead: crash.clone(),
-            },
-        )
+        .subscribe(options()?, recorder(crash.clone()))
         .await
         .map_err(|e| e.to_string())?;
     let mut sub = Some(sub);
     let second = if consumer_crash {
+        let instance = publisher
+            .sibling("stress-sub", "stress-sub-2")
+            .map_err(|e| e.to_string())?;
         Some(
-            publisher
-                .sibling("stress-sub", "stress-sub-2")
-                .map_err(|e| e.to_string())?
-                .subscribe(
-                    SubscribeOptions::new("stress", &patterns)
-                        .map_err(|e| e.to_string())?
-                        .start(StartFrom::Oldest)
-                        .bound(bound, Backpressure::Block)
-                        .redelivery(idle, 5),
-                    Recorder {
-                        seen: seen.clone(),
-                        fault: fault.clone(),
-                        failover_ms: failover_ms.clone(),
-                        gate: None,
-                        dead: None,
-                    },
-                )
+            instance
+                .subscribe(options()?, recorder(None))
                 .await
                 .map_err(|e| e.to_string())?,
         )

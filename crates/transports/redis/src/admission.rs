@@ -156,18 +156,9 @@ pub(crate) async fn admit(
             ))
         })??;
     loop {
-        let v: redis::Value = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&**stream)
-            .query_async(&mut conn)
+        let infos = reply::xinfo_groups(&mut conn, stream)
             .await
-        {
-            Ok(v) => v,
-            // No such key yet: no group has a backlog.
-            Err(e) if e.to_string().contains("no such key") => redis::Value::Array(vec![]),
-            Err(e) => return Err(broker(t, e)),
-        };
-        let infos = reply::groups(&v);
+            .map_err(|e| broker(t, e))?;
         let mut wait = false;
         let mut backlog = HashMap::new();
         for g in &st.groups {
@@ -176,7 +167,11 @@ pub(crate) async fn admit(
             };
             let unread = match info.lag {
                 Some(l) => l,
-                None => count_after(t, stream, &info.last_delivered, g.bound + n64 + 1).await?,
+                None => {
+                    reply::count_after(&mut conn, stream, &info.last_delivered, g.bound + n64 + 1)
+                        .await
+                        .map_err(|e| broker(t, e))?
+                }
             };
             let mut b = info.pending + unread;
             if b + n64 > g.bound {
@@ -212,28 +207,6 @@ pub(crate) async fn admit(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-/// Entries after `after` (exclusive), counting at most `cap`.
-async fn count_after(
-    t: &RedisTransport,
-    stream: &str,
-    after: &[u8],
-    cap: u64,
-) -> Result<u64, PublishError> {
-    let mut conn = t.inner.conn.clone();
-    let mut start = b"(".to_vec();
-    start.extend_from_slice(after);
-    let v: redis::Value = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg(&start[..])
-        .arg("+")
-        .arg("COUNT")
-        .arg(cap)
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| broker(t, e))?;
-    Ok(reply::entries(&v).map(|e| e.len() as u64).unwrap_or(0))
 }
 
 /// Drops the `k` oldest messages a group holds: pending ones first (acknowledged unhandled),

@@ -429,18 +429,11 @@ impl Transport for RedisTransport {
 
     async fn unread(&self, stream: &StreamKey) -> Result<u64, ReceiveError> {
         let mut conn = self.inner.conn.clone();
-        let v: redis::Value = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&**stream)
-            .query_async(&mut conn)
+        let groups = reply::xinfo_groups(&mut conn, stream)
             .await
-        {
-            Ok(v) => v,
-            Err(e) if e.to_string().contains("no such key") => return Ok(0),
-            Err(e) => return Err(ReceiveError::Unavailable(self.inner.describe(&e))),
-        };
+            .map_err(|e| ReceiveError::Unavailable(self.inner.describe(&e)))?;
         // A group whose lag Redis cannot tell counts as behind.
-        Ok(reply::groups(&v)
+        Ok(groups
             .iter()
             .map(|g| g.lag.unwrap_or(1) + g.pending)
             .max()

@@ -152,6 +152,44 @@ pub(crate) fn groups(v: &Value) -> Vec<GroupInfo> {
         .collect()
 }
 
+/// `XINFO GROUPS` of a stream; a stream that does not exist yet has no groups.
+pub(crate) async fn xinfo_groups(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+) -> redis::RedisResult<Vec<GroupInfo>> {
+    match redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async::<Value>(conn)
+        .await
+    {
+        Ok(v) => Ok(groups(&v)),
+        Err(e) if e.to_string().contains("no such key") => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Entries of `stream` after the id `after` (exclusive), counting at most `cap` (for a group
+/// whose lag Redis cannot tell).
+pub(crate) async fn count_after(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    after: &[u8],
+    cap: u64,
+) -> redis::RedisResult<u64> {
+    let mut start = b"(".to_vec();
+    start.extend_from_slice(if after.is_empty() { b"0-0" } else { after });
+    let v: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(&start[..])
+        .arg("+")
+        .arg("COUNT")
+        .arg(cap)
+        .query_async(conn)
+        .await?;
+    Ok(entries(&v).map(|e| e.len() as u64).unwrap_or(0))
+}
+
 /// One row of extended `XPENDING`: (id, consumer, idle ms, deliveries).
 pub(crate) fn pending_rows(v: &Value) -> Vec<(EntryId, Vec<u8>, u64)> {
     items(v)

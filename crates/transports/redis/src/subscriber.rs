@@ -339,6 +339,28 @@ impl RedisSubscriber {
         Ok(())
     }
 
+    /// Takes entries delivered again (re-read after a restart, or claimed), with their
+    /// delivery counts, and counts them as redelivered.
+    async fn take_again(
+        &mut self,
+        i: usize,
+        entries: &[Entry],
+        envs: &mut Vec<Envelope>,
+        meta: &mut Vec<(u16, EntryId, u32)>,
+        batch: &mut Batch,
+    ) -> Result<(), redis::RedisError> {
+        let live: Vec<&Entry> = entries.iter().filter(|e| !e.deleted).collect();
+        let counts = self.counts(i, &live).await?;
+        let before = envs.len();
+        self.take(i, entries, Some(&counts), envs, meta, batch)
+            .await?;
+        self.inner
+            .stats
+            .redelivered
+            .fetch_add((envs.len() - before) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn read_own_pending(
         &mut self,
         max: usize,
@@ -376,16 +398,7 @@ impl RedisSubscriber {
                 None => self.replay[i] = None,
                 Some(last) => self.replay[i] = Some(last.raw_id.clone()),
             }
-            let live: Vec<&Entry> = entries.iter().filter(|e| !e.deleted).collect();
-            let counts = self.counts(i, &live).await?;
-            let before = envs.len();
-            self.take(i, &entries, Some(&counts), envs, meta, batch)
-                .await?;
-            let redelivered = (envs.len() - before) as u64;
-            self.inner
-                .stats
-                .redelivered
-                .fetch_add(redelivered, Ordering::Relaxed);
+            self.take_again(i, &entries, envs, meta, batch).await?;
         }
         for &i in &idx {
             if !seen[i] {
@@ -430,15 +443,7 @@ impl RedisSubscriber {
             if claimed.is_empty() {
                 continue;
             }
-            let live: Vec<&Entry> = claimed.iter().filter(|e| !e.deleted).collect();
-            let counts = self.counts(i, &live).await?;
-            let before = envs.len();
-            self.take(i, &claimed, Some(&counts), envs, meta, batch)
-                .await?;
-            self.inner
-                .stats
-                .redelivered
-                .fetch_add((envs.len() - before) as u64, Ordering::Relaxed);
+            self.take_again(i, &claimed, envs, meta, batch).await?;
         }
         Ok(())
     }
@@ -447,12 +452,8 @@ impl RedisSubscriber {
     async fn check_lag(&mut self, batch: &mut Batch) -> Result<(), redis::RedisError> {
         for i in 0..self.spec.streams.len() {
             let key = self.spec.streams[i].clone();
-            let v: redis::Value = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&*key)
-                .query_async(&mut self.conn)
-                .await?;
-            let Some(info) = reply::groups(&v)
+            let Some(info) = reply::xinfo_groups(&mut self.conn, &key)
+                .await?
                 .into_iter()
                 .find(|g| g.name == *self.spec.group)
             else {
@@ -461,17 +462,13 @@ impl RedisSubscriber {
             let lag = match info.lag {
                 Some(l) => l,
                 None => {
-                    let mut start = b"(".to_vec();
-                    start.extend_from_slice(&info.last_delivered);
-                    let v: redis::Value = redis::cmd("XRANGE")
-                        .arg(&*key)
-                        .arg(&start[..])
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(self.spec.lag_limit + 1)
-                        .query_async(&mut self.conn)
-                        .await?;
-                    reply::entries(&v).map(|e| e.len() as u64).unwrap_or(0)
+                    reply::count_after(
+                        &mut self.conn,
+                        &key,
+                        &info.last_delivered,
+                        self.spec.lag_limit + 1,
+                    )
+                    .await?
                 }
             };
             if lag > self.spec.lag_limit {
