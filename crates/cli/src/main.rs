@@ -36,11 +36,17 @@ enum Command {
     Tail(commands::tail::TailArgs),
     /// Per stream and group: published, delivered, pending, lag, dead-lettered.
     Stats(commands::stats::StatsArgs),
-    /// Fault injection under load: broker crash, hang, flash crash, slow consumer.
+    /// Fault injection under load: broker crash, hang, flash crash, slow or crashed consumer.
     Stress(commands::stress::StressArgs),
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like: end quietly on a closed pipe, as Unix tools do,
+    // instead of panicking in println!.
+    // SAFETY: restoring the default SIGPIPE disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
