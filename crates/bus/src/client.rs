@@ -798,11 +798,17 @@ impl DualBus {
                 .fetch_add(n, Ordering::Relaxed);
             return Ok(());
         }
-        let target = fo.target(route.bus);
-        if target != route.bus {
-            // Wait for a fail-over in progress: its re-sent window goes first.
-            drop(fo.switch.lock().await);
-        }
+        let mut target = fo.target(route.bus);
+        // A diverted publish waits for a switch in progress (a fail-over's re-sent window goes
+        // first) and holds off a fail-back until it is queued (which then waits for it to be
+        // read before moving traffic back).
+        let _diverting = if target != route.bus {
+            let guard = fo.switch.read().await;
+            target = fo.target(route.bus);
+            Some(guard)
+        } else {
+            None
+        };
         let copy = run.clone();
         let publish = self.inner.transports[target.index()].publish(&route.stream, run, confirm);
         // A hung broker can hold a publish for its whole response timeout; once the heartbeat
@@ -853,6 +859,8 @@ impl DualBus {
     async fn resend_on_other(&self, bus: BusId, stream: &StreamKey, envs: Vec<Envelope>) {
         let other = bus.other();
         let fo = &self.inner.failover;
+        // After the window a fail-over in progress is re-sending (these messages are newer).
+        let _diverting = fo.switch.read().await;
         fo.diverted(bus, stream);
         if let Err(e) = self.inner.transports[other.index()]
             .publish(stream, envs.clone(), Confirm::Queued)
@@ -890,7 +898,7 @@ impl DualBus {
             kinds: kinds.clone(),
             patterns: opts.patterns.clone(),
         });
-        let mut plan: Vec<(BusId, Vec<StreamKey>)> = Vec::new();
+        let mut plan: Vec<(BusId, Vec<StreamKey>, Arc<tokio::sync::Mutex<()>>)> = Vec::new();
         for bus in BusId::ALL {
             let mut streams: Vec<StreamKey> = kinds
                 .iter()
@@ -911,12 +919,16 @@ impl DualBus {
                 vec![streams[streams.len() - 1].clone()],
             ];
             for lane in lanes.into_iter().filter(|l| !l.is_empty()) {
+                // The readers of one lane (this bus and, with failover, its mirror on the other
+                // bus) hand messages to the handler one batch at a time: around a switch both
+                // hold messages of the same sources, and per-source order must survive it.
+                let turn = Arc::new(tokio::sync::Mutex::new(()));
                 if self.inner.failover.settings.enabled {
                     // While this bus is down its traffic arrives on the other one, under the
                     // same keys: read there too (the groups exist before they are needed).
-                    plan.push((bus.other(), lane.clone()));
+                    plan.push((bus.other(), lane.clone(), turn.clone()));
                 }
-                plan.push((bus, lane));
+                plan.push((bus, lane, turn));
             }
         }
         let handler = Arc::new(handler);
@@ -934,7 +946,7 @@ impl DualBus {
             .unwrap_or_else(|| self.inner.inst.clone());
         let mine: Vec<Claim> = plan
             .iter()
-            .flat_map(|(bus, streams)| {
+            .flat_map(|(bus, streams, _)| {
                 streams
                     .iter()
                     .map(|s| (bus.index(), s.clone(), opts.group.clone(), consumer.clone()))
@@ -955,7 +967,7 @@ impl DualBus {
             claims: self.inner.claims.clone(),
             mine: Some(mine),
         };
-        for (bus, streams) in plan {
+        for (bus, streams, turn) in plan {
             let spec = self.spec(&opts, streams, bus);
             let sub = self.inner.transports[bus.index()]
                 .subscribe(spec.clone())
@@ -967,6 +979,7 @@ impl DualBus {
                 handler: handler.clone(),
                 filter: Some(filter.clone()),
                 dedup: dedup.clone(),
+                turn,
                 stats: stats.clone(),
                 mode: spec.mode,
                 batch_max: opts
@@ -1097,6 +1110,7 @@ impl DualBus {
                     buses.push(bus.other());
                 }
                 let mut tasks = Vec::new();
+                let turn = Arc::new(tokio::sync::Mutex::new(()));
                 for b in buses {
                     let spec = self.spec(&opts, vec![stream.clone()], b);
                     let sub = self.inner.transports[b.index()]
@@ -1109,6 +1123,7 @@ impl DualBus {
                         handler: Arc::new(ReplyHandler(self.inner.waiting.clone())),
                         filter: None,
                         dedup: dedup.clone(),
+                        turn: turn.clone(),
                         stats: stats.clone(),
                         mode: Mode::Reliable,
                         batch_max: 64,
@@ -1180,7 +1195,7 @@ impl DualBus {
 
 /// Marks `bus` down and re-sends its window of recent messages on the other bus.
 async fn fail_over(fo: &Failover, transports: &[Arc<dyn Transport>; 2], bus: BusId) {
-    let _switching = fo.switch.lock().await;
+    let _switching = fo.switch.write().await;
     let Some(items) = fo.mark_down(bus) else {
         return;
     };
@@ -1210,6 +1225,36 @@ async fn fail_over(fo: &Failover, transports: &[Arc<dyn Transport>; 2], bus: Bus
         {
             tracing::error!(bus = %other, error = %e, "re-sending the window failed");
         }
+    }
+}
+
+/// Moves the traffic of `bus` back from the other bus. Diverted publishes are held while the
+/// other bus's writer is flushed and its diverted streams are checked drained once more, so
+/// nothing published there is still unread when new messages start arriving on `bus` (a
+/// consumer would otherwise see them out of order). Holds publishers for at most
+/// `FAIL_BACK_HOLD`: a group that never reads cannot stop traffic for long.
+async fn fail_back(f: &Failover, transports: &[Arc<dyn Transport>; 2], bus: BusId) {
+    const FAIL_BACK_HOLD: Duration = Duration::from_millis(100);
+    let _switching = f.switch.write().await;
+    let held = std::time::Instant::now();
+    let other = &transports[bus.other().index()];
+    let mut clean = false;
+    while held.elapsed() < FAIL_BACK_HOLD {
+        let flushed = matches!(
+            tokio::time::timeout(f.settings.heartbeat_timeout, other.flush()).await,
+            Ok(Ok(()))
+        );
+        if flushed && drained(f, transports, bus, held).await {
+            clean = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if !clean {
+        tracing::warn!(bus = %bus, "moving traffic back before the {} bus drained: a consumer may see a message of one source after a later one", bus.other());
+    }
+    if let Some(outage) = f.mark_up(bus) {
+        tracing::warn!(bus = %bus, outage_ms = outage.as_millis() as u64, "bus back: its traffic moves back");
     }
 }
 
@@ -1256,9 +1301,7 @@ async fn watch(fo: std::sync::Weak<Failover>, transports: [Arc<dyn Transport>; 2
                     && since.elapsed() >= settle
                     && drained(&f, &transports, bus, since).await
                 {
-                    if let Some(outage) = f.mark_up(bus) {
-                        tracing::warn!(bus = %bus, outage_ms = outage.as_millis() as u64, "bus back: its traffic moves back");
-                    }
+                    fail_back(&f, &transports, bus).await;
                 }
             } else {
                 healthy_since[bus.index()] = None;
@@ -1353,6 +1396,8 @@ struct Reader<H> {
     handler: Arc<H>,
     filter: Option<Arc<Filter>>,
     dedup: Arc<Mutex<SourceDedup>>,
+    /// Taken while a batch is checked and handled; shared by the readers of one lane.
+    turn: Arc<tokio::sync::Mutex<()>>,
     stats: Arc<SubscriptionStats>,
     mode: Mode,
     batch_max: usize,
@@ -1401,6 +1446,7 @@ impl<H: Handler> Reader<H> {
             }
             acks.clear();
             verdicts.clear();
+            let turn = self.turn.lock().await;
             {
                 let mut dedup = self.dedup.lock();
                 // Consecutive messages often share a topic allocation: match it once.
@@ -1460,6 +1506,7 @@ impl<H: Handler> Reader<H> {
                     dedup.forget(&e.src, &e.inst, e.seq);
                 }
             }
+            drop(turn);
             let failed = failures.len() as u64;
             counters
                 .delivered

@@ -50,9 +50,11 @@ struct Window {
 
 pub(crate) struct Failover {
     pub settings: FailoverSettings,
-    /// Held while a bus is being failed over (marked down and its window re-sent): publishers
-    /// redirected to the other bus wait for it, so re-sent messages go ahead of new ones.
-    pub switch: tokio::sync::Mutex<()>,
+    /// Written while a bus is being failed over (marked down and its window re-sent) or failed
+    /// back (the other bus drained, then marked up); read by every publish redirected to the
+    /// other bus, around choosing the bus and queueing. So re-sent messages go ahead of new
+    /// ones, and no diverted message is queued behind the last drain check of a fail-back.
+    pub switch: tokio::sync::RwLock<()>,
     /// Woken when a bus is marked down, so a publish stuck on a hung broker gives up at once.
     down_notify: [tokio::sync::Notify; 2],
     up: [AtomicBool; 2],
@@ -74,7 +76,7 @@ impl Failover {
         };
         Failover {
             settings,
-            switch: tokio::sync::Mutex::new(()),
+            switch: tokio::sync::RwLock::new(()),
             down_notify: Default::default(),
             up: [AtomicBool::new(true), AtomicBool::new(true)],
             down_since: [Mutex::new(None), Mutex::new(None)],

@@ -341,6 +341,14 @@ pub trait Transport: Send + Sync + 'static {
         false
     }
 
+    /// Waits until every publish queued before this call has reached the broker (or failed).
+    ///
+    /// # Errors
+    /// [`PublishError`] when the broker fails.
+    async fn flush(&self) -> Result<(), PublishError> {
+        Ok(())
+    }
+
     /// Entries of `stream` some group has not yet handled: unread plus unacknowledged, the
     /// largest over its groups (0 for an unknown stream). Failover uses it to move traffic back
     /// only once what was published on the other bus meanwhile has been handled.

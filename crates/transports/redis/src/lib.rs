@@ -427,6 +427,10 @@ impl Transport for RedisTransport {
             .collect())
     }
 
+    async fn flush(&self) -> Result<(), PublishError> {
+        writer::flush(&self.inner).await
+    }
+
     async fn unread(&self, stream: &StreamKey) -> Result<u64, ReceiveError> {
         let mut conn = self.inner.conn.clone();
         let groups = reply::xinfo_groups(&mut conn, stream)
