@@ -625,6 +625,11 @@ impl DualBus {
     pub fn inst(&self) -> &str {
         &self.inner.inst
     }
+    /// The payload encoding this client publishes with.
+    pub fn encoding(&self) -> Encoding {
+        self.inner.enc
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.inner.cfg

@@ -1,0 +1,486 @@
+//! The [`Engine`] trait and the host that runs an engine on the buses.
+//!
+//! An engine says what it listens to ([`Engine::subscriptions`]), which timers it wants
+//! ([`Engine::timers`]), and handles messages and timer ticks one at a time (`&mut self`: no
+//! locking inside the engine). The [`EngineHost`] subscribes it (group = the engine's name,
+//! consumer = its instance id, as DESIGN section 5 says), fires its timers, publishes an
+//! `engine_health` heartbeat every `health_every`, counts what it received and published by
+//! kind, and stops it gracefully: subscriptions drain their current batch, then
+//! [`Engine::stop`] runs, then a last heartbeat says `stopped`.
+//!
+//! The host only uses [`DualBus`], so an engine runs unchanged on the embedded and the Redis
+//! transport.
+
+use async_trait::async_trait;
+use dualbus_bus::{BusError, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
+use dualbus_core::{Envelope, EventKind, Mode, Priority};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What an engine listens to: topic patterns read by the engine's consumer group.
+#[derive(Clone, Debug)]
+pub struct Interest {
+    /// Topic patterns (`market_data.quote.*`, `order_request.>`).
+    pub patterns: Vec<String>,
+    /// Fast mode (no acknowledgements, a lagging reader jumps to the head) instead of reliable.
+    pub fast: bool,
+}
+
+impl Interest {
+    /// Reliable delivery of the topics matching `patterns`.
+    pub fn reliable(patterns: &[&str]) -> Interest {
+        Interest {
+            patterns: patterns.iter().map(|p| p.to_string()).collect(),
+            fast: false,
+        }
+    }
+
+    /// Fast delivery of the topics matching `patterns`.
+    pub fn fast(patterns: &[&str]) -> Interest {
+        Interest {
+            fast: true,
+            ..Interest::reliable(patterns)
+        }
+    }
+}
+
+/// A periodic timer an engine asks for.
+#[derive(Clone, Debug)]
+pub struct Timer {
+    /// Passed back to [`Engine::on_timer`].
+    pub name: &'static str,
+    /// Period (wall-clock).
+    pub every: Duration,
+}
+
+/// An engine's failure to start, tick or stop.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A bus operation failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The engine's configuration is wrong.
+    #[error("{engine}: bad configuration: {reason}")]
+    Config {
+        /// The engine.
+        engine: String,
+        /// What is wrong, naming the value.
+        reason: String,
+    },
+    /// Anything else, with the reason.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A component of the trading system that runs on the buses.
+#[async_trait]
+pub trait Engine: Send + 'static {
+    /// The engine's name (`marketdata`, `features`, ...): its consumer group.
+    fn name(&self) -> &'static str;
+
+    /// What it listens to (nothing by default).
+    fn subscriptions(&self) -> Vec<Interest> {
+        Vec::new()
+    }
+
+    /// Its periodic timers (none by default).
+    fn timers(&self) -> Vec<Timer> {
+        Vec::new()
+    }
+
+    /// Called once before any message or timer.
+    ///
+    /// # Errors
+    /// An [`EngineError`] stops the host from starting the engine.
+    async fn start(&mut self, _ctx: &EngineContext) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Handles one message. `Err` leaves it unacknowledged: it is redelivered after the idle
+    /// timeout and dead-lettered with this reason after the last allowed delivery.
+    async fn on_message(&mut self, ctx: &EngineContext, msg: &Envelope)
+        -> Result<(), HandlerError>;
+
+    /// A timer fired.
+    ///
+    /// # Errors
+    /// Logged; the timer keeps running.
+    async fn on_timer(
+        &mut self,
+        _ctx: &EngineContext,
+        _timer: &'static str,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Called once after the subscriptions and timers have stopped.
+    ///
+    /// # Errors
+    /// Logged by the host.
+    async fn stop(&mut self, _ctx: &EngineContext) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Engine-specific details for its `engine_health` heartbeat.
+    fn health(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// Messages received and published by one engine, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineCounts {
+    /// Messages handed to the engine, by kind.
+    pub received: BTreeMap<String, u64>,
+    /// Messages the engine published, by kind.
+    pub published: BTreeMap<String, u64>,
+}
+
+/// What an engine gets to act on the buses: publish (counted by kind), request, reply.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct EngineContext {
+    bus: DualBus,
+    name: &'static str,
+    counts: Arc<Mutex<EngineCounts>>,
+    config: Arc<serde_json::Value>,
+}
+
+impl EngineContext {
+    /// The engine's bus client.
+    pub fn bus(&self) -> &DualBus {
+        &self.bus
+    }
+
+    /// The engine's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The engine's instance id.
+    pub fn instance(&self) -> &str {
+        self.bus.inst()
+    }
+
+    /// The engine's own configuration section (JSON `null` when none was given).
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    /// Reads the engine's configuration section as `T`; a missing section gives `T::default()`.
+    ///
+    /// # Errors
+    /// [`EngineError::Config`] naming the engine and the bad value.
+    pub fn settings<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, EngineError> {
+        if self.config.is_null() {
+            return Ok(T::default());
+        }
+        serde_json::from_value((*self.config).clone()).map_err(|e| EngineError::Config {
+            engine: self.name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Counts so far.
+    pub fn counts(&self) -> EngineCounts {
+        self.counts.lock().clone()
+    }
+
+    fn count_published<'a>(&self, kinds: impl Iterator<Item = &'a EventKind>) {
+        let mut c = self.counts.lock();
+        let mut last: Option<(&EventKind, u64)> = None;
+        for k in kinds {
+            match &mut last {
+                Some((lk, n)) if *lk == k => *n += 1,
+                _ => {
+                    if let Some((lk, n)) = last.take() {
+                        *c.published.entry(lk.to_string()).or_default() += n;
+                    }
+                    last = Some((k, 1));
+                }
+            }
+        }
+        if let Some((lk, n)) = last {
+            *c.published.entry(lk.to_string()).or_default() += n;
+        }
+    }
+
+    /// Publishes a payload at `prio`.
+    ///
+    /// # Errors
+    /// [`BusError`] from [`DualBus::envelope`] or the publish.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        kind: EventKind,
+        topic: &str,
+        prio: Priority,
+        payload: &T,
+    ) -> Result<(), BusError> {
+        let env = self.bus.envelope(kind, topic, prio, payload)?;
+        self.publish_batch(vec![env]).await
+    }
+
+    /// Publishes envelopes built with [`DualBus::envelope`], in order.
+    ///
+    /// # Errors
+    /// [`BusError`] from the publish.
+    pub async fn publish_batch(&self, envs: Vec<Envelope>) -> Result<(), BusError> {
+        self.count_published(envs.iter().map(|e| &e.kind));
+        self.bus.publish_batch(envs).await
+    }
+
+    /// Answers a request (counted as a publish of the request's kind).
+    ///
+    /// # Errors
+    /// [`BusError::NotARequest`] when `request` expects no reply.
+    pub async fn reply<T: Serialize + ?Sized>(
+        &self,
+        request: &Envelope,
+        payload: &T,
+    ) -> Result<(), BusError> {
+        self.count_published(std::iter::once(&request.kind));
+        self.bus.reply(request, payload).await
+    }
+}
+
+/// Host settings.
+#[derive(Clone, Debug)]
+pub struct HostOptions {
+    /// How often `engine_health` is published.
+    pub health_every: Duration,
+    /// The engine's configuration section.
+    pub config: serde_json::Value,
+    /// Where reads start for a new group (defaults to the bus config).
+    pub start: Option<dualbus_core::StartFrom>,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            health_every: Duration::from_secs(1),
+            config: serde_json::Value::Null,
+            start: None,
+        }
+    }
+}
+
+/// The payload of an `engine_health` heartbeat.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineHealth {
+    /// The engine's name.
+    pub engine: String,
+    /// Its instance id.
+    pub instance: String,
+    /// `running` or `stopped`.
+    pub status: String,
+    /// Seconds since it started.
+    pub uptime_s: f64,
+    /// Messages received and published, by kind.
+    #[serde(flatten)]
+    pub counts: EngineCounts,
+    /// Engine-specific details.
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+/// Runs engines on a bus.
+pub struct EngineHost;
+
+/// A running engine; [`RunningEngine::stop`] stops it gracefully.
+pub struct RunningEngine<E: Engine> {
+    engine: Arc<tokio::sync::Mutex<E>>,
+    ctx: EngineContext,
+    subs: Vec<Subscription>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    started: Instant,
+}
+
+struct Dispatch<E: Engine> {
+    engine: Arc<tokio::sync::Mutex<E>>,
+    ctx: EngineContext,
+}
+
+impl<E: Engine> Handler for Dispatch<E> {
+    async fn handle(&self, msg: &Envelope) -> Result<(), HandlerError> {
+        {
+            let mut engine = self.engine.lock().await;
+            {
+                let mut c = self.ctx.counts.lock();
+                match c.received.get_mut(msg.kind.as_str()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        c.received.insert(msg.kind.to_string(), 1);
+                    }
+                }
+            }
+            engine.on_message(&self.ctx, msg).await
+        }
+    }
+}
+
+impl EngineHost {
+    /// Starts `engine` on `bus` (whose `src` should be the engine's name and `inst` its
+    /// instance id): calls [`Engine::start`], subscribes, starts timers and heartbeats.
+    ///
+    /// # Errors
+    /// What [`Engine::start`] returned, or a failed subscription.
+    pub async fn start<E: Engine>(
+        mut engine: E,
+        bus: DualBus,
+        opts: HostOptions,
+    ) -> Result<RunningEngine<E>, EngineError> {
+        let name = engine.name();
+        let ctx = EngineContext {
+            bus: bus.clone(),
+            name,
+            counts: Default::default(),
+            config: Arc::new(opts.config.clone()),
+        };
+        engine.start(&ctx).await?;
+        let interests = engine.subscriptions();
+        let timers = engine.timers();
+        let engine = Arc::new(tokio::sync::Mutex::new(engine));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let started = Instant::now();
+        let mut subs = Vec::new();
+        for (i, interest) in interests.iter().enumerate() {
+            let patterns: Vec<&str> = interest.patterns.iter().map(|s| s.as_str()).collect();
+            // One group per engine; a second interest of the same engine needs its own
+            // consumer name (one subscription per (stream, group, consumer)).
+            let mut so = SubscribeOptions::new(name, &patterns)
+                .map_err(|e| EngineError::Config {
+                    engine: name.to_string(),
+                    reason: format!("subscription {patterns:?}: {e}"),
+                })?
+                .mode(if interest.fast {
+                    Mode::Fast
+                } else {
+                    Mode::Reliable
+                });
+            if i > 0 {
+                so = so.consumer(&format!("{}-{i}", bus.inst()));
+            }
+            if let Some(s) = opts.start {
+                so = so.start(s);
+            }
+            let handler = Dispatch {
+                engine: engine.clone(),
+                ctx: ctx.clone(),
+            };
+            subs.push(bus.subscribe(so, handler).await?);
+        }
+        let mut tasks = Vec::new();
+        for t in timers {
+            let engine = engine.clone();
+            let ctx = ctx.clone();
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(t.every);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.tick().await; // the first tick is immediate: skip it
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = every.tick() => {}
+                    }
+                    let mut e = engine.lock().await;
+                    if let Err(err) = e.on_timer(&ctx, t.name).await {
+                        tracing::warn!(engine = ctx.name, timer = t.name, error = %err, "timer failed");
+                    }
+                }
+            }));
+        }
+        {
+            let engine = engine.clone();
+            let ctx = ctx.clone();
+            let mut stop = stop_rx.clone();
+            let every = opts.health_every;
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tick.tick() => {}
+                    }
+                    let details = engine.lock().await.health();
+                    heartbeat(&ctx, "running", started, details).await;
+                }
+            }));
+        }
+        Ok(RunningEngine {
+            engine,
+            ctx,
+            subs,
+            tasks,
+            stop_tx,
+            started,
+        })
+    }
+}
+
+async fn heartbeat(
+    ctx: &EngineContext,
+    status: &str,
+    started: Instant,
+    details: serde_json::Value,
+) {
+    let health = EngineHealth {
+        engine: ctx.name.to_string(),
+        instance: ctx.instance().to_string(),
+        status: status.to_string(),
+        uptime_s: started.elapsed().as_secs_f64(),
+        counts: ctx.counts(),
+        details,
+    };
+    let topic = format!("engine_health.{}", ctx.name);
+    if let Err(e) = ctx
+        .publish(EventKind::EngineHealth, &topic, Priority::Low, &health)
+        .await
+    {
+        tracing::warn!(engine = ctx.name, error = %e, "heartbeat not published");
+    }
+}
+
+impl<E: Engine> RunningEngine<E> {
+    /// The engine's context (its bus, counters).
+    pub fn context(&self) -> &EngineContext {
+        &self.ctx
+    }
+
+    /// Counts so far.
+    pub fn counts(&self) -> EngineCounts {
+        self.ctx.counts()
+    }
+
+    /// Runs `f` on the engine (between messages).
+    pub async fn with<R>(&self, f: impl FnOnce(&mut E) -> R) -> R {
+        let mut e = self.engine.lock().await;
+        f(&mut e)
+    }
+
+    /// Stops gracefully: subscriptions finish their current batch, timers and heartbeats stop,
+    /// [`Engine::stop`] runs, a last `engine_health` says `stopped`. Returns the final counts.
+    pub async fn stop(self) -> EngineCounts {
+        let _ = self.stop_tx.send(true);
+        for s in self.subs {
+            s.stop().await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let details = {
+            let mut e = self.engine.lock().await;
+            if let Err(err) = e.stop(&self.ctx).await {
+                tracing::warn!(engine = self.ctx.name, error = %err, "stop failed");
+            }
+            e.health()
+        };
+        heartbeat(&self.ctx, "stopped", self.started, details).await;
+        self.ctx.counts()
+    }
+}

@@ -1,0 +1,771 @@
+//! The MarketData hub: the centre of the MarketData bus's star (DESIGN section 7).
+//!
+//! The hub is the only component that talks to the upstream [`Provider`]. It
+//!
+//! * validates what the provider sends ([`Validator`]: rejected data is counted by reason,
+//!   never published) and publishes it on the MarketData bus as
+//!   `market_data.{trade,quote,bar,book}.{SYMBOL}`, the payload being the [`Trade`], [`Quote`],
+//!   [`Bar`] or [`BookSnapshot`](crate::market::BookSnapshot) as JSON or MessagePack;
+//! * keeps a snapshot cache (latest trade, quote and bar per symbol) and a history cache of
+//!   bars with a time-to-live per data type;
+//! * coalesces concurrent identical history requests into one upstream call;
+//! * serves `hub_request.snapshot.{SYMBOL}` and `hub_request.history.{SYMBOL}` requests over
+//!   request/reply ([`HubClient`] is the typed client side);
+//! * runs the [paper venue](crate::venue): `order_request` in, `trade_execution` out;
+//! * counts requests, hits, misses, upstream calls and coalesced requests ([`HubCounters`]).
+//!
+//! Requests travel as the `hub_request` kind, which routes to the Engine Logic bus (the
+//! default for kinds DESIGN section 4 does not list), so they never queue behind a flood of
+//! market data. A request is a cache hit when the answer comes from the cache: a snapshot with
+//! data for the symbol, a history answer younger than its TTL. Every other request is a miss;
+//! a miss either makes the upstream call or joins one already in flight (coalesced).
+
+use crate::engine::{Engine, EngineContext, EngineError, Interest};
+use crate::market::{Bar, DataType, MarketEvent, Quote, Reject, Trade, Validator};
+use crate::provider::{HistoryRequest, Provider, ProviderError};
+use crate::venue::{Execution, OrderRequest, PaperVenue, VenueCounts, VenueOptions};
+use async_trait::async_trait;
+use dualbus_bus::{DualBus, HandlerError, RequestError};
+use dualbus_core::{Envelope, EventKind, Priority, Topic};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The kind of requests to the hub (`hub_request.snapshot.{SYMBOL}`,
+/// `hub_request.history.{SYMBOL}`).
+pub const HUB_REQUEST: &str = "hub_request";
+
+/// The [`EventKind`] of hub requests.
+pub fn hub_request_kind() -> EventKind {
+    EventKind::Custom(HUB_REQUEST.into())
+}
+
+/// Hub settings (the `[engines.marketdata]` section).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubOptions {
+    /// Time-to-live of cached history, per data type, in seconds. Providers offer bar history
+    /// only, so `bar` is the entry that matters (default 30 s).
+    pub history_ttl_secs: HashMap<DataType, f64>,
+    /// Most cached history answers kept (the oldest expire first beyond this).
+    pub history_entries: usize,
+    /// Paper venue settings.
+    pub venue: VenueOptions,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            history_ttl_secs: HashMap::from([(DataType::Bar, 30.0)]),
+            history_entries: 10_000,
+            venue: VenueOptions::default(),
+        }
+    }
+}
+
+impl HubOptions {
+    fn ttl(&self, t: DataType) -> Duration {
+        Duration::from_secs_f64(
+            self.history_ttl_secs
+                .get(&t)
+                .copied()
+                .unwrap_or(30.0)
+                .max(0.0),
+        )
+    }
+}
+
+/// The latest market data of one symbol.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Instrument.
+    pub symbol: String,
+    /// Latest trade.
+    pub trade: Option<Trade>,
+    /// Latest quote.
+    pub quote: Option<Quote>,
+    /// Latest closed bar.
+    pub bar: Option<Bar>,
+}
+
+/// A history request's body (the symbol is the topic's last segment).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// Bar length in seconds.
+    #[serde(default = "default_bar_secs")]
+    pub bar_secs: u32,
+    /// Most bars (the latest).
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+    /// Bars ending at or before this Unix ns time; `None` for the latest.
+    #[serde(default)]
+    pub end_ts: Option<u64>,
+}
+
+fn default_bar_secs() -> u32 {
+    60
+}
+
+fn default_limit() -> u32 {
+    500
+}
+
+/// The hub's answer to a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum HubReply {
+    /// A snapshot.
+    Snapshot(Snapshot),
+    /// Bars, oldest first.
+    History {
+        /// Instrument.
+        symbol: String,
+        /// Bar length.
+        bar_secs: u32,
+        /// The bars.
+        bars: Vec<Bar>,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Counters of the hub (cheap to read while it runs).
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    requests: AtomicU64,
+    snapshot_requests: AtomicU64,
+    history_requests: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    upstream_calls: AtomicU64,
+    upstream_errors: AtomicU64,
+    coalesced: AtomicU64,
+    published: AtomicU64,
+    bad_requests: AtomicU64,
+}
+
+/// A copy of the hub's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HubStats {
+    /// Snapshot and history requests served.
+    pub requests: u64,
+    /// Of which snapshot requests.
+    pub snapshot_requests: u64,
+    /// Of which history requests.
+    pub history_requests: u64,
+    /// Answered from the cache.
+    pub hits: u64,
+    /// Not in the cache (an upstream call made or joined).
+    pub misses: u64,
+    /// Calls to the provider's history.
+    pub upstream_calls: u64,
+    /// Upstream calls that failed.
+    pub upstream_errors: u64,
+    /// Misses that joined an upstream call already in flight.
+    pub coalesced: u64,
+    /// `hits / requests` (0 without requests).
+    pub hit_rate: f64,
+    /// `upstream_calls / requests` (0 without requests).
+    pub upstream_ratio: f64,
+    /// Market data messages published.
+    pub published: u64,
+    /// Requests that could not be read (bad topic or body).
+    pub bad_requests: u64,
+    /// Market data accepted by the validator.
+    pub accepted: u64,
+    /// Market data rejected, by reason.
+    pub rejected: HashMap<String, u64>,
+    /// Unreadable rows or frames the provider skipped.
+    pub provider_skipped: u64,
+    /// Whether the provider's stream has ended (a finished replay).
+    pub feed_done: bool,
+    /// Paper venue counters.
+    pub venue: VenueCounts,
+}
+
+/// One cached or in-flight history answer.
+type HistoryCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<Bar>>, String>>>;
+
+/// History answers by request, with their age; and the requests in flight upstream.
+#[derive(Default)]
+struct HistoryCache {
+    done: HashMap<HistoryRequest, (Instant, Arc<Vec<Bar>>)>,
+    inflight: HashMap<HistoryRequest, HistoryCell>,
+}
+
+struct Shared {
+    opts: HubOptions,
+    provider: Arc<dyn Provider>,
+    snapshots: RwLock<HashMap<String, Snapshot>>,
+    history: Mutex<HistoryCache>,
+    counters: HubCounters,
+    validator: Mutex<Validator>,
+    venue: Mutex<PaperVenue>,
+    skipped: AtomicU64,
+    feed_done: AtomicBool,
+    feed_ended: tokio::sync::Notify,
+    /// History requests being answered (awaited on stop).
+    answering: AtomicU64,
+}
+
+impl Shared {
+    fn stats(&self) -> HubStats {
+        let c = &self.counters;
+        let requests = c.requests.load(Ordering::Relaxed);
+        let hits = c.hits.load(Ordering::Relaxed);
+        let upstream = c.upstream_calls.load(Ordering::Relaxed);
+        let ratio = |n: u64| {
+            if requests == 0 {
+                0.0
+            } else {
+                n as f64 / requests as f64
+            }
+        };
+        let v = self.validator.lock();
+        HubStats {
+            requests,
+            snapshot_requests: c.snapshot_requests.load(Ordering::Relaxed),
+            history_requests: c.history_requests.load(Ordering::Relaxed),
+            hits,
+            misses: c.misses.load(Ordering::Relaxed),
+            upstream_calls: upstream,
+            upstream_errors: c.upstream_errors.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            hit_rate: ratio(hits),
+            upstream_ratio: ratio(upstream),
+            published: c.published.load(Ordering::Relaxed),
+            bad_requests: c.bad_requests.load(Ordering::Relaxed),
+            accepted: v.accepted(),
+            rejected: v
+                .rejections()
+                .into_iter()
+                .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+            provider_skipped: self.skipped.load(Ordering::Relaxed),
+            feed_done: self.feed_done.load(Ordering::Relaxed),
+            venue: self.venue.lock().counts(),
+        }
+    }
+
+    fn snapshot(&self, symbol: &str) -> Option<Snapshot> {
+        self.snapshots.read().get(symbol).cloned()
+    }
+
+    /// Answers a history request from the cache, from a call in flight, or upstream.
+    async fn history(&self, req: HistoryRequest) -> Result<Arc<Vec<Bar>>, String> {
+        let c = &self.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.history_requests.fetch_add(1, Ordering::Relaxed);
+        let ttl = self.opts.ttl(DataType::Bar);
+        let (cell, leader) = {
+            let mut h = self.history.lock();
+            if let Some((at, bars)) = h.done.get(&req) {
+                if at.elapsed() < ttl {
+                    c.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(bars.clone());
+                }
+            }
+            c.misses.fetch_add(1, Ordering::Relaxed);
+            match h.inflight.get(&req) {
+                Some(cell) => {
+                    c.coalesced.fetch_add(1, Ordering::Relaxed);
+                    (cell.clone(), false)
+                }
+                None => {
+                    let cell: HistoryCell = Default::default();
+                    h.inflight.insert(req.clone(), cell.clone());
+                    (cell, true)
+                }
+            }
+        };
+        if !leader {
+            // Waits for the leader's call (or makes it, should the leader have been cancelled).
+            return cell
+                .get_or_init(|| self.call_upstream(req.clone()))
+                .await
+                .clone();
+        }
+        let res = cell
+            .get_or_init(|| self.call_upstream(req.clone()))
+            .await
+            .clone();
+        let mut h = self.history.lock();
+        h.inflight.remove(&req);
+        if let Ok(bars) = &res {
+            if h.done.len() >= self.opts.history_entries {
+                // Full: drop what has expired, then the oldest.
+                h.done.retain(|_, (at, _)| at.elapsed() < ttl);
+                if h.done.len() >= self.opts.history_entries {
+                    if let Some(oldest) = h
+                        .done
+                        .iter()
+                        .min_by_key(|(_, (at, _))| *at)
+                        .map(|(k, _)| k.clone())
+                    {
+                        h.done.remove(&oldest);
+                    }
+                }
+            }
+            h.done.insert(req, (Instant::now(), bars.clone()));
+        }
+        res
+    }
+
+    async fn call_upstream(&self, req: HistoryRequest) -> Result<Arc<Vec<Bar>>, String> {
+        self.counters.upstream_calls.fetch_add(1, Ordering::Relaxed);
+        match self.provider.history(&req).await {
+            Ok(bars) => Ok(Arc::new(bars)),
+            Err(e) => {
+                self.counters
+                    .upstream_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// Topic and symbol cache: one parsed [`Topic`] per (data type, symbol).
+#[derive(Default)]
+struct Topics {
+    by_key: HashMap<(DataType, String), Topic>,
+}
+
+impl Topics {
+    fn get(&mut self, t: DataType, symbol: &str) -> Result<Topic, String> {
+        if let Some(topic) = self
+            .by_key
+            .iter()
+            .find(|((dt, s), _)| *dt == t && s == symbol)
+            .map(|(_, v)| v.clone())
+        {
+            return Ok(topic);
+        }
+        let topic = Topic::new(&format!("market_data.{}.{symbol}", t.as_str()))
+            .map_err(|e| format!("symbol {symbol:?} cannot be a topic segment: {e}"))?;
+        self.by_key.insert((t, symbol.to_string()), topic.clone());
+        Ok(topic)
+    }
+}
+
+/// The MarketData hub engine (`marketdata`).
+pub struct MarketDataHub {
+    shared: Arc<Shared>,
+    feed: Option<tokio::task::JoinHandle<()>>,
+    stop_feed: Arc<tokio::sync::Notify>,
+}
+
+/// A cheap handle to read a running hub's counters and caches.
+#[derive(Clone)]
+pub struct HubHandle {
+    shared: Arc<Shared>,
+}
+
+impl HubHandle {
+    /// The counters now.
+    pub fn stats(&self) -> HubStats {
+        self.shared.stats()
+    }
+
+    /// The cached snapshot of `symbol`.
+    pub fn snapshot(&self, symbol: &str) -> Option<Snapshot> {
+        self.shared.snapshot(symbol)
+    }
+
+    /// Resolves once the provider's stream has ended (never, for a live provider).
+    pub async fn feed_done(&self) {
+        loop {
+            let notified = self.shared.feed_ended.notified();
+            if self.shared.feed_done.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl MarketDataHub {
+    /// A hub over `provider`.
+    pub fn new(provider: Arc<dyn Provider>, opts: HubOptions) -> MarketDataHub {
+        let symbols = provider.instruments().into_iter().map(|i| i.symbol);
+        let venue = PaperVenue::new(opts.venue.clone(), symbols);
+        MarketDataHub {
+            shared: Arc::new(Shared {
+                opts,
+                provider,
+                snapshots: Default::default(),
+                history: Default::default(),
+                counters: Default::default(),
+                validator: Mutex::new(Validator::new()),
+                venue: Mutex::new(venue),
+                skipped: AtomicU64::new(0),
+                feed_done: AtomicBool::new(false),
+                feed_ended: tokio::sync::Notify::new(),
+                answering: AtomicU64::new(0),
+            }),
+            feed: None,
+            stop_feed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// A handle for counters and caches, usable while the hub runs.
+    pub fn handle(&self) -> HubHandle {
+        HubHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Reads the provider, validates, updates caches and the venue, publishes.
+async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::Notify>) {
+    let mut stream = match shared.provider.stream().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(provider = shared.provider.name(), error = %e, "market data stream did not open");
+            shared.feed_done.store(true, Ordering::SeqCst);
+            shared.feed_ended.notify_waiters();
+            return;
+        }
+    };
+    let bus = ctx.bus().clone();
+    let enc = bus.encoding();
+    let mut topics = Topics::default();
+    let mut events: Vec<MarketEvent> = Vec::with_capacity(1024);
+    let mut execs: Vec<Execution> = Vec::new();
+    loop {
+        events.clear();
+        let more = tokio::select! {
+            _ = stop.notified() => break,
+            r = stream.next_batch(&mut events) => r,
+        };
+        let more = match more {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(provider = shared.provider.name(), error = %e, "market data stream failed");
+                false
+            }
+        };
+        shared.skipped.store(stream.skipped(), Ordering::Relaxed);
+        let mut envs: Vec<Envelope> = Vec::with_capacity(events.len());
+        {
+            let mut validator = shared.validator.lock();
+            let mut snaps = shared.snapshots.write();
+            let mut venue = shared.venue.lock();
+            for ev in &events {
+                if let Err(reason) = validator.validate(ev) {
+                    log_reject(reason, ev);
+                    continue;
+                }
+                let dt = ev.data_type();
+                let topic = match topics.get(dt, ev.symbol()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "market data not published");
+                        continue;
+                    }
+                };
+                let snap = match snaps.get_mut(ev.symbol()) {
+                    Some(s) => s,
+                    None => snaps
+                        .entry(ev.symbol().to_string())
+                        .or_insert_with(|| Snapshot {
+                            symbol: ev.symbol().to_string(),
+                            ..Default::default()
+                        }),
+                };
+                let payload = match ev {
+                    MarketEvent::Trade(t) => {
+                        set(&mut snap.trade, t);
+                        venue.on_time(t.ts);
+                        enc.encode(t)
+                    }
+                    MarketEvent::Quote(q) => {
+                        set(&mut snap.quote, q);
+                        execs.extend(venue.on_quote(q));
+                        enc.encode(q)
+                    }
+                    MarketEvent::Bar(b) => {
+                        set(&mut snap.bar, b);
+                        enc.encode(b)
+                    }
+                    MarketEvent::Book(b) => enc.encode(b),
+                };
+                let payload = match payload {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "market data did not encode");
+                        continue;
+                    }
+                };
+                match bus.stamp(EventKind::MarketData, topic, Priority::Normal, enc, payload) {
+                    Ok(env) => envs.push(env),
+                    Err(e) => tracing::warn!(error = %e, "market data not published"),
+                }
+            }
+        }
+        let n = envs.len() as u64;
+        if !envs.is_empty() {
+            if let Err(e) = ctx.publish_batch(envs).await {
+                tracing::warn!(error = %e, "publishing market data failed");
+            } else {
+                shared.counters.published.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        for x in execs.drain(..) {
+            publish_execution(&ctx, &x).await;
+        }
+        if !more {
+            break;
+        }
+    }
+    shared.feed_done.store(true, Ordering::SeqCst);
+    shared.feed_ended.notify_waiters();
+}
+
+fn set<T: Clone>(slot: &mut Option<T>, v: &T) {
+    match slot {
+        Some(old) => old.clone_from(v),
+        None => *slot = Some(v.clone()),
+    }
+}
+
+fn log_reject(reason: Reject, ev: &MarketEvent) {
+    tracing::debug!(%reason, symbol = ev.symbol(), ts = ev.ts(), "market data rejected");
+}
+
+async fn publish_execution(ctx: &EngineContext, x: &Execution) {
+    let topic = format!("trade_execution.{}", x.symbol);
+    if let Err(e) = ctx
+        .publish(EventKind::TradeExecution, &topic, Priority::High, x)
+        .await
+    {
+        tracing::warn!(order = %x.order_id, error = %e, "execution not published");
+    }
+}
+
+#[async_trait]
+impl Engine for MarketDataHub {
+    fn name(&self) -> &'static str {
+        "marketdata"
+    }
+
+    fn subscriptions(&self) -> Vec<Interest> {
+        vec![Interest::reliable(&["hub_request.>", "order_request.>"])]
+    }
+
+    async fn start(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
+        self.feed = Some(tokio::spawn(feed(
+            self.shared.clone(),
+            ctx.clone(),
+            self.stop_feed.clone(),
+        )));
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        ctx: &EngineContext,
+        msg: &Envelope,
+    ) -> Result<(), HandlerError> {
+        if msg.kind == EventKind::OrderRequest {
+            let order: OrderRequest = match msg.enc.decode(&msg.payload) {
+                Ok(o) => o,
+                Err(e) => {
+                    // Unreadable: no retry can fix it, so it is dead-lettered with the reason.
+                    return Err(HandlerError(format!("order_request does not decode: {e}")));
+                }
+            };
+            let exec = self.shared.venue.lock().submit(order);
+            if let Some(x) = exec {
+                publish_execution(ctx, &x).await;
+            }
+            return Ok(());
+        }
+        let topic = msg.topic.to_string();
+        let mut parts = topic.splitn(3, '.');
+        let (_, what, symbol) = (parts.next(), parts.next(), parts.next());
+        let c = &self.shared.counters;
+        match (what, symbol) {
+            (Some("snapshot"), Some(symbol)) => {
+                c.requests.fetch_add(1, Ordering::Relaxed);
+                c.snapshot_requests.fetch_add(1, Ordering::Relaxed);
+                let reply = match self.shared.snapshot(symbol) {
+                    Some(s) => {
+                        c.hits.fetch_add(1, Ordering::Relaxed);
+                        HubReply::Snapshot(s)
+                    }
+                    None => {
+                        c.misses.fetch_add(1, Ordering::Relaxed);
+                        HubReply::Error {
+                            reason: format!("no market data for {symbol:?} yet"),
+                        }
+                    }
+                };
+                reply_or_log(ctx, msg, &reply).await;
+            }
+            (Some("history"), Some(symbol)) => {
+                let query: HistoryQuery = if msg.payload.is_empty() {
+                    HistoryQuery {
+                        bar_secs: 60,
+                        limit: 500,
+                        end_ts: None,
+                    }
+                } else {
+                    match msg.enc.decode(&msg.payload) {
+                        Ok(q) => q,
+                        Err(e) => {
+                            c.bad_requests.fetch_add(1, Ordering::Relaxed);
+                            let reason = format!("history request does not decode: {e}");
+                            reply_or_log(ctx, msg, &HubReply::Error { reason }).await;
+                            return Ok(());
+                        }
+                    }
+                };
+                let req = HistoryRequest {
+                    symbol: symbol.to_string(),
+                    bar_secs: query.bar_secs,
+                    limit: query.limit,
+                    end_ts: query.end_ts,
+                };
+                // The upstream call may take a while: answer from a task of its own so the
+                // hub goes on serving snapshots and orders meanwhile.
+                let shared = self.shared.clone();
+                let ctx = ctx.clone();
+                let msg = msg.clone();
+                shared.answering.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let reply = match shared.history(req.clone()).await {
+                        Ok(bars) => HubReply::History {
+                            symbol: req.symbol,
+                            bar_secs: req.bar_secs,
+                            bars: bars.as_ref().clone(),
+                        },
+                        Err(reason) => HubReply::Error { reason },
+                    };
+                    reply_or_log(&ctx, &msg, &reply).await;
+                    shared.answering.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            _ => {
+                c.bad_requests.fetch_add(1, Ordering::Relaxed);
+                let reason = format!(
+                    "unknown request topic {topic:?}: expected hub_request.snapshot.SYMBOL or \
+                     hub_request.history.SYMBOL"
+                );
+                reply_or_log(ctx, msg, &HubReply::Error { reason }).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, _ctx: &EngineContext) -> Result<(), EngineError> {
+        self.stop_feed.notify_one();
+        if let Some(f) = self.feed.take() {
+            let _ = f.await;
+        }
+        // Let history answers in flight finish (bounded: an upstream call could hang).
+        let until = Instant::now() + Duration::from_secs(5);
+        while self.shared.answering.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::to_value(self.shared.stats()).unwrap_or_default()
+    }
+}
+
+async fn reply_or_log(ctx: &EngineContext, request: &Envelope, reply: &HubReply) {
+    if let Err(e) = ctx.reply(request, reply).await {
+        tracing::warn!(topic = %request.topic, error = %e, "hub reply not sent");
+    }
+}
+
+/// Errors of [`HubClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The request could not be made or was not answered in time.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The hub answered with an error.
+    #[error("hub: {0}")]
+    Hub(String),
+    /// The answer could not be read.
+    #[error("hub reply: {0}")]
+    Reply(String),
+}
+
+/// The client side of the hub's request/reply: what engines use to ask the hub.
+#[derive(Clone)]
+pub struct HubClient {
+    bus: DualBus,
+    timeout: Option<Duration>,
+}
+
+impl HubClient {
+    /// Asks over `bus` (the engine's own client); `timeout` `None` uses the bus config's.
+    pub fn new(bus: DualBus, timeout: Option<Duration>) -> HubClient {
+        HubClient { bus, timeout }
+    }
+
+    async fn ask<T: Serialize>(&self, topic: &str, body: &T) -> Result<HubReply, HubError> {
+        let env = self
+            .bus
+            .request(hub_request_kind(), topic, body, self.timeout)
+            .await?;
+        let reply: HubReply = env
+            .enc
+            .decode(&env.payload)
+            .map_err(|e| HubError::Reply(e.to_string()))?;
+        match reply {
+            HubReply::Error { reason } => Err(HubError::Hub(reason)),
+            r => Ok(r),
+        }
+    }
+
+    /// The latest trade, quote and bar of `symbol`.
+    ///
+    /// # Errors
+    /// [`HubError`]: no answer in time, or the hub has no data for the symbol.
+    pub async fn snapshot(&self, symbol: &str) -> Result<Snapshot, HubError> {
+        match self
+            .ask(
+                &format!("{HUB_REQUEST}.snapshot.{symbol}"),
+                &serde_json::json!({}),
+            )
+            .await?
+        {
+            HubReply::Snapshot(s) => Ok(s),
+            other => Err(HubError::Reply(format!(
+                "expected a snapshot, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The latest `limit` bars of `bar_secs` seconds of `symbol`, oldest first.
+    ///
+    /// # Errors
+    /// [`HubError`]: no answer in time, or the provider refused (unknown symbol or interval).
+    pub async fn history(&self, symbol: &str, query: &HistoryQuery) -> Result<Vec<Bar>, HubError> {
+        match self
+            .ask(&format!("{HUB_REQUEST}.history.{symbol}"), query)
+            .await?
+        {
+            HubReply::History { bars, .. } => Ok(bars),
+            other => Err(HubError::Reply(format!("expected history, got {other:?}"))),
+        }
+    }
+}
+
+impl From<ProviderError> for EngineError {
+    fn from(e: ProviderError) -> Self {
+        EngineError::Other(e.to_string())
+    }
+}

@@ -1,0 +1,24 @@
+//! Engines on the dualbus buses.
+//!
+//! An engine is a component of the trading system that consumes messages from the buses and
+//! publishes its own (DESIGN section 7). This crate holds the [`Engine`](engine::Engine) trait
+//! and the host that runs one on either transport, the market data model, the upstream
+//! providers, and the MarketData hub: the centre of the MarketData bus's star, the only
+//! component that talks to data providers.
+//!
+//! # Layout
+//! * [`engine`]: the `Engine` trait, its context and the host (subscriptions, timers,
+//!   `engine_health` heartbeats, graceful stop, per-kind counters).
+//! * [`market`]: `Trade`, `Quote`, `Bar`, `BookSnapshot`, `Instrument`; the validator; bars
+//!   built from trades.
+//! * [`provider`]: the `Provider` trait; `synthetic`, `replay` and `binance` providers.
+//! * [`hub`]: the MarketData hub: normalizes and publishes provider data, snapshot and
+//!   history caches, coalescing of identical history requests, request/reply.
+//! * [`venue`]: the paper venue inside the hub (fills `order_request`s against the latest
+//!   quote).
+
+pub mod engine;
+pub mod hub;
+pub mod market;
+pub mod provider;
+pub mod venue;

@@ -1,0 +1,396 @@
+//! The paper venue inside the hub: fills `order_request`s against the latest quote.
+//!
+//! * A market order fills at once at the touch (a buy at the ask, a sell at the bid), moved
+//!   against the trader by `slippage_bps`.
+//! * A limit order that is marketable on arrival fills at once at the touch (never worse than
+//!   its limit); otherwise it rests and fills at its limit price as soon as a quote crosses it
+//!   (ask at or below a buy limit, bid at or above a sell limit).
+//! * Orders for unknown symbols, with a quantity that is not a positive finite number, with a
+//!   missing or bad limit price, or for a symbol that has no quote yet are rejected with the
+//!   reason.
+//!
+//! This is a simplified venue: fills take the whole quantity (no queue position, no partial
+//! fills against the quoted size), and fees are left to the portfolio. Fill timestamps are the
+//! event time of the quote that filled the order, so a replay gives the same fills every time.
+
+use crate::market::{Quote, Side};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+
+/// Order type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderType {
+    /// Fill now at the touch.
+    #[default]
+    Market,
+    /// Fill at the limit price or better.
+    Limit,
+}
+
+/// The payload of an `order_request`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderRequest {
+    /// The sender's id for the order (echoed in the execution).
+    pub order_id: String,
+    /// Instrument.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Quantity (positive).
+    pub qty: f64,
+    /// Market or limit.
+    #[serde(default, rename = "type")]
+    pub order_type: OrderType,
+    /// Limit price (limit orders).
+    #[serde(default)]
+    pub limit_price: Option<f64>,
+}
+
+/// Filled or rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecStatus {
+    /// Filled in full.
+    Filled,
+    /// Refused; see `reason`.
+    Rejected,
+}
+
+/// The payload of a `trade_execution`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    /// The order's id.
+    pub order_id: String,
+    /// Instrument.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Quantity filled (0 when rejected).
+    pub qty: f64,
+    /// Fill price (0 when rejected).
+    pub price: f64,
+    /// Filled or rejected.
+    pub status: ExecStatus,
+    /// Why it was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `taker` (filled on arrival) or `maker` (rested, then crossed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liquidity: Option<String>,
+    /// Event time of the fill (the quote's), Unix ns; for a rejection, of the latest data.
+    pub ts: u64,
+}
+
+/// Venue settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VenueOptions {
+    /// Slippage of market orders, basis points against the trader.
+    pub slippage_bps: f64,
+}
+
+impl Default for VenueOptions {
+    fn default() -> Self {
+        VenueOptions { slippage_bps: 1.0 }
+    }
+}
+
+/// Counters of the venue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VenueCounts {
+    /// Orders received.
+    pub orders: u64,
+    /// Orders filled.
+    pub fills: u64,
+    /// Orders rejected.
+    pub rejects: u64,
+    /// Limit orders resting now.
+    pub resting: u64,
+}
+
+/// A simulated venue: the latest quote per symbol and the resting limit orders.
+#[derive(Debug, Default)]
+pub struct PaperVenue {
+    opts: VenueOptions,
+    symbols: HashSet<String>,
+    quotes: HashMap<String, Quote>,
+    resting: Vec<OrderRequest>,
+    counts: VenueCounts,
+    last_ts: u64,
+}
+
+impl PaperVenue {
+    /// A venue trading `symbols`.
+    pub fn new(opts: VenueOptions, symbols: impl IntoIterator<Item = String>) -> PaperVenue {
+        PaperVenue {
+            opts,
+            symbols: symbols.into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds a tradable symbol.
+    pub fn list(&mut self, symbol: &str) {
+        if !self.symbols.contains(symbol) {
+            self.symbols.insert(symbol.to_string());
+        }
+    }
+
+    /// Counters.
+    pub fn counts(&self) -> VenueCounts {
+        VenueCounts {
+            resting: self.resting.len() as u64,
+            ..self.counts
+        }
+    }
+
+    fn reject(&mut self, o: &OrderRequest, reason: String) -> Execution {
+        self.counts.rejects += 1;
+        Execution {
+            order_id: o.order_id.clone(),
+            symbol: o.symbol.clone(),
+            side: o.side,
+            qty: 0.0,
+            price: 0.0,
+            status: ExecStatus::Rejected,
+            reason: Some(reason),
+            liquidity: None,
+            ts: self.last_ts,
+        }
+    }
+
+    fn fill(&mut self, o: &OrderRequest, price: f64, ts: u64, liquidity: &str) -> Execution {
+        self.counts.fills += 1;
+        Execution {
+            order_id: o.order_id.clone(),
+            symbol: o.symbol.clone(),
+            side: o.side,
+            qty: o.qty,
+            price,
+            status: ExecStatus::Filled,
+            reason: None,
+            liquidity: Some(liquidity.to_string()),
+            ts,
+        }
+    }
+
+    /// Takes an order: returns its execution (fill or rejection), or `None` when a limit
+    /// order rests.
+    pub fn submit(&mut self, o: OrderRequest) -> Option<Execution> {
+        self.counts.orders += 1;
+        if !self.symbols.contains(&o.symbol) {
+            let mut known: Vec<&String> = self.symbols.iter().collect();
+            known.sort();
+            let reason = format!("unknown symbol {:?} (the venue trades {known:?})", o.symbol);
+            return Some(self.reject(&o, reason));
+        }
+        if !o.qty.is_finite() || o.qty <= 0.0 {
+            let reason = format!("bad quantity {}: must be a positive number", o.qty);
+            return Some(self.reject(&o, reason));
+        }
+        let limit = match (o.order_type, o.limit_price) {
+            (OrderType::Limit, Some(p)) if p.is_finite() && p > 0.0 => Some(p),
+            (OrderType::Limit, Some(p)) => {
+                let reason = format!("bad limit price {p}: must be a positive number");
+                return Some(self.reject(&o, reason));
+            }
+            (OrderType::Limit, None) => {
+                return Some(self.reject(&o, "a limit order needs a limit_price".into()));
+            }
+            (OrderType::Market, _) => None,
+        };
+        let Some(q) = self.quotes.get(&o.symbol).cloned() else {
+            let reason = format!("no quote for {} yet", o.symbol);
+            return Some(self.reject(&o, reason));
+        };
+        let touch = match o.side {
+            Side::Buy => q.ask,
+            Side::Sell => q.bid,
+        };
+        match limit {
+            None => {
+                let slip = self.opts.slippage_bps / 1e4;
+                let price = match o.side {
+                    Side::Buy => touch * (1.0 + slip),
+                    Side::Sell => touch * (1.0 - slip),
+                };
+                Some(self.fill(&o, price, q.ts, "taker"))
+            }
+            Some(l) => {
+                let marketable = match o.side {
+                    Side::Buy => touch <= l,
+                    Side::Sell => touch >= l,
+                };
+                if marketable {
+                    Some(self.fill(&o, touch, q.ts, "taker"))
+                } else {
+                    self.resting.push(o);
+                    None
+                }
+            }
+        }
+    }
+
+    /// A new quote: remembered for market orders; fills the resting limit orders it crosses,
+    /// in the order they arrived.
+    pub fn on_quote(&mut self, q: &Quote) -> Vec<Execution> {
+        self.last_ts = self.last_ts.max(q.ts);
+        match self.quotes.get_mut(&q.symbol) {
+            Some(old) => old.clone_from(q),
+            None => {
+                self.quotes.insert(q.symbol.clone(), q.clone());
+            }
+        }
+        if self.resting.is_empty() {
+            return Vec::new();
+        }
+        let mut fills = Vec::new();
+        let resting = std::mem::take(&mut self.resting);
+        for o in resting {
+            let l = o.limit_price.unwrap_or(0.0);
+            let crossed = o.symbol == q.symbol
+                && match o.side {
+                    Side::Buy => q.ask <= l,
+                    Side::Sell => q.bid >= l,
+                };
+            if crossed {
+                fills.push(self.fill(&o, l, q.ts, "maker"));
+            } else {
+                self.resting.push(o);
+            }
+        }
+        fills
+    }
+
+    /// Notes the time of the latest data (timestamps rejections).
+    pub fn on_time(&mut self, ts: u64) {
+        self.last_ts = self.last_ts.max(ts);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn venue() -> PaperVenue {
+        let mut v = PaperVenue::new(
+            VenueOptions { slippage_bps: 10.0 },
+            ["BTCUSDT".to_string(), "ETHUSDT".to_string()],
+        );
+        v.on_quote(&Quote {
+            symbol: "BTCUSDT".into(),
+            ts: 1_000,
+            bid: 100.0,
+            ask: 101.0,
+            bid_size: 1.0,
+            ask_size: 1.0,
+        });
+        v
+    }
+
+    fn order(side: Side, qty: f64, limit: Option<f64>) -> OrderRequest {
+        OrderRequest {
+            order_id: "o1".into(),
+            symbol: "BTCUSDT".into(),
+            side,
+            qty,
+            order_type: if limit.is_some() {
+                OrderType::Limit
+            } else {
+                OrderType::Market
+            },
+            limit_price: limit,
+        }
+    }
+
+    #[test]
+    fn market_orders_fill_at_the_touch_plus_slippage() {
+        let mut v = venue();
+        let buy = v.submit(order(Side::Buy, 2.0, None)).expect("filled");
+        assert_eq!(buy.status, ExecStatus::Filled);
+        assert!((buy.price - 101.0 * 1.001).abs() < 1e-9, "{buy:?}");
+        assert_eq!((buy.qty, buy.ts), (2.0, 1_000));
+        let sell = v.submit(order(Side::Sell, 1.0, None)).expect("filled");
+        assert!((sell.price - 100.0 * 0.999).abs() < 1e-9, "{sell:?}");
+        assert_eq!(v.counts().fills, 2);
+    }
+
+    #[test]
+    fn limit_orders_fill_when_the_market_crosses_them() {
+        let mut v = venue();
+        // Marketable on arrival: fills at the touch, not at the (worse) limit.
+        let now = v
+            .submit(order(Side::Buy, 1.0, Some(102.0)))
+            .expect("filled");
+        assert_eq!(
+            (now.price, now.liquidity.as_deref()),
+            (101.0, Some("taker"))
+        );
+        // Rests below the ask.
+        assert!(v.submit(order(Side::Buy, 1.0, Some(100.5))).is_none());
+        assert!(v.submit(order(Side::Sell, 1.0, Some(103.0))).is_none());
+        assert_eq!(v.counts().resting, 2);
+        let q = |bid: f64, ask: f64, ts: u64| Quote {
+            symbol: "BTCUSDT".into(),
+            ts,
+            bid,
+            ask,
+            bid_size: 1.0,
+            ask_size: 1.0,
+        };
+        assert!(v.on_quote(&q(100.2, 100.6, 2_000)).is_empty());
+        let fills = v.on_quote(&q(100.1, 100.5, 3_000));
+        assert_eq!(fills.len(), 1);
+        assert_eq!(
+            (fills[0].side, fills[0].price, fills[0].ts),
+            (Side::Buy, 100.5, 3_000)
+        );
+        assert_eq!(fills[0].liquidity.as_deref(), Some("maker"));
+        let fills = v.on_quote(&q(103.5, 104.0, 4_000));
+        assert_eq!((fills.len(), fills[0].price), (1, 103.0));
+        assert_eq!(v.counts().resting, 0);
+    }
+
+    #[test]
+    fn bad_orders_are_rejected_with_a_reason() {
+        let mut v = venue();
+        let mut o = order(Side::Buy, 1.0, None);
+        o.symbol = "DOGE".into();
+        let r = v.submit(o).expect("rejected");
+        assert_eq!(r.status, ExecStatus::Rejected);
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("unknown symbol \"DOGE\""),
+            "{r:?}"
+        );
+        for qty in [0.0, -1.0, f64::NAN] {
+            let r = v.submit(order(Side::Buy, qty, None)).expect("rejected");
+            assert!(
+                r.reason.as_deref().unwrap().contains("bad quantity"),
+                "{r:?}"
+            );
+        }
+        let r = v
+            .submit(order(Side::Buy, 1.0, Some(-3.0)))
+            .expect("rejected");
+        assert!(
+            r.reason.as_deref().unwrap().contains("bad limit price -3"),
+            "{r:?}"
+        );
+        let mut o = order(Side::Buy, 1.0, None);
+        o.symbol = "ETHUSDT".into();
+        let r = v.submit(o).expect("rejected");
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("no quote for ETHUSDT"),
+            "{r:?}"
+        );
+        assert_eq!(v.counts().rejects, 6);
+        assert_eq!(v.counts().orders, 6);
+    }
+}
