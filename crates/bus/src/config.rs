@@ -49,6 +49,14 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DUALBUS_QUEUE_BOUND", "delivery.queue_bound"),
 ];
 
+/// Whether `table` sets `section.key` explicitly.
+fn section_sets(table: &toml::Table, section: &str, key: &str) -> bool {
+    table
+        .get(section)
+        .and_then(|v| v.as_table())
+        .is_some_and(|t| t.contains_key(key))
+}
+
 /// Settings of one bus.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -407,6 +415,7 @@ impl Config {
             t.insert(parts[parts.len() - 1].to_string(), value);
             from_env.insert(key.to_string(), *var);
         }
+        let table_keys = table.clone();
         let mut cfg: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -415,6 +424,14 @@ impl Config {
                     message: e.to_string(),
                 })?;
         cfg.from_env = from_env;
+        // A `[md]` or `[logic]` section that sets other keys keeps the bus's default address.
+        let defaults = Config::default();
+        if cfg.md.url.is_empty() && !section_sets(&table_keys, "md", "url") {
+            cfg.md.url = defaults.md.url;
+        }
+        if cfg.logic.url.is_empty() && !section_sets(&table_keys, "logic", "url") {
+            cfg.logic.url = defaults.logic.url;
+        }
         let problems = cfg.problems();
         if problems.is_empty() {
             Ok(cfg)
@@ -672,6 +689,25 @@ pub fn parse_backpressure(s: &str) -> Option<Backpressure> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_partial_bus_section_keeps_the_default_address() {
+        let cfg = Config::from_toml_with_env(
+            "[md]\nmaxlen = 500000\n",
+            Path::new("t.toml"),
+            &[("DUALBUS_LOGIC_MAXLEN", "700000".to_string())],
+        )
+        .expect("valid");
+        assert_eq!(cfg.md.maxlen, 500000);
+        assert_eq!(cfg.md.url, "redis://127.0.0.1:6380");
+        assert_eq!(cfg.logic.maxlen, 700000);
+        assert_eq!(cfg.logic.url, "redis://127.0.0.1:6381");
+        // An explicitly empty address is still reported.
+        let err =
+            Config::from_toml_with_env("[md]\nurl = \"\"\n", Path::new("t.toml"), &[]).unwrap_err();
+        assert!(err.to_string().contains("md.url"), "{err}");
+    }
+
     use super::*;
 
     fn parse(text: &str, env: &[(&'static str, String)]) -> Result<Config, ConfigError> {

@@ -38,6 +38,8 @@ enum Command {
     Stats(commands::stats::StatsArgs),
     /// Fault injection under load: broker crash, hang, flash crash, slow or crashed consumer.
     Stress(commands::stress::StressArgs),
+    /// Run the MarketData hub alone: provider in, market data out, snapshots, history, paper venue.
+    Hub(commands::hub::HubArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Tail(args) => commands::tail::run(args, &cli.global),
         Command::Stats(args) => commands::stats::run(args, &cli.global),
         Command::Stress(args) => commands::stress::run(args, &cli.global),
+        Command::Hub(args) => commands::hub::run(args, &cli.global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,7 +21,7 @@
 //! a miss either makes the upstream call or joins one already in flight (coalesced).
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
-use crate::market::{Bar, DataType, MarketEvent, Quote, Reject, Trade, Validator};
+use crate::market::{Bar, DataType, MarketEvent, Quote, Reject, SymbolMap, Trade, Validator};
 use crate::provider::{HistoryRequest, Provider, ProviderError};
 use crate::venue::{Execution, OrderRequest, PaperVenue, VenueCounts, VenueOptions};
 use async_trait::async_trait;
@@ -68,13 +68,15 @@ impl Default for HubOptions {
 
 impl HubOptions {
     fn ttl(&self, t: DataType) -> Duration {
-        Duration::from_secs_f64(
-            self.history_ttl_secs
-                .get(&t)
-                .copied()
-                .unwrap_or(30.0)
-                .max(0.0),
-        )
+        let secs = self
+            .history_ttl_secs
+            .get(&t)
+            .copied()
+            .unwrap_or(30.0)
+            .max(0.0);
+        // Too large for a Duration (`inf`, `1e300`): never expires. `from_secs_f64` would
+        // panic inside the task answering the request.
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
     }
 }
 
@@ -202,7 +204,7 @@ struct HistoryCache {
 struct Shared {
     opts: HubOptions,
     provider: Arc<dyn Provider>,
-    snapshots: RwLock<HashMap<String, Snapshot>>,
+    snapshots: RwLock<SymbolMap<String, Snapshot>>,
     history: Mutex<HistoryCache>,
     counters: HubCounters,
     validator: Mutex<Validator>,
@@ -331,25 +333,21 @@ impl Shared {
     }
 }
 
-/// Topic and symbol cache: one parsed [`Topic`] per (data type, symbol).
+/// Topic cache: one parsed [`Topic`] per (symbol, data type).
 #[derive(Default)]
 struct Topics {
-    by_key: HashMap<(DataType, String), Topic>,
+    by_symbol: SymbolMap<String, [Option<Topic>; 4]>,
 }
 
 impl Topics {
     fn get(&mut self, t: DataType, symbol: &str) -> Result<Topic, String> {
-        if let Some(topic) = self
-            .by_key
-            .iter()
-            .find(|((dt, s), _)| *dt == t && s == symbol)
-            .map(|(_, v)| v.clone())
-        {
-            return Ok(topic);
+        let slot = t as usize;
+        if let Some(Some(topic)) = self.by_symbol.get(symbol).map(|s| &s[slot]) {
+            return Ok(topic.clone());
         }
         let topic = Topic::new(&format!("market_data.{}.{symbol}", t.as_str()))
             .map_err(|e| format!("symbol {symbol:?} cannot be a topic segment: {e}"))?;
-        self.by_key.insert((t, symbol.to_string()), topic.clone());
+        self.by_symbol.entry(symbol.to_string()).or_default()[slot] = Some(topic.clone());
         Ok(topic)
     }
 }

@@ -8,6 +8,41 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A fast, non-cryptographic hasher for maps keyed by symbols on per-message paths (the
+/// keys come from our own providers, so hash flooding is not a concern here).
+#[derive(Default, Clone, Copy)]
+pub struct SymbolHasher(u64);
+
+impl Hasher for SymbolHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// A map keyed by symbol (or anything small) with [`SymbolHasher`].
+pub type SymbolMap<K, V> = HashMap<K, V, BuildHasherDefault<SymbolHasher>>;
 
 /// Which side took liquidity in a trade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -349,9 +384,9 @@ pub fn check(ev: &MarketEvent) -> Result<(), Reject> {
 #[derive(Debug, Default)]
 pub struct Validator {
     /// Last accepted timestamp per symbol, indexed by [`DataType`].
-    last_ts: HashMap<String, [Option<u64>; 4]>,
+    last_ts: SymbolMap<String, [Option<u64>; 4]>,
     accepted: u64,
-    rejected: HashMap<Reject, u64>,
+    rejected: SymbolMap<Reject, u64>,
 }
 
 impl Validator {
@@ -421,7 +456,7 @@ impl Validator {
 #[derive(Debug)]
 pub struct BarBuilder {
     secs: u32,
-    open: HashMap<String, Bar>,
+    open: SymbolMap<String, Bar>,
 }
 
 impl BarBuilder {
@@ -429,7 +464,7 @@ impl BarBuilder {
     pub fn new(secs: u32) -> BarBuilder {
         BarBuilder {
             secs: secs.max(1),
-            open: HashMap::new(),
+            open: SymbolMap::default(),
         }
     }
 

@@ -41,6 +41,11 @@ Scenarios:
               idle, then while a flood saturates the MarketData bus, in one run
   stall       a reliable group that never handles anything, with --queue-bound and
               --backpressure; shows that memory stays bounded (blocks, rejects or drops)
+  hub         the MarketData hub (synthetic data at --speed, history calls slowed to
+              --history-latency-ms) and --engines client engines, each its own group of all
+              market data, asking for every symbol's snapshot every --snapshot-every-ms and
+              its last 500 bars every --history-every-s, for --duration: cache hit rate,
+              upstream calls and coalescing (the hub's counters), distribution latency
 
 The Redis backend uses the buses of --md-url / --logic-url (default 127.0.0.1:6380 and 6381,
 start them with `dualbus redis up`) under a private key prefix, removed afterwards.
@@ -51,7 +56,9 @@ Examples:
   dualbus bench latency --rate 100000 --messages 1000000
   dualbus bench throughput --backend redis --messages 500000
   dualbus bench isolation --backend redis --messages 50000
-  dualbus bench stall --messages 10000000 --queue-bound 100000 --backpressure reject")]
+  dualbus bench stall --messages 10000000 --queue-bound 100000 --backpressure reject
+  dualbus bench hub --duration 60s --json
+  dualbus bench hub --backend redis --duration 30s")]
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
@@ -92,9 +99,27 @@ pub struct BenchArgs {
     /// Redis ceiling: connections of redis-benchmark (`-c`).
     #[arg(long, default_value_t = 4)]
     ceiling_clients: usize,
+    /// hub: client engines.
+    #[arg(long, default_value_t = 12)]
+    pub(super) engines: usize,
+    /// hub: how long to run, e.g. `60s`.
+    #[arg(long, default_value = "60s")]
+    pub(super) duration: String,
+    /// hub: playback speed of the synthetic market data (`60x`: about 10,000 msgs/s).
+    #[arg(long, default_value = "60x")]
+    pub(super) speed: String,
+    /// hub: latency added to every upstream history call, in ms.
+    #[arg(long, default_value_t = 50)]
+    pub(super) history_latency_ms: u64,
+    /// hub: each engine asks for every symbol's snapshot this often, in ms.
+    #[arg(long, default_value_t = 1_000)]
+    pub(super) snapshot_every_ms: u64,
+    /// hub: each engine asks for every symbol's last 500 bars this often, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub(super) history_every_s: u64,
     /// Print exactly one JSON object instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +129,7 @@ enum Scenario {
     Latency,
     Isolation,
     Stall,
+    Hub,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +159,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Isolation => "isolation",
             Scenario::Stall => "stall",
+            Scenario::Hub => "hub",
         }
     }
 }
@@ -164,7 +191,7 @@ impl BenchArgs {
             PolicyArg::Reject => "reject",
         }
     }
-    fn backend_name(&self) -> &'static str {
+    pub(super) fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Memory => "memory",
             Backend::Redis => "redis",
@@ -179,7 +206,7 @@ impl BenchArgs {
 }
 
 /// The buses under test.
-struct Rig {
+pub(super) struct Rig {
     cfg: Config,
     root: DualBus,
     md: Arc<dyn Transport>,
@@ -245,7 +272,7 @@ impl Rig {
 
     /// A client whose sequence numbers start at 0 (the handlers index messages by them). All
     /// clients share one failover state and heartbeat, as engines in one process do.
-    fn client(&self, src: &str, inst: &str) -> anyhow::Result<DualBus> {
+    pub(super) fn client(&self, src: &str, inst: &str) -> anyhow::Result<DualBus> {
         Ok(self.root.sibling_starting_at(src, inst, 0)?)
     }
 
@@ -325,6 +352,7 @@ pub fn run(args: BenchArgs, global: &Global) -> anyhow::Result<()> {
             }
             Scenario::Isolation => isolation_bench(&args, &rig).await,
             Scenario::Stall => stall_bench(&args, &rig).await,
+            Scenario::Hub => super::bench_hub::hub_bench(&args, &rig).await,
         };
         rig.cleanup().await;
         res
@@ -503,7 +531,7 @@ struct Summary {
     last_at: Option<Instant>,
 }
 
-fn percentiles(h: &Histogram<u64>) -> Value {
+pub(super) fn percentiles(h: &Histogram<u64>) -> Value {
     json!({
         "p50": h.value_at_quantile(0.50),
         "p90": h.value_at_quantile(0.90),
@@ -513,7 +541,7 @@ fn percentiles(h: &Histogram<u64>) -> Value {
     })
 }
 
-fn percentile_line(h: &Histogram<u64>) -> String {
+pub(super) fn percentile_line(h: &Histogram<u64>) -> String {
     format!(
         "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}   ({} samples)",
         h.value_at_quantile(0.50),

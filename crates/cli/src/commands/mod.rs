@@ -1,6 +1,8 @@
 //! One module per verb, plus what they share: global flags and the configuration.
 
 pub mod bench;
+pub mod bench_hub;
+pub mod hub;
 pub mod inspect;
 pub mod publish;
 pub mod redis;
@@ -72,3 +74,45 @@ pub const BUSES: [(BusId, &str); 2] = [
     (BusId::MarketData, "MarketData"),
     (BusId::Logic, "Engine Logic"),
 ];
+
+/// Parses a duration such as `500ms`, `30s`, `5m`, `2h` or a bare number of seconds.
+///
+/// # Errors
+/// A message naming the bad value and the accepted forms.
+pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    match num.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 && scale.is_finite() => {
+            Ok(std::time::Duration::from_secs_f64(n * scale))
+        }
+        _ => bail!("invalid duration {s:?}: expected a number with ms, s, m or h (e.g. 30s, 5m)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_and_bad_ones_name_the_value() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        let e = parse_duration("5 parsecs").unwrap_err().to_string();
+        assert!(e.contains("\"5 parsecs\""), "{e}");
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -94,6 +94,26 @@ pub trait Provider: Send + Sync {
     async fn history(&self, req: &HistoryRequest) -> Result<Vec<Bar>, ProviderError>;
 }
 
+/// A shared provider is a provider (so wrappers like [`SlowHistory`] take `Arc<dyn Provider>`).
+#[async_trait]
+impl<P: Provider + ?Sized> Provider for std::sync::Arc<P> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn instruments(&self) -> Vec<Instrument> {
+        (**self).instruments()
+    }
+
+    async fn stream(&self) -> Result<Box<dyn MarketStream>, ProviderError> {
+        (**self).stream().await
+    }
+
+    async fn history(&self, req: &HistoryRequest) -> Result<Vec<Bar>, ProviderError> {
+        (**self).history(req).await
+    }
+}
+
 /// Wraps a provider so every history call takes at least `delay` (how a REST API behaves);
 /// `dualbus bench hub` uses it to measure the cache against a realistic upstream.
 pub struct SlowHistory<P> {

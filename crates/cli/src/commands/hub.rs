@@ -1,0 +1,272 @@
+//! `dualbus hub`: runs the MarketData hub alone, on any provider and either transport.
+//!
+//! Also home of the provider flags (`--provider`, `--file`, `--format`, ...) that every verb
+//! running a hub shares.
+
+use super::{parse_duration, runtime, Global};
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use dualbus_bus::DualBus;
+use dualbus_engines::engine::{EngineHost, HostOptions};
+use dualbus_engines::hub::{HubOptions, HubStats, MarketDataHub};
+use dualbus_engines::provider::binance::{BinanceOptions, BinanceProvider};
+use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
+use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
+use dualbus_engines::provider::{Provider, Speed};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where market data comes from.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Deterministic synthetic market (13 symbols), needs nothing.
+    Synthetic,
+    /// Replay of a file (--file, --format).
+    Replay,
+    /// Live Binance public streams (--symbols); needs internet access.
+    Binance,
+}
+
+/// The flags that choose and configure a provider.
+#[derive(Args, Debug, Clone)]
+pub struct ProviderArgs {
+    /// Market data source.
+    #[arg(long, value_enum, default_value_t = ProviderKind::Synthetic)]
+    pub provider: ProviderKind,
+    /// replay: the file to play.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// replay: its format (binance, tardis, quotes).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// replay: the symbol of a Binance or quote file (else guessed from the file name); for a
+    /// Tardis file, only this symbol's rows.
+    #[arg(long)]
+    pub symbol: Option<String>,
+    /// Playback speed of synthetic or replayed data: `max` or a factor like `1x`, `60x`
+    /// (default: 60x for synthetic, max for replay).
+    #[arg(long)]
+    pub speed: Option<String>,
+    /// synthetic: seed (the same seed gives the same market).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// synthetic: inject a flash crash this long into the data (data time), e.g. `30m`.
+    #[arg(long, value_name = "AT")]
+    pub flash_crash: Option<String>,
+    /// synthetic: only these symbols; binance: the symbols to stream (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub symbols: Vec<String>,
+}
+
+impl ProviderArgs {
+    fn speed(&self, default: Speed) -> anyhow::Result<Speed> {
+        match &self.speed {
+            None => Ok(default),
+            Some(s) => s.parse::<Speed>().map_err(anyhow::Error::msg),
+        }
+    }
+
+    /// Builds the provider the flags describe.
+    ///
+    /// # Errors
+    /// A flag that does not fit the provider, or a provider that cannot open its data.
+    pub fn build(&self) -> anyhow::Result<Arc<dyn Provider>> {
+        match self.provider {
+            ProviderKind::Synthetic => {
+                let flash_crash_at = self
+                    .flash_crash
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .context("--flash-crash")?;
+                let p = SyntheticProvider::new(SyntheticOptions {
+                    seed: self.seed,
+                    speed: self.speed(Speed::Times(60.0))?,
+                    flash_crash_at,
+                    symbols: self.symbols.clone(),
+                    ..Default::default()
+                })?;
+                Ok(Arc::new(p))
+            }
+            ProviderKind::Replay => {
+                let Some(file) = &self.file else {
+                    bail!(
+                        "--provider replay needs --file FILE (and --format binance|tardis|quotes)"
+                    );
+                };
+                let Some(format) = &self.format else {
+                    bail!("--provider replay needs --format binance|tardis|quotes");
+                };
+                let format: FileFormat = format.parse()?;
+                let mut opts = ReplayOptions::new(file, format).speed(self.speed(Speed::Max)?);
+                if let Some(s) = &self.symbol {
+                    opts = opts.symbol(s.clone());
+                }
+                Ok(Arc::new(ReplayProvider::open(opts)?))
+            }
+            ProviderKind::Binance => {
+                let symbols = if self.symbols.is_empty() {
+                    vec!["BTCUSDT".to_string()]
+                } else {
+                    self.symbols.clone()
+                };
+                Ok(Arc::new(BinanceProvider::new(BinanceOptions::new(
+                    symbols,
+                ))?))
+            }
+        }
+    }
+}
+
+/// Arguments of `dualbus hub`.
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+The hub is the only component that talks to upstream market data providers. It validates what
+the provider sends (rejected data is counted by reason, never published), publishes it on the
+MarketData bus as market_data.{trade,quote,bar,book}.SYMBOL, caches the latest trade, quote and
+bar per symbol and the answers to history requests (coalescing identical requests in flight
+into one upstream call), serves hub_request.snapshot.SYMBOL and hub_request.history.SYMBOL over
+request/reply, and fills order_request messages in its paper venue (trade_execution).
+
+The transport is the config's (`transport = \"redis\"` in dualbus.toml, or DUALBUS_TRANSPORT);
+on the embedded transport the hub is alone in its process, which is useful to measure a replay.
+A replay ends by itself at the end of the file; otherwise Ctrl-C (or --duration) stops.
+
+Examples:
+  dualbus hub --duration 10s --stats
+  dualbus hub --provider replay --file trades.csv --format binance --speed max
+  DUALBUS_TRANSPORT=redis dualbus hub --provider synthetic --flash-crash 30m
+  dualbus hub --provider binance --symbols BTCUSDT,ETHUSDT --stats")]
+pub struct HubArgs {
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    /// Stop after this long (wall clock), e.g. `30s`, `5m`.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Print the hub's counters every second, and a final table.
+    #[arg(long)]
+    pub stats: bool,
+    /// Print the final counters as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// Runs `dualbus hub`.
+pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
+    let cfg = global.config()?;
+    let duration = args
+        .duration
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .context("--duration")?;
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let rt = runtime(args.threads)?;
+    rt.block_on(async move {
+        let provider = args.provider.build()?;
+        let transport = cfg.transport.clone();
+        let bus = DualBus::connect("marketdata", cfg.clone())
+            .await
+            .with_context(|| format!("connecting the {transport} buses"))?;
+        let hub = MarketDataHub::new(provider.clone(), HubOptions::default());
+        let handle = hub.handle();
+        let started = Instant::now();
+        let running = EngineHost::start(hub, bus, HostOptions::default()).await?;
+        if !args.json {
+            eprintln!(
+                "hub: {} provider, {} transport, {} symbols; Ctrl-C stops",
+                provider.name(),
+                transport,
+                provider.instruments().len()
+            );
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        let why = loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break "interrupted",
+                _ = handle.feed_done() => break "end of data",
+                _ = async {
+                    match duration {
+                        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(started + d)).await,
+                        None => std::future::pending().await,
+                    }
+                } => break "duration reached",
+                _ = tick.tick() => {
+                    if args.stats && !args.json {
+                        let s = handle.stats();
+                        eprintln!(
+                            "{:>6.1}s  published {:>10}  rejected {:>6}  requests {:>7}  hit rate {:>5.1}%  upstream {:>5}  fills {:>5}",
+                            started.elapsed().as_secs_f64(),
+                            s.published,
+                            s.rejected.values().sum::<u64>(),
+                            s.requests,
+                            s.hit_rate * 100.0,
+                            s.upstream_calls,
+                            s.venue.fills,
+                        );
+                    }
+                }
+            }
+        };
+        let elapsed = started.elapsed();
+        let counts = running.stop().await;
+        let stats = handle.stats();
+        if args.json {
+            let mut v = serde_json::to_value(&stats)?;
+            v["stopped"] = serde_json::json!(why);
+            v["elapsed_s"] = serde_json::json!(elapsed.as_secs_f64());
+            v["published_per_s"] =
+                serde_json::json!(stats.published as f64 / elapsed.as_secs_f64().max(1e-9));
+            v["received"] = serde_json::to_value(&counts.received)?;
+            println!("{v}");
+        } else {
+            print_table(&stats, why, elapsed);
+        }
+        Ok(())
+    })
+}
+
+fn print_table(s: &HubStats, why: &str, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!("hub stopped ({why}) after {secs:.2} s");
+    println!(
+        "  published      {:>12}  ({:.0} msgs/s)",
+        s.published,
+        s.published as f64 / secs
+    );
+    println!("  accepted       {:>12}", s.accepted);
+    let mut rejected: Vec<(&String, &u64)> = s.rejected.iter().collect();
+    rejected.sort();
+    for (reason, n) in rejected {
+        println!("  rejected       {n:>12}  {reason}");
+    }
+    println!("  skipped rows   {:>12}", s.provider_skipped);
+    println!(
+        "  requests       {:>12}  (snapshot {}, history {}, unreadable {})",
+        s.requests, s.snapshot_requests, s.history_requests, s.bad_requests
+    );
+    println!(
+        "  hits / misses  {:>12}  / {}  (hit rate {:.1}%)",
+        s.hits,
+        s.misses,
+        s.hit_rate * 100.0
+    );
+    println!(
+        "  upstream calls {:>12}  ({:.2}% of requests; {} failed; {} coalesced)",
+        s.upstream_calls,
+        s.upstream_ratio * 100.0,
+        s.upstream_errors,
+        s.coalesced
+    );
+    println!(
+        "  paper venue    {:>12}  orders ({} filled, {} rejected, {} resting)",
+        s.venue.orders, s.venue.fills, s.venue.rejects, s.venue.resting
+    );
+}
