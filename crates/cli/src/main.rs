@@ -38,6 +38,9 @@ enum Command {
     Stats(commands::stats::StatsArgs),
     /// Fault injection under load: broker crash, hang, flash crash, slow or crashed consumer.
     Stress(commands::stress::StressArgs),
+    /// The consumer process of `dualbus stress consumer-crash` (started and killed by it).
+    #[command(hide = true)]
+    StressConsumer(commands::stress::ConsumerArgs),
     /// Run the MarketData hub alone: provider in, market data out, snapshots, history, paper venue.
     Hub(commands::hub::HubArgs),
 }
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => commands::stats::run(args, &cli.global),
         Command::Stress(args) => commands::stress::run(args, &cli.global),
         Command::Hub(args) => commands::hub::run(args, &cli.global),
+        Command::StressConsumer(args) => commands::stress::run_consumer(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

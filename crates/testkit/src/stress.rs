@@ -67,6 +67,10 @@ pub struct StressOptions {
     pub burst: Duration,
     /// Slow consumer: the backlog to build.
     pub backlog: u64,
+    /// Consumer crash: run the consumer that dies as a separate process, this `dualbus`
+    /// binary (`dualbus stress-consumer`), killed with SIGKILL; `None` runs it as tasks of
+    /// this process, aborted (what the library's tests do, having no binary to start).
+    pub consumer_exe: Option<std::path::PathBuf>,
 }
 
 impl StressOptions {
@@ -79,6 +83,7 @@ impl StressOptions {
             hang: Duration::from_secs(2),
             burst: Duration::from_secs(10),
             backlog: 1_000_000,
+            consumer_exe: None,
         }
     }
 }
@@ -386,7 +391,6 @@ pub async fn run(
     let seen: Arc<Mutex<Seen>> = Default::default();
     let fault: Arc<Mutex<Option<PendingFault>>> = Default::default();
     let failover_ms: Arc<Mutex<Vec<f64>>> = Default::default();
-    let patterns = ["market_data.>", "strategy_signal.>", "risk_alert.>"];
     let slow = opts.scenario == Scenario::SlowConsumer;
     let consumer_crash = opts.scenario == Scenario::ConsumerCrash;
     // Consumer crash: instance 1 dies holding a batch; instance 2 of the same group takes it
@@ -403,13 +407,7 @@ pub async fn run(
         100_000
     };
     // The group every scenario checks ("stress"), and for consumer-crash its second instance.
-    let options = || -> Result<SubscribeOptions, String> {
-        Ok(SubscribeOptions::new("stress", &patterns)
-            .map_err(|e| e.to_string())?
-            .start(StartFrom::Oldest)
-            .bound(bound, Backpressure::Block)
-            .redelivery(idle, 5))
-    };
+    let options = || checked_group_options(idle, bound);
     let recorder = |dead: Option<Arc<AtomicBool>>, instance: usize| Recorder {
         seen: seen.clone(),
         fault: fault.clone(),
@@ -418,11 +416,23 @@ pub async fn run(
         dead,
         instance,
     };
-    let sub = consumer
-        .subscribe(options()?, recorder(crash.clone(), 1))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut sub = Some(sub);
+    // Consumer crash in a process of its own: it joins the group before anything is published.
+    let mut child = match (&opts.consumer_exe, consumer_crash) {
+        (Some(exe), true) => Some(
+            ChildConsumer::start(exe, &md_server.url(), &logic_server.url(), maxlen, bound).await?,
+        ),
+        _ => None,
+    };
+    let mut sub = if child.is_some() {
+        None
+    } else {
+        Some(
+            consumer
+                .subscribe(options()?, recorder(crash.clone(), 1))
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    };
     let second = if consumer_crash {
         let instance = publisher
             .sibling("stress-sub", "stress-sub-2")
@@ -555,15 +565,28 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Scenario::ConsumerCrash => {
-            if let Some(c) = &crash {
-                c.store(true, Ordering::SeqCst);
+            if let Some(mut c) = child.take() {
+                // Tell it to stop at its next message, wait until it holds one, SIGKILL it.
+                c.kill_holding_a_batch().await?;
+                c.merge_into(&mut seen.lock())?;
+                // What it held is what the broker still lists as its pending entries: those
+                // reach consumer 2 as redeliveries, after later messages.
+                for url in [md_server.url(), logic_server.url()] {
+                    let held = pending_of(&url, "stress", "stress-sub-1").await?;
+                    seen.lock().held.extend(held);
+                }
+                progress("  consumer process 1 killed (SIGKILL) holding its batch; consumer 2 takes over");
+            } else {
+                if let Some(c) = &crash {
+                    c.store(true, Ordering::SeqCst);
+                }
+                // Let it reach a message and stop there, then kill it: no acknowledgement leaves.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Some(s) = sub.take() {
+                    s.abort();
+                }
+                progress("  consumer 1 killed holding its batch; consumer 2 takes over");
             }
-            // Let it reach a message and stop there, then kill it: no acknowledgement leaves.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if let Some(s) = sub.take() {
-                s.abort();
-            }
-            progress("  consumer 1 killed holding its batch; consumer 2 takes over");
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
         Scenario::SlowConsumer => {
@@ -684,4 +707,263 @@ pub async fn run(
     report.peak_rss_bytes = peak_rss_of("self").max(peak_servers);
     report.redelivered = md.stats().redelivered + logic.stats().redelivered;
     Ok(report)
+}
+
+/// Topic patterns of the checked group.
+const CHECKED_PATTERNS: [&str; 3] = ["market_data.>", "strategy_signal.>", "risk_alert.>"];
+
+/// Subscription options of the checked group ("stress"), shared with the consumer process.
+fn checked_group_options(idle: Duration, bound: usize) -> Result<SubscribeOptions, String> {
+    Ok(SubscribeOptions::new("stress", &CHECKED_PATTERNS)
+        .map_err(|e| e.to_string())?
+        .start(StartFrom::Oldest)
+        .bound(bound, Backpressure::Block)
+        .redelivery(idle, 5))
+}
+
+/// The consumer-crash victim as a separate OS process (`dualbus stress-consumer`).
+struct ChildConsumer {
+    child: tokio::process::Child,
+    /// Where it writes what it handled: one `kind seq` line per message, `held kind seq` for the
+    /// message it stopped at.
+    out: std::path::PathBuf,
+    /// Created by the parent: the child stops at its next message.
+    stop_marker: std::path::PathBuf,
+}
+
+impl ChildConsumer {
+    async fn start(
+        exe: &std::path::Path,
+        md_url: &str,
+        logic_url: &str,
+        maxlen: u64,
+        bound: usize,
+    ) -> Result<ChildConsumer, String> {
+        use tokio::io::AsyncBufReadExt;
+        let dir = std::env::temp_dir();
+        let tag = format!("dualbus-stress-{}-{}", std::process::id(), now_unix_nanos());
+        let out = dir.join(format!("{tag}.handled"));
+        let stop_marker = dir.join(format!("{tag}.stop"));
+        let mut child = tokio::process::Command::new(exe)
+            .arg("stress-consumer")
+            .arg("--md-url")
+            .arg(md_url)
+            .arg("--logic-url")
+            .arg(logic_url)
+            .arg("--maxlen")
+            .arg(maxlen.to_string())
+            .arg("--bound")
+            .arg(bound.to_string())
+            .arg("--out")
+            .arg(&out)
+            .arg("--stop-marker")
+            .arg(&stop_marker)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting {} stress-consumer: {e}", exe.display()))?;
+        // It prints `ready` once subscribed.
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("no stdout from the consumer process")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        match tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await {
+            Ok(Ok(Some(l))) if l.trim() == "ready" => {}
+            other => return Err(format!("the consumer process did not start: {other:?}")),
+        }
+        Ok(ChildConsumer {
+            child,
+            out,
+            stop_marker,
+        })
+    }
+
+    async fn kill_holding_a_batch(&mut self) -> Result<(), String> {
+        std::fs::write(&self.stop_marker, b"stop").map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            if text.lines().any(|l| l.starts_with("held ")) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err("the consumer process never stopped at a message".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.child.start_kill().map_err(|e| e.to_string())?;
+        let _ = self.child.wait().await;
+        Ok(())
+    }
+
+    /// Adds what the dead process handled (as instance 1) and the message it held.
+    fn merge_into(&self, seen: &mut Seen) -> Result<(), String> {
+        let text = std::fs::read_to_string(&self.out).map_err(|e| e.to_string())?;
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            let (held, kind, seq) = match (f.next(), f.next(), f.next()) {
+                (Some("held"), Some(k), Some(s)) => (true, k, s),
+                (Some(k), Some(s), None) => (false, k, s),
+                _ => {
+                    return Err(format!(
+                        "unreadable line from the consumer process: {line:?}"
+                    ))
+                }
+            };
+            let kind = EventKind::parse(kind).map_err(|e| e.to_string())?;
+            let seq: u64 = seq.parse().map_err(|e| format!("{line:?}: {e}"))?;
+            if held {
+                seen.held.insert((kind, seq));
+                continue;
+            }
+            seen.by_kind.entry(kind.clone()).or_default().push(seq);
+            if let Some(prev) = seen.previous.insert((1, kind), seq) {
+                if seq < prev {
+                    seen.reordered += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChildConsumer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.out);
+        let _ = std::fs::remove_file(&self.stop_marker);
+    }
+}
+
+/// The body of `dualbus stress-consumer`: instance `stress-sub-1` of the checked group on the
+/// given servers; writes each handled message to `out` as it handles it; once `stop_marker`
+/// exists, stops at its next message (writing `held kind seq`) and never handles or
+/// acknowledges anything again, until it is killed.
+///
+/// # Errors
+/// When it cannot connect or subscribe.
+pub async fn run_child_consumer(
+    md_url: &str,
+    logic_url: &str,
+    maxlen: u64,
+    bound: usize,
+    out: std::path::PathBuf,
+    stop_marker: std::path::PathBuf,
+) -> Result<(), String> {
+    use std::io::Write;
+    let md = connect("md", md_url, maxlen).await?;
+    let logic = connect("logic", logic_url, maxlen).await?;
+    let mut cfg = Config::default();
+    cfg.failover.enabled = "on".into();
+    cfg.md.maxlen = maxlen;
+    cfg.logic.maxlen = maxlen;
+    let bus = DualBus::builder("stress-sub")
+        .instance("stress-sub-1")
+        .config(cfg)
+        .transports(md, logic)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    let file = Arc::new(Mutex::new(file));
+    let handler = dualbus_bus::handler_fn(move |m: &Envelope| {
+        let mut f = file.lock();
+        if stop_marker.exists() {
+            let _ = writeln!(f, "held {} {}", m.kind, m.seq);
+            drop(f);
+            // Dead from here on: this reader task blocks its thread forever, holding the batch;
+            // the parent kills the process.
+            loop {
+                std::thread::park();
+            }
+        }
+        // One write per message, unbuffered: what is in the file was handled, even after a
+        // SIGKILL.
+        let _ = writeln!(f, "{} {}", m.kind, m.seq);
+        Ok(())
+    });
+    let _sub = bus
+        .subscribe(
+            checked_group_options(Duration::from_millis(500), bound)?,
+            handler,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// An XRANGE entry: id and fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// The (kind, seq) of every entry a consumer has pending in `group` on the server at `url`,
+/// over all dualbus streams there.
+async fn pending_of(
+    url: &str,
+    group: &str,
+    consumer: &str,
+) -> Result<Vec<(EventKind, u64)>, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("dualbus:*")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if kind != "stream" {
+            continue;
+        }
+        // A stream without the group answers NOGROUP: nothing pending there.
+        let pending: Vec<(String, String, u64, u64)> = match redis::cmd("XPENDING")
+            .arg(&key)
+            .arg(group)
+            .arg("-")
+            .arg("+")
+            .arg(100_000)
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => continue,
+        };
+        for (id, ..) in pending {
+            let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(&id)
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (_, fields) in entries {
+                let field = |name: &str| {
+                    fields
+                        .iter()
+                        .find(|(f, _)| f == name)
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                };
+                if let (Some(k), Some(seq)) = (field("kind"), field("seq")) {
+                    if let (Ok(k), Ok(seq)) = (EventKind::parse(&k), seq.parse::<u64>()) {
+                        out.push((k, seq));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -16,8 +16,9 @@ Scenarios (each starts and kills its own redis-server processes on free ports):
   flash-crash    market data at 50x --rate for --burst-s while risk alerts keep flowing on the
                  priority lane
   slow-consumer  one group stalls while a --backlog message backlog builds, then catches up
-  consumer-crash one of two consumers of a group is killed holding a batch (nothing of it
-                 handled or acknowledged); the other takes the batch over after 500 ms idle
+  consumer-crash one of two consumers of a group, a separate process, is killed with SIGKILL
+                 holding a batch (nothing of it handled or acknowledged); the other takes
+                 the batch over after 500 ms idle
 
 Every message is checked at the consumer by (kind, seq): lost, duplicated, out of order.
 failover_ms is the time from a fault to the first delivery, over the other bus, of a message
@@ -77,6 +78,8 @@ pub fn run(args: StressArgs, _global: &Global) -> anyhow::Result<()> {
     opts.hang = Duration::from_millis(args.hang_ms);
     opts.burst = Duration::from_secs(args.burst_s);
     opts.backlog = args.backlog;
+    // The consumer that dies is a process of its own: this binary, `dualbus stress-consumer`.
+    opts.consumer_exe = Some(std::env::current_exe()?);
     let quiet = args.json;
     let report = runtime(2)?.block_on(async move {
         if !quiet {
@@ -122,4 +125,42 @@ pub fn run(args: StressArgs, _global: &Global) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Arguments of the hidden `dualbus stress-consumer` (the consumer process that
+/// `dualbus stress consumer-crash` starts and kills).
+#[derive(Args, Debug)]
+pub struct ConsumerArgs {
+    /// MarketData server.
+    #[arg(long)]
+    md_url: String,
+    /// Engine Logic server.
+    #[arg(long)]
+    logic_url: String,
+    /// Stream length.
+    #[arg(long)]
+    maxlen: u64,
+    /// Queue bound of the group.
+    #[arg(long)]
+    bound: usize,
+    /// Where handled messages are written.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Once this file exists, stop at the next message.
+    #[arg(long)]
+    stop_marker: std::path::PathBuf,
+}
+
+/// Runs `dualbus stress-consumer`.
+pub fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
+    runtime(2)?
+        .block_on(stress::run_child_consumer(
+            &args.md_url,
+            &args.logic_url,
+            args.maxlen,
+            args.bound,
+            args.out,
+            args.stop_marker,
+        ))
+        .map_err(anyhow::Error::msg)
 }
