@@ -1263,15 +1263,20 @@ async fn fail_back(f: &Failover, transports: &[Arc<dyn Transport>; 2], bus: BusI
     }
 }
 
+/// How long a fail-back waits for the groups to handle what went to the other bus. A stalled
+/// group (a slow consumer holding its batch) would otherwise keep the traffic diverted for good;
+/// moving back before it drained can put later messages ahead of earlier ones for it.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
 /// Whether consumers have read everything of `bus` that went to the other bus (so moving its
-/// traffic back cannot overtake it). Gives up waiting after 2 s.
+/// traffic back cannot overtake it). Gives up waiting after [`DRAIN_WAIT`].
 async fn drained(
     f: &Failover,
     transports: &[Arc<dyn Transport>; 2],
     bus: BusId,
     since: std::time::Instant,
 ) -> bool {
-    if since.elapsed() > Duration::from_secs(2) {
+    if since.elapsed() > DRAIN_WAIT {
         return true;
     }
     let other = &transports[bus.other().index()];

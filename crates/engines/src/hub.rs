@@ -43,7 +43,7 @@ pub fn hub_request_kind() -> EventKind {
     EventKind::Custom(HUB_REQUEST.into())
 }
 
-/// Hub settings (the `[engines.marketdata]` section).
+/// Hub settings (`dualbus hub` uses the defaults).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HubOptions {
@@ -163,7 +163,8 @@ pub struct HubStats {
     pub history_requests: u64,
     /// Answered from the cache.
     pub hits: u64,
-    /// Not in the cache (an upstream call made or joined).
+    /// Not answered from the cache: a snapshot of a symbol without data yet (answered with an
+    /// error), or history that made an upstream call or joined one in flight.
     pub misses: u64,
     /// Calls to the provider's history.
     pub upstream_calls: u64,
@@ -439,7 +440,8 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
     loop {
         events.clear();
         let more = tokio::select! {
-            _ = stop.notified() => break,
+            // Stopped: the data did not end, so `feed_done` stays false.
+            _ = stop.notified() => return,
             r = stream.next_batch(&mut events) => r,
         };
         let more = match more {
@@ -509,7 +511,13 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
         }
         let n = envs.len() as u64;
         if !envs.is_empty() {
-            if let Err(e) = ctx.publish_batch(envs).await {
+            // A publish can wait a long time (a group at its bound with the `block` policy):
+            // stopping must not wait for it.
+            let res = tokio::select! {
+                _ = stop.notified() => return,
+                r = ctx.publish_batch(envs) => r,
+            };
+            if let Err(e) = res {
                 tracing::warn!(error = %e, "publishing market data failed");
             } else {
                 shared.counters.published.fetch_add(n, Ordering::Relaxed);

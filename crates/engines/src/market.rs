@@ -452,11 +452,13 @@ impl Validator {
 
 /// Builds time bars from trades: bars of `secs` seconds aligned to multiples of `secs` since
 /// the Unix epoch. A bar is emitted when the first trade of a later period arrives (or on
-/// [`BarBuilder::flush`]); a period without trades makes no bar.
+/// [`BarBuilder::flush`]); a period without trades makes no bar. A trade older than the
+/// symbol's previous one is ignored, as the [`Validator`] rejects it.
 #[derive(Debug)]
 pub struct BarBuilder {
     secs: u32,
     open: SymbolMap<String, Bar>,
+    last_ts: SymbolMap<String, u64>,
 }
 
 impl BarBuilder {
@@ -465,6 +467,7 @@ impl BarBuilder {
         BarBuilder {
             secs: secs.max(1),
             open: SymbolMap::default(),
+            last_ts: SymbolMap::default(),
         }
     }
 
@@ -475,6 +478,13 @@ impl BarBuilder {
 
     /// Adds a trade; returns the bar it closed, if any.
     pub fn on_trade(&mut self, t: &Trade) -> Option<Bar> {
+        match self.last_ts.get_mut(&t.symbol) {
+            Some(last) if t.ts < *last => return None,
+            Some(last) => *last = t.ts,
+            None => {
+                self.last_ts.insert(t.symbol.clone(), t.ts);
+            }
+        }
         let len = u64::from(self.secs) * 1_000_000_000;
         let start = t.ts - t.ts % len;
         let buy = if t.side == Side::Buy { t.size } else { 0.0 };
@@ -660,8 +670,11 @@ mod tests {
             (10.0, 12.0, 9.0, 9.0)
         );
         assert_eq!((bar.volume, bar.buy_volume, bar.trades), (6.0, 4.0, 3));
+        // A print older than the previous one does not move the bar (the validator rejects it).
+        assert!(b.on_trade(&t(199 * s, 50.0, Side::Buy)).is_none());
         let last = b.flush();
         assert_eq!(last.len(), 1);
+        assert_eq!((last[0].low, last[0].volume), (11.0, 2.0));
         assert_eq!(last[0].ts, 180 * s);
     }
 }

@@ -71,6 +71,8 @@ pub struct StressOptions {
     /// binary (`dualbus stress-consumer`), killed with SIGKILL; `None` runs it as tasks of
     /// this process, aborted (what the library's tests do, having no binary to start).
     pub consumer_exe: Option<std::path::PathBuf>,
+    /// A heartbeat slower than this marks a bus down (the config's default, 100 ms, unless set).
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 impl StressOptions {
@@ -84,6 +86,7 @@ impl StressOptions {
             burst: Duration::from_secs(10),
             backlog: 1_000_000,
             consumer_exe: None,
+            heartbeat_timeout: None,
         }
     }
 }
@@ -375,6 +378,9 @@ pub async fn run(
     cfg.failover.enabled = "on".into();
     cfg.md.maxlen = maxlen;
     cfg.logic.maxlen = maxlen;
+    if let Some(t) = opts.heartbeat_timeout {
+        cfg.failover.heartbeat_timeout_ms = t.as_millis() as u64;
+    }
     let mk = |src: &str| -> Result<DualBus, String> {
         DualBus::builder(src)
             .config(cfg.clone())

@@ -171,7 +171,7 @@ impl BenchArgs {
             ModeArg::Fast => Mode::Fast,
         }
     }
-    fn mode_name(&self) -> &'static str {
+    pub(super) fn mode_name(&self) -> &'static str {
         match self.mode {
             ModeArg::Reliable => "reliable",
             ModeArg::Fast => "fast",

@@ -56,6 +56,7 @@ struct Client {
     snapshot_every: Duration,
     history_every: Duration,
     measured: Arc<Measured>,
+    fast: bool,
 }
 
 impl Client {
@@ -103,7 +104,11 @@ impl Engine for Client {
     }
 
     fn subscriptions(&self) -> Vec<Interest> {
-        vec![Interest::reliable(&["market_data.>"])]
+        if self.fast {
+            vec![Interest::fast(&["market_data.>"])]
+        } else {
+            vec![Interest::reliable(&["market_data.>"])]
+        }
     }
 
     fn timers(&self) -> Vec<Timer> {
@@ -206,6 +211,7 @@ pub(super) async fn hub_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()>
             snapshot_every: Duration::from_millis(args.snapshot_every_ms.max(1)),
             history_every: Duration::from_secs(args.history_every_s.max(1)),
             measured: measured.clone(),
+            fast: args.mode_name() == "fast",
         };
         let bus = rig.client(name, &format!("{name}-1"))?;
         clients.push(EngineHost::start(engine, bus, quiet.clone()).await?);
@@ -239,10 +245,11 @@ pub(super) async fn hub_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()>
     }
     let elapsed = started.elapsed();
     let published = handle.stats().published - published0;
+    // The producer first: a client stopped first could leave the hub blocked at a full group.
+    hub_run.stop().await;
     for c in clients {
         c.stop().await;
     }
-    hub_run.stop().await;
     let s = handle.stats();
     let delivery = measured
         .delivery_ns
@@ -257,7 +264,7 @@ pub(super) async fn hub_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()>
     let rate = published as f64 / elapsed.as_secs_f64();
     let method = format!(
         "hub with the synthetic provider at {} (history calls slowed to {} ms) and {} client \
-         engines on the {} transport for {:.1} s; each client: own consumer group of \
+         engines on the {} transport for {:.1} s; each client: own consumer group ({} mode) of \
          market_data.>, snapshots of all {} symbols every {} ms, last 500 1-minute bars of each \
          at start and every {} s; cache figures are the hub's counters; latency from publish \
          stamp to client handler, every delivery",
@@ -266,6 +273,7 @@ pub(super) async fn hub_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()>
         args.engines,
         args.backend_name(),
         elapsed.as_secs_f64(),
+        args.mode_name(),
         symbols.len(),
         args.snapshot_every_ms,
         args.history_every_s

@@ -72,6 +72,39 @@ impl ProviderArgs {
     /// # Errors
     /// A flag that does not fit the provider, or a provider that cannot open its data.
     pub fn build(&self) -> anyhow::Result<Arc<dyn Provider>> {
+        let name = match self.provider {
+            ProviderKind::Synthetic => "synthetic",
+            ProviderKind::Replay => "replay",
+            ProviderKind::Binance => "binance",
+        };
+        let misplaced: Vec<&str> = [
+            (self.file.is_some(), "--file", ProviderKind::Replay),
+            (self.format.is_some(), "--format", ProviderKind::Replay),
+            (self.symbol.is_some(), "--symbol", ProviderKind::Replay),
+            (
+                self.flash_crash.is_some(),
+                "--flash-crash",
+                ProviderKind::Synthetic,
+            ),
+            (
+                self.speed.is_some() && self.provider == ProviderKind::Binance,
+                "--speed",
+                ProviderKind::Binance,
+            ),
+        ]
+        .iter()
+        .filter(|(given, _, kind)| {
+            *given && (*kind != self.provider || *kind == ProviderKind::Binance)
+        })
+        .map(|(_, flag, _)| *flag)
+        .collect();
+        if !misplaced.is_empty() {
+            bail!(
+                "{} do(es) not apply to --provider {name} (a live feed plays at its own pace; \
+                 --file/--format/--symbol are for replay, --flash-crash for synthetic)",
+                misplaced.join(", ")
+            );
+        }
         match self.provider {
             ProviderKind::Synthetic => {
                 let flash_crash_at = self
@@ -179,11 +212,12 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
         let started = Instant::now();
         let running = EngineHost::start(hub, bus, HostOptions::default()).await?;
         if !args.json {
+            let n = provider.instruments().len();
             eprintln!(
-                "hub: {} provider, {} transport, {} symbols; Ctrl-C stops",
+                "hub: {} provider, {} transport, {n} symbol{}; Ctrl-C stops",
                 provider.name(),
                 transport,
-                provider.instruments().len()
+                if n == 1 { "" } else { "s" }
             );
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));

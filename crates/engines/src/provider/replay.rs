@@ -678,6 +678,8 @@ struct HistoryBars {
     next_row: usize,
     closed: Vec<Bar>,
     open: Option<Bar>,
+    /// Time of the last print taken (older prints are ignored, as the validator rejects them).
+    last_ts: u64,
 }
 
 impl HistoryBars {
@@ -687,6 +689,7 @@ impl HistoryBars {
             next_row: 0,
             closed: Vec::new(),
             open: None,
+            last_ts: 0,
         }
     }
 
@@ -701,6 +704,10 @@ impl HistoryBars {
         side: Side,
         prints: u64,
     ) {
+        if ts < self.last_ts {
+            return;
+        }
+        self.last_ts = ts;
         let len = u64::from(secs) * 1_000_000_000;
         let start = ts - ts % len;
         let buy = if side == Side::Buy { size } else { 0.0 };

@@ -184,7 +184,8 @@ pub(crate) async fn count_after(
         .arg(&start[..])
         .arg("+")
         .arg("COUNT")
-        .arg(cap)
+        // Redis refuses a COUNT beyond a signed 64-bit integer ("no limit" callers pass more).
+        .arg(cap.min(i64::MAX as u64))
         .query_async(conn)
         .await?;
     Ok(entries(&v).map(|e| e.len() as u64).unwrap_or(0))
@@ -221,6 +222,29 @@ pub(crate) fn autoclaim(v: &Value) -> Result<(Vec<u8>, Vec<Entry>, usize), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// "No limit" callers pass a cap beyond what Redis takes as COUNT; it must still count.
+    #[tokio::test]
+    async fn count_after_takes_a_cap_beyond_a_signed_count() {
+        let server = dualbus_testkit::RedisServer::start().expect("redis-server");
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for _ in 0..3 {
+            let _: String = redis::cmd("XADD")
+                .arg("s")
+                .arg("*")
+                .arg("f")
+                .arg("v")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let n = count_after(&mut conn, "s", b"", u64::MAX / 2 + 1)
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(count_after(&mut conn, "s", b"", 2).await.unwrap(), 2);
+    }
 
     fn bs(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

@@ -461,6 +461,8 @@ impl RedisSubscriber {
             };
             let lag = match info.lag {
                 Some(l) => l,
+                // No limit to enforce: do not read the whole backlog just to count it.
+                None if self.spec.lag_limit >= u64::from(u32::MAX) => continue,
                 None => {
                     reply::count_after(
                         &mut self.conn,
