@@ -437,6 +437,8 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
     let mut topics = Topics::default();
     let mut events: Vec<MarketEvent> = Vec::with_capacity(1024);
     let mut execs: Vec<Execution> = Vec::new();
+    // Payloads of a batch are encoded into one shared buffer (one allocation per batch).
+    let mut scratch = bytes::BytesMut::new();
     loop {
         events.clear();
         let more = tokio::select! {
@@ -483,18 +485,18 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
                     MarketEvent::Trade(t) => {
                         set(&mut snap.trade, t);
                         venue.on_time(t.ts);
-                        enc.encode(t)
+                        enc.encode_into(t, &mut scratch)
                     }
                     MarketEvent::Quote(q) => {
                         set(&mut snap.quote, q);
                         execs.extend(venue.on_quote(q));
-                        enc.encode(q)
+                        enc.encode_into(q, &mut scratch)
                     }
                     MarketEvent::Bar(b) => {
                         set(&mut snap.bar, b);
-                        enc.encode(b)
+                        enc.encode_into(b, &mut scratch)
                     }
-                    MarketEvent::Book(b) => enc.encode(b),
+                    MarketEvent::Book(b) => enc.encode_into(b, &mut scratch),
                 };
                 let payload = match payload {
                     Ok(p) => p,
