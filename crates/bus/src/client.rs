@@ -1301,10 +1301,15 @@ async fn watch(fo: std::sync::Weak<Failover>, transports: [Arc<dyn Transport>; 2
         let settle = f.settings.heartbeat_timeout * 2;
         for bus in BusId::ALL {
             let t = &transports[bus.index()];
-            let healthy = matches!(
-                tokio::time::timeout(f.settings.heartbeat_timeout, t.health()).await,
-                Ok(Health::Up)
-            );
+            let sent = std::time::Instant::now();
+            let healthy = match tokio::time::timeout(f.settings.heartbeat_timeout, t.health()).await
+            {
+                Ok(Health::Up) => true,
+                Ok(Health::Down { .. }) => false,
+                // No answer in time. A hung broker answers nothing; a busy one (a flood, a
+                // starved machine) still answers writes and reads: not a reason to switch.
+                Err(_) => t.answered_since(sent) && f.is_up(bus),
+            };
             if healthy {
                 let since = *healthy_since[bus.index()].get_or_insert_with(std::time::Instant::now);
                 if !f.is_up(bus)

@@ -341,6 +341,13 @@ pub trait Transport: Send + Sync + 'static {
         false
     }
 
+    /// Whether the broker answered a write or a read after `at`. A heartbeat that times out
+    /// while this holds means a busy broker, not a hung one (failover then waits). The
+    /// embedded transport has no broker to hang: `false`.
+    fn answered_since(&self, _at: std::time::Instant) -> bool {
+        false
+    }
+
     /// Waits until every publish queued before this call has reached the broker (or failed).
     ///
     /// # Errors

@@ -115,11 +115,27 @@ pub(crate) struct Inner {
     pub stats: Stats,
     pub down: AtomicBool,
     pub admission: admission::Admission,
+    /// When the broker last answered a write or a read ([`since_epoch`] nanoseconds): a
+    /// heartbeat that times out while the broker still answers means busy, not hung.
+    pub answered: std::sync::atomic::AtomicU64,
+}
+
+/// Nanoseconds since this process's first call (a monotonic clock as an integer).
+pub(crate) fn since_epoch(at: std::time::Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    at.saturating_duration_since(epoch).as_nanos() as u64
 }
 
 impl Inner {
     pub(crate) fn describe(&self, e: &redis::RedisError) -> String {
         format!("{} bus at {}: {e}", self.opts.bus, self.opts.url)
+    }
+
+    /// Notes that the broker answered just now.
+    pub(crate) fn note_answer(&self) {
+        self.answered
+            .fetch_max(since_epoch(std::time::Instant::now()), Ordering::Relaxed);
     }
 
     pub(crate) fn mark(&self, up: bool) {
@@ -212,6 +228,7 @@ impl RedisTransport {
             stats: Stats::default(),
             down: AtomicBool::new(false),
             admission: admission::Admission::default(),
+            answered: Default::default(),
         });
         tokio::spawn(writer::run(rx, writer_conn, Arc::downgrade(&inner)));
         Ok(RedisTransport { inner })
@@ -429,6 +446,10 @@ impl Transport for RedisTransport {
 
     async fn flush(&self) -> Result<(), PublishError> {
         writer::flush(&self.inner).await
+    }
+
+    fn answered_since(&self, at: std::time::Instant) -> bool {
+        self.inner.answered.load(Ordering::Relaxed) > since_epoch(at)
     }
 
     async fn unread(&self, stream: &StreamKey) -> Result<u64, ReceiveError> {

@@ -537,6 +537,7 @@ impl RedisSubscriber {
         packed.extend_from_slice(&cmd.get_packed_command());
         let within = self.block + self.inner.opts.connect_timeout + Duration::from_secs(1);
         let mut replies = self.raw.query(&packed, acks + 1, within).await?;
+        self.inner.note_answer();
         self.acks.clear();
         let v = replies.pop().unwrap_or(redis::Value::Nil);
         let streams = reply::read_reply(&v).map_err(|e| {

@@ -128,6 +128,7 @@ pub(crate) async fn run(
             };
             match res {
                 Ok(results) => {
+                    shared.note_answer();
                     shared.mark(true);
                     // Answer each job with its own entries' outcome.
                     let mut k = 0;
