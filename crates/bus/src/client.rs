@@ -1308,7 +1308,9 @@ async fn watch(fo: std::sync::Weak<Failover>, transports: [Arc<dyn Transport>; 2
                 Ok(Health::Down { .. }) => false,
                 // No answer in time. A hung broker answers nothing; a busy one (a flood, a
                 // starved machine) still answers writes and reads: not a reason to switch.
-                Err(_) => t.answered_since(sent) && f.is_up(bus),
+                // Only answers in the second half of the wait count: replies a broker wrote
+                // just before it hung are read right after the heartbeat was sent.
+                Err(_) => t.answered_since(sent + f.settings.heartbeat_timeout / 2) && f.is_up(bus),
             };
             if healthy {
                 let since = *healthy_since[bus.index()].get_or_insert_with(std::time::Instant::now);
