@@ -18,7 +18,7 @@ fn dualbus(args: &[&str]) -> (bool, String, String) {
 
 fn sample(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
+        .join("../../tests/data")
         .join(name)
 }
 

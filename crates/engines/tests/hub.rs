@@ -431,16 +431,15 @@ fn history_query(bar_secs: u32, limit: u32) -> HistoryQuery {
 // ---------------------------------------------------------------------------------------------
 // 1. Replay of the real sample.
 
-/// The Binance sample, or `None` (saying why the test is skipped) without the shared data.
+/// The Binance sample from `tests/data` (always `Some`).
 fn binance_sample() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    if !dir.is_dir() {
-        eprintln!(
-            "skipping: the sample data directory {} does not exist",
-            dir.display()
-        );
-        return None;
-    }
+    // The samples live in the repository (tests/data), so the tests always run on them.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
+    assert!(
+        dir.is_dir(),
+        "sample data directory {} is missing",
+        dir.display()
+    );
     Some(dir.join("binance-btcusdt-trades-2021-01-08.csv"))
 }
 

@@ -1,4 +1,4 @@
-//! The replay provider on the real samples in `/work/shared/data` (see its README) and on
+//! The replay provider on the real samples in `tests/data` (see its README) and on
 //! small files written here for the edge cases.
 
 use dualbus_engines::market::{Bar, MarketEvent, Quote, Side, Trade};
@@ -17,17 +17,15 @@ const TRUEFX: &str = "truefx-usdjpy-quotes-2013-01.csv";
 /// Guards every drain against a stream that never ends (a bug, not a speed limit).
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
-/// A sample file, or `None` (with a message saying why the test is skipped) when the shared
-/// data directory is not there.
+/// A sample file from `tests/data` (always `Some`; kept an `Option` for the tests' shape).
 fn sample(name: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    if !dir.is_dir() {
-        eprintln!(
-            "skipping: the sample data directory {} does not exist",
-            dir.display()
-        );
-        return None;
-    }
+    // The samples live in the repository (tests/data), so the tests always run on them.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
+    assert!(
+        dir.is_dir(),
+        "sample data directory {} is missing",
+        dir.display()
+    );
     Some(dir.join(name))
 }
 
