@@ -38,6 +38,8 @@ enum Command {
     Stats(commands::stats::StatsArgs),
     /// Fault injection under load: broker crash, hang, flash crash, slow or crashed consumer.
     Stress(commands::stress::StressArgs),
+    /// VPIN of a trade file, bucket by bucket (Binance or Tardis trades).
+    Vpin(commands::vpin::VpinArgs),
     /// The consumer process of `dualbus stress consumer-crash` (started and killed by it).
     #[command(hide = true)]
     StressConsumer(commands::stress::ConsumerArgs),
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Stress(args) => commands::stress::run(args, &cli.global),
         Command::Hub(args) => commands::hub::run(args, &cli.global),
         Command::StressConsumer(args) => commands::stress::run_consumer(args),
+        Command::Vpin(args) => commands::vpin::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

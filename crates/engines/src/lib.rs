@@ -16,9 +16,12 @@
 //!   history caches, coalescing of identical history requests, request/reply.
 //! * [`venue`]: the paper venue inside the hub (fills `order_request`s against the latest
 //!   quote).
+//! * [`vpin`]: VPIN with bulk volume classification, per symbol, and its toxicity percentile
+//!   (used by `dualbus vpin`; the VPIN engine on the bus is still to come).
 
 pub mod engine;
 pub mod hub;
 pub mod market;
 pub mod provider;
 pub mod venue;
+pub mod vpin;

@@ -9,6 +9,7 @@ pub mod redis;
 pub mod stats;
 pub mod stress;
 pub mod tail;
+pub mod vpin;
 
 use anyhow::bail;
 use clap::Args;
