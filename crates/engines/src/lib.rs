@@ -16,8 +16,9 @@
 //!   history caches, coalescing of identical history requests, request/reply.
 //! * [`venue`]: the paper venue inside the hub (fills `order_request`s against the latest
 //!   quote).
-//! * [`vpin`]: VPIN with bulk volume classification, per symbol, and its toxicity percentile
-//!   (used by `dualbus vpin`; the VPIN engine on the bus is still to come).
+//! * [`vpin`]: VPIN with bulk volume classification, per symbol, its toxicity percentile, and
+//!   the VPIN engine (`vpin_calculation`, `toxicity_alert`); `dualbus vpin` uses the same
+//!   calculator.
 
 pub mod engine;
 pub mod hub;
