@@ -380,7 +380,10 @@ impl HubHandle {
     /// Resolves once the provider's stream has ended (never, for a live provider).
     pub async fn feed_done(&self) {
         loop {
+            // Registered before the flag is checked: a wake-up between the two is not lost.
             let notified = self.shared.feed_ended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             if self.shared.feed_done.load(Ordering::SeqCst) {
                 return;
             }
