@@ -139,6 +139,16 @@ pub struct EngineCounts {
     pub published: BTreeMap<String, u64>,
 }
 
+/// Adds `n` to a per-kind count, allocating the key only the first time a kind is seen.
+fn bump(counts: &mut BTreeMap<String, u64>, kind: &EventKind, n: u64) {
+    match counts.get_mut(kind.as_str()) {
+        Some(c) => *c += n,
+        None => {
+            counts.insert(kind.to_string(), n);
+        }
+    }
+}
+
 /// What an engine gets to act on the buses: publish (counted by kind), request, reply.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -191,20 +201,20 @@ impl EngineContext {
 
     fn count_published<'a>(&self, kinds: impl Iterator<Item = &'a EventKind>) {
         let mut c = self.counts.lock();
+        // Runs of one kind (a batch of market data) count with one map lookup.
         let mut last: Option<(&EventKind, u64)> = None;
         for k in kinds {
             match &mut last {
                 Some((lk, n)) if *lk == k => *n += 1,
                 _ => {
-                    if let Some((lk, n)) = last.take() {
-                        *c.published.entry(lk.to_string()).or_default() += n;
+                    if let Some((lk, n)) = last.replace((k, 1)) {
+                        bump(&mut c.published, lk, n);
                     }
-                    last = Some((k, 1));
                 }
             }
         }
         if let Some((lk, n)) = last {
-            *c.published.entry(lk.to_string()).or_default() += n;
+            bump(&mut c.published, lk, n);
         }
     }
 
@@ -306,19 +316,9 @@ struct Dispatch<E: Engine> {
 
 impl<E: Engine> Handler for Dispatch<E> {
     async fn handle(&self, msg: &Envelope) -> Result<(), HandlerError> {
-        {
-            let mut engine = self.engine.lock().await;
-            {
-                let mut c = self.ctx.counts.lock();
-                match c.received.get_mut(msg.kind.as_str()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        c.received.insert(msg.kind.to_string(), 1);
-                    }
-                }
-            }
-            engine.on_message(&self.ctx, msg).await
-        }
+        let mut engine = self.engine.lock().await;
+        bump(&mut self.ctx.counts.lock().received, &msg.kind, 1);
+        engine.on_message(&self.ctx, msg).await
     }
 }
 

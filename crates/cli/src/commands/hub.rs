@@ -77,27 +77,20 @@ impl ProviderArgs {
             ProviderKind::Replay => "replay",
             ProviderKind::Binance => "binance",
         };
-        let misplaced: Vec<&str> = [
-            (self.file.is_some(), "--file", ProviderKind::Replay),
-            (self.format.is_some(), "--format", ProviderKind::Replay),
-            (self.symbol.is_some(), "--symbol", ProviderKind::Replay),
-            (
-                self.flash_crash.is_some(),
-                "--flash-crash",
-                ProviderKind::Synthetic,
-            ),
-            (
-                self.speed.is_some() && self.provider == ProviderKind::Binance,
-                "--speed",
-                ProviderKind::Binance,
-            ),
-        ]
-        .iter()
-        .filter(|(given, _, kind)| {
-            *given && (*kind != self.provider || *kind == ProviderKind::Binance)
-        })
-        .map(|(_, flag, _)| *flag)
-        .collect();
+        use ProviderKind::{Replay, Synthetic};
+        // Each flag with the providers it applies to.
+        let flags: [(bool, &str, &[ProviderKind]); 5] = [
+            (self.file.is_some(), "--file", &[Replay]),
+            (self.format.is_some(), "--format", &[Replay]),
+            (self.symbol.is_some(), "--symbol", &[Replay]),
+            (self.flash_crash.is_some(), "--flash-crash", &[Synthetic]),
+            (self.speed.is_some(), "--speed", &[Synthetic, Replay]),
+        ];
+        let misplaced: Vec<&str> = flags
+            .iter()
+            .filter(|(given, _, applies)| *given && !applies.contains(&self.provider))
+            .map(|(_, flag, _)| *flag)
+            .collect();
         if !misplaced.is_empty() {
             bail!(
                 "{} do(es) not apply to --provider {name} (a live feed plays at its own pace; \
