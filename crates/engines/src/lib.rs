@@ -16,11 +16,14 @@
 //!   history caches, coalescing of identical history requests, request/reply.
 //! * [`venue`]: the paper venue inside the hub (fills `order_request`s against the latest
 //!   quote).
+//! * [`enhanced_vpin`]: flash crash detection from VPIN percentiles, price falls and spread
+//!   blow-outs (`flash_crash_alert`).
 //! * [`vpin`]: VPIN with bulk volume classification, per symbol, its toxicity percentile, and
 //!   the VPIN engine (`vpin_calculation`, `toxicity_alert`); `dualbus vpin` uses the same
 //!   calculator.
 
 pub mod engine;
+pub mod enhanced_vpin;
 pub mod hub;
 pub mod market;
 pub mod provider;

@@ -46,6 +46,20 @@ pub struct VpinParams {
     pub sigma_bars: usize,
     /// Percentile whose crossing from below raises a toxicity alert.
     pub cdf_threshold: f64,
+    /// What a trade's volume is counted in (the engine only; the calculator takes volumes).
+    pub volume_unit: VolumeUnit,
+}
+
+/// What the VPIN engine counts as a trade's volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VolumeUnit {
+    /// Quantity of the instrument (the paper's definition; `bucket_volume` in units).
+    #[default]
+    Base,
+    /// Price x quantity (`bucket_volume` in quote currency): one bucket size then fits a
+    /// universe whose prices differ by orders of magnitude.
+    Quote,
 }
 
 impl Default for VpinParams {
@@ -56,6 +70,7 @@ impl Default for VpinParams {
             window: 50,
             sigma_bars: 50,
             cdf_threshold: 0.9,
+            volume_unit: VolumeUnit::Base,
         }
     }
 }
@@ -419,10 +434,14 @@ impl Engine for VpinEngine {
             .decode(&msg.payload)
             .map_err(|e| HandlerError(format!("trade does not decode: {e}")))?;
         let params = &self.params;
+        let volume = match params.volume_unit {
+            VolumeUnit::Base => t.size,
+            VolumeUnit::Quote => t.size * t.price,
+        };
         self.calcs
             .entry(t.symbol.clone())
             .or_insert_with(|| VpinCalculator::new(&t.symbol, params.clone()))
-            .on_trade(t.ts, t.price, t.size, &mut self.out);
+            .on_trade(t.ts, t.price, volume, &mut self.out);
         // The trade is counted now; a failed publish is logged rather than retried, since a
         // redelivery would count the trade twice.
         if let Err(e) = self.publish_out(ctx).await {
@@ -478,6 +497,7 @@ mod tests {
             window: 2,
             sigma_bars: 50,
             cdf_threshold: 0.9,
+            ..Default::default()
         };
         let mut c = VpinCalculator::new("X", p);
         let mut out = Vec::new();
@@ -506,6 +526,7 @@ mod tests {
             window: 1,
             sigma_bars: 3,
             cdf_threshold: 0.9,
+            ..Default::default()
         };
         let mut c = VpinCalculator::new("X", p);
         let mut out = Vec::new();
@@ -543,6 +564,7 @@ mod tests {
             window: 0,
             sigma_bars: 1,
             cdf_threshold: 1.5,
+            ..Default::default()
         };
         let problems = p.problems().join("; ");
         for needle in [

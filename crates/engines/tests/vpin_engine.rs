@@ -21,6 +21,7 @@ fn params() -> VpinParams {
         window: 10,
         sigma_bars: 20,
         cdf_threshold: 0.9,
+        ..Default::default()
     }
 }
 

@@ -109,6 +109,7 @@ pub fn run(args: VpinArgs) -> anyhow::Result<()> {
         window: args.window,
         sigma_bars: args.sigma_bars,
         cdf_threshold: args.cdf_threshold,
+        ..Default::default()
     };
     let problems = params.problems();
     if !problems.is_empty() {

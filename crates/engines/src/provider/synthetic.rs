@@ -67,6 +67,9 @@ pub struct SyntheticOptions {
     pub duration: Option<Duration>,
     /// 1-minute bars of history before the start, per symbol.
     pub warmup_bars: u32,
+    /// Price jumps (10 sigma-minutes in size, either way) per hour per symbol; 0 gives a calm
+    /// market with no discontinuities (the other random draws stay the same).
+    pub jumps_per_hour: f64,
     /// Only these symbols (empty: all 13).
     pub symbols: Vec<String>,
 }
@@ -84,6 +87,7 @@ impl Default for SyntheticOptions {
             crash_depth: 0.08,
             duration: None,
             warmup_bars: 600,
+            jumps_per_hour: 1.0,
             symbols: Vec::new(),
         }
     }
@@ -170,6 +174,7 @@ struct SymbolSim {
     next_trade_id: u64,
     /// Calm trade arrivals per second (before self-excitation).
     rate: f64,
+    jumps_per_hour: f64,
 }
 
 /// Where a symbol stands in a flash crash at some data time.
@@ -193,7 +198,7 @@ const CALM: Stress = Stress {
 };
 
 impl SymbolSim {
-    fn new(seed: u64, spec: &(&str, f64, f64, f64, f64), rate: f64) -> SymbolSim {
+    fn new(seed: u64, spec: &(&str, f64, f64, f64, f64), opts: &SyntheticOptions) -> SymbolSim {
         let (symbol, price, tick, lot, annual_vol) = *spec;
         SymbolSim {
             symbol: symbol.to_string(),
@@ -206,7 +211,8 @@ impl SymbolSim {
             lot,
             base_spread_bps: 1.0 + annual_vol * 2.0,
             next_trade_id: 1,
-            rate,
+            rate: opts.trades_per_sec,
+            jumps_per_hour: opts.jumps_per_hour,
         }
     }
 
@@ -220,8 +226,8 @@ impl SymbolSim {
         let keep = (-dt / 430.0).exp();
         self.log_vol = self.log_vol * keep + 0.35 * (1.0 - keep * keep).sqrt() * self.rng.normal();
         let vol = self.sigma * self.log_vol.exp();
-        // Jumps: about one per hour per symbol, 10 sigma-minutes in size.
-        let jump = if self.rng.uniform() < dt / 3600.0 {
+        // Jumps: about `jumps_per_hour` per symbol, 10 sigma-minutes in size.
+        let jump = if self.rng.uniform() < dt * self.jumps_per_hour / 3600.0 {
             self.rng.normal() * vol * 60f64.sqrt() * 10.0
         } else {
             0.0
@@ -379,7 +385,7 @@ impl SyntheticProvider {
         let bar_ns = 60 * NS;
         let first_bar = self.opts.start_ts - self.opts.start_ts % bar_ns;
         for spec in &self.specs {
-            let sim = SymbolSim::new(self.opts.seed, spec, self.opts.trades_per_sec);
+            let sim = SymbolSim::new(self.opts.seed, spec, &self.opts);
             let mut rng = Rng::new(symbol_seed(self.opts.seed ^ 0x5741_524d, spec.0));
             let sigma_bar = sim.sigma * 60f64.sqrt();
             let mut close = sim.log_price;
@@ -508,7 +514,7 @@ impl Provider for SyntheticProvider {
             sims: self
                 .specs
                 .iter()
-                .map(|s| SymbolSim::new(self.opts.seed, s, self.opts.trades_per_sec))
+                .map(|s| SymbolSim::new(self.opts.seed, s, &self.opts))
                 .collect(),
             bars: BarBuilder::new(60),
             store: self.store.clone(),
