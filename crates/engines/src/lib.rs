@@ -9,6 +9,9 @@
 //! # Layout
 //! * [`engine`]: the `Engine` trait, its context and the host (subscriptions, timers,
 //!   `engine_health` heartbeats, graceful stop, per-kind counters).
+//! * [`features`]: per-symbol indicators on time bars (returns, realized volatility, RSI,
+//!   MACD, Bollinger %b, spread, order-flow imbalance, VWAP deviation) and the Features engine
+//!   (`feature_vector`).
 //! * [`market`]: `Trade`, `Quote`, `Bar`, `BookSnapshot`, `Instrument`; the validator; bars
 //!   built from trades.
 //! * [`provider`]: the `Provider` trait; `synthetic`, `replay` and `binance` providers.
@@ -24,6 +27,7 @@
 
 pub mod engine;
 pub mod enhanced_vpin;
+pub mod features;
 pub mod hub;
 pub mod market;
 pub mod provider;
