@@ -21,8 +21,11 @@
 //!   calculator.
 //! * [`ml`]: the ML engine: per symbol, online logistic regression (SGD, L2) on standardized
 //!   features predicting the sign of the next bar's return (`ml_prediction`).
+//! * [`factor`]: the Factor engine: momentum, reversal, low volatility and liquidity z-scored
+//!   across the universe at each bar, and their composite (`factor_calculation`).
 
 pub mod engine;
+pub mod factor;
 pub mod hub;
 pub mod market;
 pub mod ml;
