@@ -24,12 +24,18 @@
 //! * [`vpin`]: VPIN with bulk volume classification, per symbol, its toxicity percentile, and
 //!   the VPIN engine (`vpin_calculation`, `toxicity_alert`); `dualbus vpin` uses the same
 //!   calculator.
+//! * [`ml`]: the ML engine: per symbol, online logistic regression (SGD, L2) on standardized
+//!   features predicting the sign of the next bar's return (`ml_prediction`).
+//! * [`factor`]: the Factor engine: momentum, reversal, low volatility and liquidity z-scored
+//!   across the universe at each bar, and their composite (`factor_calculation`).
 
 pub mod engine;
 pub mod enhanced_vpin;
+pub mod factor;
 pub mod features;
 pub mod hub;
 pub mod market;
+pub mod ml;
 pub mod provider;
 pub mod venue;
 pub mod vpin;
