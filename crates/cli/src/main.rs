@@ -26,6 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the trading system: the MarketData hub and the engines on the two buses (the main job).
+    Run(commands::run::RunArgs),
+    /// Run one engine in this process (over Redis: spread the system over processes and hosts).
+    Engine(commands::run::EngineArgs),
     /// Measure throughput and latency of the bus (see `dualbus bench --help`).
     Bench(commands::bench::BenchArgs),
     /// Start, stop or inspect the two local Redis servers (MarketData 6380, Engine Logic 6381).
@@ -63,6 +67,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => commands::run::run(args, &cli.global),
+        Command::Engine(args) => commands::run::run_engine(args, &cli.global),
         Command::Bench(args) => commands::bench::run(args, &cli.global),
         Command::Redis(args) => commands::redis::run(args, &cli.global),
         Command::Publish(args) => commands::publish::run(args, &cli.global),

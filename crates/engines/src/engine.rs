@@ -11,6 +11,7 @@
 //! The host only uses [`DualBus`], so an engine runs unchanged on the embedded and the Redis
 //! transport.
 
+use crate::metrics::BusMetrics;
 use async_trait::async_trait;
 use dualbus_bus::{BusError, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
 use dualbus_core::{Envelope, EventKind, Mode, Priority};
@@ -157,6 +158,7 @@ pub struct EngineContext {
     name: &'static str,
     counts: Arc<Mutex<EngineCounts>>,
     config: Arc<serde_json::Value>,
+    metrics: Option<Arc<BusMetrics>>,
 }
 
 impl EngineContext {
@@ -239,6 +241,11 @@ impl EngineContext {
     /// [`BusError`] from the publish.
     pub async fn publish_batch(&self, envs: Vec<Envelope>) -> Result<(), BusError> {
         self.count_published(envs.iter().map(|e| &e.kind));
+        if let Some(m) = &self.metrics {
+            for e in &envs {
+                m.published(self.bus.route(&e.kind, e.prio).bus, 1);
+            }
+        }
         self.bus.publish_batch(envs).await
     }
 
@@ -265,6 +272,8 @@ pub struct HostOptions {
     pub config: serde_json::Value,
     /// Where reads start for a new group (defaults to the bus config).
     pub start: Option<dualbus_core::StartFrom>,
+    /// Per-bus traffic and latency, shared by the engines of a run.
+    pub metrics: Option<Arc<BusMetrics>>,
 }
 
 impl Default for HostOptions {
@@ -273,6 +282,7 @@ impl Default for HostOptions {
             health_every: Duration::from_secs(1),
             config: serde_json::Value::Null,
             start: None,
+            metrics: None,
         }
     }
 }
@@ -316,6 +326,9 @@ struct Dispatch<E: Engine> {
 
 impl<E: Engine> Handler for Dispatch<E> {
     async fn handle(&self, msg: &Envelope) -> Result<(), HandlerError> {
+        if let Some(m) = &self.ctx.metrics {
+            m.delivered(self.ctx.bus.route(&msg.kind, msg.prio).bus, msg.ts);
+        }
         let mut engine = self.engine.lock().await;
         bump(&mut self.ctx.counts.lock().received, &msg.kind, 1);
         engine.on_message(&self.ctx, msg).await
@@ -339,6 +352,7 @@ impl EngineHost {
             name,
             counts: Default::default(),
             config: Arc::new(opts.config.clone()),
+            metrics: opts.metrics.clone(),
         };
         engine.start(&ctx).await?;
         let interests = engine.subscriptions();

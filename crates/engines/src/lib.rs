@@ -14,9 +14,12 @@
 //!   (`feature_vector`).
 //! * [`market`]: `Trade`, `Quote`, `Bar`, `BookSnapshot`, `Instrument`; the validator; bars
 //!   built from trades.
+//! * [`metrics`]: per-bus traffic and delivery latency of the engines of a run.
 //! * [`provider`]: the `Provider` trait; `synthetic`, `replay` and `binance` providers.
 //! * [`hub`]: the MarketData hub: normalizes and publishes provider data, snapshot and
 //!   history caches, coalescing of identical history requests, request/reply.
+//! * [`system`]: every engine by name with the settings `dualbus run` uses; start and stop
+//!   them together.
 //! * [`venue`]: the paper venue inside the hub (fills `order_request`s against the latest
 //!   quote).
 //! * [`enhanced_vpin`]: flash crash detection from VPIN percentiles, price falls and spread
@@ -35,7 +38,9 @@ pub mod factor;
 pub mod features;
 pub mod hub;
 pub mod market;
+pub mod metrics;
 pub mod ml;
 pub mod provider;
+pub mod system;
 pub mod venue;
 pub mod vpin;

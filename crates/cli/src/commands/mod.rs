@@ -6,6 +6,7 @@ pub mod hub;
 pub mod inspect;
 pub mod publish;
 pub mod redis;
+pub mod run;
 pub mod stats;
 pub mod stress;
 pub mod tail;

@@ -1,0 +1,486 @@
+//! `dualbus run`: the whole system in one process, and `dualbus engine NAME`: one engine in
+//! its own process (over Redis, so engines can be spread over processes and hosts).
+
+use super::hub::ProviderArgs;
+use super::{parse_duration, runtime, Global};
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
+use dualbus_core::{Mode, StartFrom};
+use dualbus_engines::metrics::{BusFigures, BusMetrics};
+use dualbus_engines::system::{self, EngineSetup, System, SystemOptions, AVAILABLE, ENGINES};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which transport the buses use.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// In-process buses: nothing else to install.
+    Embedded,
+    /// The two Redis servers of the config (start local ones with `dualbus redis up`).
+    Redis,
+}
+
+impl Backend {
+    fn transport(self) -> &'static str {
+        match self {
+            Backend::Embedded => "memory",
+            Backend::Redis => "redis",
+        }
+    }
+}
+
+/// Arguments of `dualbus run`.
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Runs the trading system: the MarketData hub and the engines, on the two buses. With no
+arguments: every engine in this process on the embedded buses, the synthetic market (13
+symbols) played at 60x real time, so one second shows one minute of market: bars, features,
+predictions, factor scores, VPIN. A status line every second shows per bus the messages per
+second and the p99 delivery latency, fills, equity and the alerts so far; Ctrl-C stops every
+engine gracefully and prints a summary.
+
+Examples:
+  dualbus run
+  dualbus run --duration 60s --report run.json
+  dualbus run --flash-crash 30m --duration 45s
+  dualbus redis up && dualbus run --backend redis --duration 60s
+  dualbus run --engines marketdata,features,ml --speed 600x")]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    /// The buses: embedded (in-process) or redis (the config's two servers).
+    #[arg(long, value_enum, default_value_t = Backend::Embedded)]
+    pub backend: Backend,
+    /// Only these engines (comma-separated; default: every engine of this build).
+    #[arg(long, value_delimiter = ',')]
+    pub engines: Vec<String>,
+    /// Stop after this long (wall clock), e.g. `60s`, `5m`.
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Write the JSON report here when the run stops.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Per-engine settings as JSON: `{"vpin": {"window": 30}}` (replaces that engine's defaults).
+    #[arg(long, value_name = "JSON")]
+    pub settings: Option<String>,
+    /// No status line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Runtime worker threads (default: the machine's cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// What the run's own observer sees on the buses: fills, equity, alerts.
+#[derive(Default)]
+struct Observed {
+    fills: u64,
+    rejected_orders: u64,
+    equity: Option<f64>,
+    portfolio: Option<Value>,
+    toxicity: u64,
+    flash: BTreeMap<String, u64>,
+    risk: BTreeMap<String, u64>,
+    margin_calls: u64,
+    breaker: bool,
+}
+
+impl Observed {
+    fn on(&mut self, kind: &str, v: &Value) {
+        let rule = |v: &Value| v["rule"].as_str().unwrap_or("unknown").to_string();
+        match kind {
+            "trade_execution" => {
+                if v["status"] == "filled" {
+                    self.fills += 1;
+                } else {
+                    self.rejected_orders += 1;
+                }
+            }
+            "portfolio_update" => {
+                self.equity = v["equity"].as_f64();
+                self.portfolio = Some(v.clone());
+            }
+            "toxicity_alert" => self.toxicity += 1,
+            "flash_crash_alert" => *self.flash.entry(rule(v)).or_default() += 1,
+            "risk_alert" => {
+                if v["action"] == "circuit_breaker_tripped" {
+                    self.breaker = true;
+                }
+                *self.risk.entry(rule(v)).or_default() += 1;
+            }
+            "margin_call" => self.margin_calls += 1,
+            _ => {}
+        }
+    }
+
+    fn alerts_json(&self) -> Value {
+        json!({
+            "toxicity_alert": self.toxicity,
+            "flash_crash_alert": self.flash,
+            "risk_alert": self.risk,
+            "margin_call": self.margin_calls,
+            "circuit_breaker_tripped": self.breaker,
+        })
+    }
+}
+
+const OBSERVED: [&str; 6] = [
+    "trade_execution.>",
+    "portfolio_update.>",
+    "toxicity_alert.>",
+    "flash_crash_alert.>",
+    "risk_alert.>",
+    "margin_call.>",
+];
+
+fn ms(us: Option<u64>) -> String {
+    match us {
+        Some(us) => format!("{:.2} ms", us as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+fn bus_json(f: &BusFigures, secs: f64) -> Value {
+    let mut v = serde_json::to_value(f).expect("plain figures");
+    v["delivered_per_s"] = json!(f.delivered as f64 / secs.max(1e-9));
+    v["published_per_s"] = json!(f.published as f64 / secs.max(1e-9));
+    v
+}
+
+/// The buses for `backend`, with a clear message when Redis is not there.
+async fn connect(global: &Global, backend: Backend, src: &str) -> anyhow::Result<DualBus> {
+    let mut cfg = global.config()?;
+    cfg.transport = backend.transport().into();
+    let (md, logic) = (cfg.md.url.clone(), cfg.logic.url.clone());
+    DualBus::connect(src, cfg)
+        .await
+        .with_context(|| match backend {
+            Backend::Redis => format!(
+                "the Redis buses are not reachable (MarketData {md}, Engine Logic {logic}); \
+             start them with `dualbus redis up`, or pass --md-url/--logic-url"
+            ),
+            Backend::Embedded => "starting the embedded buses".to_string(),
+        })
+}
+
+fn parse_settings(s: Option<&str>) -> anyhow::Result<BTreeMap<String, Value>> {
+    let Some(s) = s else {
+        return Ok(BTreeMap::new());
+    };
+    let v: BTreeMap<String, Value> =
+        serde_json::from_str(s).context("--settings must be a JSON object of engine names")?;
+    if let Some(bad) = v.keys().find(|k| !ENGINES.contains(&k.as_str())) {
+        bail!(
+            "--settings names {bad:?}, which is not an engine; the engines are {}",
+            ENGINES.join(", ")
+        );
+    }
+    Ok(v)
+}
+
+/// Runs `dualbus run`.
+pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
+    let duration = args
+        .duration
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .context("--duration")?;
+    let settings = parse_settings(args.settings.as_deref())?;
+    let engines: Vec<String> = if args.engines.is_empty() {
+        AVAILABLE.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.engines.clone()
+    };
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let rt = runtime(threads)?;
+    rt.block_on(async move {
+        let provider = args.provider.build()?;
+        let root = connect(global, args.backend, "dualbus-run").await?;
+        let metrics = Arc::new(BusMetrics::default());
+        let observed: Arc<Mutex<Observed>> = Default::default();
+        let obs = observed.clone();
+        let observer = root
+            .subscribe(
+                SubscribeOptions::new("dualbus-run", &OBSERVED)?
+                    .mode(Mode::Fast)
+                    .start(StartFrom::Newest),
+                handler_fn(move |m| {
+                    if let Ok(v) = m.enc.decode::<Value>(&m.payload) {
+                        obs.lock().on(m.kind.as_str(), &v);
+                    }
+                    Ok(())
+                }),
+            )
+            .await?;
+        let sys = System::start(
+            &root,
+            SystemOptions {
+                engines: engines.clone(),
+                provider: provider.clone(),
+                config: settings,
+                metrics: Some(metrics.clone()),
+                health_every: Duration::from_secs(1),
+            },
+        )
+        .await?;
+        let started = Instant::now();
+        if !args.quiet {
+            eprintln!(
+                "dualbus run: {} engine{} on the {} buses, {} provider ({} symbols); {}",
+                engines.len(),
+                if engines.len() == 1 { "" } else { "s" },
+                args.backend.transport().replace("memory", "embedded"),
+                provider.name(),
+                provider.instruments().len(),
+                match duration {
+                    Some(d) => format!("stops after {d:?}, Ctrl-C stops earlier"),
+                    None => "Ctrl-C stops".into(),
+                }
+            );
+        }
+        let tty = std::io::stderr().is_terminal();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        let mut last = metrics.take_window();
+        let why = loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break "interrupted",
+                _ = async {
+                    match sys.hub() {
+                        Some(h) => h.feed_done().await,
+                        None => std::future::pending().await,
+                    }
+                } => break "end of data",
+                _ = async {
+                    match duration {
+                        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(started + d)).await,
+                        None => std::future::pending().await,
+                    }
+                } => break "duration reached",
+                _ = tick.tick() => {
+                    let now = metrics.take_window();
+                    if !args.quiet {
+                        let o = observed.lock();
+                        let line = format!(
+                            "{:>5.0}s | MarketData {:>7} msg/s p99 {:>9} | Engine Logic {:>6} msg/s p99 {:>9} | fills {:>4} | equity {} | alerts: toxicity {}, flash crash {}, risk {}{}",
+                            started.elapsed().as_secs_f64(),
+                            now[0].delivered - last[0].delivered,
+                            ms(now[0].latency_p99_us),
+                            now[1].delivered - last[1].delivered,
+                            ms(now[1].latency_p99_us),
+                            o.fills,
+                            o.equity.map(|e| format!("{e:.2}")).unwrap_or_else(|| "-".into()),
+                            o.toxicity,
+                            o.flash.values().sum::<u64>(),
+                            o.risk.values().sum::<u64>(),
+                            if o.breaker { ", CIRCUIT BREAKER" } else { "" },
+                        );
+                        if tty {
+                            eprint!("\r{line}\x1b[K");
+                            let _ = std::io::stderr().flush();
+                        } else {
+                            eprintln!("{line}");
+                        }
+                    }
+                    last = now;
+                }
+            }
+        };
+        if tty && !args.quiet {
+            eprintln!();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let hub_stats = sys.hub().map(|h| h.stats());
+        let counts = sys.stop().await;
+        // Let the observer take what the engines published while stopping.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        observer.stop().await;
+        let totals = metrics.totals();
+        let o = observed.lock();
+        let report = json!({
+            "stopped": why,
+            "backend": args.backend.transport().replace("memory", "embedded"),
+            "provider": provider.name(),
+            "duration_s": elapsed,
+            "engines": counts,
+            "hub": hub_stats,
+            "buses": {
+                "market_data": bus_json(&totals[0], elapsed),
+                "engine_logic": bus_json(&totals[1], elapsed),
+            },
+            "fills": o.fills,
+            "rejected_orders": o.rejected_orders,
+            "alerts": o.alerts_json(),
+            "portfolio": o.portfolio,
+        });
+        print_summary(&report, &totals);
+        if let Some(path) = &args.report {
+            std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+                .with_context(|| format!("writing the report {}", path.display()))?;
+            println!("report written to {}", path.display());
+        }
+        Ok(())
+    })
+}
+
+fn print_summary(r: &Value, totals: &[BusFigures; 2]) {
+    println!(
+        "dualbus run stopped ({}) after {:.1} s",
+        r["stopped"].as_str().unwrap_or("?"),
+        r["duration_s"].as_f64().unwrap_or(0.0)
+    );
+    for (name, f) in ["MarketData", "Engine Logic"].iter().zip(totals) {
+        println!(
+            "  {name:<13} published {:>10}  delivered {:>10}  latency p50 {}  p99 {}  max {}",
+            f.published,
+            f.delivered,
+            ms(f.latency_p50_us),
+            ms(f.latency_p99_us),
+            ms(f.latency_max_us)
+        );
+    }
+    println!("  {:<16} {:>12} {:>12}", "engine", "received", "published");
+    if let Some(engines) = r["engines"].as_object() {
+        for name in ENGINES {
+            if let Some(c) = engines.get(name) {
+                let sum = |k: &str| {
+                    c[k].as_object()
+                        .map(|m| m.values().filter_map(|v| v.as_u64()).sum::<u64>())
+                        .unwrap_or(0)
+                };
+                println!(
+                    "  {name:<16} {:>12} {:>12}",
+                    sum("received"),
+                    sum("published")
+                );
+            }
+        }
+    }
+    println!("  fills {}  alerts {}", r["fills"], r["alerts"]);
+}
+
+/// Arguments of `dualbus engine NAME`.
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Runs one engine in this process, so the system can be spread over processes and hosts: start
+the Redis buses (`dualbus redis up`, or point --md-url/--logic-url at servers elsewhere), then
+one `dualbus engine NAME` per engine. `marketdata` takes the provider flags of `dualbus hub`.
+
+Examples:
+  dualbus engine marketdata --flash-crash 30m
+  dualbus engine features
+  dualbus engine vpin --settings '{\"window\": 30, \"bucket_volume\": 50000, \"volume_unit\": \"quote\"}'")]
+pub struct EngineArgs {
+    /// The engine: marketdata, features, factor, ml, vpin, enhanced_vpin, strategy, risk,
+    /// portfolio, collateral, analytics, websocket, backtesting.
+    pub name: String,
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+    /// The buses (redis by default: an engine alone on embedded buses has nobody to talk to).
+    #[arg(long, value_enum, default_value_t = Backend::Redis)]
+    pub backend: Backend,
+    /// Instance id (default NAME-PID): instances of one engine share its consumer group.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// The engine's settings as JSON (default: those of `dualbus run`).
+    #[arg(long, value_name = "JSON")]
+    pub settings: Option<String>,
+    /// Stop after this long (wall clock).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Print the final counts as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `dualbus engine NAME`.
+pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
+    let name = args.name.clone();
+    if !ENGINES.contains(&name.as_str()) {
+        bail!(
+            "unknown engine {name:?}; the engines are {}",
+            ENGINES.join(", ")
+        );
+    }
+    let duration = args
+        .duration
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .context("--duration")?;
+    let config = match &args.settings {
+        Some(s) => serde_json::from_str(s).context("--settings must be JSON")?,
+        None => system::default_settings(&name),
+    };
+    let rt = runtime(2)?;
+    rt.block_on(async move {
+        let provider = if name == "marketdata" {
+            Some(args.provider.build()?)
+        } else {
+            None
+        };
+        let inst = args
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
+        let bus = connect(global, args.backend, &name)
+            .await?
+            .sibling(&name, &inst)?;
+        let (running, hub) = system::start_engine(
+            &name,
+            bus,
+            EngineSetup {
+                config,
+                provider,
+                metrics: None,
+                health_every: Duration::from_secs(1),
+            },
+        )
+        .await?;
+        if !args.json {
+            eprintln!("engine {name} ({inst}) running; Ctrl-C stops");
+        }
+        let started = Instant::now();
+        let why = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = async {
+                match &hub {
+                    Some(h) => h.feed_done().await,
+                    None => std::future::pending().await,
+                }
+            } => "end of data",
+            _ = async {
+                match duration {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(started + d)).await,
+                    None => std::future::pending().await,
+                }
+            } => "duration reached",
+        };
+        let counts = running.stop().await;
+        if args.json {
+            println!(
+                "{}",
+                json!({"engine": name, "instance": inst, "stopped": why, "received": counts.received, "published": counts.published})
+            );
+        } else {
+            println!("engine {name} stopped ({why})");
+            println!("  received  {:?}", counts.received);
+            println!("  published {:?}", counts.published);
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,115 @@
+//! `dualbus run --duration` on the embedded buses: the report names every engine with what it
+//! received and published, and the buses' traffic; bad arguments are named.
+
+use std::process::Command;
+
+fn dualbus(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dualbus"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_timed_run_writes_a_report_of_every_engine() {
+    let dir = std::env::temp_dir().join(format!("dualbus-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("run.json");
+    // 3000x: fifty minutes of market per second, and three symbols, so a few seconds give
+    // every engine the 34 bars the full feature vector needs.
+    let (ok, out, err) = dualbus(&[
+        "run",
+        "--duration",
+        "6s",
+        "--speed",
+        "3000x",
+        "--symbols",
+        "BTCUSDT,ETHUSDT,SOLUSDT",
+        "--quiet",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("dualbus run stopped (duration reached)"),
+        "{out}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let engines = r["engines"].as_object().unwrap();
+    let published = |e: &str, k: &str| r["engines"][e]["published"][k].as_u64().unwrap_or(0);
+    let received = |e: &str, k: &str| r["engines"][e]["received"][k].as_u64().unwrap_or(0);
+    for name in [
+        "marketdata",
+        "features",
+        "factor",
+        "ml",
+        "vpin",
+        "enhanced_vpin",
+    ] {
+        assert!(engines.contains_key(name), "{name} missing: {r}");
+        assert!(published(name, "engine_health") > 0, "{name}: {r}");
+    }
+    assert!(published("marketdata", "market_data") > 1000, "{r}");
+    assert!(received("features", "market_data") > 1000, "{r}");
+    assert!(published("features", "feature_vector") > 0, "{r}");
+    assert!(received("ml", "feature_vector") > 0, "{r}");
+    assert!(published("ml", "ml_prediction") > 0, "{r}");
+    assert!(published("factor", "factor_calculation") > 0, "{r}");
+    assert!(published("vpin", "vpin_calculation") > 0, "{r}");
+    assert!(received("enhanced_vpin", "vpin_calculation") > 0, "{r}");
+    let md = &r["buses"]["market_data"];
+    assert!(md["published"].as_u64().unwrap() > 1000, "{r}");
+    assert!(md["latency_p99_us"].as_u64().is_some(), "{r}");
+    assert!(
+        r["buses"]["engine_logic"]["delivered"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert_eq!(r["backend"], "embedded");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unknown_engines_and_settings_are_named() {
+    let (ok, _, err) = dualbus(&["run", "--engines", "features,oracle", "--duration", "1s"]);
+    assert!(!ok);
+    assert!(
+        err.contains("\"oracle\"") && err.contains("enhanced_vpin"),
+        "{err}"
+    );
+    let (ok, _, err) = dualbus(&["run", "--settings", "{\"oracle\": {}}", "--duration", "1s"]);
+    assert!(!ok);
+    assert!(err.contains("\"oracle\""), "{err}");
+    let (ok, _, err) = dualbus(&["engine", "oracle"]);
+    assert!(!ok);
+    assert!(err.contains("unknown engine \"oracle\""), "{err}");
+}
+
+#[test]
+fn redis_that_is_not_there_says_to_start_it() {
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (ok, _, err) = dualbus(&[
+        "run",
+        "--backend",
+        "redis",
+        "--md-url",
+        &url,
+        "--logic-url",
+        &url,
+        "--duration",
+        "1s",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("dualbus redis up"), "{err}");
+}

@@ -1,0 +1,261 @@
+//! The whole trading system: every engine by name, with the settings `dualbus run` uses, and
+//! a [`System`] that starts them on one bus client family and stops them in pipeline order.
+//!
+//! Engines are started consumers first and the MarketData hub last, so no engine misses the
+//! first market data; they are stopped hub first (no new data), then along the pipeline.
+
+use crate::engine::{Engine, EngineCounts, EngineError, EngineHost, HostOptions, RunningEngine};
+use crate::enhanced_vpin::EnhancedVpinEngine;
+use crate::factor::FactorEngine;
+use crate::features::FeaturesEngine;
+use crate::hub::{HubHandle, HubOptions, MarketDataHub};
+use crate::metrics::BusMetrics;
+use crate::ml::MlEngine;
+use crate::provider::Provider;
+use crate::vpin::VpinEngine;
+use async_trait::async_trait;
+use dualbus_bus::DualBus;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every engine of the system, in pipeline order (the MarketData hub first).
+pub const ENGINES: [&str; 13] = [
+    "marketdata",
+    "features",
+    "factor",
+    "ml",
+    "vpin",
+    "enhanced_vpin",
+    "strategy",
+    "risk",
+    "portfolio",
+    "collateral",
+    "analytics",
+    "websocket",
+    "backtesting",
+];
+
+/// The engines this build can run (the others are named in [`ENGINES`] for the plan).
+pub const AVAILABLE: [&str; 6] = [
+    "marketdata",
+    "features",
+    "factor",
+    "ml",
+    "vpin",
+    "enhanced_vpin",
+];
+
+/// A running engine of any type.
+#[async_trait]
+pub trait RunningAny: Send + Sync {
+    /// The engine's name.
+    fn name(&self) -> &'static str;
+    /// Messages received and published so far, by kind.
+    fn counts(&self) -> EngineCounts;
+    /// Stops it gracefully; the final counts.
+    async fn stop(self: Box<Self>) -> EngineCounts;
+}
+
+#[async_trait]
+impl<E: Engine> RunningAny for RunningEngine<E> {
+    fn name(&self) -> &'static str {
+        self.context().name()
+    }
+
+    fn counts(&self) -> EngineCounts {
+        RunningEngine::counts(self)
+    }
+
+    async fn stop(self: Box<Self>) -> EngineCounts {
+        RunningEngine::stop(*self).await
+    }
+}
+
+/// The settings `dualbus run` gives an engine unless the config says otherwise: tuned for the
+/// synthetic 13-symbol market (one-minute bars; VPIN buckets of 50,000 in quote currency, about
+/// 25 calm trades, since prices differ by six orders of magnitude).
+pub fn default_settings(name: &str) -> serde_json::Value {
+    match name {
+        "vpin" => serde_json::json!({
+            "bar_secs": 60, "bucket_volume": 50000.0, "window": 50, "sigma_bars": 50,
+            "cdf_threshold": 0.9, "volume_unit": "quote"
+        }),
+        "enhanced_vpin" => serde_json::json!({ "vpin_window": 50 }),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// What [`start_engine`] needs besides the bus.
+#[derive(Clone)]
+pub struct EngineSetup {
+    /// The engine's settings (JSON `null`: its defaults).
+    pub config: serde_json::Value,
+    /// Market data source (the MarketData hub only).
+    pub provider: Option<Arc<dyn Provider>>,
+    /// Shared per-bus traffic and latency.
+    pub metrics: Option<Arc<BusMetrics>>,
+    /// Heartbeat period.
+    pub health_every: Duration,
+}
+
+/// Starts the engine called `name` on `bus` (whose `src` should be `name`). The MarketData hub
+/// also returns its handle.
+///
+/// # Errors
+/// [`EngineError::Config`] for an unknown name (listing the known ones), a hub without a
+/// provider, or a bad configuration; a failed subscription.
+pub async fn start_engine(
+    name: &str,
+    bus: DualBus,
+    setup: EngineSetup,
+) -> Result<(Box<dyn RunningAny>, Option<HubHandle>), EngineError> {
+    let opts = HostOptions {
+        health_every: setup.health_every,
+        config: setup.config,
+        start: None,
+        metrics: setup.metrics,
+    };
+    async fn boxed<E: Engine>(
+        e: E,
+        bus: DualBus,
+        opts: HostOptions,
+    ) -> Result<(Box<dyn RunningAny>, Option<HubHandle>), EngineError> {
+        Ok((Box::new(EngineHost::start(e, bus, opts).await?), None))
+    }
+    match name {
+        "marketdata" => {
+            let Some(provider) = setup.provider else {
+                return Err(EngineError::Config {
+                    engine: name.into(),
+                    reason: "the MarketData hub needs a provider".into(),
+                });
+            };
+            let hub = MarketDataHub::new(provider, HubOptions::default());
+            let handle = hub.handle();
+            let running = EngineHost::start(hub, bus, opts).await?;
+            Ok((Box::new(running), Some(handle)))
+        }
+        "features" => boxed(FeaturesEngine::default(), bus, opts).await,
+        "factor" => boxed(FactorEngine::default(), bus, opts).await,
+        "ml" => boxed(MlEngine::default(), bus, opts).await,
+        "vpin" => boxed(VpinEngine::default(), bus, opts).await,
+        "enhanced_vpin" => boxed(EnhancedVpinEngine::default(), bus, opts).await,
+        other => Err(EngineError::Config {
+            engine: other.into(),
+            reason: if ENGINES.contains(&other) {
+                format!(
+                    "engine {other:?} is not built yet; this build runs {}",
+                    AVAILABLE.join(", ")
+                )
+            } else {
+                format!(
+                    "unknown engine {other:?}; the engines are {}",
+                    ENGINES.join(", ")
+                )
+            },
+        }),
+    }
+}
+
+/// Settings of a [`System`].
+#[derive(Clone)]
+pub struct SystemOptions {
+    /// The engines to run, by name (default: every available one).
+    pub engines: Vec<String>,
+    /// Market data source of the hub.
+    pub provider: Arc<dyn Provider>,
+    /// Per-engine settings replacing [`default_settings`].
+    pub config: BTreeMap<String, serde_json::Value>,
+    /// Shared per-bus traffic and latency.
+    pub metrics: Option<Arc<BusMetrics>>,
+    /// Heartbeat period of every engine.
+    pub health_every: Duration,
+}
+
+/// Engines running together.
+pub struct System {
+    running: Vec<Box<dyn RunningAny>>,
+    hub: Option<HubHandle>,
+}
+
+impl System {
+    /// Starts the engines on clients derived from `root` (each with the engine's name as `src`
+    /// and `{name}-1` as instance): consumers first, the MarketData hub last.
+    ///
+    /// # Errors
+    /// The first engine that fails to start (those started are stopped again).
+    pub async fn start(root: &DualBus, opts: SystemOptions) -> Result<System, EngineError> {
+        let mut names: Vec<&str> = ENGINES
+            .iter()
+            .copied()
+            .filter(|n| opts.engines.iter().any(|e| e == n))
+            .collect();
+        if let Some(bad) = opts.engines.iter().find(|e| !ENGINES.contains(&e.as_str())) {
+            return Err(EngineError::Config {
+                engine: bad.clone(),
+                reason: format!(
+                    "unknown engine {bad:?}; the engines are {}",
+                    ENGINES.join(", ")
+                ),
+            });
+        }
+        // The hub last: every consumer group exists before the first message.
+        names.sort_by_key(|n| *n == "marketdata");
+        let mut sys = System {
+            running: Vec::new(),
+            hub: None,
+        };
+        for name in names {
+            let bus = root.sibling(name, &format!("{name}-1"))?;
+            let setup = EngineSetup {
+                config: opts
+                    .config
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| default_settings(name)),
+                provider: Some(opts.provider.clone()),
+                metrics: opts.metrics.clone(),
+                health_every: opts.health_every,
+            };
+            match start_engine(name, bus, setup).await {
+                Ok((r, hub)) => {
+                    sys.running.push(r);
+                    if hub.is_some() {
+                        sys.hub = hub;
+                    }
+                }
+                Err(e) => {
+                    sys.stop().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(sys)
+    }
+
+    /// The MarketData hub's handle, when it runs here.
+    pub fn hub(&self) -> Option<&HubHandle> {
+        self.hub.as_ref()
+    }
+
+    /// Counts so far per engine.
+    pub fn counts(&self) -> BTreeMap<String, EngineCounts> {
+        self.running
+            .iter()
+            .map(|r| (r.name().to_string(), r.counts()))
+            .collect()
+    }
+
+    /// Stops every engine: the hub first, then along the pipeline. The final counts.
+    pub async fn stop(self) -> BTreeMap<String, EngineCounts> {
+        let mut running = self.running;
+        running.sort_by_key(|r| ENGINES.iter().position(|n| *n == r.name()));
+        let mut out = BTreeMap::new();
+        for r in running {
+            let name = r.name().to_string();
+            out.insert(name, r.stop().await);
+        }
+        out
+    }
+}
