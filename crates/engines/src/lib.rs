@@ -31,7 +31,12 @@
 //!   features predicting the sign of the next bar's return (`ml_prediction`).
 //! * [`factor`]: the Factor engine: momentum, reversal, low volatility and liquidity z-scored
 //!   across the universe at each bar, and their composite (`factor_calculation`).
+//! * [`portfolio`]: the Portfolio engine: positions from fills at average cost, P&L marked to
+//!   quote mids, fees, drawdown and the equity curve (`portfolio_update`, `position_change`).
+//! * [`collateral`]: the Collateral engine: margin per position from a base rate and realized
+//!   volatility, utilization of equity, and `margin_call` when it crosses a threshold.
 
+pub mod collateral;
 pub mod engine;
 pub mod enhanced_vpin;
 pub mod factor;
@@ -40,6 +45,7 @@ pub mod hub;
 pub mod market;
 pub mod metrics;
 pub mod ml;
+pub mod portfolio;
 pub mod provider;
 pub mod system;
 pub mod venue;
