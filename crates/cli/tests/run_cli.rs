@@ -51,6 +51,9 @@ fn a_timed_run_writes_a_report_of_every_engine() {
         "ml",
         "vpin",
         "enhanced_vpin",
+        "portfolio",
+        "collateral",
+        "analytics",
     ] {
         assert!(engines.contains_key(name), "{name} missing: {r}");
         assert!(published(name, "engine_health") > 0, "{name}: {r}");

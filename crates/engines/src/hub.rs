@@ -54,6 +54,10 @@ pub struct HubOptions {
     pub history_entries: usize,
     /// Paper venue settings.
     pub venue: VenueOptions,
+    /// Before the live data, publish each symbol's last this many one-minute bars of the
+    /// provider's history as `market_data.bar.{SYMBOL}` (0: none), so that engines working on
+    /// bars (features, factor, ML) have their windows full from the first live minute.
+    pub warm_bars: u32,
 }
 
 impl Default for HubOptions {
@@ -62,6 +66,7 @@ impl Default for HubOptions {
             history_ttl_secs: HashMap::from([(DataType::Bar, 30.0)]),
             history_entries: 10_000,
             venue: VenueOptions::default(),
+            warm_bars: 0,
         }
     }
 }
@@ -424,8 +429,57 @@ impl MarketDataHub {
     }
 }
 
+/// Publishes the last `warm_bars` bars of each symbol's history (see [`HubOptions::warm_bars`]).
+async fn warm(shared: &Shared, ctx: &EngineContext) {
+    let bus = ctx.bus();
+    let mut bars = Vec::new();
+    for inst in shared.provider.instruments() {
+        let req = HistoryRequest {
+            symbol: inst.symbol.clone(),
+            bar_secs: 60,
+            limit: shared.opts.warm_bars,
+            end_ts: None,
+        };
+        match shared.provider.history(&req).await {
+            Ok(b) => bars.extend(b),
+            Err(e) => tracing::warn!(symbol = %inst.symbol, error = %e, "no warm-up history"),
+        }
+    }
+    // In time order across symbols, as live data comes: a cross-sectional engine (factor)
+    // groups bars by period.
+    bars.sort_by(|a, b| (a.ts, &a.symbol).cmp(&(b.ts, &b.symbol)));
+    let mut envs = Vec::with_capacity(bars.len());
+    for b in bars {
+        let topic = format!("market_data.bar.{}", b.symbol);
+        let ev = MarketEvent::Bar(b);
+        if let Err(reason) = shared.validator.lock().validate(&ev) {
+            log_reject(reason, &ev);
+            continue;
+        }
+        let MarketEvent::Bar(b) = ev else {
+            unreachable!("built above")
+        };
+        match bus.envelope(EventKind::MarketData, &topic, Priority::Normal, &b) {
+            Ok(env) => envs.push(env),
+            Err(e) => tracing::warn!(error = %e, "warm-up bar not published"),
+        }
+    }
+    let n = envs.len() as u64;
+    if n > 0 {
+        match ctx.publish_batch(envs).await {
+            Ok(()) => {
+                shared.counters.published.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "warm-up bars not published"),
+        }
+    }
+}
+
 /// Reads the provider, validates, updates caches and the venue, publishes.
 async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::Notify>) {
+    if shared.opts.warm_bars > 0 {
+        warm(&shared, &ctx).await;
+    }
     let mut stream = match shared.provider.stream().await {
         Ok(s) => s,
         Err(e) => {

@@ -7,6 +7,8 @@
 //! component that talks to data providers.
 //!
 //! # Layout
+//! * [`analytics`]: the Analytics engine: Sharpe ratio, drawdown, turnover, hit rate, P&L by
+//!   symbol, per-bus traffic and latency (`analytics_result`).
 //! * [`engine`]: the `Engine` trait, its context and the host (subscriptions, timers,
 //!   `engine_health` heartbeats, graceful stop, per-kind counters).
 //! * [`features`]: per-symbol indicators on time bars (returns, realized volatility, RSI,
@@ -36,6 +38,7 @@
 //! * [`collateral`]: the Collateral engine: margin per position from a base rate and realized
 //!   volatility, utilization of equity, and `margin_call` when it crosses a threshold.
 
+pub mod analytics;
 pub mod collateral;
 pub mod engine;
 pub mod enhanced_vpin;

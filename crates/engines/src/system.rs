@@ -4,6 +4,8 @@
 //! Engines are started consumers first and the MarketData hub last, so no engine misses the
 //! first market data; they are stopped hub first (no new data), then along the pipeline.
 
+use crate::analytics::AnalyticsEngine;
+use crate::collateral::CollateralEngine;
 use crate::engine::{Engine, EngineCounts, EngineError, EngineHost, HostOptions, RunningEngine};
 use crate::enhanced_vpin::EnhancedVpinEngine;
 use crate::factor::FactorEngine;
@@ -11,6 +13,7 @@ use crate::features::FeaturesEngine;
 use crate::hub::{HubHandle, HubOptions, MarketDataHub};
 use crate::metrics::BusMetrics;
 use crate::ml::MlEngine;
+use crate::portfolio::PortfolioEngine;
 use crate::provider::Provider;
 use crate::vpin::VpinEngine;
 use async_trait::async_trait;
@@ -37,13 +40,16 @@ pub const ENGINES: [&str; 13] = [
 ];
 
 /// The engines this build can run (the others are named in [`ENGINES`] for the plan).
-pub const AVAILABLE: [&str; 6] = [
+pub const AVAILABLE: [&str; 9] = [
     "marketdata",
     "features",
     "factor",
     "ml",
     "vpin",
     "enhanced_vpin",
+    "portfolio",
+    "collateral",
+    "analytics",
 ];
 
 /// A running engine of any type.
@@ -74,7 +80,8 @@ impl<E: Engine> RunningAny for RunningEngine<E> {
 
 /// The settings `dualbus run` gives an engine unless the config says otherwise: tuned for the
 /// synthetic 13-symbol market (one-minute bars; VPIN buckets of 50,000 in quote currency, about
-/// 25 calm trades, since prices differ by six orders of magnitude).
+/// 25 calm trades, since prices range from 0.12 to 60,000); the hub publishes an hour of
+/// bars of history before the live data.
 pub fn default_settings(name: &str) -> serde_json::Value {
     match name {
         "vpin" => serde_json::json!({
@@ -82,6 +89,8 @@ pub fn default_settings(name: &str) -> serde_json::Value {
             "cdf_threshold": 0.9, "volume_unit": "quote"
         }),
         "enhanced_vpin" => serde_json::json!({ "vpin_window": 50 }),
+        // An hour of one-minute bars before the live data: full indicator windows at once.
+        "marketdata" => serde_json::json!({ "warm_bars": 60 }),
         _ => serde_json::Value::Null,
     }
 }
@@ -131,7 +140,33 @@ pub async fn start_engine(
                     reason: "the MarketData hub needs a provider".into(),
                 });
             };
-            let hub = MarketDataHub::new(provider, HubOptions::default());
+            let warm_bars = match opts.config.get("warm_bars") {
+                None => 0,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| EngineError::Config {
+                        engine: name.into(),
+                        reason: format!("warm_bars {v} must be a whole number of bars"),
+                    })?,
+            };
+            if let Some(bad) = opts
+                .config
+                .as_object()
+                .and_then(|m| m.keys().find(|k| *k != "warm_bars"))
+            {
+                return Err(EngineError::Config {
+                    engine: name.into(),
+                    reason: format!("unknown setting {bad:?} (the hub takes warm_bars)"),
+                });
+            }
+            let hub = MarketDataHub::new(
+                provider,
+                HubOptions {
+                    warm_bars,
+                    ..Default::default()
+                },
+            );
             let handle = hub.handle();
             let running = EngineHost::start(hub, bus, opts).await?;
             Ok((Box::new(running), Some(handle)))
@@ -141,6 +176,9 @@ pub async fn start_engine(
         "ml" => boxed(MlEngine::default(), bus, opts).await,
         "vpin" => boxed(VpinEngine::default(), bus, opts).await,
         "enhanced_vpin" => boxed(EnhancedVpinEngine::default(), bus, opts).await,
+        "portfolio" => boxed(PortfolioEngine::default(), bus, opts).await,
+        "collateral" => boxed(CollateralEngine::default(), bus, opts).await,
+        "analytics" => boxed(AnalyticsEngine::default(), bus, opts).await,
         other => Err(EngineError::Config {
             engine: other.into(),
             reason: if ENGINES.contains(&other) {

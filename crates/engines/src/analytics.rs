@@ -1,0 +1,518 @@
+//! Analytics: performance of the book and traffic of the buses.
+//!
+//! The Analytics engine (`analytics`) reads the Portfolio engine's `portfolio_update` and
+//! `position_change`, the fills (`trade_execution`) and every engine's `engine_health`, and
+//! publishes `analytics_result.performance` every `every_secs` of data time (default 900) and
+//! once more when it stops. Performance figures depend only on the data, so a replay gives the
+//! same figures:
+//!
+//! * **equity, P&L, return**: the latest `portfolio_update`; P&L = equity - the first equity seen.
+//! * **Sharpe ratio**: of one-minute returns of equity (the last equity of each minute of data
+//!   time; minutes without an update carry the previous equity), annualized with
+//!   `sqrt(525,600)` minutes per year, risk-free rate 0; `None` with fewer than 2 returns or no
+//!   variation.
+//! * **maximum drawdown**: the largest fall of equity below its running peak, as a fraction of
+//!   the peak (over every update, not only minute closes).
+//! * **turnover**: traded notional (sum of `|qty x price|` of fills) over the first equity.
+//! * **hit rate**: the share of position changes that realized a profit among those that
+//!   realized any P&L (reducing or closing fills).
+//! * **P&L by symbol**: realized (sum of the position changes' `realized_pnl`) plus the
+//!   unrealized P&L of the latest `portfolio_update` position.
+//!
+//! Traffic and latency depend on the machine and are reported apart, under `traffic`: per bus,
+//! the messages the engines published (summed from the per-kind counts of their latest
+//! `engine_health` heartbeats, each kind counted on the bus it routes to) and the delivery
+//! latency of the messages this engine received (envelope `ts` to hand-over), p50/p99/max.
+
+use crate::engine::{Engine, EngineContext, EngineError, EngineHealth, Interest};
+use crate::portfolio::{PortfolioUpdate, PositionChange};
+use crate::venue::{ExecStatus, Execution};
+use async_trait::async_trait;
+use dualbus_bus::{BusId, HandlerError};
+use dualbus_core::{Envelope, EventKind, Priority};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+const NS: u64 = 1_000_000_000;
+const MINUTES_PER_YEAR: f64 = 525_600.0;
+
+/// Analytics settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnalyticsParams {
+    /// Data time between two reports, seconds.
+    pub every_secs: u64,
+}
+
+impl Default for AnalyticsParams {
+    fn default() -> Self {
+        AnalyticsParams { every_secs: 900 }
+    }
+}
+
+impl AnalyticsParams {
+    /// Every problem with these settings (empty when valid), each naming the value.
+    pub fn problems(&self) -> Vec<String> {
+        if self.every_secs == 0 {
+            vec!["every_secs must be at least 1".to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// The performance part of an `analytics_result` (data-determined).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Performance {
+    /// Event time of the latest data, Unix ns.
+    pub ts: u64,
+    /// Data time covered, seconds (first to latest portfolio update).
+    pub period_s: f64,
+    /// Latest equity.
+    pub equity: Option<f64>,
+    /// Equity minus the first equity seen.
+    pub pnl: f64,
+    /// `pnl` over the first equity.
+    pub return_pct: f64,
+    /// Annualized Sharpe ratio of one-minute equity returns.
+    pub sharpe: Option<f64>,
+    /// Largest fall below the running peak, fraction of the peak.
+    pub max_drawdown: f64,
+    /// Traded notional over the first equity.
+    pub turnover: f64,
+    /// Fills.
+    pub fills: u64,
+    /// Winning share of the position changes that realized P&L.
+    pub hit_rate: Option<f64>,
+    /// Realized plus unrealized P&L per symbol.
+    pub pnl_by_symbol: BTreeMap<String, f64>,
+}
+
+/// The data-determined part of the analytics, fed event by event.
+#[derive(Clone, Debug, Default)]
+pub struct PerformanceTracker {
+    first_equity: Option<f64>,
+    first_ts: Option<u64>,
+    equity: Option<f64>,
+    ts: u64,
+    peak: f64,
+    max_drawdown: f64,
+    /// (minute index, last equity of that minute), the newest last.
+    minutes: Vec<(u64, f64)>,
+    notional: f64,
+    fills: u64,
+    wins: u64,
+    losses: u64,
+    realized: BTreeMap<String, f64>,
+    unrealized: BTreeMap<String, f64>,
+}
+
+impl PerformanceTracker {
+    /// An equity observation at `ts` (Unix ns), with the book's unrealized P&L per symbol.
+    pub fn on_equity(&mut self, ts: u64, equity: f64, unrealized: BTreeMap<String, f64>) {
+        if self.first_equity.is_none() {
+            self.first_equity = Some(equity);
+            self.first_ts = Some(ts);
+            self.peak = equity;
+        }
+        self.equity = Some(equity);
+        self.ts = self.ts.max(ts);
+        if equity > self.peak {
+            self.peak = equity;
+        }
+        if self.peak > 0.0 {
+            self.max_drawdown = self.max_drawdown.max((self.peak - equity) / self.peak);
+        }
+        let minute = ts / (60 * NS);
+        match self.minutes.last_mut() {
+            Some((m, e)) if *m == minute => *e = equity,
+            Some((m, _)) if *m > minute => {} // an older update: the minute is closed
+            _ => self.minutes.push((minute, equity)),
+        }
+        self.unrealized = unrealized;
+    }
+
+    /// A fill of `notional` (absolute value of quantity x price).
+    pub fn on_fill(&mut self, ts: u64, notional: f64) {
+        self.fills += 1;
+        self.notional += notional.abs();
+        self.ts = self.ts.max(ts);
+    }
+
+    /// A position change that realized `realized` P&L (0 for an opening fill).
+    pub fn on_realized(&mut self, symbol: &str, realized: f64) {
+        *self.realized.entry(symbol.to_string()).or_default() += realized;
+        if realized > 0.0 {
+            self.wins += 1;
+        } else if realized < 0.0 {
+            self.losses += 1;
+        }
+    }
+
+    /// One-minute returns of equity, carrying the equity over minutes without an update.
+    pub fn minute_returns(&self) -> Vec<f64> {
+        let mut out = Vec::new();
+        for w in self.minutes.windows(2) {
+            let ((m0, e0), (m1, e1)) = (w[0], w[1]);
+            if e0 <= 0.0 {
+                continue;
+            }
+            // Minutes between them had the equity e0: zero returns.
+            out.extend(std::iter::repeat_n(0.0, (m1 - m0 - 1) as usize));
+            out.push(e1 / e0 - 1.0);
+        }
+        out
+    }
+
+    /// The figures so far.
+    pub fn performance(&self) -> Performance {
+        let first = self.first_equity.unwrap_or(0.0);
+        let pnl = self.equity.map(|e| e - first).unwrap_or(0.0);
+        let rets = self.minute_returns();
+        let sharpe = if rets.len() >= 2 {
+            let n = rets.len() as f64;
+            let mean = rets.iter().sum::<f64>() / n;
+            let sd = (rets.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+            (sd > 0.0).then(|| mean / sd * MINUTES_PER_YEAR.sqrt())
+        } else {
+            None
+        };
+        let mut pnl_by_symbol = self.realized.clone();
+        for (s, u) in &self.unrealized {
+            *pnl_by_symbol.entry(s.clone()).or_default() += u;
+        }
+        let decided = self.wins + self.losses;
+        Performance {
+            ts: self.ts,
+            period_s: self
+                .first_ts
+                .map(|f| self.ts.saturating_sub(f) as f64 / 1e9)
+                .unwrap_or(0.0),
+            equity: self.equity,
+            pnl,
+            return_pct: if first > 0.0 {
+                pnl / first * 100.0
+            } else {
+                0.0
+            },
+            sharpe,
+            max_drawdown: self.max_drawdown,
+            turnover: if first > 0.0 {
+                self.notional / first
+            } else {
+                0.0
+            },
+            fills: self.fills,
+            hit_rate: (decided > 0).then(|| self.wins as f64 / decided as f64),
+            pnl_by_symbol,
+        }
+    }
+}
+
+/// Traffic and latency of one bus, as the Analytics engine sees them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BusTraffic {
+    /// Messages the engines published on this bus (from their heartbeats).
+    pub published: u64,
+    /// Messages this engine received from this bus.
+    pub received: u64,
+    /// Delivery latency to this engine, microseconds.
+    pub latency_p50_us: Option<u64>,
+    /// 99th percentile.
+    pub latency_p99_us: Option<u64>,
+    /// Largest.
+    pub latency_max_us: Option<u64>,
+}
+
+/// The payload of an `analytics_result`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnalyticsResult {
+    /// `performance`.
+    pub report: String,
+    /// `periodic` or `final`.
+    pub period: String,
+    /// Data-determined figures.
+    #[serde(flatten)]
+    pub performance: Performance,
+    /// Machine-dependent figures: per bus (`market_data`, `engine_logic`).
+    pub traffic: BTreeMap<String, BusTraffic>,
+}
+
+/// The Analytics engine (`analytics`); see the module documentation.
+pub struct AnalyticsEngine {
+    params: AnalyticsParams,
+    perf: PerformanceTracker,
+    next_report: Option<u64>,
+    published_by_engine: BTreeMap<String, BTreeMap<String, u64>>,
+    latency: [Histogram<u64>; 2],
+    received: [u64; 2],
+    reports: u64,
+    last: Option<AnalyticsResult>,
+}
+
+impl Default for AnalyticsEngine {
+    fn default() -> Self {
+        AnalyticsEngine::new(AnalyticsParams::default())
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+impl AnalyticsEngine {
+    /// An engine with `params` (replaced by the engine's configuration section, if any).
+    pub fn new(params: AnalyticsParams) -> AnalyticsEngine {
+        AnalyticsEngine {
+            params,
+            perf: PerformanceTracker::default(),
+            next_report: None,
+            published_by_engine: BTreeMap::new(),
+            latency: [histogram(), histogram()],
+            received: [0, 0],
+            reports: 0,
+            last: None,
+        }
+    }
+
+    /// The latest result published.
+    pub fn last(&self) -> Option<&AnalyticsResult> {
+        self.last.as_ref()
+    }
+
+    /// The figures now.
+    pub fn result(&self, ctx: &EngineContext, period: &str) -> AnalyticsResult {
+        let mut traffic = BTreeMap::new();
+        for (i, (bus, name)) in [
+            (BusId::MarketData, "market_data"),
+            (BusId::Logic, "engine_logic"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let published = self
+                .published_by_engine
+                .values()
+                .flat_map(|m| m.iter())
+                .filter(|(kind, _)| {
+                    EventKind::parse(kind)
+                        .map(|k| ctx.bus().route(&k, Priority::Normal).bus == bus)
+                        .unwrap_or(false)
+                })
+                .map(|(_, n)| *n)
+                .sum();
+            let h = &self.latency[i];
+            let q = |p: f64| (!h.is_empty()).then(|| h.value_at_quantile(p));
+            traffic.insert(
+                name.to_string(),
+                BusTraffic {
+                    published,
+                    received: self.received[i],
+                    latency_p50_us: q(0.5),
+                    latency_p99_us: q(0.99),
+                    latency_max_us: (!h.is_empty()).then(|| h.max()),
+                },
+            );
+        }
+        AnalyticsResult {
+            report: "performance".into(),
+            period: period.into(),
+            performance: self.perf.performance(),
+            traffic,
+        }
+    }
+
+    async fn publish(&mut self, ctx: &EngineContext, period: &str) -> Result<(), EngineError> {
+        let r = self.result(ctx, period);
+        self.reports += 1;
+        ctx.publish(
+            EventKind::AnalyticsResult,
+            "analytics_result.performance",
+            Priority::Low,
+            &r,
+        )
+        .await?;
+        self.last = Some(r);
+        Ok(())
+    }
+
+    /// Publishes a periodic report when data time passes the next report time.
+    async fn maybe_report(&mut self, ctx: &EngineContext, ts: u64) {
+        let every = self.params.every_secs * NS;
+        match self.next_report {
+            None => self.next_report = Some(ts - ts % every + every),
+            Some(next) if ts >= next => {
+                self.next_report = Some(ts - ts % every + every);
+                if let Err(e) = self.publish(ctx, "periodic").await {
+                    tracing::warn!(error = %e, "analytics result not published");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for AnalyticsEngine {
+    fn name(&self) -> &'static str {
+        "analytics"
+    }
+
+    fn subscriptions(&self) -> Vec<Interest> {
+        vec![Interest::reliable(&[
+            "portfolio_update.>",
+            "position_change.>",
+            "trade_execution.>",
+            "engine_health.>",
+        ])]
+    }
+
+    async fn start(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
+        if !ctx.config().is_null() {
+            self.params = ctx.settings()?;
+        }
+        let problems = self.params.problems();
+        if !problems.is_empty() {
+            return Err(EngineError::Config {
+                engine: "analytics".into(),
+                reason: problems.join("; "),
+            });
+        }
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        ctx: &EngineContext,
+        msg: &Envelope,
+    ) -> Result<(), HandlerError> {
+        let bus = ctx.bus().route(&msg.kind, msg.prio).bus;
+        self.received[bus.index()] += 1;
+        let us =
+            (dualbus_core::now_unix_nanos().saturating_sub(msg.ts) / 1_000).clamp(1, 3_600_000_000);
+        let _ = self.latency[bus.index()].record(us);
+        let bad = |what: &str, e: dualbus_core::CodecError| {
+            HandlerError(format!("{what} does not decode: {e}"))
+        };
+        match &msg.kind {
+            EventKind::PortfolioUpdate => {
+                let p: PortfolioUpdate = msg
+                    .enc
+                    .decode(&msg.payload)
+                    .map_err(|e| bad("portfolio_update", e))?;
+                let unrealized = p
+                    .positions
+                    .into_iter()
+                    .map(|v| (v.symbol, v.unrealized_pnl))
+                    .collect();
+                self.perf.on_equity(p.ts, p.equity, unrealized);
+                self.maybe_report(ctx, p.ts).await;
+            }
+            EventKind::PositionChange => {
+                let c: PositionChange = msg
+                    .enc
+                    .decode(&msg.payload)
+                    .map_err(|e| bad("position_change", e))?;
+                self.perf.on_realized(&c.symbol, c.realized_pnl);
+            }
+            EventKind::TradeExecution => {
+                let x: Execution = msg
+                    .enc
+                    .decode(&msg.payload)
+                    .map_err(|e| bad("trade_execution", e))?;
+                if x.status == ExecStatus::Filled {
+                    self.perf.on_fill(x.ts, x.qty * x.price);
+                }
+            }
+            EventKind::EngineHealth => {
+                let h: EngineHealth = msg
+                    .enc
+                    .decode(&msg.payload)
+                    .map_err(|e| bad("engine_health", e))?;
+                self.published_by_engine
+                    .insert(h.engine.clone(), h.counts.published);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
+        self.publish(ctx, "final").await
+    }
+
+    fn health(&self) -> serde_json::Value {
+        let p = self.perf.performance();
+        serde_json::json!({"reports": self.reports, "equity": p.equity, "pnl": p.pnl, "fills": p.fills})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60 * NS;
+
+    #[test]
+    fn drawdown_turnover_hit_rate_and_pnl_by_symbol() {
+        let mut t = PerformanceTracker::default();
+        t.on_equity(0, 100_000.0, BTreeMap::new());
+        t.on_equity(MIN, 110_000.0, BTreeMap::new());
+        t.on_equity(2 * MIN, 99_000.0, BTreeMap::new()); // 10% below the 110,000 peak
+        t.on_equity(
+            3 * MIN,
+            105_000.0,
+            BTreeMap::from([("BTC".to_string(), 300.0)]),
+        );
+        t.on_fill(MIN, 20_000.0);
+        t.on_fill(2 * MIN, -30_000.0); // a sell: notional counts in absolute value
+        t.on_realized("BTC", 0.0); // an opening fill: neither win nor loss
+        t.on_realized("BTC", 500.0);
+        t.on_realized("ETH", -200.0);
+        t.on_realized("ETH", 100.0);
+        let p = t.performance();
+        assert!((p.max_drawdown - 0.1).abs() < 1e-12, "{p:?}");
+        assert_eq!(p.pnl, 5_000.0);
+        assert!((p.return_pct - 5.0).abs() < 1e-12);
+        assert!((p.turnover - 0.5).abs() < 1e-12); // 50,000 / 100,000
+        assert_eq!(p.fills, 2);
+        assert_eq!(p.hit_rate, Some(2.0 / 3.0));
+        assert_eq!(p.pnl_by_symbol["BTC"], 800.0);
+        assert_eq!(p.pnl_by_symbol["ETH"], -100.0);
+        assert_eq!(p.period_s, 180.0);
+    }
+
+    #[test]
+    fn sharpe_of_minute_returns_with_gaps_carried() {
+        let mut t = PerformanceTracker::default();
+        // Minute 0: 100 (then 101 in the same minute: the minute's last counts), minute 1:
+        // 102, minute 3: 102 x 1.01 = 103.02 (minute 2 carries 102: a zero return).
+        t.on_equity(0, 100.0, BTreeMap::new());
+        t.on_equity(30 * NS, 101.0, BTreeMap::new());
+        t.on_equity(MIN, 102.0, BTreeMap::new());
+        t.on_equity(3 * MIN + 5 * NS, 103.02, BTreeMap::new());
+        let r = t.minute_returns();
+        assert_eq!(r.len(), 3);
+        assert!((r[0] - (102.0 / 101.0 - 1.0)).abs() < 1e-12);
+        assert_eq!(r[1], 0.0);
+        assert!((r[2] - 0.01).abs() < 1e-12);
+        // mean and sample sd of the three, annualized by sqrt(525,600).
+        let mean = r.iter().sum::<f64>() / 3.0;
+        let sd = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+        let want = mean / sd * 525_600f64.sqrt();
+        assert!((t.performance().sharpe.unwrap() - want).abs() < 1e-9);
+        // Flat equity: no Sharpe.
+        let mut flat = PerformanceTracker::default();
+        for m in 0..5 {
+            flat.on_equity(m * MIN, 100.0, BTreeMap::new());
+        }
+        assert_eq!(flat.performance().sharpe, None);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let p = AnalyticsParams { every_secs: 0 };
+        assert!(p.problems()[0].contains("every_secs"));
+    }
+}
