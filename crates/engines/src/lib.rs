@@ -28,6 +28,11 @@
 //!   features predicting the sign of the next bar's return (`ml_prediction`).
 //! * [`factor`]: the Factor engine: momentum, reversal, low volatility and liquidity z-scored
 //!   across the universe at each bar, and their composite (`factor_calculation`).
+//! * [`strategy`]: the Strategy engine: a target position per symbol from the ML probability
+//!   and the factor composite, zeroed while a toxicity or flash crash alert is active
+//!   (`strategy_signal`).
+//! * [`risk`]: the Risk engine: pre-trade checks that turn signals into orders
+//!   (`order_request`) or rejections (`risk_alert`), the circuit breaker, parametric VaR.
 
 pub mod engine;
 pub mod enhanced_vpin;
@@ -37,5 +42,7 @@ pub mod hub;
 pub mod market;
 pub mod ml;
 pub mod provider;
+pub mod risk;
+pub mod strategy;
 pub mod venue;
 pub mod vpin;
