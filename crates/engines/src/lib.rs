@@ -37,6 +37,11 @@
 //!   quote mids, fees, drawdown and the equity curve (`portfolio_update`, `position_change`).
 //! * [`collateral`]: the Collateral engine: margin per position from a base rate and realized
 //!   volatility, utilization of equity, and `margin_call` when it crosses a threshold.
+//! * [`strategy`]: the Strategy engine: a target position per symbol from the ML probability
+//!   and the factor composite, zeroed while a toxicity or flash crash alert is active
+//!   (`strategy_signal`).
+//! * [`risk`]: the Risk engine: pre-trade checks that turn signals into orders
+//!   (`order_request`) or rejections (`risk_alert`), the circuit breaker, parametric VaR.
 
 pub mod analytics;
 pub mod collateral;
@@ -50,6 +55,8 @@ pub mod metrics;
 pub mod ml;
 pub mod portfolio;
 pub mod provider;
+pub mod risk;
+pub mod strategy;
 pub mod system;
 pub mod venue;
 pub mod vpin;
