@@ -31,6 +31,8 @@
 //!   features predicting the sign of the next bar's return (`ml_prediction`).
 //! * [`factor`]: the Factor engine: momentum, reversal, low volatility and liquidity z-scored
 //!   across the universe at each bar, and their composite (`factor_calculation`).
+//! * [`websocket`]: the WebSocket engine: HTTP on port 8600 with a live page, a WebSocket
+//!   feed of chosen kinds (quotes coalesced per symbol), `/health` and `/api/state`.
 
 pub mod engine;
 pub mod enhanced_vpin;
@@ -44,3 +46,4 @@ pub mod provider;
 pub mod system;
 pub mod venue;
 pub mod vpin;
+pub mod websocket;
