@@ -31,6 +31,8 @@ fn a_timed_run_writes_a_report_of_every_engine() {
         "--symbols",
         "BTCUSDT,ETHUSDT,SOLUSDT",
         "--quiet",
+        "--port",
+        "0",
         "--report",
         report.to_str().unwrap(),
     ]);
@@ -51,9 +53,12 @@ fn a_timed_run_writes_a_report_of_every_engine() {
         "ml",
         "vpin",
         "enhanced_vpin",
+        "strategy",
+        "risk",
         "portfolio",
         "collateral",
         "analytics",
+        "websocket",
     ] {
         assert!(engines.contains_key(name), "{name} missing: {r}");
         assert!(published(name, "engine_health") > 0, "{name}: {r}");
@@ -66,6 +71,15 @@ fn a_timed_run_writes_a_report_of_every_engine() {
     assert!(published("factor", "factor_calculation") > 0, "{r}");
     assert!(published("vpin", "vpin_calculation") > 0, "{r}");
     assert!(received("enhanced_vpin", "vpin_calculation") > 0, "{r}");
+    // The trading loop: signals, orders, fills at the hub's paper venue, the portfolio.
+    assert!(published("strategy", "strategy_signal") > 0, "{r}");
+    assert!(published("risk", "order_request") > 0, "{r}");
+    assert!(received("marketdata", "order_request") > 0, "{r}");
+    assert!(received("portfolio", "trade_execution") > 0, "{r}");
+    assert!(published("portfolio", "portfolio_update") > 0, "{r}");
+    assert!(published("analytics", "analytics_result") > 0, "{r}");
+    assert!(received("websocket", "portfolio_update") > 0, "{r}");
+    assert!(r["fills"].as_u64().unwrap() > 0, "{r}");
     let md = &r["buses"]["market_data"];
     assert!(md["published"].as_u64().unwrap() > 1000, "{r}");
     assert!(md["latency_p99_us"].as_u64().is_some(), "{r}");

@@ -42,6 +42,8 @@
 //!   (`strategy_signal`).
 //! * [`risk`]: the Risk engine: pre-trade checks that turn signals into orders
 //!   (`order_request`) or rejections (`risk_alert`), the circuit breaker, parametric VaR.
+//! * [`websocket`]: the WebSocket engine: HTTP on port 8600 with a live page, a WebSocket
+//!   feed of chosen kinds (quotes coalesced per symbol), `/health` and `/api/state`.
 
 pub mod analytics;
 pub mod collateral;
@@ -60,3 +62,4 @@ pub mod strategy;
 pub mod system;
 pub mod venue;
 pub mod vpin;
+pub mod websocket;

@@ -15,7 +15,10 @@ use crate::metrics::BusMetrics;
 use crate::ml::MlEngine;
 use crate::portfolio::PortfolioEngine;
 use crate::provider::Provider;
+use crate::risk::RiskEngine;
+use crate::strategy::StrategyEngine;
 use crate::vpin::VpinEngine;
+use crate::websocket::WebSocketEngine;
 use async_trait::async_trait;
 use dualbus_bus::DualBus;
 use std::collections::BTreeMap;
@@ -40,16 +43,19 @@ pub const ENGINES: [&str; 13] = [
 ];
 
 /// The engines this build can run (the others are named in [`ENGINES`] for the plan).
-pub const AVAILABLE: [&str; 9] = [
+pub const AVAILABLE: [&str; 12] = [
     "marketdata",
     "features",
     "factor",
     "ml",
     "vpin",
     "enhanced_vpin",
+    "strategy",
+    "risk",
     "portfolio",
     "collateral",
     "analytics",
+    "websocket",
 ];
 
 /// A running engine of any type.
@@ -91,6 +97,8 @@ pub fn default_settings(name: &str) -> serde_json::Value {
         "enhanced_vpin" => serde_json::json!({ "vpin_window": 50 }),
         // An hour of one-minute bars before the live data: full indicator windows at once.
         "marketdata" => serde_json::json!({ "warm_bars": 60 }),
+        // Thirteen symbols with a signal each per bar: 30 orders a minute would reject most.
+        "risk" => serde_json::json!({ "max_orders_per_min": 120 }),
         _ => serde_json::Value::Null,
     }
 }
@@ -176,9 +184,12 @@ pub async fn start_engine(
         "ml" => boxed(MlEngine::default(), bus, opts).await,
         "vpin" => boxed(VpinEngine::default(), bus, opts).await,
         "enhanced_vpin" => boxed(EnhancedVpinEngine::default(), bus, opts).await,
+        "strategy" => boxed(StrategyEngine::default(), bus, opts).await,
+        "risk" => boxed(RiskEngine::default(), bus, opts).await,
         "portfolio" => boxed(PortfolioEngine::default(), bus, opts).await,
         "collateral" => boxed(CollateralEngine::default(), bus, opts).await,
         "analytics" => boxed(AnalyticsEngine::default(), bus, opts).await,
+        "websocket" => boxed(WebSocketEngine::default(), bus, opts).await,
         other => Err(EngineError::Config {
             engine: other.into(),
             reason: if ENGINES.contains(&other) {

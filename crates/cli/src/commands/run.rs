@@ -45,6 +45,9 @@ predictions, factor scores, VPIN. A status line every second shows per bus the m
 second and the p99 delivery latency, fills, equity and the alerts so far; Ctrl-C stops every
 engine gracefully and prints a summary.
 
+The dashboard (WebSocket engine) serves http://127.0.0.1:8600/ (--port to change): prices,
+P&L, alerts, signals and bus traffic, live.
+
 Examples:
   dualbus run
   dualbus run --duration 60s --report run.json
@@ -69,6 +72,10 @@ pub struct RunArgs {
     /// Per-engine settings as JSON: `{"vpin": {"window": 30}}` (replaces that engine's defaults).
     #[arg(long, value_name = "JSON")]
     pub settings: Option<String>,
+    /// Port of the dashboard (the WebSocket engine's HTTP server on 127.0.0.1; 0: any free
+    /// port). Ignored when --settings configures `websocket`.
+    #[arg(long, default_value_t = 8600)]
+    pub port: u16,
     /// No status line.
     #[arg(long)]
     pub quiet: bool,
@@ -192,12 +199,19 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         .map(parse_duration)
         .transpose()
         .context("--duration")?;
-    let settings = parse_settings(args.settings.as_deref())?;
+    let mut settings = parse_settings(args.settings.as_deref())?;
     let engines: Vec<String> = if args.engines.is_empty() {
         AVAILABLE.iter().map(|s| s.to_string()).collect()
     } else {
         args.engines.clone()
     };
+    let dashboard = engines.iter().any(|e| e == "websocket") && !settings.contains_key("websocket");
+    if dashboard {
+        settings.insert(
+            "websocket".into(),
+            json!({ "bind": format!("127.0.0.1:{}", args.port) }),
+        );
+    }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -251,6 +265,9 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
                     None => "Ctrl-C stops".into(),
                 }
             );
+        }
+        if dashboard && args.port != 0 && !args.quiet {
+            eprintln!("dashboard: http://127.0.0.1:{}/", args.port);
         }
         let tty = std::io::stderr().is_terminal();
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -1,0 +1,1432 @@
+//! The WebSocket engine: a live feed of the buses for browsers, over HTTP on port 8600.
+//!
+//! The engine reads every kind the dashboard shows in fast mode (a dashboard must never hold
+//! back the pipeline) and serves, on [`WebSocketParams::bind`]:
+//!
+//! * `GET /`: a self-contained live page (prices, equity and P&L, alerts, strategy signals,
+//!   bus traffic by kind, engines), which connects to `/ws`.
+//! * `GET /ws?kinds=a,b`: a WebSocket feed. Frames are JSON text:
+//!   - first `{"type":"snapshot",...}`: the state of `/api/state`, so a late client sees it
+//!     at once;
+//!   - `{"type":"message","kind":K,"topic":T,"src":S,"ts":ns,"payload":{...}}` for each bus
+//!     message whose kind the client asked for (`kinds`, or
+//!     [`WebSocketParams::kinds_default`] when it names none); a name outside [`FEED_KINDS`]
+//!     is refused with HTTP 400 naming it;
+//!   - `{"type":"prices","prices":{SYM:{"bid","ask","mid","ts"}}}`: quotes coalesced per
+//!     symbol, the symbols changed since the last one, at most every
+//!     [`WebSocketParams::price_every_ms`];
+//!   - `{"type":"traffic","messages":{kind:n},"rates":{kind:per_s},"engines":{...},
+//!     "clients":n,"uptime_s":x}` every second;
+//!   - `{"type":"lagged","skipped":n}` when the client read too slowly and lost its `n` oldest
+//!     frames (each client has a queue of [`WebSocketParams::client_queue`] frames; the engine
+//!     never waits for a client and never drops a frame without saying so).
+//!
+//!   `prices` and `traffic` frames go to every client whatever its `kinds`: they are
+//!   rate-limited already, and every view needs them.
+//! * `GET /health`: `{"status":"ok","engine":"websocket","clients":n,"uptime_s":x,
+//!   "messages":{kind:n},"engines":{name:{"status","uptime_s"}},"frames_sent":n,
+//!   "frames_dropped":n}`.
+//! * `GET /api/state`: the snapshot (prices, portfolio, the last 50 alerts and strategy
+//!   signals, traffic, engines).
+//!
+//! Anything else is a 404. Each connection serves one request (`Connection: close`).
+//!
+//! The server is `serve(listener, feed, shutdown)` with a task per connection; on
+//! [`Engine::stop`] every task hears the shutdown signal, WebSocket clients get a close frame
+//! (`1001 going away`), and stop waits until every task has finished.
+
+use crate::engine::{Engine, EngineContext, EngineError, EngineHealth, Interest, Timer};
+use crate::market::Quote;
+use async_trait::async_trait;
+use dualbus_bus::HandlerError;
+use dualbus_core::Envelope;
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// The kinds a client can ask for in `/ws?kinds=`: every kind the engine reads except
+/// `market_data`, whose quotes reach clients only as coalesced `prices` frames.
+pub const FEED_KINDS: [&str; 13] = [
+    "portfolio_update",
+    "position_change",
+    "strategy_signal",
+    "risk_alert",
+    "toxicity_alert",
+    "flash_crash_alert",
+    "margin_call",
+    "analytics_result",
+    "ml_prediction",
+    "factor_calculation",
+    "vpin_calculation",
+    "engine_health",
+    "trade_execution",
+];
+
+/// Kinds kept in the snapshot's `alerts`.
+const ALERT_KINDS: [&str; 4] = [
+    "risk_alert",
+    "toxicity_alert",
+    "flash_crash_alert",
+    "margin_call",
+];
+
+/// Alerts and strategy signals kept for the snapshot.
+const KEPT: usize = 50;
+
+/// The live page, served at `/`.
+const PAGE: &str = include_str!("websocket_page.html");
+
+/// Longest request head accepted.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// How long a connection may take to send its request head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client gets to take its close frame on stop.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long [`Engine::stop`] waits for the connections to finish before aborting them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// WebSocket engine parameters (the `websocket` configuration section).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketParams {
+    /// Address the HTTP server listens on (`ip:port`; port 0 picks a free one).
+    pub bind: String,
+    /// Kinds sent to a client that names none in `/ws?kinds=`.
+    pub kinds_default: Vec<String>,
+    /// Quotes are coalesced per symbol and sent at most this often, in milliseconds.
+    pub price_every_ms: u64,
+    /// Frames queued per client; a slower client loses its oldest and is told how many.
+    pub client_queue: usize,
+}
+
+impl Default for WebSocketParams {
+    fn default() -> Self {
+        WebSocketParams {
+            bind: "127.0.0.1:8600".into(),
+            kinds_default: [
+                "portfolio_update",
+                "strategy_signal",
+                "risk_alert",
+                "toxicity_alert",
+                "flash_crash_alert",
+                "margin_call",
+                "analytics_result",
+            ]
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
+            price_every_ms: 250,
+            client_queue: 1024,
+        }
+    }
+}
+
+impl WebSocketParams {
+    /// Every problem with these parameters (empty when valid), each naming the value.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.bind.parse::<SocketAddr>().is_err() {
+            out.push(format!(
+                "bind {:?} must be an address ip:port, e.g. 127.0.0.1:8600",
+                self.bind
+            ));
+        }
+        let unknown: Vec<&str> = self
+            .kinds_default
+            .iter()
+            .map(|k| k.as_str())
+            .filter(|k| !FEED_KINDS.contains(k))
+            .collect();
+        if !unknown.is_empty() {
+            out.push(format!(
+                "kinds_default names kinds the feed does not carry: {} (it carries {})",
+                unknown.join(", "),
+                FEED_KINDS.join(", ")
+            ));
+        }
+        if self.price_every_ms < 10 {
+            out.push(format!(
+                "price_every_ms {} must be at least 10",
+                self.price_every_ms
+            ));
+        }
+        if self.client_queue == 0 {
+            out.push("client_queue must be at least 1".into());
+        }
+        out
+    }
+}
+
+/// The kinds one client receives as `message` frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KindFilter(BTreeSet<&'static str>);
+
+impl KindFilter {
+    fn includes(&self, kind: &str) -> bool {
+        self.0.contains(kind)
+    }
+
+    fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<KindFilter, String> {
+        let mut kinds = BTreeSet::new();
+        let mut unknown = Vec::new();
+        for name in names {
+            match FEED_KINDS.iter().find(|k| **k == name) {
+                Some(k) => {
+                    kinds.insert(*k);
+                }
+                None => unknown.push(name),
+            }
+        }
+        if unknown.is_empty() {
+            Ok(KindFilter(kinds))
+        } else {
+            Err(format!(
+                "unknown kinds: {} (the feed carries {}; quotes come as prices frames)",
+                unknown.join(", "),
+                FEED_KINDS.join(", ")
+            ))
+        }
+    }
+}
+
+/// The kind filter of a `/ws` query string: `kinds=a,b` (percent-encoded commas allowed);
+/// no `kinds`, or an empty one, gives `default`. The error is the 400 response's text.
+fn parse_kinds(query: Option<&str>, default: &KindFilter) -> Result<KindFilter, String> {
+    let value = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .filter(|(k, _)| *k == "kinds")
+        .map(|(_, v)| percent_decode(v))
+        .next_back();
+    let Some(value) = value else {
+        return Ok(default.clone());
+    };
+    let names: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Ok(default.clone());
+    }
+    KindFilter::from_names(names)
+}
+
+/// Decodes `%XX` and `+` in a query value (invalid escapes are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The latest quote of one symbol, as a `prices` frame shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+struct PriceLevel {
+    bid: f64,
+    ask: f64,
+    mid: f64,
+    ts: u64,
+}
+
+/// Quotes coalesced per symbol: the latest of each, and which changed since the last flush.
+#[derive(Debug, Default)]
+struct PriceBoard {
+    latest: BTreeMap<String, PriceLevel>,
+    changed: BTreeSet<String>,
+}
+
+impl PriceBoard {
+    /// Keeps `q` unless the symbol already has a later quote.
+    fn update(&mut self, q: &Quote) {
+        let level = PriceLevel {
+            bid: q.bid,
+            ask: q.ask,
+            mid: q.mid(),
+            ts: q.ts,
+        };
+        match self.latest.get_mut(q.symbol.as_str()) {
+            Some(l) if l.ts > q.ts => return,
+            Some(l) => *l = level,
+            None => {
+                self.latest.insert(q.symbol.clone(), level);
+            }
+        }
+        if !self.changed.contains(q.symbol.as_str()) {
+            self.changed.insert(q.symbol.clone());
+        }
+    }
+
+    /// The `prices` frame of the symbols changed since the last call (`None`: nothing new).
+    fn take_changed(&mut self) -> Option<String> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        let prices: BTreeMap<&str, &PriceLevel> = self
+            .changed
+            .iter()
+            .filter_map(|s| self.latest.get_key_value(s.as_str()))
+            .map(|(s, l)| (s.as_str(), l))
+            .collect();
+        let frame = json!({"type": "prices", "prices": prices}).to_string();
+        self.changed.clear();
+        Some(frame)
+    }
+
+    fn all(&self) -> Value {
+        json!(self.latest)
+    }
+}
+
+/// One frame queued for a client: JSON text, shared by every client it goes to.
+type Frame = Utf8Bytes;
+
+/// A client's outgoing frames: bounded; when full the oldest is dropped and counted, and the
+/// next read starts with a `lagged` frame saying how many were lost.
+#[derive(Debug)]
+struct ClientQueue {
+    cap: usize,
+    frames: VecDeque<Frame>,
+    skipped: u64,
+}
+
+impl ClientQueue {
+    fn new(cap: usize) -> ClientQueue {
+        ClientQueue {
+            cap: cap.max(1),
+            frames: VecDeque::new(),
+            skipped: 0,
+        }
+    }
+
+    /// Queues `f`; true when the oldest frame was dropped to make room.
+    fn push(&mut self, f: Frame) -> bool {
+        let dropped = self.frames.len() >= self.cap;
+        if dropped {
+            self.frames.pop_front();
+            self.skipped += 1;
+        }
+        self.frames.push_back(f);
+        dropped
+    }
+
+    /// Moves the queued frames to `out`, preceded by a `lagged` frame when some were dropped
+    /// since the last call (it stands where the lost frames stood).
+    fn take(&mut self, out: &mut Vec<Frame>) {
+        if self.skipped > 0 {
+            out.push(lagged_frame(self.skipped).into());
+            self.skipped = 0;
+        }
+        out.extend(self.frames.drain(..));
+    }
+}
+
+fn lagged_frame(skipped: u64) -> String {
+    json!({"type": "lagged", "skipped": skipped}).to_string()
+}
+
+/// The `message` frame of one bus message, as a JSON value (also kept for the snapshot).
+fn message_value(msg: &Envelope, payload: Value) -> Value {
+    json!({
+        "type": "message",
+        "kind": msg.kind.as_str(),
+        "topic": msg.topic.as_str(),
+        "src": &*msg.src,
+        "ts": msg.ts,
+        "payload": payload,
+    })
+}
+
+/// Messages seen per kind, and their rates over the last tick.
+#[derive(Debug)]
+struct Traffic {
+    counts: BTreeMap<String, u64>,
+    rates: BTreeMap<String, f64>,
+    at_last_tick: BTreeMap<String, u64>,
+    last_tick: Instant,
+}
+
+impl Traffic {
+    fn new(now: Instant) -> Traffic {
+        Traffic {
+            counts: BTreeMap::new(),
+            rates: BTreeMap::new(),
+            at_last_tick: BTreeMap::new(),
+            last_tick: now,
+        }
+    }
+
+    fn count(&mut self, kind: &str) {
+        match self.counts.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                self.counts.insert(kind.to_string(), 1);
+            }
+        }
+    }
+
+    /// Rates since the previous tick (divided by the time actually elapsed, since a timer
+    /// tick can be late).
+    fn tick(&mut self, now: Instant) {
+        let secs = now.duration_since(self.last_tick).as_secs_f64();
+        if secs <= 0.0 {
+            return;
+        }
+        self.rates = self
+            .counts
+            .iter()
+            .map(|(k, n)| {
+                let before = self.at_last_tick.get(k).copied().unwrap_or(0);
+                (k.clone(), (n - before) as f64 / secs)
+            })
+            .collect();
+        self.at_last_tick.clone_from(&self.counts);
+        self.last_tick = now;
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"messages": self.counts, "rates": self.rates})
+    }
+}
+
+/// The latest `engine_health` of one engine.
+#[derive(Clone, Debug, Serialize)]
+struct EngineSeen {
+    instance: String,
+    status: String,
+    uptime_s: f64,
+    received: u64,
+    published: u64,
+}
+
+impl From<EngineHealth> for EngineSeen {
+    fn from(h: EngineHealth) -> EngineSeen {
+        EngineSeen {
+            instance: h.instance,
+            status: h.status,
+            uptime_s: h.uptime_s,
+            received: h.counts.received.values().sum(),
+            published: h.counts.published.values().sum(),
+        }
+    }
+}
+
+/// One connected WebSocket client.
+struct Client {
+    id: u64,
+    kinds: KindFilter,
+    queue: Mutex<ClientQueue>,
+    ready: Notify,
+}
+
+impl Client {
+    /// Queues a frame without waiting; true when the client lost its oldest frame.
+    fn offer(&self, f: Frame) -> bool {
+        let dropped = self.queue.lock().push(f);
+        self.ready.notify_one();
+        dropped
+    }
+}
+
+/// What the dashboard knows, and who is listening.
+struct FeedState {
+    prices: PriceBoard,
+    portfolio: Value,
+    alerts: VecDeque<Value>,
+    signals: VecDeque<Value>,
+    traffic: Traffic,
+    engines: BTreeMap<String, EngineSeen>,
+    clients: Vec<Arc<Client>>,
+    next_client: u64,
+}
+
+impl FeedState {
+    fn snapshot(&self, uptime_s: f64) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("prices".into(), self.prices.all());
+        m.insert("portfolio".into(), self.portfolio.clone());
+        m.insert("alerts".into(), json!(self.alerts));
+        m.insert("signals".into(), json!(self.signals));
+        m.insert("traffic".into(), self.traffic.to_json());
+        m.insert("engines".into(), json!(self.engines));
+        m.insert("clients".into(), json!(self.clients.len()));
+        m.insert("uptime_s".into(), json!(uptime_s));
+        m
+    }
+
+    fn wanted(&self, kind: &str) -> bool {
+        self.clients.iter().any(|c| c.kinds.includes(kind))
+    }
+}
+
+/// Shared by the engine (which updates it from the bus) and the server's connections.
+struct Feed {
+    state: Mutex<FeedState>,
+    default_kinds: KindFilter,
+    client_queue: usize,
+    started: Instant,
+    frames_sent: AtomicU64,
+    frames_dropped: AtomicU64,
+}
+
+impl Feed {
+    fn new(p: &WebSocketParams) -> Result<Feed, String> {
+        let now = Instant::now();
+        Ok(Feed {
+            state: Mutex::new(FeedState {
+                prices: PriceBoard::default(),
+                portfolio: Value::Null,
+                alerts: VecDeque::new(),
+                signals: VecDeque::new(),
+                traffic: Traffic::new(now),
+                engines: BTreeMap::new(),
+                clients: Vec::new(),
+                next_client: 0,
+            }),
+            default_kinds: KindFilter::from_names(p.kinds_default.iter().map(|k| k.as_str()))?,
+            client_queue: p.client_queue,
+            started: now,
+            frames_sent: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
+        })
+    }
+
+    fn uptime_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn clients(&self) -> usize {
+        self.state.lock().clients.len()
+    }
+
+    /// Queues `frame` for every client (`kind: None`) or those that asked for `kind`.
+    fn fan_out(&self, clients: &[Arc<Client>], kind: Option<&str>, frame: String) {
+        let frame = Frame::from(frame);
+        let mut dropped = 0;
+        for c in clients {
+            if kind.is_none_or(|k| c.kinds.includes(k)) && c.offer(frame.clone()) {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.frames_dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    fn on_message(&self, msg: &Envelope) {
+        let kind = msg.kind.as_str();
+        let mut st = self.state.lock();
+        st.traffic.count(kind);
+        if kind == "market_data" {
+            // Only quotes are subscribed; anything else under market_data is counted only.
+            if msg.topic.as_str().starts_with("market_data.quote.") {
+                match msg.enc.decode::<Quote>(&msg.payload) {
+                    Ok(q) => st.prices.update(&q),
+                    Err(e) => tracing::debug!(topic = %msg.topic, error = %e, "bad quote"),
+                }
+            }
+            return;
+        }
+        if kind == "engine_health" {
+            match msg.enc.decode::<EngineHealth>(&msg.payload) {
+                Ok(h) => {
+                    st.engines.insert(h.engine.clone(), h.into());
+                }
+                Err(e) => tracing::debug!(topic = %msg.topic, error = %e, "bad engine_health"),
+            }
+        }
+        let is_alert = ALERT_KINDS.contains(&kind);
+        let keep = is_alert || kind == "strategy_signal" || kind == "portfolio_update";
+        let wanted = st.wanted(kind);
+        if !keep && !wanted {
+            return; // nobody to tell: skip decoding
+        }
+        let payload = msg.enc.to_json_value(&msg.payload).unwrap_or_else(|e| {
+            tracing::debug!(topic = %msg.topic, error = %e, "undecodable payload");
+            Value::Null
+        });
+        let value = message_value(msg, payload);
+        if wanted {
+            self.fan_out(&st.clients, Some(kind), value.to_string());
+        }
+        let kept = match kind {
+            "portfolio_update" => {
+                st.portfolio = value;
+                return;
+            }
+            "strategy_signal" => &mut st.signals,
+            _ if is_alert => &mut st.alerts,
+            _ => return,
+        };
+        if kept.len() >= KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(value);
+    }
+
+    fn flush_prices(&self) {
+        let mut st = self.state.lock();
+        if let Some(frame) = st.prices.take_changed() {
+            self.fan_out(&st.clients, None, frame);
+        }
+    }
+
+    fn tick_traffic(&self) {
+        let mut st = self.state.lock();
+        st.traffic.tick(Instant::now());
+        if st.clients.is_empty() {
+            return;
+        }
+        let mut m = match st.traffic.to_json() {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        m.insert("type".into(), json!("traffic"));
+        m.insert("engines".into(), json!(st.engines));
+        m.insert("clients".into(), json!(st.clients.len()));
+        m.insert("uptime_s".into(), json!(self.uptime_s()));
+        self.fan_out(&st.clients, None, Value::Object(m).to_string());
+    }
+
+    /// A new client whose queue starts with the snapshot: taken under the lock that
+    /// broadcasts, so the client misses and repeats nothing.
+    fn register(&self, kinds: KindFilter) -> Arc<Client> {
+        let mut st = self.state.lock();
+        let id = st.next_client;
+        st.next_client += 1;
+        let client = Arc::new(Client {
+            id,
+            kinds,
+            queue: Mutex::new(ClientQueue::new(self.client_queue)),
+            ready: Notify::new(),
+        });
+        st.clients.push(client.clone());
+        let mut snap = st.snapshot(self.uptime_s());
+        snap.insert("type".into(), json!("snapshot"));
+        client.offer(Value::Object(snap).to_string().into());
+        client
+    }
+
+    fn unregister(&self, id: u64) {
+        self.state.lock().clients.retain(|c| c.id != id);
+    }
+
+    fn health_json(&self) -> Value {
+        let st = self.state.lock();
+        let engines: BTreeMap<&str, Value> = st
+            .engines
+            .iter()
+            .map(|(n, e)| {
+                (
+                    n.as_str(),
+                    json!({"status": e.status, "uptime_s": e.uptime_s}),
+                )
+            })
+            .collect();
+        json!({
+            "status": "ok",
+            "engine": "websocket",
+            "clients": st.clients.len(),
+            "uptime_s": self.uptime_s(),
+            "messages": st.traffic.counts,
+            "engines": engines,
+            "frames_sent": self.frames_sent.load(Ordering::Relaxed),
+            "frames_dropped": self.frames_dropped.load(Ordering::Relaxed),
+        })
+    }
+
+    fn state_json(&self) -> Value {
+        Value::Object(self.state.lock().snapshot(self.uptime_s()))
+    }
+}
+
+/// Removes a client when its connection ends, however it ends.
+struct Registered<'a> {
+    feed: &'a Feed,
+    client: Arc<Client>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.feed.unregister(self.client.id);
+    }
+}
+
+/// The parts of a request head the routes look at.
+#[derive(Debug)]
+struct Request {
+    method: String,
+    path: String,
+    query: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a complete request head; `Ok(None)` when more bytes are needed. On success also
+/// returns the head's length (anything after it belongs to the WebSocket).
+fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad request: {e}")),
+    };
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (target, None),
+    };
+    Ok(Some((
+        Request {
+            method: req.method.unwrap_or("").to_string(),
+            path: path.to_string(),
+            query,
+            headers: req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+        },
+        n,
+    )))
+}
+
+/// Reads one request head; returns it and the bytes read past it.
+async fn read_request(stream: &mut TcpStream) -> Result<(Request, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed before the request head ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some((req, len)) = parse_request(&buf)? {
+            return Ok((req, buf.split_off(len)));
+        }
+        if buf.len() > MAX_REQUEST_HEAD {
+            return Err(format!("request head longer than {MAX_REQUEST_HEAD} bytes"));
+        }
+    }
+}
+
+/// What to answer.
+#[derive(Debug)]
+enum Reply {
+    /// A plain response.
+    Http {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+    /// Switch to the WebSocket protocol with this filter.
+    Upgrade { accept: String, kinds: KindFilter },
+}
+
+impl Reply {
+    fn text(status: u16, body: impl Into<String>) -> Reply {
+        Reply::Http {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+
+    fn json(v: Value) -> Reply {
+        Reply::Http {
+            status: 200,
+            content_type: "application/json",
+            body: v.to_string(),
+        }
+    }
+}
+
+fn route(req: &Request, feed: &Feed) -> Reply {
+    if req.method != "GET" {
+        return Reply::text(405, format!("{} is not allowed; use GET\n", req.method));
+    }
+    match req.path.as_str() {
+        "/" => Reply::Http {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: PAGE.to_string(),
+        },
+        "/health" => Reply::json(feed.health_json()),
+        "/api/state" => Reply::json(feed.state_json()),
+        "/ws" => {
+            let kinds = match parse_kinds(req.query.as_deref(), &feed.default_kinds) {
+                Ok(k) => k,
+                Err(e) => return Reply::text(400, e + "\n"),
+            };
+            let upgrade = req
+                .header("upgrade")
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+            let key = req.header("sec-websocket-key");
+            let (true, Some(key)) = (upgrade, key) else {
+                return Reply::text(400, "/ws expects a WebSocket upgrade request\n");
+            };
+            if req.header("sec-websocket-version") != Some("13") {
+                return Reply::text(400, "/ws speaks WebSocket version 13 only\n");
+            }
+            Reply::Upgrade {
+                accept: derive_accept_key(key.trim().as_bytes()),
+                kinds,
+            }
+        }
+        other => Reply::text(404, format!("no such path {other}\n")),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "",
+    }
+}
+
+async fn write_http(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        reason(status),
+        body.len()
+    );
+    let res = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "response not written");
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then waits for every connection to end.
+async fn serve(listener: TcpListener, feed: Arc<Feed>, mut shutdown: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopping(&mut shutdown) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    conns.spawn(connection(stream, feed.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn connection(mut stream: TcpStream, feed: Arc<Feed>, mut shutdown: watch::Receiver<bool>) {
+    let read = tokio::select! {
+        _ = stopping(&mut shutdown) => return,
+        r = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)) => r,
+    };
+    let (req, rest) = match read {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            write_http(&mut stream, 400, "text/plain; charset=utf-8", &(e + "\n")).await;
+            return;
+        }
+        Err(_) => return, // no request in time
+    };
+    match route(&req, &feed) {
+        Reply::Http {
+            status,
+            content_type,
+            body,
+        } => write_http(&mut stream, status, content_type, &body).await,
+        Reply::Upgrade { accept, kinds } => {
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            // Browsers send only small control and text frames; nothing needs more.
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(64 << 10))
+                .max_frame_size(Some(64 << 10));
+            let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
+                .await;
+            feed_client(ws, &feed, kinds, shutdown).await;
+        }
+    }
+}
+
+/// Sends a client its queued frames until it leaves or the server stops.
+async fn feed_client(
+    mut ws: WebSocketStream<TcpStream>,
+    feed: &Feed,
+    kinds: KindFilter,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let reg = Registered {
+        feed,
+        client: feed.register(kinds),
+    };
+    let client = &reg.client;
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            _ = stopping(&mut shutdown) => break,
+            _ = client.ready.notified() => {
+                client.queue.lock().take(&mut out);
+                let n = out.len() as u64;
+                let sent = tokio::select! {
+                    // A client that stopped reading must not hold up the stop.
+                    _ = stopping(&mut shutdown) => break,
+                    r = send_all(&mut ws, &mut out) => r,
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "client gone");
+                    return;
+                }
+                feed.frames_sent.fetch_add(n, Ordering::Relaxed);
+            }
+            incoming = ws.next() => match incoming {
+                // The client closed (tungstenite answers its close frame) or vanished.
+                None | Some(Err(_)) => return,
+                // Pings are answered by tungstenite; the client has nothing else to say.
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let close = CloseFrame {
+        code: CloseCode::Away,
+        reason: "server stopping".into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close))).await;
+}
+
+/// Resolves once the server is stopping (or its engine is gone). Cancel-safe.
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+async fn send_all(
+    ws: &mut WebSocketStream<TcpStream>,
+    out: &mut Vec<Frame>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for f in out.drain(..) {
+        ws.feed(Message::Text(f)).await?;
+    }
+    ws.flush().await
+}
+
+/// The server side of a started engine.
+struct Server {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The WebSocket engine (`websocket`). Configuration: [`WebSocketParams`].
+#[derive(Default)]
+pub struct WebSocketEngine {
+    params: WebSocketParams,
+    feed: Option<Arc<Feed>>,
+    server: Option<Server>,
+}
+
+impl WebSocketEngine {
+    /// An engine with these parameters (a configuration section given to the host replaces
+    /// them).
+    pub fn new(params: WebSocketParams) -> WebSocketEngine {
+        WebSocketEngine {
+            params,
+            ..Default::default()
+        }
+    }
+
+    /// The address the server listens on, once started (the real port when `bind` asked for
+    /// port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(|s| s.addr)
+    }
+}
+
+#[async_trait]
+impl Engine for WebSocketEngine {
+    fn name(&self) -> &'static str {
+        "websocket"
+    }
+
+    fn subscriptions(&self) -> Vec<Interest> {
+        vec![Interest::fast(&[
+            "market_data.quote.>",
+            "portfolio_update.>",
+            "position_change.>",
+            "strategy_signal.>",
+            "risk_alert.>",
+            "toxicity_alert.>",
+            "flash_crash_alert.>",
+            "margin_call.>",
+            "analytics_result.>",
+            "ml_prediction.>",
+            "factor_calculation.>",
+            "vpin_calculation.>",
+            "engine_health.>",
+            "trade_execution.>",
+        ])]
+    }
+
+    fn timers(&self) -> Vec<Timer> {
+        vec![
+            Timer {
+                name: "prices",
+                every: Duration::from_millis(self.params.price_every_ms),
+            },
+            Timer {
+                name: "traffic",
+                every: Duration::from_secs(1),
+            },
+        ]
+    }
+
+    async fn start(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
+        if !ctx.config().is_null() {
+            self.params = ctx.settings()?;
+        }
+        let config = |reason: String| EngineError::Config {
+            engine: "websocket".into(),
+            reason,
+        };
+        let problems = self.params.problems();
+        if !problems.is_empty() {
+            return Err(config(problems.join("; ")));
+        }
+        let bind = &self.params.bind;
+        let listener = TcpListener::bind(bind).await.map_err(|e| {
+            config(if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!("{bind} is in use; set websocket.bind")
+            } else {
+                format!("cannot listen on {bind}: {e}; set websocket.bind")
+            })
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| config(format!("{bind}: {e}")))?;
+        let feed = Arc::new(Feed::new(&self.params).map_err(config)?);
+        let (shutdown, rx) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, feed.clone(), rx));
+        tracing::info!(%addr, "websocket engine listening");
+        self.feed = Some(feed);
+        self.server = Some(Server {
+            addr,
+            shutdown,
+            task,
+        });
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        _ctx: &EngineContext,
+        msg: &Envelope,
+    ) -> Result<(), HandlerError> {
+        if let Some(feed) = &self.feed {
+            feed.on_message(msg);
+        }
+        Ok(())
+    }
+
+    async fn on_timer(
+        &mut self,
+        _ctx: &EngineContext,
+        timer: &'static str,
+    ) -> Result<(), EngineError> {
+        if let Some(feed) = &self.feed {
+            match timer {
+                "prices" => feed.flush_prices(),
+                "traffic" => feed.tick_traffic(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, _ctx: &EngineContext) -> Result<(), EngineError> {
+        let Some(server) = self.server.take() else {
+            return Ok(());
+        };
+        let _ = server.shutdown.send(true);
+        let abort = server.task.abort_handle();
+        match tokio::time::timeout(STOP_TIMEOUT, server.task).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                abort.abort();
+                Err(EngineError::Other(format!(
+                    "websocket: connections still open after {STOP_TIMEOUT:?}; aborted"
+                )))
+            }
+        }
+    }
+
+    fn health(&self) -> Value {
+        match (&self.feed, &self.server) {
+            (Some(feed), server) => json!({
+                "addr": server.as_ref().map(|s| s.addr.to_string()),
+                "clients": feed.clients(),
+                "frames_sent": feed.frames_sent.load(Ordering::Relaxed),
+                "frames_dropped": feed.frames_dropped.load(Ordering::Relaxed),
+            }),
+            (None, _) => Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dualbus_core::{Encoding, EventKind, Topic};
+
+    fn env(kind: EventKind, topic: &str, payload: Value) -> Envelope {
+        Envelope::builder(kind, Topic::new(topic).unwrap(), "test", "test-1")
+            .ts(1_700_000_000_000_000_000)
+            .payload(Encoding::Json, serde_json::to_vec(&payload).unwrap().into())
+            .build()
+    }
+
+    fn quote(symbol: &str, ts: u64, bid: f64, ask: f64) -> Quote {
+        Quote {
+            symbol: symbol.into(),
+            ts,
+            bid,
+            ask,
+            bid_size: 1.0,
+            ask_size: 1.0,
+        }
+    }
+
+    fn parse(frame: &Frame) -> Value {
+        serde_json::from_str(frame.as_str()).unwrap()
+    }
+
+    fn defaults() -> KindFilter {
+        KindFilter::from_names(
+            WebSocketParams::default()
+                .kinds_default
+                .iter()
+                .map(|k| k.as_str()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn default_params_are_valid_and_bad_ones_are_all_named() {
+        assert!(WebSocketParams::default().problems().is_empty());
+        let p = WebSocketParams {
+            bind: "localhost".into(),
+            kinds_default: vec!["risk_alert".into(), "quotes".into()],
+            price_every_ms: 1,
+            client_queue: 0,
+        };
+        let problems = p.problems().join("; ");
+        for needle in [
+            "bind \"localhost\"",
+            "kinds_default names kinds the feed does not carry: quotes",
+            "price_every_ms 1",
+            "client_queue",
+        ] {
+            assert!(problems.contains(needle), "{problems}");
+        }
+        let unknown = serde_json::from_value::<WebSocketParams>(json!({"port": 1}));
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn kinds_filter_from_the_query() {
+        let d = defaults();
+        assert_eq!(parse_kinds(None, &d).unwrap(), d);
+        assert_eq!(parse_kinds(Some("kinds="), &d).unwrap(), d);
+        assert_eq!(parse_kinds(Some("x=1"), &d).unwrap(), d);
+        let f = parse_kinds(Some("x=1&kinds=risk_alert,margin_call"), &d).unwrap();
+        assert!(f.includes("risk_alert") && f.includes("margin_call"));
+        assert!(!f.includes("portfolio_update"));
+        assert_eq!(f.0.len(), 2);
+        let encoded = parse_kinds(Some("kinds=risk_alert%2Cengine_health"), &d).unwrap();
+        assert!(encoded.includes("risk_alert") && encoded.includes("engine_health"));
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused_by_name() {
+        let err = parse_kinds(Some("kinds=bogus,risk_alert,market_data"), &defaults()).unwrap_err();
+        assert!(
+            err.starts_with("unknown kinds: bogus, market_data (the feed carries "),
+            "{err}"
+        );
+        assert!(err.contains("quotes come as prices frames"), "{err}");
+    }
+
+    #[test]
+    fn percent_decoding_keeps_bad_escapes() {
+        assert_eq!(percent_decode("a%2Cb+c"), "a,b c");
+        assert_eq!(percent_decode("a%zzb%2"), "a%zzb%2");
+    }
+
+    #[test]
+    fn quotes_are_coalesced_to_the_latest_per_symbol() {
+        let mut b = PriceBoard::default();
+        assert_eq!(b.take_changed(), None);
+        b.update(&quote("BTCUSDT", 10, 100.0, 102.0));
+        b.update(&quote("BTCUSDT", 20, 101.0, 103.0));
+        b.update(&quote("BTCUSDT", 15, 1.0, 2.0)); // late: ignored
+        b.update(&quote("ETHUSDT", 12, 10.0, 10.5));
+        let f: Value = serde_json::from_str(&b.take_changed().unwrap()).unwrap();
+        assert_eq!(
+            f,
+            json!({"type": "prices", "prices": {
+                "BTCUSDT": {"bid": 101.0, "ask": 103.0, "mid": 102.0, "ts": 20},
+                "ETHUSDT": {"bid": 10.0, "ask": 10.5, "mid": 10.25, "ts": 12},
+            }})
+        );
+        assert_eq!(b.take_changed(), None, "nothing new since the flush");
+        b.update(&quote("ETHUSDT", 13, 10.1, 10.5));
+        let f: Value = serde_json::from_str(&b.take_changed().unwrap()).unwrap();
+        assert_eq!(f["prices"].as_object().unwrap().len(), 1, "{f}");
+        assert_eq!(b.all()["BTCUSDT"]["ts"], 20);
+    }
+
+    #[test]
+    fn message_frame_carries_the_envelope_and_decoded_payload() {
+        let m = env(
+            EventKind::RiskAlert,
+            "risk_alert.BTCUSDT",
+            json!({"reason": "drawdown 5%"}),
+        );
+        let payload = m.enc.to_json_value(&m.payload).unwrap();
+        assert_eq!(
+            message_value(&m, payload),
+            json!({"type": "message", "kind": "risk_alert", "topic": "risk_alert.BTCUSDT",
+                   "src": "test", "ts": 1_700_000_000_000_000_000u64,
+                   "payload": {"reason": "drawdown 5%"}})
+        );
+    }
+
+    #[test]
+    fn a_slow_client_loses_its_oldest_frames_and_is_told_how_many() {
+        let mut q = ClientQueue::new(3);
+        let dropped: Vec<bool> = (0..5).map(|i| q.push(format!("{i}").into())).collect();
+        assert_eq!(dropped, [false, false, false, true, true]);
+        let mut out = Vec::new();
+        q.take(&mut out);
+        let texts: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
+        assert_eq!(parse(&out[0]), json!({"type": "lagged", "skipped": 2}));
+        assert_eq!(texts[1..], ["2", "3", "4"]);
+        out.clear();
+        q.push("5".into());
+        q.take(&mut out);
+        assert_eq!(out, [Frame::from("5")], "the count is reported once");
+    }
+
+    #[test]
+    fn the_feed_sends_a_snapshot_then_only_the_kinds_asked_for() {
+        let feed = Feed::new(&WebSocketParams {
+            client_queue: 4,
+            ..Default::default()
+        })
+        .unwrap();
+        feed.on_message(&env(
+            EventKind::PortfolioUpdate,
+            "portfolio_update.main",
+            json!({"equity": 1000.0}),
+        ));
+        let c = feed.register(KindFilter::from_names(["risk_alert"]).unwrap());
+        let mut out = Vec::new();
+        c.queue.lock().take(&mut out);
+        let snap = parse(&out[0]);
+        assert_eq!(snap["type"], "snapshot");
+        assert_eq!(snap["portfolio"]["payload"]["equity"], 1000.0);
+        assert_eq!(snap["clients"], 1);
+
+        feed.on_message(&env(
+            EventKind::PortfolioUpdate,
+            "portfolio_update.main",
+            json!({"equity": 1001.0}),
+        ));
+        feed.on_message(&env(
+            EventKind::RiskAlert,
+            "risk_alert.BTCUSDT",
+            json!({"reason": "limit"}),
+        ));
+        feed.on_message(&env(
+            EventKind::MarketData,
+            "market_data.quote.BTCUSDT",
+            json!(quote("BTCUSDT", 5, 1.0, 3.0)),
+        ));
+        feed.flush_prices();
+        out.clear();
+        c.queue.lock().take(&mut out);
+        let frames: Vec<Value> = out.iter().map(parse).collect();
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames[0]["kind"], "risk_alert");
+        assert_eq!(frames[1]["prices"]["BTCUSDT"]["mid"], 2.0);
+
+        let state = feed.state_json();
+        assert_eq!(state["portfolio"]["payload"]["equity"], 1001.0);
+        assert_eq!(state["alerts"][0]["payload"]["reason"], "limit");
+        assert_eq!(state["traffic"]["messages"]["portfolio_update"], 2);
+        assert_eq!(state["traffic"]["messages"]["market_data"], 1);
+
+        // Five frames into a queue of four: one dropped, counted, reported.
+        for _ in 0..5 {
+            feed.on_message(&env(EventKind::RiskAlert, "risk_alert.X", json!({})));
+        }
+        assert_eq!(feed.frames_dropped.load(Ordering::Relaxed), 1);
+        out.clear();
+        c.queue.lock().take(&mut out);
+        assert_eq!(parse(&out[0]), json!({"type": "lagged", "skipped": 1}));
+        assert_eq!(out.len(), 5);
+
+        // Only the last 50 alerts are kept.
+        for _ in 0..60 {
+            feed.on_message(&env(EventKind::MarginCall, "margin_call.main", json!({})));
+        }
+        assert_eq!(feed.state_json()["alerts"].as_array().unwrap().len(), KEPT);
+
+        feed.unregister(c.id);
+        assert_eq!(feed.clients(), 0);
+    }
+
+    #[test]
+    fn engine_health_keeps_the_latest_per_engine() {
+        let feed = Feed::new(&WebSocketParams::default()).unwrap();
+        for (status, up) in [("running", 1.0), ("stopped", 2.0)] {
+            feed.on_message(&env(
+                EventKind::EngineHealth,
+                "engine_health.vpin",
+                json!({"engine": "vpin", "instance": "vpin-1", "status": status,
+                       "uptime_s": up, "received": {"market_data": 7}, "published": {}}),
+            ));
+        }
+        let h = feed.health_json();
+        assert_eq!(
+            h["engines"],
+            json!({"vpin": {"status": "stopped", "uptime_s": 2.0}})
+        );
+        assert_eq!(h["messages"]["engine_health"], 2);
+        assert_eq!(feed.state_json()["engines"]["vpin"]["received"], 7);
+    }
+
+    #[test]
+    fn traffic_rates_are_over_the_time_elapsed() {
+        let t0 = Instant::now();
+        let mut t = Traffic::new(t0);
+        for _ in 0..10 {
+            t.count("market_data");
+        }
+        t.tick(t0 + Duration::from_secs(2));
+        assert_eq!(t.rates["market_data"], 5.0);
+        t.count("market_data");
+        t.tick(t0 + Duration::from_secs(3));
+        assert_eq!(t.rates["market_data"], 1.0);
+    }
+
+    #[test]
+    fn routes() {
+        let feed = Feed::new(&WebSocketParams::default()).unwrap();
+        let req = |raw: &str| parse_request(raw.as_bytes()).unwrap().unwrap().0;
+        let status = |r: Reply| match r {
+            Reply::Http { status, body, .. } => (status, body),
+            Reply::Upgrade { .. } => (101, String::new()),
+        };
+        assert_eq!(status(route(&req("GET / HTTP/1.1\r\n\r\n"), &feed)).0, 200);
+        assert_eq!(
+            status(route(&req("GET /nope HTTP/1.1\r\n\r\n"), &feed)).0,
+            404
+        );
+        assert_eq!(status(route(&req("POST / HTTP/1.1\r\n\r\n"), &feed)).0, 405);
+        let (code, body) = status(route(&req("GET /ws HTTP/1.1\r\n\r\n"), &feed));
+        assert_eq!(
+            (code, body.trim()),
+            (400, "/ws expects a WebSocket upgrade request")
+        );
+        let upgrade = "GET /ws?kinds=risk_alert HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                       Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                       Sec-WebSocket-Version: 13\r\n\r\n";
+        match route(&req(upgrade), &feed) {
+            // RFC 6455's example key and answer.
+            Reply::Upgrade { accept, kinds } => {
+                assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+                assert!(kinds.includes("risk_alert"));
+            }
+            r => panic!("{r:?}"),
+        }
+        assert!(parse_request(b"GET / HTTP/1.1\r\nHost:").unwrap().is_none());
+        assert!(parse_request(b"\x01\x02 nonsense\r\n\r\n").is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! The WebSocket engine over the wire: a tokio-tungstenite client on `/ws`, raw HTTP requests
+//! for `/`, `/health` and `/api/state`, on an embedded bus.
+
+use dualbus_bus::DualBus;
+use dualbus_core::{EventKind, Priority};
+use dualbus_engines::engine::{EngineError, EngineHost, HostOptions, RunningEngine};
+use dualbus_engines::market::Quote;
+use dualbus_engines::websocket::WebSocketEngine;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn start(
+    root: &DualBus,
+    config: Value,
+) -> Result<RunningEngine<WebSocketEngine>, EngineError> {
+    EngineHost::start(
+        WebSocketEngine::default(),
+        root.sibling("websocket", "websocket-1").unwrap(),
+        HostOptions {
+            config,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The next JSON frame, skipping `traffic` frames (sent every second to every client).
+async fn next_frame(ws: &mut Client) -> Value {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] != "traffic" {
+                    return v;
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// One raw HTTP request; the status line, the head, and the body.
+async fn http(addr: SocketAddr, request: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_string();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")).await
+}
+
+async fn received(ws: &RunningEngine<WebSocketEngine>, kind: &str) -> u64 {
+    ws.counts().received.get(kind).copied().unwrap_or(0)
+}
+
+/// Waits until the engine has handled `n` messages of `kind` (the test's publishes go to
+/// different streams, so their relative order is not otherwise known).
+async fn wait_received(ws: &RunningEngine<WebSocketEngine>, kind: &str, n: u64) {
+    while received(ws, kind).await < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_get_the_kinds_they_ask_for_prices_health_and_the_page() {
+    let run = async {
+        let root = DualBus::builder("test").build().unwrap();
+        let engine = start(&root, json!({"bind": "127.0.0.1:0", "price_every_ms": 50}))
+            .await
+            .unwrap();
+        let addr = engine.with(|e| e.local_addr()).await.unwrap();
+        let publisher = root.sibling("risk", "risk-1").unwrap();
+
+        let (mut ws, response) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws?kinds=risk_alert"))
+                .await
+                .unwrap();
+        assert_eq!(response.status(), 101);
+        let snapshot = next_frame(&mut ws).await;
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        assert_eq!(snapshot["clients"], 1);
+        assert!(snapshot["portfolio"].is_null());
+
+        // A portfolio_update the client did not ask for, handled before the alert.
+        let pu = publisher
+            .envelope(
+                EventKind::PortfolioUpdate,
+                "portfolio_update.main",
+                Priority::Normal,
+                &json!({"equity": 100250.0, "realized_pnl": 200.0, "unrealized_pnl": 50.0}),
+            )
+            .unwrap();
+        publisher.publish_envelope(pu).await.unwrap();
+        wait_received(&engine, "portfolio_update", 1).await;
+        let alert = publisher
+            .envelope(
+                EventKind::RiskAlert,
+                "risk_alert.BTCUSDT",
+                Priority::Critical,
+                &json!({"symbol": "BTCUSDT", "reason": "position limit 3 BTC exceeded"}),
+            )
+            .unwrap();
+        publisher.publish_envelope(alert).await.unwrap();
+        let frame = next_frame(&mut ws).await;
+        assert_eq!(frame["type"], "message", "{frame}");
+        assert_eq!(
+            frame["kind"], "risk_alert",
+            "the portfolio_update was not asked for"
+        );
+        assert_eq!(frame["topic"], "risk_alert.BTCUSDT");
+        assert_eq!(frame["src"], "risk");
+        assert!(frame["ts"].as_u64().unwrap() > 0);
+        assert_eq!(frame["payload"]["reason"], "position limit 3 BTC exceeded");
+
+        // Quotes arrive coalesced as prices frames, the latest per symbol.
+        let md = root.sibling("marketdata", "marketdata-1").unwrap();
+        let quotes = 20u64;
+        for i in 1..=quotes {
+            for (sym, px) in [("BTCUSDT", 40000.0), ("ETHUSDT", 2500.0)] {
+                let q = Quote {
+                    symbol: sym.into(),
+                    ts: i,
+                    bid: px + i as f64,
+                    ask: px + i as f64 + 1.0,
+                    bid_size: 1.0,
+                    ask_size: 1.0,
+                };
+                md.publish(
+                    EventKind::MarketData,
+                    &format!("market_data.quote.{sym}"),
+                    &q,
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let mut latest = serde_json::Map::new();
+        while latest.get("BTCUSDT").map(|p| &p["ts"]) != Some(&json!(quotes))
+            || latest.get("ETHUSDT").map(|p| &p["ts"]) != Some(&json!(quotes))
+        {
+            let f = next_frame(&mut ws).await;
+            assert_eq!(f["type"], "prices", "only prices frames now: {f}");
+            for (sym, p) in f["prices"].as_object().unwrap() {
+                assert_eq!(p.as_object().unwrap().len(), 4, "{p}");
+                latest.insert(sym.clone(), p.clone());
+            }
+        }
+        assert_eq!(
+            latest["BTCUSDT"],
+            json!({"bid": 40020.0, "ask": 40021.0, "mid": 40020.5, "ts": quotes})
+        );
+
+        // /health
+        let (status, head, body) = get(addr, "/health").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["status"], "ok");
+        assert_eq!(health["engine"], "websocket");
+        assert_eq!(health["clients"], 1);
+        assert!(health["uptime_s"].as_f64().unwrap() >= 0.0);
+        assert_eq!(health["messages"]["risk_alert"], 1);
+        assert_eq!(health["messages"]["portfolio_update"], 1);
+        assert_eq!(health["messages"]["market_data"], 2 * quotes);
+        assert!(health["engines"].is_object(), "{health}");
+
+        // /api/state: what a late client sees at once.
+        let (status, _, body) = get(addr, "/api/state").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let state: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(state["portfolio"]["payload"]["equity"], 100250.0);
+        assert_eq!(state["alerts"][0]["kind"], "risk_alert");
+        assert_eq!(state["prices"]["ETHUSDT"]["ts"], quotes);
+
+        // The page.
+        let (status, head, body) = get(addr, "/").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(head.contains("content-type: text/html"), "{head}");
+        assert!(body.contains("<title>dualbus live</title>"));
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "no CDN"
+        );
+
+        // Unknown paths and kinds.
+        assert_eq!(get(addr, "/nope").await.0, "HTTP/1.1 404 Not Found");
+        let (status, _, body) = http(
+            addr,
+            "GET /ws?kinds=risk_alert,bogus HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, "HTTP/1.1 400 Bad Request");
+        assert!(body.starts_with("unknown kinds: bogus "), "{body}");
+
+        // Stopping closes the client with 1001 and the listener.
+        engine.stop().await;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(c)))) => {
+                    assert_eq!(c.code, CloseCode::Away);
+                    break;
+                }
+                Some(Ok(Message::Text(_) | Message::Ping(_))) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_use_is_a_config_error_naming_it() {
+    let run = async {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let root = DualBus::builder("test").build().unwrap();
+        let err = match start(&root, json!({"bind": addr.to_string()})).await {
+            Ok(_) => panic!("started on a taken address"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, EngineError::Config { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{addr} is in use; set websocket.bind")),
+            "{err}"
+        );
+        let err = match start(&root, json!({"bind": "127.0.0.1:0", "queue": 1})).await {
+            Ok(_) => panic!("started with an unknown setting"),
+            Err(e) => e,
+        };
+        assert!(err.to_string().contains("unknown field `queue`"), "{err}");
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("test timed out");
+}
