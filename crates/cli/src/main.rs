@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the trading system: the MarketData hub and the engines on the two buses (the main job).
     Run(commands::run::RunArgs),
+    /// Replay a file through the hub and every engine, as fast as possible: P&L, risk, traffic.
+    Backtest(commands::backtest::BacktestArgs),
     /// Run one engine in this process (over Redis: spread the system over processes and hosts).
     Engine(commands::run::EngineArgs),
     /// Measure throughput and latency of the bus (see `dualbus bench --help`).
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args, &cli.global),
+        Command::Backtest(args) => commands::backtest::run(args, &cli.global),
         Command::Engine(args) => commands::run::run_engine(args, &cli.global),
         Command::Bench(args) => commands::bench::run(args, &cli.global),
         Command::Redis(args) => commands::redis::run(args, &cli.global),

@@ -58,6 +58,10 @@ pub struct HubOptions {
     /// provider's history as `market_data.bar.{SYMBOL}` (0: none), so that engines working on
     /// bars (features, factor, ML) have their windows full from the first live minute.
     pub warm_bars: u32,
+    /// For a symbol whose data has no quotes (a trade file), publish after each trade a quote
+    /// at the trade's price (bid = ask) so that marks, signals and the paper venue work; a
+    /// simplification for backtests on trade data. Stops for a symbol at its first real quote.
+    pub quotes_from_trades: bool,
 }
 
 impl Default for HubOptions {
@@ -67,6 +71,7 @@ impl Default for HubOptions {
             history_entries: 10_000,
             venue: VenueOptions::default(),
             warm_bars: 0,
+            quotes_from_trades: false,
         }
     }
 }
@@ -475,6 +480,38 @@ async fn warm(shared: &Shared, ctx: &EngineContext) {
     }
 }
 
+/// Adds after each trade of a symbol without quotes of its own a quote at the trade's price.
+fn quotes_from_trades(
+    events: &mut Vec<MarketEvent>,
+    quoted: &mut std::collections::HashSet<String>,
+) {
+    let mut out = Vec::with_capacity(events.len() * 2);
+    for ev in events.drain(..) {
+        let derived = match &ev {
+            MarketEvent::Quote(q) => {
+                if !quoted.contains(&q.symbol) {
+                    quoted.insert(q.symbol.clone());
+                }
+                None
+            }
+            MarketEvent::Trade(t) if !quoted.contains(&t.symbol) => Some(Quote {
+                symbol: t.symbol.clone(),
+                ts: t.ts,
+                bid: t.price,
+                ask: t.price,
+                bid_size: 0.0,
+                ask_size: 0.0,
+            }),
+            _ => None,
+        };
+        out.push(ev);
+        if let Some(q) = derived {
+            out.push(MarketEvent::Quote(q));
+        }
+    }
+    *events = out;
+}
+
 /// Reads the provider, validates, updates caches and the venue, publishes.
 async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::Notify>) {
     if shared.opts.warm_bars > 0 {
@@ -494,6 +531,8 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
     let mut topics = Topics::default();
     let mut events: Vec<MarketEvent> = Vec::with_capacity(1024);
     let mut execs: Vec<Execution> = Vec::new();
+    // Symbols with quotes of their own (`HubOptions::quotes_from_trades`).
+    let mut quoted: std::collections::HashSet<String> = Default::default();
     // Payloads of a batch are encoded into one shared buffer (one allocation per batch).
     let mut scratch = bytes::BytesMut::new();
     loop {
@@ -511,6 +550,9 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
             }
         };
         shared.skipped.store(stream.skipped(), Ordering::Relaxed);
+        if shared.opts.quotes_from_trades {
+            quotes_from_trades(&mut events, &mut quoted);
+        }
         let mut envs: Vec<Envelope> = Vec::with_capacity(events.len());
         {
             let mut validator = shared.validator.lock();

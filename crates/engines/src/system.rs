@@ -158,20 +158,29 @@ pub async fn start_engine(
                         reason: format!("warm_bars {v} must be a whole number of bars"),
                     })?,
             };
-            if let Some(bad) = opts
-                .config
-                .as_object()
-                .and_then(|m| m.keys().find(|k| *k != "warm_bars"))
-            {
+            let quotes_from_trades = match opts.config.get("quotes_from_trades") {
+                None => false,
+                Some(v) => v.as_bool().ok_or_else(|| EngineError::Config {
+                    engine: name.into(),
+                    reason: format!("quotes_from_trades {v} must be true or false"),
+                })?,
+            };
+            if let Some(bad) = opts.config.as_object().and_then(|m| {
+                m.keys()
+                    .find(|k| !["warm_bars", "quotes_from_trades"].contains(&k.as_str()))
+            }) {
                 return Err(EngineError::Config {
                     engine: name.into(),
-                    reason: format!("unknown setting {bad:?} (the hub takes warm_bars)"),
+                    reason: format!(
+                        "unknown setting {bad:?} (the hub takes warm_bars and quotes_from_trades)"
+                    ),
                 });
             }
             let hub = MarketDataHub::new(
                 provider,
                 HubOptions {
                     warm_bars,
+                    quotes_from_trades,
                     ..Default::default()
                 },
             );

@@ -1,5 +1,6 @@
 //! One module per verb, plus what they share: global flags and the configuration.
 
+pub mod backtest;
 pub mod bench;
 pub mod bench_hub;
 pub mod hub;

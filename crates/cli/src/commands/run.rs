@@ -86,20 +86,21 @@ pub struct RunArgs {
 
 /// What the run's own observer sees on the buses: fills, equity, alerts.
 #[derive(Default)]
-struct Observed {
-    fills: u64,
-    rejected_orders: u64,
-    equity: Option<f64>,
-    portfolio: Option<Value>,
-    toxicity: u64,
-    flash: BTreeMap<String, u64>,
-    risk: BTreeMap<String, u64>,
-    margin_calls: u64,
-    breaker: bool,
+pub(crate) struct Observed {
+    pub(crate) fills: u64,
+    pub(crate) rejected_orders: u64,
+    pub(crate) equity: Option<f64>,
+    pub(crate) portfolio: Option<Value>,
+    pub(crate) analytics: Option<Value>,
+    pub(crate) toxicity: u64,
+    pub(crate) flash: BTreeMap<String, u64>,
+    pub(crate) risk: BTreeMap<String, u64>,
+    pub(crate) margin_calls: u64,
+    pub(crate) breaker: bool,
 }
 
 impl Observed {
-    fn on(&mut self, kind: &str, v: &Value) {
+    pub(crate) fn on(&mut self, kind: &str, v: &Value) {
         let rule = |v: &Value| v["rule"].as_str().unwrap_or("unknown").to_string();
         match kind {
             "trade_execution" => {
@@ -122,11 +123,14 @@ impl Observed {
                 *self.risk.entry(rule(v)).or_default() += 1;
             }
             "margin_call" => self.margin_calls += 1,
+            "analytics_result" if v["report"] == "performance" => {
+                self.analytics = Some(v.clone());
+            }
             _ => {}
         }
     }
 
-    fn alerts_json(&self) -> Value {
+    pub(crate) fn alerts_json(&self) -> Value {
         json!({
             "toxicity_alert": self.toxicity,
             "flash_crash_alert": self.flash,
@@ -137,7 +141,8 @@ impl Observed {
     }
 }
 
-const OBSERVED: [&str; 6] = [
+pub(crate) const OBSERVED: [&str; 7] = [
+    "analytics_result.>",
     "trade_execution.>",
     "portfolio_update.>",
     "toxicity_alert.>",
@@ -146,14 +151,14 @@ const OBSERVED: [&str; 6] = [
     "margin_call.>",
 ];
 
-fn ms(us: Option<u64>) -> String {
+pub(crate) fn ms(us: Option<u64>) -> String {
     match us {
         Some(us) => format!("{:.2} ms", us as f64 / 1000.0),
         None => "-".into(),
     }
 }
 
-fn bus_json(f: &BusFigures, secs: f64) -> Value {
+pub(crate) fn bus_json(f: &BusFigures, secs: f64) -> Value {
     let mut v = serde_json::to_value(f).expect("plain figures");
     v["delivered_per_s"] = json!(f.delivered as f64 / secs.max(1e-9));
     v["published_per_s"] = json!(f.published as f64 / secs.max(1e-9));

@@ -1,0 +1,393 @@
+//! The whole trading system as a user spreads it over processes: every engine is its own
+//! `dualbus engine NAME` process, and they talk only through two real Redis servers (the
+//! MarketData and Engine Logic buses). Every engine must consume and publish, and the fills
+//! of the hub's paper venue must reach the portfolio. Needs `redis-server` on the PATH (CI
+//! installs it).
+
+use dualbus_testkit::RedisServer;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The thirteen engines of the system (a copy of `dualbus_engines::system::ENGINES`, so the
+/// test covers every one of them even while a build runs fewer).
+const ENGINES: [&str; 13] = [
+    "marketdata",
+    "features",
+    "factor",
+    "ml",
+    "vpin",
+    "enhanced_vpin",
+    "strategy",
+    "risk",
+    "portfolio",
+    "collateral",
+    "analytics",
+    "websocket",
+    "backtesting",
+];
+
+/// How long the consumers run (wall clock, each from its own start).
+const CONSUMERS_RUN: &str = "25s";
+/// How long the hub runs: it starts once the consumers are up and stops before them, so, as
+/// in `dualbus run`, the pipeline drains what the hub published last.
+const HUB_RUN: &str = "20s";
+/// Upper bound on waiting for the consumers to subscribe (a startup wait, not an assertion).
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
+/// Upper bound on the whole system's run: past it the test fails and kills the processes.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// One engine process, its output going to files (no pipe to fill up and block it).
+struct Proc {
+    name: &'static str,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+/// The engine processes and their output directory; dropping it kills those still running
+/// (so a failing or timed-out test leaves nothing behind) and removes the directory.
+struct Procs {
+    dir: PathBuf,
+    all: Vec<Proc>,
+}
+
+impl Procs {
+    fn new() -> Procs {
+        let dir = std::env::temp_dir().join(format!("dualbus-system-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the output directory");
+        Procs {
+            dir,
+            all: Vec::new(),
+        }
+    }
+
+    /// Starts `dualbus engine NAME` on the two buses, with `extra` arguments.
+    fn spawn(&mut self, name: &'static str, md: &str, logic: &str, duration: &str, extra: &[&str]) {
+        let stdout = self.dir.join(format!("{name}.out"));
+        let stderr = self.dir.join(format!("{name}.err"));
+        let instance = format!("{name}-1");
+        let child = Command::new(env!("CARGO_BIN_EXE_dualbus"))
+            .args([
+                "engine",
+                name,
+                "--backend",
+                "redis",
+                "--md-url",
+                md,
+                "--logic-url",
+                logic,
+                "--instance",
+                &instance,
+                "--duration",
+                duration,
+                "--json",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("create a stdout file"))
+            .stderr(File::create(&stderr).expect("create a stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `dualbus engine {name}`: {e}"));
+        self.all.push(Proc {
+            name,
+            child,
+            stdout,
+            stderr,
+            status: None,
+        });
+    }
+
+    /// Whether `name`'s process has exited (recording its status).
+    fn exited(&mut self, name: &str) -> bool {
+        let p = self
+            .all
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("a started engine");
+        if p.status.is_none() {
+            p.status = p.child.try_wait().expect("try_wait");
+        }
+        p.status.is_some()
+    }
+
+    /// Waits until every process has exited; false if `limit` passed first.
+    fn wait_all(&mut self, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            let names: Vec<&'static str> = self.all.iter().map(|p| p.name).collect();
+            let running = names.iter().filter(|n| !self.exited(n)).count();
+            if running == 0 {
+                return true;
+            }
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every process's stderr, for a failure message.
+    fn stderrs(&self) -> String {
+        let mut s = String::new();
+        for p in &self.all {
+            let err = std::fs::read_to_string(&p.stderr).unwrap_or_default();
+            s += &format!(
+                "\n----- {} (exit {}) stderr -----\n{}",
+                p.name,
+                p.status
+                    .map(|st| st.to_string())
+                    .unwrap_or_else(|| "still running".into()),
+                err.trim_end()
+            );
+        }
+        s
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for p in &mut self.all {
+            if p.status.is_none() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The engines whose heartbeat is on the Engine Logic bus so far. An engine host subscribes
+/// first and sends its first heartbeat after, so a heartbeat means its groups exist. The
+/// stream key is the bus's `{prefix}:{bus}:{kind}` with the default prefix.
+fn heartbeats(conn: &mut Option<redis::Connection>, url: &str) -> BTreeSet<String> {
+    if conn.is_none() {
+        *conn = redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .ok();
+    }
+    let Some(c) = conn.as_mut() else {
+        return BTreeSet::new();
+    };
+    let reply: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
+        .arg("dualbus:logic:engine_health")
+        .arg("-")
+        .arg("+")
+        .query(c);
+    match reply {
+        Ok(r) => r
+            .ids
+            .iter()
+            .filter_map(|id| id.get::<String>("src"))
+            .collect(),
+        Err(_) => {
+            *conn = None;
+            BTreeSet::new()
+        }
+    }
+}
+
+fn count(v: &Value, side: &str, kind: &str) -> u64 {
+    v[side][kind].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn thirteen_engine_processes_trade_over_the_redis_buses() {
+    let servers = || -> std::io::Result<(RedisServer, RedisServer)> {
+        Ok((RedisServer::start()?, RedisServer::start()?))
+    };
+    let (md_server, logic_server) = servers().unwrap_or_else(|e| {
+        panic!(
+            "this test needs redis-server on the PATH (install it: apt-get install \
+             redis-server; CI installs it): {e}"
+        )
+    });
+    let (md, logic) = (md_server.url(), logic_server.url());
+    let mut procs = Procs::new();
+
+    // Consumers first, each subscribing from the newest entry, then the hub, so nobody misses
+    // the first market data (the order `dualbus run` starts them in).
+    let consumers: Vec<&'static str> = ENGINES
+        .iter()
+        .copied()
+        .filter(|n| *n != "marketdata")
+        .collect();
+    for &name in &consumers {
+        // The dashboard on any free port, not 8600.
+        let extra: &[&str] = if name == "websocket" {
+            &["--settings", r#"{"bind":"127.0.0.1:0"}"#]
+        } else {
+            &[]
+        };
+        procs.spawn(name, &md, &logic, CONSUMERS_RUN, extra);
+    }
+    let start = Instant::now();
+    let mut conn = None;
+    loop {
+        let up = heartbeats(&mut conn, &logic);
+        let waiting: Vec<&str> = consumers
+            .iter()
+            .copied()
+            .filter(|n| !up.contains(*n) && !procs.exited(n))
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        if start.elapsed() > STARTUP_LIMIT {
+            panic!(
+                "engines {waiting:?} did not come up within {STARTUP_LIMIT:?}{}",
+                procs.stderrs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(conn);
+    // 3000x: fifty minutes of market a second; three symbols; the hub's default settings
+    // publish 60 warm-up bars first, so features and ML have full windows at once.
+    procs.spawn(
+        "marketdata",
+        &md,
+        &logic,
+        HUB_RUN,
+        &["--speed", "3000x", "--symbols", "BTCUSDT,ETHUSDT,SOLUSDT"],
+    );
+
+    if !procs.wait_all(RUN_LIMIT) {
+        panic!(
+            "the engines did not all stop within {RUN_LIMIT:?}{}",
+            procs.stderrs()
+        );
+    }
+
+    // Each engine's final counts: one JSON line on stdout.
+    let mut failures: Vec<String> = Vec::new();
+    let mut reports: BTreeMap<&str, Value> = BTreeMap::new();
+    for p in &procs.all {
+        let status = p.status.expect("exited");
+        let out = std::fs::read_to_string(&p.stdout).unwrap_or_default();
+        let report = out
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok());
+        match report {
+            Some(v) if status.success() => {
+                reports.insert(p.name, v);
+            }
+            _ => failures.push(format!(
+                "{}: exited {status} without its counts (stdout: {:?})",
+                p.name,
+                out.trim()
+            )),
+        }
+    }
+    eprintln!("{:<14} {:<10} counts", "engine", "stopped");
+    for name in ENGINES {
+        if let Some(v) = reports.get(name) {
+            eprintln!(
+                "{name:<14} {:<10} received {} published {}",
+                v["stopped"].as_str().unwrap_or("?"),
+                v["received"],
+                v["published"]
+            );
+        }
+    }
+
+    for (&name, v) in &reports {
+        let mut check = |ok: bool, what: &str| {
+            if !ok {
+                failures.push(format!("{name}: {what}: {v}"));
+            }
+        };
+        check(v["engine"] == name, "reports another engine's name");
+        check(
+            v["stopped"] == "duration reached",
+            "did not stop on --duration",
+        );
+        let consumed: u64 = v["received"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| *k != "engine_health")
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum()
+            })
+            .unwrap_or(0);
+        check(consumed > 0, "received no message besides engine_health");
+        check(
+            count(v, "published", "engine_health") > 0,
+            "published no engine_health",
+        );
+        let recv = |k: &str| count(v, "received", k);
+        let sent = |k: &str| count(v, "published", k);
+        match name {
+            "marketdata" => {
+                check(sent("market_data") > 0, "published no market_data");
+                // Risk's orders over the Engine Logic bus, filled at the hub's paper venue.
+                check(recv("order_request") > 0, "received no order_request");
+                check(sent("trade_execution") > 0, "published no trade_execution");
+            }
+            "features" => {
+                check(recv("market_data") > 0, "received no market_data");
+                check(sent("feature_vector") > 0, "published no feature_vector");
+            }
+            "factor" => check(
+                sent("factor_calculation") > 0,
+                "published no factor_calculation",
+            ),
+            "ml" => {
+                check(recv("feature_vector") > 0, "received no feature_vector");
+                check(sent("ml_prediction") > 0, "published no ml_prediction");
+            }
+            "vpin" => check(
+                sent("vpin_calculation") > 0,
+                "published no vpin_calculation",
+            ),
+            // Its flash crash alerts need a crash; here it only has to consume VPIN.
+            "enhanced_vpin" => check(recv("vpin_calculation") > 0, "received no vpin_calculation"),
+            "strategy" => check(sent("strategy_signal") > 0, "published no strategy_signal"),
+            "risk" => {
+                check(recv("strategy_signal") > 0, "received no strategy_signal");
+                check(sent("order_request") > 0, "published no order_request");
+            }
+            "portfolio" => {
+                // The fills reached the portfolio.
+                check(recv("trade_execution") > 0, "received no trade_execution");
+                check(
+                    sent("portfolio_update") > 0,
+                    "published no portfolio_update",
+                );
+            }
+            "collateral" => check(recv("portfolio_update") > 0, "received no portfolio_update"),
+            // A performance report every 900 s of data time: 0.3 s at 3000x.
+            "analytics" => check(
+                sent("analytics_result") > 0,
+                "published no analytics_result",
+            ),
+            // The dashboard publishes only its heartbeat; it must see the system's output.
+            "websocket" => {
+                for k in ["portfolio_update", "ml_prediction", "vpin_calculation"] {
+                    check(recv(k) > 0, &format!("received no {k}"));
+                }
+            }
+            // Not built yet when this test was written, and when its periodic re-run fires is
+            // not known here: it has to consume (checked above for every engine) and send
+            // heartbeats (likewise), no more.
+            "backtesting" => {}
+            other => panic!("no checks for engine {other:?}"),
+        }
+    }
+
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        procs.stderrs()
+    );
+    drop(procs);
+    drop((md_server, logic_server));
+}
