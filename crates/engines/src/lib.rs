@@ -9,6 +9,9 @@
 //! # Layout
 //! * [`analytics`]: the Analytics engine: Sharpe ratio, drawdown, turnover, hit rate, P&L by
 //!   symbol, per-bus traffic and latency (`analytics_result`).
+//! * [`backtesting`]: the Backtesting engine: a simplified, bar-level backtest of the strategy
+//!   over the hub's history, on request (`backtest_request`) and every 30 minutes of data time
+//!   (`analytics_result.backtest`).
 //! * [`engine`]: the `Engine` trait, its context and the host (subscriptions, timers,
 //!   `engine_health` heartbeats, graceful stop, per-kind counters).
 //! * [`features`]: per-symbol indicators on time bars (returns, realized volatility, RSI,
@@ -46,6 +49,7 @@
 //!   feed of chosen kinds (quotes coalesced per symbol), `/health` and `/api/state`.
 
 pub mod analytics;
+pub mod backtesting;
 pub mod collateral;
 pub mod engine;
 pub mod enhanced_vpin;
