@@ -495,6 +495,13 @@ impl<E: Engine> RunningEngine<E> {
             e.health()
         };
         heartbeat(&self.ctx, "stopped", self.started, details).await;
+        // What the engine published is with the brokers before its process may exit (the
+        // Redis writer queues; the embedded transport has nothing to flush).
+        for bus in [dualbus_bus::BusId::MarketData, dualbus_bus::BusId::Logic] {
+            if let Err(e) = self.ctx.bus.transport(bus).flush().await {
+                tracing::warn!(engine = self.ctx.name, error = %e, "published messages not flushed");
+            }
+        }
         self.ctx.counts()
     }
 }

@@ -5,6 +5,7 @@
 //! first market data; they are stopped hub first (no new data), then along the pipeline.
 
 use crate::analytics::AnalyticsEngine;
+use crate::backtesting::BacktestingEngine;
 use crate::collateral::CollateralEngine;
 use crate::engine::{Engine, EngineCounts, EngineError, EngineHost, HostOptions, RunningEngine};
 use crate::enhanced_vpin::EnhancedVpinEngine;
@@ -42,21 +43,8 @@ pub const ENGINES: [&str; 13] = [
     "backtesting",
 ];
 
-/// The engines this build can run (the others are named in [`ENGINES`] for the plan).
-pub const AVAILABLE: [&str; 12] = [
-    "marketdata",
-    "features",
-    "factor",
-    "ml",
-    "vpin",
-    "enhanced_vpin",
-    "strategy",
-    "risk",
-    "portfolio",
-    "collateral",
-    "analytics",
-    "websocket",
-];
+/// The engines this build can run: all of them.
+pub const AVAILABLE: [&str; 13] = ENGINES;
 
 /// A running engine of any type.
 #[async_trait]
@@ -199,6 +187,7 @@ pub async fn start_engine(
         "collateral" => boxed(CollateralEngine::default(), bus, opts).await,
         "analytics" => boxed(AnalyticsEngine::default(), bus, opts).await,
         "websocket" => boxed(WebSocketEngine::default(), bus, opts).await,
+        "backtesting" => boxed(BacktestingEngine::default(), bus, opts).await,
         other => Err(EngineError::Config {
             engine: other.into(),
             reason: if ENGINES.contains(&other) {

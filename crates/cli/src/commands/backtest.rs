@@ -28,8 +28,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Engines of a backtest: every engine except the dashboard (a server for browsers).
-const SKIPPED: [&str; 1] = ["websocket"];
+/// Engines of a backtest: every engine except the dashboard (a server for browsers) and the
+/// Backtesting engine (it re-runs bar-level backtests over the hub's history inside live runs).
+const SKIPPED: [&str; 2] = ["websocket", "backtesting"];
 
 /// Arguments of `dualbus backtest`.
 #[derive(Args, Debug)]
