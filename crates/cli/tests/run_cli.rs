@@ -59,6 +59,7 @@ fn a_timed_run_writes_a_report_of_every_engine() {
         "collateral",
         "analytics",
         "websocket",
+        "backtesting",
     ] {
         assert!(engines.contains_key(name), "{name} missing: {r}");
         assert!(published(name, "engine_health") > 0, "{name}: {r}");
@@ -79,6 +80,8 @@ fn a_timed_run_writes_a_report_of_every_engine() {
     assert!(published("portfolio", "portfolio_update") > 0, "{r}");
     assert!(published("analytics", "analytics_result") > 0, "{r}");
     assert!(received("websocket", "portfolio_update") > 0, "{r}");
+    assert!(received("backtesting", "feature_vector") > 0, "{r}");
+    assert!(r["performance"]["report"] == "performance", "{r}");
     assert!(r["fills"].as_u64().unwrap() > 0, "{r}");
     let md = &r["buses"]["market_data"];
     assert!(md["published"].as_u64().unwrap() > 1000, "{r}");

@@ -62,6 +62,51 @@ pub struct HubOptions {
     /// at the trade's price (bid = ask) so that marks, signals and the paper venue work; a
     /// simplification for backtests on trade data. Stops for a symbol at its first real quote.
     pub quotes_from_trades: bool,
+    /// Lockstep: publish one event per permit of this gate (a backtest grants the next once
+    /// every engine is idle). `None`: as fast as the provider yields.
+    #[serde(skip)]
+    pub gate: Option<FeedGate>,
+}
+
+/// Lets a hub's events out one at a time ([`HubOptions::gate`]).
+#[derive(Clone, Debug)]
+pub struct FeedGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    passed: Arc<AtomicU64>,
+}
+
+impl Default for FeedGate {
+    fn default() -> Self {
+        FeedGate::new()
+    }
+}
+
+impl FeedGate {
+    /// A closed gate.
+    pub fn new() -> FeedGate {
+        FeedGate {
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            passed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Lets one more event out.
+    pub fn open_one(&self) {
+        self.permits.add_permits(1);
+    }
+
+    /// Events let out so far.
+    pub fn passed(&self) -> u64 {
+        self.passed.load(Ordering::SeqCst)
+    }
+
+    /// Waits for a permit (the hub's side). Cancel-safe.
+    async fn pass(&self) {
+        if let Ok(p) = self.permits.acquire().await {
+            p.forget();
+            self.passed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Default for HubOptions {
@@ -72,6 +117,7 @@ impl Default for HubOptions {
             venue: VenueOptions::default(),
             warm_bars: 0,
             quotes_from_trades: false,
+            gate: None,
         }
     }
 }
@@ -387,6 +433,11 @@ impl HubHandle {
         self.shared.snapshot(symbol)
     }
 
+    /// Whether the provider's data has ended (see [`HubHandle::feed_done`]).
+    pub fn is_feed_done(&self) -> bool {
+        self.shared.feed_done.load(Ordering::SeqCst)
+    }
+
     /// Resolves once the provider's stream has ended (never, for a live provider).
     pub async fn feed_done(&self) {
         loop {
@@ -535,24 +586,40 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
     let mut quoted: std::collections::HashSet<String> = Default::default();
     // Payloads of a batch are encoded into one shared buffer (one allocation per batch).
     let mut scratch = bytes::BytesMut::new();
+    // With a gate (lockstep), events wait here and go out one per permit.
+    let mut queued: std::collections::VecDeque<MarketEvent> = Default::default();
+    let mut more = true;
     loop {
         events.clear();
-        let more = tokio::select! {
-            // Stopped: the data did not end, so `feed_done` stays false.
-            _ = stop.notified() => return,
-            r = stream.next_batch(&mut events) => r,
-        };
-        let more = match more {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(provider = shared.provider.name(), error = %e, "market data stream failed");
-                false
+        if queued.is_empty() && more {
+            let r = tokio::select! {
+                // Stopped: the data did not end, so `feed_done` stays false.
+                _ = stop.notified() => return,
+                r = stream.next_batch(&mut events) => r,
+            };
+            more = match r {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(provider = shared.provider.name(), error = %e, "market data stream failed");
+                    false
+                }
+            };
+            shared.skipped.store(stream.skipped(), Ordering::Relaxed);
+            if shared.opts.quotes_from_trades {
+                quotes_from_trades(&mut events, &mut quoted);
             }
-        };
-        shared.skipped.store(stream.skipped(), Ordering::Relaxed);
-        if shared.opts.quotes_from_trades {
-            quotes_from_trades(&mut events, &mut quoted);
         }
+        if let Some(gate) = &shared.opts.gate {
+            queued.extend(events.drain(..));
+            if let Some(ev) = queued.pop_front() {
+                tokio::select! {
+                    _ = stop.notified() => return,
+                    _ = gate.pass() => {}
+                }
+                events.push(ev);
+            }
+        }
+        let more = more || !queued.is_empty();
         let mut envs: Vec<Envelope> = Vec::with_capacity(events.len());
         {
             let mut validator = shared.validator.lock();

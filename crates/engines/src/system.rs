@@ -11,7 +11,7 @@ use crate::engine::{Engine, EngineCounts, EngineError, EngineHost, HostOptions, 
 use crate::enhanced_vpin::EnhancedVpinEngine;
 use crate::factor::FactorEngine;
 use crate::features::FeaturesEngine;
-use crate::hub::{HubHandle, HubOptions, MarketDataHub};
+use crate::hub::{FeedGate, HubHandle, HubOptions, MarketDataHub};
 use crate::metrics::BusMetrics;
 use crate::ml::MlEngine;
 use crate::portfolio::PortfolioEngine;
@@ -102,6 +102,8 @@ pub struct EngineSetup {
     pub metrics: Option<Arc<BusMetrics>>,
     /// Heartbeat period.
     pub health_every: Duration,
+    /// Lockstep gate of the MarketData hub ([`HubOptions::gate`]).
+    pub gate: Option<FeedGate>,
 }
 
 /// Starts the engine called `name` on `bus` (whose `src` should be `name`). The MarketData hub
@@ -169,6 +171,7 @@ pub async fn start_engine(
                 HubOptions {
                     warm_bars,
                     quotes_from_trades,
+                    gate: setup.gate,
                     ..Default::default()
                 },
             );
@@ -218,6 +221,8 @@ pub struct SystemOptions {
     pub metrics: Option<Arc<BusMetrics>>,
     /// Heartbeat period of every engine.
     pub health_every: Duration,
+    /// Lockstep gate of the MarketData hub ([`HubOptions::gate`]).
+    pub gate: Option<FeedGate>,
 }
 
 /// Engines running together.
@@ -264,6 +269,7 @@ impl System {
                 provider: Some(opts.provider.clone()),
                 metrics: opts.metrics.clone(),
                 health_every: opts.health_every,
+                gate: opts.gate.clone(),
             };
             match start_engine(name, bus, setup).await {
                 Ok((r, hub)) => {
@@ -294,14 +300,32 @@ impl System {
             .collect()
     }
 
-    /// Stops every engine: the hub first, then along the pipeline. The final counts.
+    /// Stops every engine: the hub first (last when its data has ended), then along the
+    /// pipeline. The final counts.
     pub async fn stop(self) -> BTreeMap<String, EngineCounts> {
+        self.stop_settled(|| async {}).await
+    }
+
+    /// Stops every engine like [`System::stop`], awaiting `settle()` after each one (a
+    /// backtest lets what an engine published on stopping reach the next ones first).
+    pub async fn stop_settled<F, Fut>(self, mut settle: F) -> BTreeMap<String, EngineCounts>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let mut running = self.running;
-        running.sort_by_key(|r| ENGINES.iter().position(|n| *n == r.name()));
+        // A hub whose data has ended has nothing left to stop but its paper venue, which
+        // fills the orders the others send while they stop: then it stops last.
+        let feed_done = self.hub.as_ref().is_some_and(|h| h.is_feed_done());
+        running.sort_by_key(|r| {
+            let at = ENGINES.iter().position(|n| *n == r.name());
+            (feed_done && r.name() == "marketdata", at)
+        });
         let mut out = BTreeMap::new();
         for r in running {
             let name = r.name().to_string();
             out.insert(name, r.stop().await);
+            settle().await;
         }
         out
     }

@@ -1,22 +1,25 @@
 //! `dualbus backtest`: replays a file through the MarketData hub and the engines on the
 //! embedded buses, as fast as the machine allows, and reports P&L, risk and traffic.
 //!
-//! Towards determinism: the engines only use data time (the payloads' timestamps), and the
-//! whole run executes on one thread (a current-thread runtime) with no wake-up that follows
-//! the wall clock (readers park without spinning, the redelivery sweep and the heartbeats are
-//! set to a day: each engine sends its first and its last heartbeat only). Every figure that
-//! depends on the machine (elapsed time, rates, delivery latency) is in the report's top-level
-//! `wall_clock` section. Not yet achieved: two runs of one file can still differ slightly in
-//! the rest (an engine that reads two streams, such as Risk with quotes and signals, does not
-//! always see them interleaved the same way); a lockstep feed (one event at a time, the next
-//! once every engine is idle) is the planned fix.
+//! Determinism: the engines only use data time (the payloads' timestamps), and the run is in
+//! lockstep on one thread: the hub lets one event out (a [`FeedGate`] permit), then waits until
+//! every engine has handled everything that event caused (no group of any stream holds an
+//! entry it has not handled), then the next. Within one event's cascade, messages are handled
+//! in the order they were caused. Nothing follows the wall clock (readers park without
+//! spinning; the redelivery sweep and the heartbeats are set to a day: each engine sends its
+//! first and its last heartbeat only). So the same input gives a byte-identical JSON report,
+//! except its top-level `wall_clock` section, which holds every figure that depends on the
+//! machine (elapsed time, rates, delivery latency).
 
-use super::run::{bus_json, ms, Observed, OBSERVED};
+use super::run::{bus_json, ms, parse_settings, Observed, OBSERVED};
 use super::Global;
 use anyhow::{bail, Context};
 use clap::Args;
+use dualbus_bus::BusId;
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
+use dualbus_core::transport::StreamKey;
 use dualbus_core::{EventKind, Mode, Priority, StartFrom};
+use dualbus_engines::hub::FeedGate;
 use dualbus_engines::metrics::BusMetrics;
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
 use dualbus_engines::provider::{Provider, Speed};
@@ -39,9 +42,9 @@ Replays a trade or quote file through the MarketData hub and every engine (featu
 ML, VPIN, enhanced VPIN, strategy, risk with the hub's paper venue, portfolio, collateral,
 analytics) on the embedded buses, in data time, as fast as the machine allows. Prints a summary
 (P&L, Sharpe ratio, drawdown, fills, alerts by rule, messages per kind and bus) and writes the
-JSON report with --report. Figures that depend on the machine (elapsed time, rates, latency)
-are in the report's top-level \"wall_clock\" section. Known limit: two runs of one file can
-still differ slightly elsewhere (the order in which an engine sees two streams).
+JSON report with --report. The run is in lockstep (one event, then every engine idle, then
+the next), so the same file gives a byte-identical report, except its top-level
+\"wall_clock\" section (elapsed time, rates, latency).
 
 Examples:
   dualbus backtest --data tests/data/binance-btcusdt-trades-2021-01-08.csv --format binance
@@ -72,10 +75,7 @@ pub struct BacktestArgs {
 /// Runs `dualbus backtest`.
 pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
     let format: FileFormat = args.format.parse()?;
-    let mut settings: BTreeMap<String, Value> = match &args.settings {
-        None => BTreeMap::new(),
-        Some(s) => serde_json::from_str(s).context("--settings must be a JSON object")?,
-    };
+    let mut settings: BTreeMap<String, Value> = parse_settings(args.settings.as_deref())?;
     // A trade file has no quotes: the hub derives them from trades (see HubOptions), so that
     // marks, signals and the paper venue work.
     settings
@@ -104,6 +104,7 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
         );
         let root = DualBus::connect("dualbus-backtest", cfg).await?;
         let metrics = Arc::new(BusMetrics::default());
+        let gate = FeedGate::new();
         let observed: Arc<Mutex<Observed>> = Default::default();
         let obs = observed.clone();
         let observer = root
@@ -133,31 +134,27 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
                 config: settings,
                 metrics: Some(metrics.clone()),
                 health_every: Duration::from_secs(86_400),
+                gate: Some(gate.clone()),
             },
         )
         .await?;
         let hub = sys.hub().expect("the hub runs").clone();
-        hub.feed_done().await;
-        // The end of the data: wait until every engine has handled everything (no count moves
-        // for a while), then stop them (each flushes its open bars), then let the observer
-        // take what they published while stopping.
-        let total = |sys: &System| -> u64 {
-            sys.counts()
-                .values()
-                .map(|c| c.received.values().sum::<u64>() + c.published.values().sum::<u64>())
-                .sum()
-        };
-        quiesce(|| total(&sys)).await;
+        let streams = streams(&root);
+        // Lockstep: one event out, then wait until every engine has handled everything it
+        // caused (fills, signals, updates), then the next.
+        settle(&root, &streams).await;
+        while !hub.is_feed_done() {
+            let before = gate.passed();
+            gate.open_one();
+            while gate.passed() == before && !hub.is_feed_done() {
+                tokio::task::yield_now().await;
+            }
+            settle(&root, &streams).await;
+        }
         let hub_stats = hub.stats();
-        let counts = sys.stop().await;
-        let seen = || {
-            let o = observed.lock();
-            o.fills + o.rejected_orders + o.toxicity + o.margin_calls
-                + o.flash.values().sum::<u64>()
-                + o.risk.values().sum::<u64>()
-                + u64::from(o.analytics.is_some())
-        };
-        quiesce(seen).await;
+        // Stopping flushes open bars: each engine's last output reaches the next ones before
+        // they stop in turn.
+        let counts = sys.stop_settled(|| settle(&root, &streams)).await;
         observer.stop().await;
         let elapsed = started.elapsed().as_secs_f64();
 
@@ -230,20 +227,34 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
     })
 }
 
-/// Waits until `count` stops moving: the same value over 5 checks 20 ms apart (on the
-/// backtest's single thread, every other task runs while this one sleeps).
-async fn quiesce(count: impl Fn() -> u64) {
-    let mut last = count();
-    let mut still = 0;
-    while still < 5 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = count();
-        if now == last {
-            still += 1;
-        } else {
-            still = 0;
-            last = now;
+/// Every stream of both buses: each known kind's and the priority lane.
+fn streams(root: &DualBus) -> Vec<(BusId, StreamKey)> {
+    let router = root.router();
+    let mut out = Vec::new();
+    for bus in [BusId::MarketData, BusId::Logic] {
+        for kind in EventKind::KNOWN.iter() {
+            out.push((bus, router.kind_stream(bus, kind)));
         }
+        out.push((bus, router.priority_stream(bus)));
+    }
+    out
+}
+
+/// Waits until no group of any stream has an entry it has not handled (unread or
+/// unacknowledged: a handler acknowledges after handling, and publishes what it causes before),
+/// twice in a row with the other tasks run in between; or, while stopping, until nothing moves
+/// for many rounds (an entry for an engine already stopped stays unread).
+async fn settle(root: &DualBus, streams: &[(BusId, StreamKey)]) {
+    let (mut idle, mut still, mut last) = (0, 0, u64::MAX);
+    while idle < 2 && still < 10_000 {
+        tokio::task::yield_now().await;
+        let mut total = 0;
+        for (bus, key) in streams {
+            total += root.transport(*bus).unread(key).await.unwrap_or(0);
+        }
+        idle = if total == 0 { idle + 1 } else { 0 };
+        still = if total == last { still + 1 } else { 0 };
+        last = total;
     }
 }
 

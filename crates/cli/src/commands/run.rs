@@ -181,7 +181,7 @@ async fn connect(global: &Global, backend: Backend, src: &str) -> anyhow::Result
         })
 }
 
-fn parse_settings(s: Option<&str>) -> anyhow::Result<BTreeMap<String, Value>> {
+pub(crate) fn parse_settings(s: Option<&str>) -> anyhow::Result<BTreeMap<String, Value>> {
     let Some(s) = s else {
         return Ok(BTreeMap::new());
     };
@@ -253,6 +253,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
                 config: settings,
                 metrics: Some(metrics.clone()),
                 health_every: Duration::from_secs(1),
+                gate: None,
             },
         )
         .await?;
@@ -348,6 +349,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
             "rejected_orders": o.rejected_orders,
             "alerts": o.alerts_json(),
             "portfolio": o.portfolio,
+            "performance": o.analytics,
         });
         print_summary(&report, &totals);
         if let Some(path) = &args.report {
@@ -470,6 +472,7 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
                 provider,
                 metrics: None,
                 health_every: Duration::from_secs(1),
+                gate: None,
             },
         )
         .await?;
