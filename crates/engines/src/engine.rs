@@ -100,6 +100,16 @@ pub trait Engine: Send + 'static {
         Ok(())
     }
 
+    /// Called once after the subscriptions exist, before the timers start: the place to begin
+    /// producing (the MarketData hub starts its feed here, so that no request an engine sends
+    /// in answer to the first data can reach the hub before its group exists).
+    ///
+    /// # Errors
+    /// An [`EngineError`] stops the host from starting the engine.
+    async fn ready(&mut self, _ctx: &EngineContext) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Handles one message. `Err` leaves it unacknowledged: it is redelivered after the idle
     /// timeout and dead-lettered with this reason after the last allowed delivery.
     async fn on_message(&mut self, ctx: &EngineContext, msg: &Envelope)
@@ -386,6 +396,12 @@ impl EngineHost {
                 ctx: ctx.clone(),
             };
             subs.push(bus.subscribe(so, handler).await?);
+        }
+        if let Err(e) = engine.lock().await.ready(&ctx).await {
+            for s in subs {
+                s.stop().await;
+            }
+            return Err(e);
         }
         let mut tasks = Vec::new();
         for t in timers {

@@ -9,11 +9,12 @@
 //! * **`vpin_price_drop`**: the latest VPIN's percentile is at least `price_drop_percentile`
 //!   (0.99) and the price has fallen by at least `drop_sigmas` (6) realized standard deviations
 //!   over the last `drop_bars` (5) bars. The move is `ln(close_n / close_(n-5))` over the last
-//!   five closed bars (checked when a bar closes and on every VPIN value; intrabar prints are
-//!   not used: a sell at the bid in a thin moment is not a crash); the standard deviation of a
+//!   five closed bars (it changes when a bar closes; the rules are checked on every trade,
+//!   quote and VPIN value; intrabar prints are not used: a sell at the bid in a thin moment is
+//!   not a crash); the standard deviation of a
 //!   five-bar move is `sigma_1 x sqrt(5)`, `sigma_1` the sample standard deviation of the
-//!   one-bar log returns of the last `sigma_bars` (20) closed bars, the recent ones included,
-//!   so that the yardstick follows the volatility regime. Needs `min_bars` (20) returns.
+//!   one-bar log returns of the `sigma_bars` (60) closed bars before those five (a crash must
+//!   not inflate its own yardstick). Needs `min_bars` (20) returns.
 //! * **`spread_widening`**: the latest quoted spread is at least `spread_multiple` (4) times
 //!   the median of the mean spread of the last `spread_bars` (60) closed bars, while the VPIN's
 //!   percentile is at least `spread_percentile` (0.9). Needs `min_bars` bars with quotes.

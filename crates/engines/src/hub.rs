@@ -733,7 +733,7 @@ impl Engine for MarketDataHub {
         vec![Interest::reliable(&["hub_request.>", "order_request.>"])]
     }
 
-    async fn start(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
+    async fn ready(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
         self.feed = Some(tokio::spawn(feed(
             self.shared.clone(),
             ctx.clone(),

@@ -205,7 +205,13 @@ pub struct BookCounts {
     pub rejected: u64,
     /// Filled executions with a quantity or price that is not a positive number (ignored).
     pub invalid: u64,
+    /// Fills of an order already applied (a redelivery; ignored).
+    #[serde(default)]
+    pub duplicates: u64,
 }
+
+/// Filled order ids remembered to drop a redelivered fill (the venue fills an order once).
+const FILLS_REMEMBERED: usize = 10_000;
 
 #[derive(Clone, Debug, Default)]
 struct Position {
@@ -236,6 +242,9 @@ pub struct Book {
     now: u64,
     /// Period index (`ts / update_every_secs`) of the last periodic update.
     last_period: Option<u64>,
+    /// The last [`FILLS_REMEMBERED`] filled order ids, oldest first, and as a set.
+    filled: VecDeque<String>,
+    filled_set: std::collections::HashSet<String>,
 }
 
 impl Book {
@@ -254,6 +263,8 @@ impl Book {
             curve: VecDeque::new(),
             now: 0,
             last_period: None,
+            filled: VecDeque::new(),
+            filled_set: Default::default(),
         }
     }
 
@@ -272,6 +283,19 @@ impl Book {
         if !(x.qty.is_finite() && x.qty > 0.0 && x.price.is_finite() && x.price > 0.0) {
             self.counts.invalid += 1;
             return None;
+        }
+        if !x.order_id.is_empty() {
+            if self.filled_set.contains(&x.order_id) {
+                self.counts.duplicates += 1;
+                return None;
+            }
+            self.filled_set.insert(x.order_id.clone());
+            self.filled.push_back(x.order_id.clone());
+            if self.filled.len() > FILLS_REMEMBERED {
+                if let Some(old) = self.filled.pop_front() {
+                    self.filled_set.remove(&old);
+                }
+            }
         }
         self.counts.fills += 1;
         self.now = self.now.max(x.ts);
@@ -655,8 +679,11 @@ mod tests {
     }
 
     fn fill_of(symbol: &str, side: Side, qty: f64, price: f64, ts: u64) -> Execution {
+        // A new order id per fill: the book drops a second fill of one order.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Execution {
-            order_id: format!("o{ts}"),
+            order_id: format!("o{n}"),
             symbol: symbol.into(),
             side,
             qty,
@@ -806,12 +833,23 @@ mod tests {
             BookCounts {
                 fills: 0,
                 rejected: 1,
-                invalid: 2
+                invalid: 2,
+                duplicates: 0
             }
         );
         let u = b.update(S);
         assert_eq!((u.equity, u.cash, u.fills), (100_000.0, 100_000.0, 0));
         assert!(u.positions.is_empty());
+    }
+
+    #[test]
+    fn a_redelivered_fill_is_applied_once() {
+        let mut b = Book::new(PortfolioParams::default());
+        let x = fill(Side::Buy, 2.0, 100.0, S);
+        assert!(b.on_fill(&x).is_some());
+        assert!(b.on_fill(&x).is_none(), "the same order's fill again");
+        assert_eq!(b.qty("X"), 2.0);
+        assert_eq!((b.counts().fills, b.counts().duplicates), (1, 1));
     }
 
     #[test]

@@ -19,11 +19,15 @@
 //! limit fails (beyond a relative rounding tolerance of 1e-9, so that an order of exactly the
 //! limit passes):
 //! 1. `circuit_breaker`: the breaker is tripped (value: seconds since it tripped, limit:
-//!    `breaker_secs`). Every order is rejected, reducing ones too.
+//!    `breaker_secs`).
 //! 2. `drawdown_stop`: equity (from `portfolio_update.{account}`) is below its peak by more than
 //!    `max_drawdown` (value and limit: fractions of the peak).
 //! 3. `toxicity_halt`: a `toxicity_alert` for the symbol less than `toxicity_halt_secs` of data
-//!    time ago (value: seconds since it, limit: `toxicity_halt_secs`). Reducing orders too.
+//!    time ago (value: seconds since it, limit: `toxicity_halt_secs`).
+//!
+//! The three halts stop new risk only: an order that cuts the symbol's `|exposure|` without
+//! turning it round (a sell of part or all of a long) passes them, so that the strategy's zero
+//! target during an alert flattens the position instead of holding it through the crash.
 //! 4. `stale_price`: the symbol's last quote is more than `stale_quote_secs` old (value: its age
 //!    in seconds; with no quote ever, the data time seen so far, a lower bound of the age).
 //! 5. `max_order_notional`: `|qty| x mid` above `max_order_notional`.
@@ -374,7 +378,13 @@ impl PreTradeChecks {
         let before = book.exposure(&o.symbol);
         let after = before + o.qty;
         let reducing = after.abs() < before.abs();
+        // Cuts exposure without turning it round: takes no new risk, so the halts let it
+        // through (a halt that kept the position would hold the risk it is meant to stop).
+        let derisking = reducing && after * before >= 0.0;
         match rule {
+            RiskRule::CircuitBreaker if derisking => {}
+            RiskRule::DrawdownStop if derisking => {}
+            RiskRule::ToxicityHalt if derisking => {}
             RiskRule::CircuitBreaker => {
                 if let Some(b) = book.breaker() {
                     let elapsed = secs(book.now().saturating_sub(b.since));
@@ -1428,6 +1438,25 @@ mod tests {
         b.on_quote(&quote("BTC", T0 + 62 * S, 100.0));
         let (r, v, l) = rule(b.on_signal(&signal("BTC", T0 + 62 * S, 10.0)));
         assert_eq!((r.as_str(), v, l), ("circuit_breaker", 60.0, 1800.0));
+    }
+
+    #[test]
+    fn the_halts_let_an_order_that_cuts_exposure_through() {
+        let mut b = book(RiskParams::default());
+        b.on_quote(&quote("BTC", T0, 100.0));
+        let o = order(b.on_signal(&signal("BTC", T0, 10.0)));
+        b.on_execution(&fill(&o.order_id, "BTC", Side::Buy, 10.0, T0 + S));
+        b.on_flash_crash_alert(&flash(T0 + 2 * S));
+        b.on_quote(&quote("BTC", T0 + 3 * S, 100.0));
+        // More risk: rejected by the breaker.
+        let (r, _, _) = rule(b.on_signal(&signal("BTC", T0 + 3 * S, 15.0)));
+        assert_eq!(r, "circuit_breaker");
+        // Turning the long into a short is new risk too.
+        let (r, _, _) = rule(b.on_signal(&signal("BTC", T0 + 3 * S, -5.0)));
+        assert_eq!(r, "circuit_breaker");
+        // Flat: a sell of the whole 10 passes the halt.
+        let o = order(b.on_signal(&signal("BTC", T0 + 3 * S, 0.0)));
+        assert_eq!((o.side, o.qty), (Side::Sell, 10.0));
     }
 
     #[test]

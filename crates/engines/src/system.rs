@@ -91,6 +91,22 @@ pub fn default_settings(name: &str) -> serde_json::Value {
     }
 }
 
+/// An engine's settings: `user`'s keys over [`default_settings`] (a section that sets one key
+/// keeps the other defaults); a `user` value that is not an object replaces the defaults.
+pub fn merged_settings(name: &str, user: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut base = default_settings(name);
+    match (user, base.as_object_mut()) {
+        (None, _) => base,
+        (Some(serde_json::Value::Object(u)), Some(b)) => {
+            for (k, v) in u {
+                b.insert(k.clone(), v.clone());
+            }
+            base
+        }
+        (Some(u), _) => u.clone(),
+    }
+}
+
 /// What [`start_engine`] needs besides the bus.
 #[derive(Clone)]
 pub struct EngineSetup {
@@ -215,7 +231,7 @@ pub struct SystemOptions {
     pub engines: Vec<String>,
     /// Market data source of the hub.
     pub provider: Arc<dyn Provider>,
-    /// Per-engine settings replacing [`default_settings`].
+    /// Per-engine settings, key by key over [`default_settings`] ([`merged_settings`]).
     pub config: BTreeMap<String, serde_json::Value>,
     /// Shared per-bus traffic and latency.
     pub metrics: Option<Arc<BusMetrics>>,
@@ -261,11 +277,7 @@ impl System {
         for name in names {
             let bus = root.sibling(name, &format!("{name}-1"))?;
             let setup = EngineSetup {
-                config: opts
-                    .config
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_else(|| default_settings(name)),
+                config: merged_settings(name, opts.config.get(name)),
                 provider: Some(opts.provider.clone()),
                 metrics: opts.metrics.clone(),
                 health_every: opts.health_every,

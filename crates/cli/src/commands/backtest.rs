@@ -63,8 +63,8 @@ pub struct BacktestArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Per-engine settings as JSON: `{"strategy": {"w_ml": 2.0}}` (replaces that engine's
-    /// defaults).
+    /// Per-engine settings as JSON: `{"strategy": {"w_ml": 2.0}}` (each key over that
+    /// engine's defaults).
     #[arg(long, value_name = "JSON")]
     pub settings: Option<String>,
     /// Print the JSON report on stdout instead of the summary.
@@ -78,9 +78,12 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
     let mut settings: BTreeMap<String, Value> = parse_settings(args.settings.as_deref())?;
     // A trade file has no quotes: the hub derives them from trades (see HubOptions), so that
     // marks, signals and the paper venue work.
-    settings
+    let hub = settings
         .entry("marketdata".into())
-        .or_insert_with(|| json!({ "quotes_from_trades": true }));
+        .or_insert_with(|| json!({}));
+    if let Some(h) = hub.as_object_mut() {
+        h.entry("quotes_from_trades").or_insert(json!(true));
+    }
     if !args.data.exists() {
         bail!("--data {}: no such file", args.data.display());
     }

@@ -69,7 +69,8 @@ pub struct RunArgs {
     /// Write the JSON report here when the run stops.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Per-engine settings as JSON: `{"vpin": {"window": 30}}` (replaces that engine's defaults).
+    /// Per-engine settings as JSON: `{"risk": {"max_drawdown": 0.05}}` (each key over that
+    /// engine's defaults).
     #[arg(long, value_name = "JSON")]
     pub settings: Option<String>,
     /// Port of the dashboard (the WebSocket engine's HTTP server on 127.0.0.1; 0: any free
@@ -235,7 +236,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         let observer = root
             .subscribe(
                 SubscribeOptions::new("dualbus-run", &OBSERVED)?
-                    .mode(Mode::Fast)
+                    .mode(Mode::Reliable)
                     .start(StartFrom::Newest),
                 handler_fn(move |m| {
                     if let Ok(v) = m.enc.decode::<Value>(&m.payload) {
@@ -420,7 +421,7 @@ pub struct EngineArgs {
     /// Instance id (default NAME-PID): instances of one engine share its consumer group.
     #[arg(long)]
     pub instance: Option<String>,
-    /// The engine's settings as JSON (default: those of `dualbus run`).
+    /// The engine's settings as JSON (each key over those of `dualbus run`).
     #[arg(long, value_name = "JSON")]
     pub settings: Option<String>,
     /// Stop after this long (wall clock).
@@ -446,10 +447,11 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
         .map(parse_duration)
         .transpose()
         .context("--duration")?;
-    let config = match &args.settings {
-        Some(s) => serde_json::from_str(s).context("--settings must be JSON")?,
-        None => system::default_settings(&name),
+    let user: Option<Value> = match &args.settings {
+        Some(s) => Some(serde_json::from_str(s).context("--settings must be JSON")?),
+        None => None,
     };
+    let config = system::merged_settings(&name, user.as_ref());
     let rt = runtime(2)?;
     rt.block_on(async move {
         let provider = if name == "marketdata" {
