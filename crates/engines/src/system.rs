@@ -107,6 +107,37 @@ pub fn merged_settings(name: &str, user: Option<&serde_json::Value>) -> serde_js
     }
 }
 
+/// The Backtesting engine's settings: its own, with the live strategy's where it sets none
+/// (`live.strategy` and `live.ml` from the Strategy and ML engines' settings, `live.fee_bps` and
+/// `live.initial_cash` from the Portfolio engine's), so that its re-runs test what trades.
+pub fn backtesting_settings(config: &BTreeMap<String, serde_json::Value>) -> serde_json::Value {
+    let mut bt = merged_settings("backtesting", config.get("backtesting"));
+    if !bt.is_object() {
+        bt = serde_json::json!({});
+    }
+    let live = bt
+        .as_object_mut()
+        .expect("an object")
+        .entry("live")
+        .or_insert_with(|| serde_json::json!({}));
+    let Some(live) = live.as_object_mut() else {
+        return bt; // not an object: the engine names the bad value
+    };
+    for (key, engine) in [("strategy", "strategy"), ("ml", "ml")] {
+        let theirs = merged_settings(engine, config.get(engine));
+        if !theirs.is_null() && !live.contains_key(key) {
+            live.insert(key.into(), theirs);
+        }
+    }
+    let portfolio = merged_settings("portfolio", config.get("portfolio"));
+    for key in ["fee_bps", "initial_cash"] {
+        if let Some(v) = portfolio.get(key) {
+            live.entry(key).or_insert_with(|| v.clone());
+        }
+    }
+    bt
+}
+
 /// What [`start_engine`] needs besides the bus.
 #[derive(Clone)]
 pub struct EngineSetup {
@@ -277,7 +308,11 @@ impl System {
         for name in names {
             let bus = root.sibling(name, &format!("{name}-1"))?;
             let setup = EngineSetup {
-                config: merged_settings(name, opts.config.get(name)),
+                config: if name == "backtesting" {
+                    backtesting_settings(&opts.config)
+                } else {
+                    merged_settings(name, opts.config.get(name))
+                },
                 provider: Some(opts.provider.clone()),
                 metrics: opts.metrics.clone(),
                 health_every: opts.health_every,
@@ -312,8 +347,8 @@ impl System {
             .collect()
     }
 
-    /// Stops every engine: the hub first (last when its data has ended), then along the
-    /// pipeline. The final counts.
+    /// Stops every engine: the Backtesting engine (it asks the hub), the hub (last when its
+    /// data has ended), then along the pipeline. The final counts.
     pub async fn stop(self) -> BTreeMap<String, EngineCounts> {
         self.stop_settled(|| async {}).await
     }
@@ -329,9 +364,15 @@ impl System {
         // A hub whose data has ended has nothing left to stop but its paper venue, which
         // fills the orders the others send while they stop: then it stops last.
         let feed_done = self.hub.as_ref().is_some_and(|h| h.is_feed_done());
+        // The Backtesting engine asks the hub for history: it stops before the hub, or a
+        // re-run in progress would wait for answers that cannot come.
         running.sort_by_key(|r| {
             let at = ENGINES.iter().position(|n| *n == r.name());
-            (feed_done && r.name() == "marketdata", at)
+            (
+                r.name() != "backtesting",
+                feed_done && r.name() == "marketdata",
+                at,
+            )
         });
         let mut out = BTreeMap::new();
         for r in running {
@@ -340,5 +381,49 @@ impl System {
             settle().await;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn settings_merge_key_by_key_over_the_defaults() {
+        let v = merged_settings("vpin", Some(&json!({"window": 30})));
+        assert_eq!(v["window"], 30);
+        assert_eq!(v["volume_unit"], "quote", "the other defaults stay");
+        assert_eq!(merged_settings("features", None), serde_json::Value::Null);
+        assert_eq!(
+            merged_settings("features", Some(&json!({"bar_secs": 30}))),
+            json!({"bar_secs": 30})
+        );
+    }
+
+    #[test]
+    fn the_backtesting_engine_reruns_the_live_strategy() {
+        let config = BTreeMap::from([
+            ("strategy".to_string(), json!({"w_ml": 2.0})),
+            ("portfolio".to_string(), json!({"fee_bps": 3.0})),
+        ]);
+        let bt = backtesting_settings(&config);
+        assert_eq!(bt["live"]["strategy"]["w_ml"], 2.0);
+        assert_eq!(bt["live"]["fee_bps"], 3.0);
+        assert!(
+            bt["live"].get("ml").is_none(),
+            "ML runs on its defaults: none to copy"
+        );
+        // Its own live settings win.
+        let config = BTreeMap::from([
+            ("strategy".to_string(), json!({"w_ml": 2.0})),
+            (
+                "backtesting".to_string(),
+                json!({"live": {"strategy": {"w_ml": 0.5}}, "every_secs": 600}),
+            ),
+        ]);
+        let bt = backtesting_settings(&config);
+        assert_eq!(bt["live"]["strategy"]["w_ml"], 0.5);
+        assert_eq!(bt["every_secs"], 600);
     }
 }
