@@ -211,6 +211,8 @@ struct SymbolState {
 pub struct StrategyState {
     params: StrategyParams,
     rule: SignalRule,
+    /// Predictions ignored as stale.
+    stale: u64,
     symbols: BTreeMap<String, SymbolState>,
 }
 
@@ -222,6 +224,7 @@ impl StrategyState {
                 min_change_notional: params.min_change_notional,
             },
             params,
+            stale: 0,
             symbols: BTreeMap::new(),
         }
     }
@@ -241,10 +244,21 @@ impl StrategyState {
         st
     }
 
-    /// An ML prediction (ignored if older than the one held for its symbol).
+    /// An ML prediction (ignored if older than the one held for its symbol, or stale: made on
+    /// a bar that ended more than one bar before the symbol's latest quote, such as the
+    /// predictions on the hub's warm-up bars that reach the strategy after live quotes; acting
+    /// on each of them would trade history).
     pub fn on_prediction(&mut self, p: &MlPrediction) -> Option<StrategySignal> {
         let st = self.symbol(&p.symbol, p.ts);
         if st.prob.is_some_and(|(ts, _)| p.ts < ts) || !p.prob_up.is_finite() {
+            return None;
+        }
+        let bar = u64::from(p.horizon_s.max(1)) * 1_000_000_000;
+        if st
+            .mid
+            .is_some_and(|(quote_ts, _)| p.ts.saturating_add(2 * bar) < quote_ts)
+        {
+            self.stale += 1;
             return None;
         }
         st.prob = Some((p.ts, p.prob_up));
@@ -340,6 +354,11 @@ impl StrategyState {
     /// Signals made so far, all symbols.
     pub fn signals(&self) -> u64 {
         self.symbols.values().map(|s| s.signals).sum()
+    }
+
+    /// Predictions ignored as stale (see [`StrategyState::on_prediction`]).
+    pub fn stale_predictions(&self) -> u64 {
+        self.stale
     }
 
     fn evaluate(&mut self, symbol: &str) -> Option<StrategySignal> {
@@ -621,6 +640,21 @@ mod tests {
         // 2 x (2 x 0.25 - 1) + 0.3 x -1.5 / 3 = -1 - 0.15
         assert!(close(score(2.0, 0.3, 0.25, -1.5), -1.15));
         assert_eq!(score(1.0, 0.5, 0.5, 0.0), 0.0);
+    }
+
+    #[test]
+    fn a_prediction_on_a_bar_long_past_the_quotes_is_stale() {
+        let mut s = StrategyState::new(StrategyParams::default());
+        let m = 60 * S;
+        s.on_quote(&quote("BTC", T0 + 10 * m, 100.0));
+        // A warm-up bar's prediction, ten minutes before the quote: not traded.
+        assert!(s.on_prediction(&prediction("BTC", T0, 0.9)).is_none());
+        assert_eq!(s.stale_predictions(), 1);
+        // The bar that just closed (started two bars before the quote at most): traded.
+        assert!(s
+            .on_prediction(&prediction("BTC", T0 + 8 * m, 0.9))
+            .is_some());
+        assert_eq!(s.stale_predictions(), 1);
     }
 
     #[test]
