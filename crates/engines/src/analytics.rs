@@ -372,13 +372,7 @@ impl Engine for AnalyticsEngine {
         if !ctx.config().is_null() {
             self.params = ctx.settings()?;
         }
-        let problems = self.params.problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "analytics".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("analytics", self.params.problems())?;
         Ok(())
     }
 

@@ -755,13 +755,7 @@ impl Engine for BacktestingEngine {
         if !ctx.config().is_null() {
             self.params = ctx.settings()?;
         }
-        let problems = self.params.problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "backtesting".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("backtesting", self.params.problems())?;
         self.clock = RerunClock::new(self.params.min_bars, self.params.every_secs);
         self.hub = Some(HubClient::new(
             ctx.bus().clone(),

@@ -381,13 +381,7 @@ impl Engine for CollateralEngine {
         if !ctx.config().is_null() {
             self.model = MarginModel::new(ctx.settings()?);
         }
-        let problems = self.model.params().problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "collateral".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("collateral", self.model.params().problems())?;
         Ok(())
     }
 

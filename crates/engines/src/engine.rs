@@ -76,6 +76,23 @@ pub enum EngineError {
     Other(String),
 }
 
+impl EngineError {
+    /// `Ok` when `problems` is empty, else [`EngineError::Config`] naming every problem.
+    ///
+    /// # Errors
+    /// The problems, joined with `; `.
+    pub fn check(engine: &str, problems: Vec<String>) -> Result<(), EngineError> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Config {
+                engine: engine.to_string(),
+                reason: problems.join("; "),
+            })
+        }
+    }
+}
+
 /// A component of the trading system that runs on the buses.
 #[async_trait]
 pub trait Engine: Send + 'static {

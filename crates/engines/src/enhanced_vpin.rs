@@ -462,13 +462,7 @@ impl Engine for EnhancedVpinEngine {
         if !ctx.config().is_null() {
             self.params = ctx.settings()?;
         }
-        let problems = self.params.problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "enhanced_vpin".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("enhanced_vpin", self.params.problems())?;
         Ok(())
     }
 

@@ -603,13 +603,7 @@ impl Engine for FeaturesEngine {
         if !ctx.config().is_null() {
             self.params = ctx.settings()?;
         }
-        let problems = self.params.problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "features".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("features", self.params.problems())?;
         Ok(())
     }
 

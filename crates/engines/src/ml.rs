@@ -451,13 +451,7 @@ impl Engine for MlEngine {
         if !ctx.config().is_null() {
             self.params = ctx.settings()?;
         }
-        let problems = self.params.problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "ml".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("ml", self.params.problems())?;
         Ok(())
     }
 

@@ -589,13 +589,7 @@ impl Engine for PortfolioEngine {
         if !ctx.config().is_null() {
             self.book = Book::new(ctx.settings()?);
         }
-        let problems = self.book.params().problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "portfolio".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("portfolio", self.book.params().problems())?;
         Ok(())
     }
 

@@ -1163,13 +1163,7 @@ impl Engine for RiskEngine {
         } else {
             ctx.settings()?
         };
-        let problems = params.problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "risk".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("risk", params.problems())?;
         let reset = params.reset_breaker;
         self.book = RiskBook::new(params, ctx.instance());
         if reset {

@@ -484,13 +484,7 @@ impl Engine for StrategyEngine {
         } else {
             ctx.settings()?
         };
-        let problems = params.problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "strategy".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("strategy", params.problems())?;
         self.state = StrategyState::new(params);
         Ok(())
     }

@@ -414,13 +414,7 @@ impl Engine for VpinEngine {
         if !ctx.config().is_null() {
             self.params = ctx.settings()?;
         }
-        let problems = self.params.problems();
-        if !problems.is_empty() {
-            return Err(EngineError::Config {
-                engine: "vpin".into(),
-                reason: problems.join("; "),
-            });
-        }
+        EngineError::check("vpin", self.params.problems())?;
         Ok(())
     }
 
