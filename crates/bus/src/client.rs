@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch, OnceCell};
 use tokio::task::JoinHandle;
 
@@ -126,6 +126,18 @@ impl From<&str> for HandlerError {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message; `Ok` acknowledges it.
     fn handle(&self, msg: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Like [`Handler::handle`], told when the reader took the message's batch from the
+    /// transport (a handler that measures how long messages wait for it overrides this one;
+    /// the default calls `handle`).
+    fn handle_received(
+        &self,
+        msg: &Envelope,
+        received: Instant,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = received;
+        self.handle(msg)
+    }
 }
 
 /// A synchronous closure as a [`Handler`]; see [`handler_fn`].
@@ -1461,6 +1473,7 @@ impl<H: Handler> Reader<H> {
                     .dead_lettered
                     .fetch_add(batch.dead_lettered, Ordering::Relaxed);
             }
+            let received = Instant::now();
             acks.clear();
             verdicts.clear();
             let turn = self.turn.lock().await;
@@ -1500,7 +1513,7 @@ impl<H: Handler> Reader<H> {
                         dups += 1;
                         acks.push((d.stream, d.id));
                     }
-                    Some(_) => match self.handler.handle(&d.envelope).await {
+                    Some(_) => match self.handler.handle_received(&d.envelope, received).await {
                         Ok(()) => {
                             handled += 1;
                             acks.push((d.stream, d.id));

@@ -31,6 +31,8 @@ fn a_timed_run_writes_a_report_of_every_engine() {
         "--symbols",
         "BTCUSDT,ETHUSDT,SOLUSDT",
         "--quiet",
+        "--warmup",
+        "2s",
         "--port",
         "0",
         "--report",
@@ -91,6 +93,48 @@ fn a_timed_run_writes_a_report_of_every_engine() {
         "{r}"
     );
     assert_eq!(r["backend"], "embedded");
+    // Where the time goes: lanes in steady state and warm-up apart, kinds, engines.
+    let lat = &r["latency"];
+    assert_eq!(lat["warmup_s"], 2.0, "{lat}");
+    for phase in ["steady", "warmup"] {
+        for lane in ["market_data", "engine_logic", "priority_lane"] {
+            let l = &lat[phase][lane];
+            for key in ["p50_us", "p99_us", "p999_us", "max_us", "count"] {
+                assert!(l.get(key).is_some(), "{phase}.{lane}.{key}: {lat}");
+            }
+        }
+        assert!(
+            lat[phase]["market_data"]["count"].as_u64().unwrap() > 0,
+            "{lat}"
+        );
+    }
+    assert!(
+        lat["steady"]["engine_logic"]["p99_us"].as_f64().is_some(),
+        "{lat}"
+    );
+    let kinds = lat["by_kind"].as_object().unwrap();
+    for kind in ["market_data", "feature_vector", "engine_health"] {
+        assert!(kinds[kind]["count"].as_u64().unwrap() > 0, "{kind}: {lat}");
+        assert!(kinds[kind]["p99_us"].as_f64().is_some(), "{kind}: {lat}");
+    }
+    for engine in ["features", "vpin", "risk", "portfolio", "websocket"] {
+        let h = &lat["handlers"][engine];
+        assert!(h["handled"].as_u64().unwrap() > 0, "{engine}: {lat}");
+        assert!(h["handler_p99_us"].as_f64().is_some(), "{engine}: {lat}");
+        assert!(h["queue_p99_us"].as_f64().is_some(), "{engine}: {lat}");
+    }
+    // What an engine handled in steady state is what the report counts for it.
+    let steady_handled: u64 = lat["handlers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|h| h["handled"].as_u64().unwrap())
+        .sum();
+    let steady_delivered: u64 = ["market_data", "engine_logic", "priority_lane"]
+        .iter()
+        .map(|l| lat["steady"][l]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(steady_handled, steady_delivered, "{lat}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -11,7 +11,7 @@
 //! The host only uses [`DualBus`], so an engine runs unchanged on the embedded and the Redis
 //! transport.
 
-use crate::metrics::BusMetrics;
+use crate::metrics::{BusMetrics, EngineLatency, EngineTimes, LaneId, WARMUP};
 use async_trait::async_trait;
 use dualbus_bus::{BusError, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
 use dualbus_core::{Envelope, EventKind, Mode, Priority};
@@ -186,6 +186,7 @@ pub struct EngineContext {
     counts: Arc<Mutex<EngineCounts>>,
     config: Arc<serde_json::Value>,
     metrics: Option<Arc<BusMetrics>>,
+    times: Arc<EngineTimes>,
 }
 
 impl EngineContext {
@@ -226,6 +227,11 @@ impl EngineContext {
     /// Counts so far.
     pub fn counts(&self) -> EngineCounts {
         self.counts.lock().clone()
+    }
+
+    /// The engine's handler time, queue wait and delivery latency.
+    pub fn times(&self) -> &Arc<EngineTimes> {
+        &self.times
     }
 
     fn count_published<'a>(&self, kinds: impl Iterator<Item = &'a EventKind>) {
@@ -331,6 +337,9 @@ pub struct EngineHealth {
     /// Engine-specific details.
     #[serde(default)]
     pub details: serde_json::Value,
+    /// Handler time, queue wait and delivery latency since the previous heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<EngineLatency>,
 }
 
 /// Runs engines on a bus.
@@ -353,12 +362,26 @@ struct Dispatch<E: Engine> {
 
 impl<E: Engine> Handler for Dispatch<E> {
     async fn handle(&self, msg: &Envelope) -> Result<(), HandlerError> {
-        if let Some(m) = &self.ctx.metrics {
-            m.delivered(self.ctx.bus.route(&msg.kind, msg.prio).bus, msg.ts);
-        }
+        self.handle_received(msg, Instant::now()).await
+    }
+
+    async fn handle_received(&self, msg: &Envelope, received: Instant) -> Result<(), HandlerError> {
         let mut engine = self.engine.lock().await;
+        let began = Instant::now();
+        let now_ns = dualbus_core::now_unix_nanos();
+        let (latency_us, lane) = match &self.ctx.metrics {
+            Some(m) => m.delivered_env(self.ctx.bus.router(), msg, began, now_ns),
+            None => (
+                now_ns.saturating_sub(msg.ts) / 1_000,
+                LaneId::of(self.ctx.bus.router().bus_of(&msg.kind), msg),
+            ),
+        };
         bump(&mut self.ctx.counts.lock().received, &msg.kind, 1);
-        engine.on_message(&self.ctx, msg).await
+        let res = engine.on_message(&self.ctx, msg).await;
+        self.ctx
+            .times
+            .record_message(lane, latency_us, received, began, Instant::now());
+        res
     }
 }
 
@@ -374,12 +397,17 @@ impl EngineHost {
         opts: HostOptions,
     ) -> Result<RunningEngine<E>, EngineError> {
         let name = engine.name();
+        let times = match &opts.metrics {
+            Some(m) => m.engine(name),
+            None => Arc::new(EngineTimes::new(name, Instant::now(), WARMUP)),
+        };
         let ctx = EngineContext {
             bus: bus.clone(),
             name,
             counts: Default::default(),
             config: Arc::new(opts.config.clone()),
             metrics: opts.metrics.clone(),
+            times,
         };
         engine.start(&ctx).await?;
         let interests = engine.subscriptions();
@@ -435,9 +463,11 @@ impl EngineHost {
                         _ = every.tick() => {}
                     }
                     let mut e = engine.lock().await;
+                    let began = Instant::now();
                     if let Err(err) = e.on_timer(&ctx, t.name).await {
                         tracing::warn!(engine = ctx.name, timer = t.name, error = %err, "timer failed");
                     }
+                    ctx.times.record_timer(began.elapsed());
                 }
             }));
         }
@@ -455,7 +485,8 @@ impl EngineHost {
                         _ = tick.tick() => {}
                     }
                     let details = engine.lock().await.health();
-                    heartbeat(&ctx, "running", started, details).await;
+                    let latency = ctx.times.take_window();
+                    heartbeat(&ctx, "running", started, details, Some(latency)).await;
                 }
             }));
         }
@@ -475,6 +506,7 @@ async fn heartbeat(
     status: &str,
     started: Instant,
     details: serde_json::Value,
+    latency: Option<EngineLatency>,
 ) {
     let health = EngineHealth {
         engine: ctx.name.to_string(),
@@ -483,6 +515,7 @@ async fn heartbeat(
         uptime_s: started.elapsed().as_secs_f64(),
         counts: ctx.counts(),
         details,
+        latency,
     };
     let topic = format!("engine_health.{}", ctx.name);
     if let Err(e) = ctx
@@ -527,7 +560,8 @@ impl<E: Engine> RunningEngine<E> {
             }
             e.health()
         };
-        heartbeat(&self.ctx, "stopped", self.started, details).await;
+        let latency = self.ctx.times.take_window();
+        heartbeat(&self.ctx, "stopped", self.started, details, Some(latency)).await;
         // What the engine published is with the brokers before its process may exit (the
         // Redis writer queues; the embedded transport has nothing to flush).
         for bus in [dualbus_bus::BusId::MarketData, dualbus_bus::BusId::Logic] {

@@ -441,6 +441,9 @@ struct EngineSeen {
     uptime_s: f64,
     received: u64,
     published: u64,
+    /// Handler time, queue wait and delivery latency over the engine's last heartbeat period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency: Option<crate::metrics::EngineLatency>,
 }
 
 impl From<EngineHealth> for EngineSeen {
@@ -451,6 +454,7 @@ impl From<EngineHealth> for EngineSeen {
             uptime_s: h.uptime_s,
             received: h.counts.received.values().sum(),
             published: h.counts.published.values().sum(),
+            latency: h.latency,
         }
     }
 }
@@ -1380,6 +1384,22 @@ mod tests {
         );
         assert_eq!(h["messages"]["engine_health"], 2);
         assert_eq!(feed.state_json()["engines"]["vpin"]["received"], 7);
+        assert!(feed.state_json()["engines"]["vpin"]
+            .get("latency")
+            .is_none());
+
+        // The heartbeat's latency figures reach the dashboard's state as they came.
+        let latency = json!({"handler_p99_us": 4.2, "handler_max_us": 9.0, "queue_p99_us": 80.5,
+                             "queue_max_us": 120.0, "handled": 31, "timer_max_us": null,
+                             "delivery": {"priority_lane": {"p50_us": 90.0, "p99_us": 150.0,
+                                          "p999_us": 150.0, "max_us": 150.0, "count": 2}}});
+        feed.on_message(&env(
+            EventKind::EngineHealth,
+            "engine_health.risk",
+            json!({"engine": "risk", "instance": "risk-1", "status": "running",
+                   "uptime_s": 3.0, "received": {}, "published": {}, "latency": latency}),
+        ));
+        assert_eq!(feed.state_json()["engines"]["risk"]["latency"], latency);
     }
 
     #[test]

@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Runtime worker threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The first stretch of the run (start-up, the hub's warm-up bars) whose latency is
+    /// reported apart from the steady state, e.g. `5s`, `0s`.
+    #[arg(long, default_value = "5s")]
+    pub warmup: String,
 }
 
 /// What the run's own observer sees on the buses: fills, equity, alerts.
@@ -159,6 +163,33 @@ pub(crate) fn ms(us: Option<u64>) -> String {
     }
 }
 
+/// Milliseconds from microseconds, for the status line.
+pub(crate) fn ms_f(us: Option<f64>) -> String {
+    match us {
+        Some(us) => format!("{:.2} ms", us / 1000.0),
+        None => "-".into(),
+    }
+}
+
+/// The engine whose messages waited longest for it (queue wait plus handler time, p99) since
+/// the previous call, for the status line: `risk 0.12+0.03 ms`.
+fn slowest_engine(metrics: &BusMetrics) -> String {
+    let mut worst: Option<(f64, String)> = None;
+    for e in metrics.engines() {
+        let w = e.take_status_window();
+        let (Some(q), Some(h)) = (w.queue_p99_us, w.handler_p99_us) else {
+            continue;
+        };
+        if worst.as_ref().is_none_or(|(t, _)| q + h > *t) {
+            worst = Some((
+                q + h,
+                format!("{} {:.2}+{:.2} ms", e.engine(), q / 1000.0, h / 1000.0),
+            ));
+        }
+    }
+    worst.map_or_else(|| "-".into(), |(_, s)| s)
+}
+
 pub(crate) fn bus_json(f: &BusFigures, secs: f64) -> Value {
     let mut v = serde_json::to_value(f).expect("plain figures");
     v["delivered_per_s"] = json!(f.delivered as f64 / secs.max(1e-9));
@@ -205,6 +236,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         .map(parse_duration)
         .transpose()
         .context("--duration")?;
+    let warmup = parse_duration(&args.warmup).context("--warmup")?;
     let mut settings = parse_settings(args.settings.as_deref())?;
     let engines: Vec<String> = if args.engines.is_empty() {
         AVAILABLE.iter().map(|s| s.to_string()).collect()
@@ -230,7 +262,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
     rt.block_on(async move {
         let provider = args.provider.build()?;
         let root = connect(global, args.backend, "dualbus-run").await?;
-        let metrics = Arc::new(BusMetrics::default());
+        let metrics = Arc::new(BusMetrics::new(warmup));
         let observed: Arc<Mutex<Observed>> = Default::default();
         let obs = observed.clone();
         let observer = root
@@ -279,7 +311,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         let tty = std::io::stderr().is_terminal();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
-        let mut last = metrics.take_window();
+        let mut last = metrics.take_lane_window();
         let why = loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break "interrupted",
@@ -296,16 +328,20 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
                     }
                 } => break "duration reached",
                 _ = tick.tick() => {
-                    let now = metrics.take_window();
+                    let now = metrics.take_lane_window();
+                    let slowest = slowest_engine(&metrics);
                     if !args.quiet {
                         let o = observed.lock();
                         let line = format!(
-                            "{:>5.0}s | MarketData {:>7} msg/s p99 {:>9} | Engine Logic {:>6} msg/s p99 {:>9} | fills {:>4} | equity {} | alerts: toxicity {}, flash crash {}, risk {}{}",
+                            "{:>5.0}s{} | MarketData {:>7} msg/s p99 {:>9} | Engine Logic {:>6} msg/s p99 {:>9} | priority p99 {:>9} | slowest {} | fills {:>4} | equity {} | alerts: toxicity {}, flash crash {}, risk {}{}",
                             started.elapsed().as_secs_f64(),
-                            now[0].delivered - last[0].delivered,
-                            ms(now[0].latency_p99_us),
-                            now[1].delivered - last[1].delivered,
-                            ms(now[1].latency_p99_us),
+                            if started.elapsed() < metrics.warmup() { " warm-up" } else { "" },
+                            now.buses[0].delivered - last.buses[0].delivered,
+                            ms_f(now.lanes[0].p99_us),
+                            now.buses[1].delivered - last.buses[1].delivered,
+                            ms_f(now.lanes[1].p99_us),
+                            ms_f(now.lanes[2].p99_us),
+                            slowest,
                             o.fills,
                             o.equity.map(|e| format!("{e:.2}")).unwrap_or_else(|| "-".into()),
                             o.toxicity,
@@ -351,6 +387,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
             "alerts": o.alerts_json(),
             "portfolio": o.portfolio,
             "performance": o.analytics,
+            "latency": metrics.report(),
         });
         print_summary(&report, &totals);
         if let Some(path) = &args.report {
