@@ -530,7 +530,7 @@ pub fn default_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusEr
             let mk = |bus: BusId| -> Arc<dyn Transport> {
                 Arc::new(MemoryTransport::with_options(MemoryOptions {
                     maxlen: cfg.bus(bus).maxlen as usize,
-                    spin: Duration::from_micros(cfg.memory.spin_us),
+                    spin: cfg.memory.spin(),
                 }))
             };
             Ok([mk(BusId::MarketData), mk(BusId::Logic)])
@@ -915,7 +915,7 @@ impl DualBus {
             kinds: kinds.clone(),
             patterns: opts.patterns.clone(),
         });
-        let mut plan: Vec<(BusId, Vec<StreamKey>, Arc<tokio::sync::Mutex<()>>)> = Vec::new();
+        let mut plan: Vec<ReaderPlan> = Vec::new();
         for bus in BusId::ALL {
             let mut streams: Vec<StreamKey> = kinds
                 .iter()
@@ -935,7 +935,8 @@ impl DualBus {
                 streams[..streams.len() - 1].to_vec(),
                 vec![streams[streams.len() - 1].clone()],
             ];
-            for lane in lanes.into_iter().filter(|l| !l.is_empty()) {
+            for (i, lane) in lanes.into_iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+                let priority = i == 1;
                 // The readers of one lane (this bus and, with failover, its mirror on the other
                 // bus) hand messages to the handler one batch at a time: around a switch both
                 // hold messages of the same sources, and per-source order must survive it.
@@ -943,9 +944,9 @@ impl DualBus {
                 if self.inner.failover.settings.enabled {
                     // While this bus is down its traffic arrives on the other one, under the
                     // same keys: read there too (the groups exist before they are needed).
-                    plan.push((bus.other(), lane.clone(), turn.clone()));
+                    plan.push((bus.other(), lane.clone(), turn.clone(), priority));
                 }
-                plan.push((bus, lane, turn));
+                plan.push((bus, lane, turn, priority));
             }
         }
         let handler = Arc::new(handler);
@@ -963,7 +964,7 @@ impl DualBus {
             .unwrap_or_else(|| self.inner.inst.clone());
         let mine: Vec<Claim> = plan
             .iter()
-            .flat_map(|(bus, streams, _)| {
+            .flat_map(|(bus, streams, _, _)| {
                 streams
                     .iter()
                     .map(|s| (bus.index(), s.clone(), opts.group.clone(), consumer.clone()))
@@ -984,12 +985,26 @@ impl DualBus {
             claims: self.inner.claims.clone(),
             mine: Some(mine),
         };
-        for (bus, streams, turn) in plan {
+        for (bus, streams, turn, priority) in plan {
             let spec = self.spec(&opts, streams, bus);
-            let sub = self.inner.transports[bus.index()]
-                .subscribe(spec.clone())
-                .await
-                .map_err(|source| BusError::Subscribe { bus, source })?;
+            // The priority lane's reader lives on the priority thread, and so does everything
+            // its transport drives (a Redis connection is served by the runtime it was made on).
+            let own_thread = priority && self.inner.cfg.delivery.priority_thread;
+            let transport = self.inner.transports[bus.index()].clone();
+            let sub = if own_thread {
+                let spec = spec.clone();
+                priority_runtime()?
+                    .spawn(async move { transport.subscribe(spec).await })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(SubscribeError::Unavailable(format!(
+                            "the priority-lane thread failed: {e}"
+                        )))
+                    })
+            } else {
+                transport.subscribe(spec.clone()).await
+            }
+            .map_err(|source| BusError::Subscribe { bus, source })?;
             let reader = Reader {
                 bus,
                 client: self.clone(),
@@ -1003,7 +1018,11 @@ impl DualBus {
                     .batch_max
                     .unwrap_or(self.inner.cfg.delivery.batch_max as usize),
             };
-            tasks.push(tokio::spawn(reader.run(sub, stop_rx.clone())));
+            tasks.push(if own_thread {
+                priority_runtime()?.spawn(reader.run(sub, stop_rx.clone()))
+            } else {
+                tokio::spawn(reader.run(sub, stop_rx.clone()))
+            });
         }
         Ok(Subscription {
             stop: stop_tx,
@@ -1389,6 +1408,29 @@ fn kinds_of_patterns(patterns: &[Pattern], cfg: &Config) -> Result<Vec<EventKind
         ));
     }
     Ok(kinds)
+}
+
+/// One reader of a subscription: its bus, its streams, the turn it shares with the readers of
+/// the same lane, and whether it reads the priority lane.
+type ReaderPlan = (BusId, Vec<StreamKey>, Arc<tokio::sync::Mutex<()>>, bool);
+
+/// The thread of the priority lane: one per process, started with the first priority-lane
+/// subscription (a one-worker runtime, so it has its own timers and I/O driver). Critical
+/// messages are read and handled there, never queued behind bulk traffic on a busy runtime.
+fn priority_runtime() -> Result<&'static tokio::runtime::Runtime, BusError> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("dualbus-priority")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| BusError::Config(format!("the priority-lane thread could not start: {e}")))
 }
 
 struct Filter {

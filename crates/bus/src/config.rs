@@ -113,6 +113,10 @@ pub struct DeliverySection {
     pub batch_max: u64,
     /// Sequence numbers remembered per source for duplicate suppression.
     pub dedup_window: u64,
+    /// Priority-lane readers, and the handlers they call, run on a thread of their own (one
+    /// per process), so no runtime busy with bulk traffic delays a critical message. Off only
+    /// where one thread must do everything in a fixed order (`dualbus backtest`).
+    pub priority_thread: bool,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -129,27 +133,31 @@ impl Default for DeliverySection {
             lag_limit: 100_000,
             batch_max: 512,
             dedup_window: 1 << 20,
+            priority_thread: true,
             unknown: BTreeMap::new(),
         }
     }
 }
 
 /// Embedded transport settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct MemorySection {
-    /// Microseconds an idle consumer spins before parking.
-    pub spin_us: u64,
+    /// Microseconds an idle consumer spins before parking. Unset: 20 µs, except in
+    /// `dualbus run` and `dualbus engine`, whose engines share the cores (a reader that spins
+    /// there takes the CPU from the one that has work): they park at once.
+    pub spin_us: Option<u64>,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
 
-impl Default for MemorySection {
-    fn default() -> Self {
-        MemorySection {
-            spin_us: 20,
-            unknown: BTreeMap::new(),
-        }
+/// How long an idle embedded consumer spins before parking when `memory.spin_us` is unset.
+pub const DEFAULT_SPIN_US: u64 = 20;
+
+impl MemorySection {
+    /// The spin, with the default applied.
+    pub fn spin(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.spin_us.unwrap_or(DEFAULT_SPIN_US))
     }
 }
 

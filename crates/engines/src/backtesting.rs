@@ -57,9 +57,13 @@
 //! depends on its provider: the synthetic provider's warm-up bars plus the bars its stream has
 //! closed so far; a replay's bars replayed so far.
 //!
-//! Answering awaits the hub inside [`Engine::on_message`], which holds this engine's lock: the
-//! hub is another engine and answers from a task of its own, so this cannot deadlock, and the
-//! hub client's timeout bounds the wait. The backtest itself runs on the blocking pool.
+//! Answers and re-runs are worked out off the message path: each is a task of its own (the
+//! hub's history requests awaited there, the backtest itself on the blocking pool), so the
+//! engine goes on reading feature vectors and requests while one runs, and no message waits
+//! behind a backtest. One periodic re-run runs at a time; one that falls due meanwhile runs
+//! when it ends, at the latest data time. A request is acknowledged when its task starts; if
+//! the process dies before it answers, the requester's timeout tells it. Stopping the engine
+//! waits for the tasks in flight (each bounded by the hub client's timeout).
 
 use crate::analytics::{Performance, PerformanceTracker};
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
@@ -74,8 +78,10 @@ use crate::venue::{ExecStatus, Execution};
 use async_trait::async_trait;
 use dualbus_bus::{DualBus, HandlerError, RequestError};
 use dualbus_core::{Envelope, EventKind, Priority};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 const NS: u64 = 1_000_000_000;
@@ -611,12 +617,25 @@ pub struct BacktestingEngine {
     params: BacktestingParams,
     hub: Option<HubClient>,
     clock: RerunClock,
+    /// Counters and the latest result, shared with the tasks that answer and re-run.
+    state: Arc<Mutex<BacktestingState>>,
+    /// Answers and re-runs in flight.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the answering and re-running tasks report back.
+#[derive(Default)]
+struct BacktestingState {
     requests: u64,
     request_errors: u64,
     reruns: u64,
     rerun_failures: u64,
     last_final_equity: Option<f64>,
     last: Option<BacktestResult>,
+    /// A re-run is in flight.
+    rerunning: bool,
+    /// A re-run fell due while one was in flight: its data time.
+    due: Option<u64>,
 }
 
 impl Default for BacktestingEngine {
@@ -632,12 +651,8 @@ impl BacktestingEngine {
             clock: RerunClock::new(params.min_bars, params.every_secs),
             params,
             hub: None,
-            requests: 0,
-            request_errors: 0,
-            reruns: 0,
-            rerun_failures: 0,
-            last_final_equity: None,
-            last: None,
+            state: Default::default(),
+            tasks: Vec::new(),
         }
     }
 
@@ -647,69 +662,114 @@ impl BacktestingEngine {
     }
 
     /// The latest periodic result published.
-    pub fn last(&self) -> Option<&BacktestResult> {
-        self.last.as_ref()
+    pub fn last(&self) -> Option<BacktestResult> {
+        self.state.lock().last.clone()
     }
 
-    /// Answers one request: the report, or the error naming what was wrong.
-    async fn answer(&self, msg: &Envelope) -> BacktestReply {
-        let fail = |error: String| BacktestReply {
-            report: None,
-            error: Some(error),
-        };
-        let req: BacktestRequest = match msg.enc.decode(&msg.payload) {
-            Ok(r) => r,
-            Err(e) => return fail(format!("backtest request does not decode: {e}")),
-        };
-        let params = match check_request(&req, &self.params.live) {
-            Ok(p) => p,
-            Err(e) => return fail(e),
-        };
-        let Some(hub) = &self.hub else {
-            return fail("the engine has not started".to_string());
-        };
-        let query = HistoryQuery {
-            bar_secs: params.bar_secs,
-            limit: req.limit,
-            end_ts: req.end_ts,
-        };
-        let (bars, problems) = fetch_history(hub, &req.symbols, &query).await;
-        if !problems.is_empty() {
-            return fail(problems.join("; "));
-        }
-        match run_backtest(bars, params).await {
-            Ok(report) => BacktestReply {
-                report: Some(report),
-                error: None,
-            },
-            Err(e) => fail(e),
-        }
+    /// Starts a task of the engine's (an answer or a re-run), forgetting those that ended.
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(tokio::spawn(task));
     }
 
-    /// Re-runs the live parameters over the hub's history up to `ts` and publishes the result.
-    async fn rerun(&mut self, ctx: &EngineContext, ts: u64) {
-        let Some(hub) = &self.hub else {
+    /// Re-runs at `ts` in a task of its own, or, while one runs, marks `ts` due for after it.
+    fn start_rerun(&mut self, ctx: &EngineContext, ts: u64) {
+        let Some(hub) = self.hub.clone() else {
             return;
         };
-        let live = self.params.live.clone();
+        {
+            let mut st = self.state.lock();
+            if st.rerunning {
+                st.due = Some(ts);
+                return;
+            }
+            st.rerunning = true;
+        }
+        let (ctx, state) = (ctx.clone(), self.state.clone());
+        let (symbols, limit, live) = (
+            self.clock.symbols(),
+            self.params.limit,
+            self.params.live.clone(),
+        );
+        self.spawn(async move {
+            let mut ts = ts;
+            loop {
+                rerun(&ctx, &hub, &state, &symbols, limit, &live, ts).await;
+                let mut st = state.lock();
+                match st.due.take() {
+                    Some(next) => ts = next,
+                    None => {
+                        st.rerunning = false;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Answers one request: the report, or the error naming what was wrong.
+async fn answer(hub: &HubClient, live: &BacktestParams, msg: &Envelope) -> BacktestReply {
+    let fail = |error: String| BacktestReply {
+        report: None,
+        error: Some(error),
+    };
+    let req: BacktestRequest = match msg.enc.decode(&msg.payload) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("backtest request does not decode: {e}")),
+    };
+    let params = match check_request(&req, live) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let query = HistoryQuery {
+        bar_secs: params.bar_secs,
+        limit: req.limit,
+        end_ts: req.end_ts,
+    };
+    let (bars, problems) = fetch_history(hub, &req.symbols, &query).await;
+    if !problems.is_empty() {
+        return fail(problems.join("; "));
+    }
+    match run_backtest(bars, params).await {
+        Ok(report) => BacktestReply {
+            report: Some(report),
+            error: None,
+        },
+        Err(e) => fail(e),
+    }
+}
+
+/// Re-runs the live parameters over the hub's history of `symbols` up to `ts` and publishes
+/// the result.
+async fn rerun(
+    ctx: &EngineContext,
+    hub: &HubClient,
+    state: &Mutex<BacktestingState>,
+    symbols: &[String],
+    limit: u32,
+    live: &BacktestParams,
+    ts: u64,
+) {
+    {
         let query = HistoryQuery {
             bar_secs: live.bar_secs,
-            limit: self.params.limit,
+            limit,
             end_ts: Some(ts),
         };
-        let (bars, problems) = fetch_history(hub, &self.clock.symbols(), &query).await;
+        let (bars, problems) = fetch_history(hub, symbols, &query).await;
         if bars.is_empty() {
-            self.rerun_failures += 1;
+            state.lock().rerun_failures += 1;
             tracing::warn!(ts, problems = %problems.join("; "), "backtest re-run without bars");
             return;
         }
         if !problems.is_empty() {
             tracing::warn!(ts, problems = %problems.join("; "), "backtest re-run leaves symbols out");
         }
-        let backtest = match run_backtest(bars, live).await {
+        let backtest = match run_backtest(bars, live.clone()).await {
             Ok(r) => r,
             Err(e) => {
-                self.rerun_failures += 1;
+                state.lock().rerun_failures += 1;
                 tracing::warn!(ts, error = %e, "backtest re-run failed");
                 return;
             }
@@ -720,8 +780,6 @@ impl BacktestingEngine {
             problems,
             backtest,
         };
-        self.reruns += 1;
-        self.last_final_equity = Some(result.backtest.final_equity);
         if let Err(e) = ctx
             .publish(
                 EventKind::AnalyticsResult,
@@ -733,7 +791,10 @@ impl BacktestingEngine {
         {
             tracing::warn!(ts, error = %e, "backtest result not published");
         }
-        self.last = Some(result);
+        let mut st = state.lock();
+        st.reruns += 1;
+        st.last_final_equity = Some(result.backtest.final_equity);
+        st.last = Some(result);
     }
 }
 
@@ -776,34 +837,56 @@ impl Engine for BacktestingEngine {
                 .map_err(|e| HandlerError(format!("feature_vector does not decode: {e}")))?;
             let end = v.ts.saturating_add(u64::from(v.bar_secs) * NS);
             if let Some(ts) = self.clock.on_vector(&v.symbol, end) {
-                self.rerun(ctx, ts).await;
+                self.start_rerun(ctx, ts);
             }
             return Ok(());
         }
         if msg.kind != backtest_request_kind() {
             return Ok(());
         }
-        let reply = self.answer(msg).await;
-        self.requests += 1;
-        if let Some(e) = &reply.error {
-            self.request_errors += 1;
-            tracing::debug!(error = %e, "backtest request refused");
-        }
-        // A request that expects no reply (published, not requested) is logged, not retried.
-        if let Err(e) = ctx.reply(msg, &reply).await {
-            tracing::warn!(topic = %msg.topic, error = %e, "backtest reply not sent");
+        let Some(hub) = self.hub.clone() else {
+            return Err(HandlerError("the engine has not started".to_string()));
+        };
+        let (ctx, msg, live, state) = (
+            ctx.clone(),
+            msg.clone(),
+            self.params.live.clone(),
+            self.state.clone(),
+        );
+        self.spawn(async move {
+            let reply = answer(&hub, &live, &msg).await;
+            {
+                let mut st = state.lock();
+                st.requests += 1;
+                if let Some(e) = &reply.error {
+                    st.request_errors += 1;
+                    tracing::debug!(error = %e, "backtest request refused");
+                }
+            }
+            // A request that expects no reply (published, not requested) is logged, not retried.
+            if let Err(e) = ctx.reply(&msg, &reply).await {
+                tracing::warn!(topic = %msg.topic, error = %e, "backtest reply not sent");
+            }
+        });
+        Ok(())
+    }
+
+    async fn stop(&mut self, _ctx: &EngineContext) -> Result<(), EngineError> {
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
         }
         Ok(())
     }
 
     fn health(&self) -> serde_json::Value {
+        let st = self.state.lock();
         serde_json::json!({
             "symbols": self.clock.seen.len(),
-            "requests": self.requests,
-            "request_errors": self.request_errors,
-            "reruns": self.reruns,
-            "rerun_failures": self.rerun_failures,
-            "last_final_equity": self.last_final_equity,
+            "requests": st.requests,
+            "request_errors": st.request_errors,
+            "reruns": st.reruns,
+            "rerun_failures": st.rerun_failures,
+            "last_final_equity": st.last_final_equity,
             "next_rerun_ts": self.clock.next,
         })
     }

@@ -11,7 +11,7 @@
 //! The host only uses [`DualBus`], so an engine runs unchanged on the embedded and the Redis
 //! transport.
 
-use crate::metrics::{BusMetrics, EngineLatency, EngineTimes, LaneId, WARMUP};
+use crate::metrics::{BusMetrics, DeliveryTimes, EngineLatency, EngineTimes, LaneId, WARMUP};
 use async_trait::async_trait;
 use dualbus_bus::{BusError, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
 use dualbus_core::{Envelope, EventKind, Mode, Priority};
@@ -307,6 +307,8 @@ pub struct HostOptions {
     pub start: Option<dualbus_core::StartFrom>,
     /// Per-bus traffic and latency, shared by the engines of a run.
     pub metrics: Option<Arc<BusMetrics>>,
+    /// Where the engine's readers, handlers and timers run.
+    pub thread: EngineThread,
 }
 
 impl Default for HostOptions {
@@ -316,8 +318,22 @@ impl Default for HostOptions {
             config: serde_json::Value::Null,
             start: None,
             metrics: None,
+            thread: EngineThread::Own,
         }
     }
+}
+
+/// Where an engine's readers, handlers and timers run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineThread {
+    /// A thread of its own (a one-worker runtime named `engine-NAME`): a slow handler or timer
+    /// of one engine holds that thread only, never the others' deliveries, and the operating
+    /// system shares the cores between the engines. The default.
+    #[default]
+    Own,
+    /// The runtime of the caller of [`EngineHost::start`] (`dualbus backtest` runs every
+    /// engine on one thread, so the same input is handled in the same order).
+    Caller,
 }
 
 /// The payload of an `engine_health` heartbeat.
@@ -353,6 +369,36 @@ pub struct RunningEngine<E: Engine> {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
     started: Instant,
+    thread: OwnThread,
+}
+
+/// The engine's own runtime ([`EngineThread::Own`]); shut down when dropped, without waiting,
+/// so dropping a running engine inside another runtime is safe.
+struct OwnThread(Option<tokio::runtime::Runtime>);
+
+impl OwnThread {
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle().clone())
+    }
+}
+
+impl Drop for OwnThread {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runs `fut` on `on` (the engine's own runtime) or, without one, here.
+async fn run_on<T: Send + 'static>(
+    on: Option<tokio::runtime::Handle>,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    match on {
+        Some(h) => h.spawn(fut).await,
+        None => Ok(fut.await),
+    }
 }
 
 struct Dispatch<E: Engine> {
@@ -368,19 +414,23 @@ impl<E: Engine> Handler for Dispatch<E> {
     async fn handle_received(&self, msg: &Envelope, received: Instant) -> Result<(), HandlerError> {
         let mut engine = self.engine.lock().await;
         let began = Instant::now();
-        let now_ns = dualbus_core::now_unix_nanos();
-        let (latency_us, lane) = match &self.ctx.metrics {
-            Some(m) => m.delivered_env(self.ctx.bus.router(), msg, began, now_ns),
-            None => (
-                now_ns.saturating_sub(msg.ts) / 1_000,
-                LaneId::of(self.ctx.bus.router().bus_of(&msg.kind), msg),
-            ),
-        };
-        bump(&mut self.ctx.counts.lock().received, &msg.kind, 1);
+        let latency_us = dualbus_core::now_unix_nanos().saturating_sub(msg.ts) / 1_000;
         let res = engine.on_message(&self.ctx, msg).await;
-        self.ctx
-            .times
-            .record_message(lane, latency_us, received, began, Instant::now());
+        let ended = Instant::now();
+        drop(engine);
+        bump(&mut self.ctx.counts.lock().received, &msg.kind, 1);
+        let bus = self.ctx.bus.router().bus_of(&msg.kind);
+        self.ctx.times.record_message(
+            &msg.kind,
+            DeliveryTimes {
+                bus,
+                lane: LaneId::of(bus, msg),
+                latency_us,
+                received,
+                began,
+                ended,
+            },
+        );
         res
     }
 }
@@ -392,6 +442,34 @@ impl EngineHost {
     /// # Errors
     /// What [`Engine::start`] returned, or a failed subscription.
     pub async fn start<E: Engine>(
+        engine: E,
+        bus: DualBus,
+        opts: HostOptions,
+    ) -> Result<RunningEngine<E>, EngineError> {
+        let name = engine.name();
+        let thread = OwnThread(match opts.thread {
+            EngineThread::Own => Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name(format!("engine-{name}"))
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        EngineError::Other(format!("{name}: no thread for the engine: {e}"))
+                    })?,
+            ),
+            EngineThread::Caller => None,
+        });
+        // Everything the engine starts (its readers, their connections, its timers, the tasks
+        // it spawns) belongs to its own runtime.
+        let mut running = run_on(thread.handle(), Self::start_here(engine, bus, opts))
+            .await
+            .map_err(|e| EngineError::Other(format!("{name}: start failed: {e}")))??;
+        running.thread = thread;
+        Ok(running)
+    }
+
+    async fn start_here<E: Engine>(
         mut engine: E,
         bus: DualBus,
         opts: HostOptions,
@@ -497,6 +575,7 @@ impl EngineHost {
             tasks,
             stop_tx,
             started,
+            thread: OwnThread(None),
         })
     }
 }
@@ -546,29 +625,47 @@ impl<E: Engine> RunningEngine<E> {
     /// Stops gracefully: subscriptions finish their current batch, timers and heartbeats stop,
     /// [`Engine::stop`] runs, a last `engine_health` says `stopped`. Returns the final counts.
     pub async fn stop(self) -> EngineCounts {
-        let _ = self.stop_tx.send(true);
-        for s in self.subs {
-            s.stop().await;
-        }
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let details = {
-            let mut e = self.engine.lock().await;
-            if let Err(err) = e.stop(&self.ctx).await {
-                tracing::warn!(engine = self.ctx.name, error = %err, "stop failed");
+        let RunningEngine {
+            engine,
+            ctx,
+            subs,
+            tasks,
+            stop_tx,
+            started,
+            thread,
+        } = self;
+        let counts = ctx.clone();
+        let stopping = async move {
+            let _ = stop_tx.send(true);
+            for s in subs {
+                s.stop().await;
             }
-            e.health()
+            for t in tasks {
+                let _ = t.await;
+            }
+            let details = {
+                let mut e = engine.lock().await;
+                if let Err(err) = e.stop(&ctx).await {
+                    tracing::warn!(engine = ctx.name, error = %err, "stop failed");
+                }
+                e.health()
+            };
+            let latency = ctx.times.take_window();
+            heartbeat(&ctx, "stopped", started, details, Some(latency)).await;
+            // What the engine published is with the brokers before its process may exit (the
+            // Redis writer queues; the embedded transport has nothing to flush).
+            for bus in [dualbus_bus::BusId::MarketData, dualbus_bus::BusId::Logic] {
+                if let Err(e) = ctx.bus.transport(bus).flush().await {
+                    tracing::warn!(engine = ctx.name, error = %e, "published messages not flushed");
+                }
+            }
         };
-        let latency = self.ctx.times.take_window();
-        heartbeat(&self.ctx, "stopped", self.started, details, Some(latency)).await;
-        // What the engine published is with the brokers before its process may exit (the
-        // Redis writer queues; the embedded transport has nothing to flush).
-        for bus in [dualbus_bus::BusId::MarketData, dualbus_bus::BusId::Logic] {
-            if let Err(e) = self.ctx.bus.transport(bus).flush().await {
-                tracing::warn!(engine = self.ctx.name, error = %e, "published messages not flushed");
-            }
+        // On the engine's own runtime, where its tasks and connections live; then that
+        // runtime ends.
+        if let Err(e) = run_on(thread.handle(), stopping).await {
+            tracing::warn!(engine = counts.name, error = %e, "stop failed");
         }
-        self.ctx.counts()
+        drop(thread);
+        counts.counts()
     }
 }

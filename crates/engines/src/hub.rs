@@ -56,7 +56,10 @@ pub struct HubOptions {
     pub venue: VenueOptions,
     /// Before the live data, publish each symbol's last this many one-minute bars of the
     /// provider's history as `market_data.bar.{SYMBOL}` (0: none), so that engines working on
-    /// bars (features, factor, ML) have their windows full from the first live minute.
+    /// bars (features, factor, ML) have their windows full from the first live minute. The
+    /// bars go out one minute (one bar per symbol) at a time, each once every group has read
+    /// the previous one and at least [`WARM_MINUTE_GAP`] after it (at most
+    /// [`WARM_MINUTE_WAIT`]), so the warm-up never lands on the engines as one burst.
     pub warm_bars: u32,
     /// For a symbol whose data has no quotes (a trade file), publish after each trade a quote
     /// at the trade's price (bid = ask) so that marks, signals and the paper venue work; a
@@ -485,6 +488,32 @@ impl MarketDataHub {
     }
 }
 
+/// Least time between two minutes of warm-up bars ([`HubOptions::warm_bars`]): what the engines
+/// downstream of the bars (features, then ML, factor, strategy) take to handle one minute.
+pub const WARM_MINUTE_GAP: Duration = Duration::from_millis(4);
+
+/// Longest wait for the groups to read a minute of warm-up bars before the next goes out (a
+/// stopped consumer must not hold the hub).
+pub const WARM_MINUTE_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits until no group of `stream` has an entry it has not handled, at most `within`.
+async fn drained(
+    ctx: &EngineContext,
+    bus: dualbus_bus::BusId,
+    stream: &dualbus_core::transport::StreamKey,
+    within: Duration,
+) {
+    let until = Instant::now() + within;
+    let transport = ctx.bus().transport(bus);
+    while Instant::now() < until {
+        match transport.unread(stream).await {
+            Ok(0) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_micros(500)).await,
+            Err(_) => return,
+        }
+    }
+}
+
 /// Publishes the last `warm_bars` bars of each symbol's history (see [`HubOptions::warm_bars`]).
 async fn warm(shared: &Shared, ctx: &EngineContext) {
     let bus = ctx.bus();
@@ -516,17 +545,30 @@ async fn warm(shared: &Shared, ctx: &EngineContext) {
             unreachable!("built above")
         };
         match bus.envelope(EventKind::MarketData, &topic, Priority::Normal, &b) {
-            Ok(env) => envs.push(env),
+            Ok(env) => envs.push((b.ts, env)),
             Err(e) => tracing::warn!(error = %e, "warm-up bar not published"),
         }
     }
-    let n = envs.len() as u64;
-    if n > 0 {
-        match ctx.publish_batch(envs).await {
+    // One minute (bars of one start time) per batch; in lockstep (a gate) the gate paces.
+    let paced = shared.opts.gate.is_none();
+    let route = bus.route(&EventKind::MarketData, Priority::Normal);
+    let mut rest = envs.into_iter().peekable();
+    while let Some((ts, first)) = rest.next() {
+        let mut minute = vec![first];
+        while let Some((_, e)) = rest.next_if(|(t, _)| *t == ts) {
+            minute.push(e);
+        }
+        let n = minute.len() as u64;
+        let sent = Instant::now();
+        match ctx.publish_batch(minute).await {
             Ok(()) => {
                 shared.counters.published.fetch_add(n, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "warm-up bars not published"),
+        }
+        if paced && rest.peek().is_some() {
+            drained(ctx, route.bus, &route.stream, WARM_MINUTE_WAIT).await;
+            tokio::time::sleep_until((sent + WARM_MINUTE_GAP).into()).await;
         }
     }
 }

@@ -28,7 +28,7 @@
 //! steady state; the headline figures are the steady state.
 
 use dualbus_bus::route::is_priority;
-use dualbus_bus::{BusId, Router};
+use dualbus_bus::BusId;
 use dualbus_core::{Envelope, EventKind};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -41,23 +41,19 @@ use std::time::{Duration, Instant};
 /// How long after the start a run counts as warming up (start-up, the hub's warm-up bars).
 pub const WARMUP: Duration = Duration::from_secs(5);
 
-/// Latencies up to an hour are recorded (microseconds, 3 significant digits).
+/// Latencies up to an hour are recorded (microseconds).
 const MAX_US: u64 = 3_600_000_000;
 /// Handler and queue times up to 10 minutes are recorded (nanoseconds).
 const MAX_NS: u64 = 600_000_000_000;
 
+/// Histograms keep 2 significant digits (1%): each engine holds a few dozen of them, and a
+/// percentile needs no more.
 fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_US, 3).expect("valid bounds")
+    Histogram::new_with_bounds(1, MAX_US, 2).expect("valid bounds")
 }
 
-/// Per-engine histograms keep 2 significant digits (1%): an engine holds several windows of
-/// them, and a p99 needs no more.
 fn ns_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_NS, 2).expect("valid bounds")
-}
-
-fn us_histogram_2() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_US, 2).expect("valid bounds")
 }
 
 /// The lane a message travels on, as the latency figures separate them.
@@ -121,9 +117,9 @@ fn tenth(x: f64) -> f64 {
 }
 
 impl Percentiles {
-    /// From a histogram whose unit is `unit_ns` nanoseconds.
-    fn of(h: &Histogram<u64>, unit_ns: f64) -> Percentiles {
-        let us = |v: u64| tenth(v as f64 * unit_ns / 1000.0);
+    /// From a histogram of microseconds.
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        let us = |v: u64| tenth(v as f64);
         let q = |p: f64| (!h.is_empty()).then(|| us(h.value_at_quantile(p)));
         Percentiles {
             p50_us: q(0.5),
@@ -162,25 +158,29 @@ pub struct EngineLatency {
     pub delivery: BTreeMap<String, Percentiles>,
 }
 
+/// Handler time, queue wait and timer time over a window.
 #[derive(Debug)]
-struct TimesWindow {
+struct HandlerHists {
     handler: Histogram<u64>,
     queue: Histogram<u64>,
     timer: Histogram<u64>,
-    lanes: [Histogram<u64>; 3],
 }
 
-impl TimesWindow {
-    fn new() -> TimesWindow {
-        TimesWindow {
+impl HandlerHists {
+    fn new() -> HandlerHists {
+        HandlerHists {
             handler: ns_histogram(),
             queue: ns_histogram(),
             timer: ns_histogram(),
-            lanes: [us_histogram_2(), us_histogram_2(), us_histogram_2()],
         }
     }
 
-    fn handler_figures(&self) -> HandlerFigures {
+    fn record(&mut self, queue: u64, handler: u64) {
+        let _ = self.queue.record(queue);
+        let _ = self.handler.record(handler);
+    }
+
+    fn figures(&self) -> HandlerFigures {
         let ns = |h: &Histogram<u64>, q: f64| {
             (!h.is_empty()).then(|| tenth(h.value_at_quantile(q) as f64 / 1000.0))
         };
@@ -196,30 +196,98 @@ impl TimesWindow {
     }
 }
 
+/// What the run's status line reads every second.
+#[derive(Debug)]
+struct StatusWindow {
+    handlers: HandlerHists,
+    lanes: [Histogram<u64>; 3],
+    buses: [Histogram<u64>; 2],
+}
+
+impl StatusWindow {
+    fn new() -> StatusWindow {
+        StatusWindow {
+            handlers: HandlerHists::new(),
+            lanes: [histogram(), histogram(), histogram()],
+            buses: [histogram(), histogram()],
+        }
+    }
+}
+
+/// What the engine's heartbeat reads.
+#[derive(Debug)]
+struct HeartbeatWindow {
+    handlers: HandlerHists,
+    lanes: [Histogram<u64>; 3],
+}
+
+impl HeartbeatWindow {
+    fn new() -> HeartbeatWindow {
+        HeartbeatWindow {
+            handlers: HandlerHists::new(),
+            lanes: [histogram(), histogram(), histogram()],
+        }
+    }
+}
+
+/// Everything one engine records, under one lock that only the engine's own deliveries take
+/// per message (readers swap a window out once a second, with one prepared outside the lock),
+/// so engines never wait for each other's figures.
+#[derive(Debug)]
+struct EngineRecord {
+    heartbeat: HeartbeatWindow,
+    status: StatusWindow,
+    steady: HandlerHists,
+    steady_lanes: [Histogram<u64>; 3],
+    warmup_lanes: [Histogram<u64>; 3],
+    steady_kinds: HashMap<EventKind, Histogram<u64>>,
+    bus_total: [Histogram<u64>; 2],
+    delivered: [u64; 2],
+}
+
 /// One engine's handler time, queue wait and delivery latency (see the module doc).
 #[derive(Debug)]
 pub struct EngineTimes {
     engine: &'static str,
     started: Instant,
     warmup: Duration,
-    /// Since the last heartbeat.
-    window: Mutex<TimesWindow>,
-    /// Since the last status line of the run (handler and queue only).
-    status: Mutex<TimesWindow>,
-    /// Steady state since the start.
-    steady: Mutex<TimesWindow>,
+    record: Mutex<EngineRecord>,
+}
+
+/// One delivery, as [`EngineTimes::record_message`] takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct DeliveryTimes {
+    /// The bus the message's kind is routed to.
+    pub bus: BusId,
+    /// Its lane.
+    pub lane: LaneId,
+    /// Publish stamp to handler start, microseconds.
+    pub latency_us: u64,
+    /// When the engine's reader took it from the transport.
+    pub received: Instant,
+    /// When the handler began.
+    pub began: Instant,
+    /// When it ended.
+    pub ended: Instant,
 }
 
 impl EngineTimes {
-    /// Figures of `engine`; the first `warmup` after now count as warm-up.
+    /// Figures of `engine`; what happens before `started + warmup` counts as warm-up.
     pub fn new(engine: &'static str, started: Instant, warmup: Duration) -> EngineTimes {
         EngineTimes {
             engine,
             started,
             warmup,
-            window: Mutex::new(TimesWindow::new()),
-            status: Mutex::new(TimesWindow::new()),
-            steady: Mutex::new(TimesWindow::new()),
+            record: Mutex::new(EngineRecord {
+                heartbeat: HeartbeatWindow::new(),
+                status: StatusWindow::new(),
+                steady: HandlerHists::new(),
+                steady_lanes: [histogram(), histogram(), histogram()],
+                warmup_lanes: [histogram(), histogram(), histogram()],
+                steady_kinds: HashMap::new(),
+                bus_total: [histogram(), histogram()],
+                delivered: [0; 2],
+            }),
         }
     }
 
@@ -232,121 +300,89 @@ impl EngineTimes {
         at.duration_since(self.started) >= self.warmup
     }
 
-    /// Records one handled message: its lane, its delivery latency (µs), when the reader took
-    /// it from the transport, when its handler began and ended.
-    pub fn record_message(
-        &self,
-        lane: LaneId,
-        latency_us: u64,
-        received: Instant,
-        began: Instant,
-        ended: Instant,
-    ) {
-        let queue = (began.saturating_duration_since(received).as_nanos() as u64).clamp(1, MAX_NS);
-        let handler = (ended.saturating_duration_since(began).as_nanos() as u64).clamp(1, MAX_NS);
-        let latency_us = latency_us.clamp(1, MAX_US);
-        let record = |w: &mut TimesWindow| {
-            let _ = w.queue.record(queue);
-            let _ = w.handler.record(handler);
-            let _ = w.lanes[lane.index()].record(latency_us);
-        };
-        record(&mut self.window.lock());
-        {
-            let mut st = self.status.lock();
-            let _ = st.queue.record(queue);
-            let _ = st.handler.record(handler);
-        }
-        if self.steady_at(began) {
-            record(&mut self.steady.lock());
+    /// Records one handled message of `kind`.
+    pub fn record_message(&self, kind: &EventKind, d: DeliveryTimes) {
+        let queue =
+            (d.began.saturating_duration_since(d.received).as_nanos() as u64).clamp(1, MAX_NS);
+        let handler =
+            (d.ended.saturating_duration_since(d.began).as_nanos() as u64).clamp(1, MAX_NS);
+        let us = d.latency_us.clamp(1, MAX_US);
+        let (lane, bus) = (d.lane.index(), d.bus.index());
+        let steady = self.steady_at(d.began);
+        let mut r = self.record.lock();
+        r.heartbeat.handlers.record(queue, handler);
+        let _ = r.heartbeat.lanes[lane].record(us);
+        r.status.handlers.record(queue, handler);
+        let _ = r.status.lanes[lane].record(us);
+        let _ = r.status.buses[bus].record(us);
+        let _ = r.bus_total[bus].record(us);
+        r.delivered[bus] += 1;
+        if steady {
+            r.steady.record(queue, handler);
+            let _ = r.steady_lanes[lane].record(us);
+            match r.steady_kinds.get_mut(kind) {
+                Some(h) => {
+                    let _ = h.record(us);
+                }
+                None => {
+                    let mut h = histogram();
+                    let _ = h.record(us);
+                    r.steady_kinds.insert(kind.clone(), h);
+                }
+            }
+        } else {
+            let _ = r.warmup_lanes[lane].record(us);
         }
     }
 
     /// Records how long a timer callback held the engine.
     pub fn record_timer(&self, took: Duration) {
         let ns = (took.as_nanos() as u64).clamp(1, MAX_NS);
-        let _ = self.window.lock().timer.record(ns);
-        if self.steady_at(Instant::now()) {
-            let _ = self.steady.lock().timer.record(ns);
+        let steady = self.steady_at(Instant::now());
+        let mut r = self.record.lock();
+        let _ = r.heartbeat.handlers.timer.record(ns);
+        let _ = r.status.handlers.timer.record(ns);
+        if steady {
+            let _ = r.steady.timer.record(ns);
         }
     }
 
     /// Figures since the previous call (for the heartbeat), and a fresh window.
     pub fn take_window(&self) -> EngineLatency {
-        let w = std::mem::replace(&mut *self.window.lock(), TimesWindow::new());
+        let mut w = HeartbeatWindow::new();
+        std::mem::swap(&mut w, &mut self.record.lock().heartbeat);
         EngineLatency {
-            handler: w.handler_figures(),
+            handler: w.handlers.figures(),
             delivery: LaneId::ALL
                 .iter()
                 .filter(|l| !w.lanes[l.index()].is_empty())
-                .map(|l| {
-                    (
-                        l.as_str().to_string(),
-                        Percentiles::of(&w.lanes[l.index()], 1000.0),
-                    )
-                })
+                .map(|l| (l.as_str().to_string(), Percentiles::of(&w.lanes[l.index()])))
                 .collect(),
         }
     }
 
     /// Handler figures since the previous call (for the run's status line, apart from the
-    /// heartbeat's window).
-    pub fn take_status_window(&self) -> HandlerFigures {
-        std::mem::replace(&mut *self.status.lock(), TimesWindow::new()).handler_figures()
+    /// heartbeat's window). See also [`BusMetrics::take_lane_window`], which empties the same
+    /// window's latency.
+    fn take_status(&self) -> StatusWindow {
+        let mut w = StatusWindow::new();
+        std::mem::swap(&mut w, &mut self.record.lock().status);
+        w
     }
 
     /// Steady-state handler figures since the start.
     pub fn steady(&self) -> HandlerFigures {
-        self.steady.lock().handler_figures()
-    }
-}
-
-#[derive(Debug)]
-struct BusLane {
-    published: AtomicU64,
-    delivered: AtomicU64,
-    /// Since the last [`BusMetrics::take_window`].
-    window: Mutex<Histogram<u64>>,
-    /// Since the start.
-    total: Mutex<Histogram<u64>>,
-}
-
-impl Default for BusLane {
-    fn default() -> Self {
-        BusLane {
-            published: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            window: Mutex::new(histogram()),
-            total: Mutex::new(histogram()),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct LaneHists {
-    warmup: Histogram<u64>,
-    steady: Histogram<u64>,
-    window: Histogram<u64>,
-}
-
-impl Default for LaneHists {
-    fn default() -> Self {
-        LaneHists {
-            warmup: histogram(),
-            steady: histogram(),
-            window: histogram(),
-        }
+        self.record.lock().steady.figures()
     }
 }
 
 /// Traffic and latency of the engines of one process: per bus, per lane, per kind, per engine.
+/// Deliveries are recorded by each engine in its own [`EngineTimes`]; this adds them up.
 #[derive(Debug)]
 pub struct BusMetrics {
     started: Instant,
     warmup: Duration,
-    buses: [BusLane; 2],
-    lanes: [Mutex<LaneHists>; 3],
-    /// Steady state, by kind.
-    kinds: Mutex<HashMap<EventKind, Histogram<u64>>>,
+    published: [AtomicU64; 2],
     engines: Mutex<Vec<Arc<EngineTimes>>>,
 }
 
@@ -411,13 +447,20 @@ pub struct LatencyReport {
     pub warmup_s: f64,
 }
 
-/// The lane figures of one status-line window.
+/// The figures of one status-line window.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Window {
     /// Per bus (MarketData, Engine Logic): counts since the start, latency since the last call.
     pub buses: [BusFigures; 2],
     /// Per lane (market data, engine logic, priority): latency since the last call.
     pub lanes: [Percentiles; 3],
+    /// Per engine: handler time and queue wait since the last call.
+    pub engines: Vec<(&'static str, HandlerFigures)>,
+}
+
+fn add(into: &mut Histogram<u64>, from: &Histogram<u64>) {
+    // Both have the same bounds: adding cannot fail.
+    let _ = into.add(from);
 }
 
 impl BusMetrics {
@@ -426,16 +469,9 @@ impl BusMetrics {
         BusMetrics {
             started: Instant::now(),
             warmup,
-            buses: Default::default(),
-            lanes: Default::default(),
-            kinds: Mutex::new(HashMap::new()),
+            published: Default::default(),
             engines: Mutex::new(Vec::new()),
         }
-    }
-
-    /// When the run started (the warm-up is measured from here).
-    pub fn started(&self) -> Instant {
-        self.started
     }
 
     /// The warm-up length.
@@ -445,9 +481,7 @@ impl BusMetrics {
 
     /// Counts `n` messages published on `bus`.
     pub fn published(&self, bus: BusId, n: u64) {
-        self.buses[bus.index()]
-            .published
-            .fetch_add(n, Ordering::Relaxed);
+        self.published[bus.index()].fetch_add(n, Ordering::Relaxed);
     }
 
     /// A new engine's times, reported with the run's.
@@ -457,130 +491,79 @@ impl BusMetrics {
         t
     }
 
-    /// Records a delivery of `env` routed to `bus`, whose handler began at `began`; returns its
-    /// latency in microseconds and its lane.
-    pub fn delivered_env(
-        &self,
-        router: &Router,
-        env: &Envelope,
-        began: Instant,
-        now_unix_ns: u64,
-    ) -> (u64, LaneId) {
-        let bus = router.bus_of(&env.kind);
-        let lane = LaneId::of(bus, env);
-        let us = (now_unix_ns.saturating_sub(env.ts) / 1_000).clamp(1, MAX_US);
-        self.record(bus, lane, Some(&env.kind), us, began);
-        (us, lane)
-    }
-
-    /// Records a delivery on `bus` of a message stamped at `ts` (Unix ns), normal lane.
-    pub fn delivered(&self, bus: BusId, ts: u64) {
-        let us = (dualbus_core::now_unix_nanos().saturating_sub(ts) / 1_000).clamp(1, MAX_US);
-        let lane = match bus {
-            BusId::MarketData => LaneId::MarketData,
-            BusId::Logic => LaneId::EngineLogic,
-        };
-        self.record(bus, lane, None, us, Instant::now());
-    }
-
-    fn record(&self, bus: BusId, lane: LaneId, kind: Option<&EventKind>, us: u64, at: Instant) {
-        let b = &self.buses[bus.index()];
-        b.delivered.fetch_add(1, Ordering::Relaxed);
-        let _ = b.window.lock().record(us);
-        let _ = b.total.lock().record(us);
-        let steady = at.duration_since(self.started) >= self.warmup;
-        {
-            let mut l = self.lanes[lane.index()].lock();
-            let _ = l.window.record(us);
-            let _ = if steady {
-                l.steady.record(us)
-            } else {
-                l.warmup.record(us)
-            };
-        }
-        if let (true, Some(kind)) = (steady, kind) {
-            let mut kinds = self.kinds.lock();
-            match kinds.get_mut(kind) {
-                Some(h) => {
-                    let _ = h.record(us);
-                }
-                None => {
-                    let mut h = histogram();
-                    let _ = h.record(us);
-                    kinds.insert(kind.clone(), h);
-                }
-            }
-        }
+    fn engine_list(&self) -> Vec<Arc<EngineTimes>> {
+        self.engines.lock().clone()
     }
 
     /// Figures since the start, per bus (MarketData, Engine Logic).
     pub fn totals(&self) -> [BusFigures; 2] {
+        let mut hists = [histogram(), histogram()];
+        let mut delivered = [0u64; 2];
+        for e in self.engine_list() {
+            let r = e.record.lock();
+            for ((h, d), (from, n)) in hists
+                .iter_mut()
+                .zip(delivered.iter_mut())
+                .zip(r.bus_total.iter().zip(r.delivered))
+            {
+                add(h, from);
+                *d += n;
+            }
+        }
         [BusId::MarketData, BusId::Logic].map(|b| {
-            let l = &self.buses[b.index()];
+            let i = b.index();
             figures(
-                &l.total.lock(),
-                l.published.load(Ordering::Relaxed),
-                l.delivered.load(Ordering::Relaxed),
+                &hists[i],
+                self.published[i].load(Ordering::Relaxed),
+                delivered[i],
             )
         })
     }
 
-    /// Latency figures since the previous call (counts are totals), and a fresh window.
-    pub fn take_window(&self) -> [BusFigures; 2] {
-        self.take_lane_window().buses
-    }
-
-    /// Per bus and per lane, latency since the previous call, and a fresh window.
+    /// Per bus, per lane and per engine, latency since the previous call, and a fresh window.
     pub fn take_lane_window(&self) -> Window {
-        let buses = [BusId::MarketData, BusId::Logic].map(|b| {
-            let l = &self.buses[b.index()];
-            let h = std::mem::replace(&mut *l.window.lock(), histogram());
-            figures(
-                &h,
-                l.published.load(Ordering::Relaxed),
-                l.delivered.load(Ordering::Relaxed),
-            )
-        });
-        let lanes = LaneId::ALL.map(|l| {
-            let h = std::mem::replace(&mut self.lanes[l.index()].lock().window, histogram());
-            Percentiles::of(&h, 1000.0)
-        });
-        Window { buses, lanes }
-    }
-
-    /// The engines' times, in the order they started.
-    pub fn engines(&self) -> Vec<Arc<EngineTimes>> {
-        self.engines.lock().clone()
+        let mut buses = [histogram(), histogram()];
+        let mut lanes = [histogram(), histogram(), histogram()];
+        let mut engines = Vec::new();
+        for e in self.engine_list() {
+            let w = e.take_status();
+            for (into, from) in buses.iter_mut().zip(&w.buses) {
+                add(into, from);
+            }
+            for (into, from) in lanes.iter_mut().zip(&w.lanes) {
+                add(into, from);
+            }
+            engines.push((e.engine(), w.handlers.figures()));
+        }
+        let totals = self.totals();
+        Window {
+            buses: [0, 1].map(|b| figures(&buses[b], totals[b].published, totals[b].delivered)),
+            lanes: [0, 1, 2].map(|l| Percentiles::of(&lanes[l])),
+            engines,
+        }
     }
 
     /// The run report's `latency` section.
     pub fn report(&self) -> LatencyReport {
-        let mut steady = BTreeMap::new();
-        let mut warmup = BTreeMap::new();
-        for l in LaneId::ALL {
-            let h = self.lanes[l.index()].lock();
-            steady.insert(l.as_str().to_string(), Percentiles::of(&h.steady, 1000.0));
-            warmup.insert(l.as_str().to_string(), Percentiles::of(&h.warmup, 1000.0));
-        }
-        let by_kind = self
-            .kinds
-            .lock()
-            .iter()
-            .map(|(k, h)| {
-                let p = Percentiles::of(h, 1000.0);
-                (
-                    k.as_str().to_string(),
-                    KindFigures {
-                        p50_us: p.p50_us,
-                        p99_us: p.p99_us,
-                        count: p.count,
-                    },
-                )
-            })
-            .collect();
+        let mut steady_lanes = [histogram(), histogram(), histogram()];
+        let mut warmup_lanes = [histogram(), histogram(), histogram()];
+        let mut kinds: BTreeMap<String, Histogram<u64>> = BTreeMap::new();
         let mut handlers: BTreeMap<String, HandlerFigures> = BTreeMap::new();
-        for e in self.engines.lock().iter() {
-            let f = e.steady();
+        for e in self.engine_list() {
+            let r = e.record.lock();
+            for l in 0..3 {
+                add(&mut steady_lanes[l], &r.steady_lanes[l]);
+                add(&mut warmup_lanes[l], &r.warmup_lanes[l]);
+            }
+            for (k, h) in &r.steady_kinds {
+                add(
+                    kinds
+                        .entry(k.as_str().to_string())
+                        .or_insert_with(histogram),
+                    h,
+                );
+            }
+            let f = r.steady.figures();
             // Instances of one engine in one process are reported together by their worst.
             handlers
                 .entry(e.engine().to_string())
@@ -594,10 +577,29 @@ impl BusMetrics {
                 })
                 .or_insert(f);
         }
+        let lanes = |hs: &[Histogram<u64>; 3]| {
+            LaneId::ALL
+                .iter()
+                .map(|l| (l.as_str().to_string(), Percentiles::of(&hs[l.index()])))
+                .collect()
+        };
         LatencyReport {
-            steady,
-            warmup,
-            by_kind,
+            steady: lanes(&steady_lanes),
+            warmup: lanes(&warmup_lanes),
+            by_kind: kinds
+                .into_iter()
+                .map(|(k, h)| {
+                    let p = Percentiles::of(&h);
+                    (
+                        k,
+                        KindFigures {
+                            p50_us: p.p50_us,
+                            p99_us: p.p99_us,
+                            count: p.count,
+                        },
+                    )
+                })
+                .collect(),
             handlers,
             warmup_s: self.warmup.as_secs_f64(),
         }
@@ -615,10 +617,9 @@ fn max_opt(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dualbus_bus::Config;
     use dualbus_core::{Priority, Topic};
 
-    fn env(kind: EventKind, prio: Priority, ts: u64) -> Envelope {
+    fn env(kind: EventKind, prio: Priority) -> Envelope {
         Envelope::builder(
             kind.clone(),
             Topic::new(&format!("{kind}.X")).unwrap(),
@@ -626,57 +627,130 @@ mod tests {
             "t-1",
         )
         .prio(prio)
-        .ts(ts)
         .build()
+    }
+
+    /// Records a delivery of `e` (routed to `bus`) with `latency_us`, a queue wait and a
+    /// handler time.
+    fn deliver(
+        t: &EngineTimes,
+        bus: BusId,
+        e: &Envelope,
+        latency_us: u64,
+        queue_us: u64,
+        handler_us: u64,
+    ) {
+        let received = Instant::now();
+        let began = received + Duration::from_micros(queue_us);
+        t.record_message(
+            &e.kind,
+            DeliveryTimes {
+                bus,
+                lane: LaneId::of(bus, e),
+                latency_us,
+                received,
+                began,
+                ended: began + Duration::from_micros(handler_us),
+            },
+        );
+    }
+
+    #[test]
+    fn lanes_follow_bus_kind_and_priority() {
+        let md = BusId::MarketData;
+        let logic = BusId::Logic;
+        assert_eq!(
+            LaneId::of(md, &env(EventKind::MarketData, Priority::Normal)),
+            LaneId::MarketData
+        );
+        assert_eq!(
+            LaneId::of(logic, &env(EventKind::StrategySignal, Priority::Normal)),
+            LaneId::EngineLogic
+        );
+        assert_eq!(
+            LaneId::of(logic, &env(EventKind::RiskAlert, Priority::Normal)),
+            LaneId::Priority
+        );
+        assert_eq!(
+            LaneId::of(logic, &env(EventKind::StrategySignal, Priority::Critical)),
+            LaneId::Priority
+        );
+        assert_eq!(
+            LaneId::of(md, &env(EventKind::MarketData, Priority::Critical)),
+            LaneId::Priority
+        );
     }
 
     #[test]
     fn counts_and_windows_are_per_bus() {
-        let m = BusMetrics::default();
-        let now = dualbus_core::now_unix_nanos();
+        let m = BusMetrics::new(Duration::ZERO);
+        let t = m.engine("features");
         m.published(BusId::MarketData, 3);
-        m.delivered(BusId::MarketData, now);
-        m.delivered(BusId::Logic, now - 5_000_000); // 5 ms ago
-        let w = m.take_window();
-        assert_eq!((w[0].published, w[0].delivered), (3, 1));
-        assert_eq!((w[1].published, w[1].delivered), (0, 1));
-        assert!(w[1].latency_p99_us.unwrap() >= 5_000);
-        let w2 = m.take_window();
-        assert_eq!(w2[1].latency_p99_us, None, "a fresh window");
-        assert_eq!(w2[1].delivered, 1, "counts are totals");
-        assert!(m.totals()[1].latency_max_us.unwrap() >= 5_000);
+        deliver(
+            &t,
+            BusId::MarketData,
+            &env(EventKind::MarketData, Priority::Normal),
+            100,
+            1,
+            1,
+        );
+        deliver(
+            &t,
+            BusId::Logic,
+            &env(EventKind::FeatureVector, Priority::Normal),
+            5_000,
+            1,
+            1,
+        );
+        let w = m.take_lane_window();
+        assert_eq!((w.buses[0].published, w.buses[0].delivered), (3, 1));
+        assert_eq!((w.buses[1].published, w.buses[1].delivered), (0, 1));
+        assert!(w.buses[1].latency_p99_us.unwrap() >= 4_950);
+        assert_eq!(w.lanes[1].count, 1);
+        assert_eq!(w.engines[0].0, "features");
+        assert_eq!(w.engines[0].1.handled, 2);
+        let w2 = m.take_lane_window();
+        assert_eq!(w2.buses[1].latency_p99_us, None, "a fresh window");
+        assert_eq!(w2.buses[1].delivered, 1, "counts are totals");
+        assert!(m.totals()[1].latency_max_us.unwrap() >= 4_950);
     }
 
     #[test]
-    fn lanes_kinds_and_phases_are_recorded_apart() {
-        let router = Router::new(&Config::default());
+    fn lanes_kinds_engines_and_phases_are_recorded_apart() {
         // No warm-up: everything is steady state.
         let m = BusMetrics::new(Duration::ZERO);
-        let now = dualbus_core::now_unix_nanos();
-        let began = Instant::now();
-        let quote = env(EventKind::MarketData, Priority::Normal, now - 1_000_000);
-        let signal = env(EventKind::StrategySignal, Priority::Normal, now - 2_000_000);
-        let alert = env(EventKind::RiskAlert, Priority::Normal, now - 3_000_000);
-        let urgent = env(
-            EventKind::StrategySignal,
-            Priority::Critical,
-            now - 4_000_000,
+        let (a, b) = (m.engine("strategy"), m.engine("risk"));
+        deliver(
+            &a,
+            BusId::MarketData,
+            &env(EventKind::MarketData, Priority::Normal),
+            1_000,
+            1,
+            1,
         );
-        assert_eq!(
-            m.delivered_env(&router, &quote, began, now).1,
-            LaneId::MarketData
+        deliver(
+            &a,
+            BusId::Logic,
+            &env(EventKind::StrategySignal, Priority::Normal),
+            2_000,
+            1,
+            1,
         );
-        assert_eq!(
-            m.delivered_env(&router, &signal, began, now).1,
-            LaneId::EngineLogic
+        deliver(
+            &b,
+            BusId::Logic,
+            &env(EventKind::RiskAlert, Priority::Normal),
+            3_000,
+            1,
+            1,
         );
-        assert_eq!(
-            m.delivered_env(&router, &alert, began, now),
-            (3_000, LaneId::Priority)
-        );
-        assert_eq!(
-            m.delivered_env(&router, &urgent, began, now).1,
-            LaneId::Priority
+        deliver(
+            &b,
+            BusId::Logic,
+            &env(EventKind::StrategySignal, Priority::Critical),
+            4_000,
+            1,
+            1,
         );
         let r = m.report();
         assert_eq!(r.steady["market_data"].count, 1);
@@ -684,30 +758,49 @@ mod tests {
         assert_eq!(r.steady["priority_lane"].count, 2);
         assert_eq!(r.warmup["priority_lane"].count, 0);
         let p = r.steady["priority_lane"].p99_us.unwrap();
-        assert!((3990.0..=4010.0).contains(&p), "{p}");
+        assert!((3960.0..=4040.0).contains(&p), "{p}");
         assert_eq!(r.by_kind["strategy_signal"].count, 2);
         assert_eq!(r.by_kind["risk_alert"].count, 1);
         assert_eq!(r.by_kind["market_data"].count, 1);
-        // Bus totals still count the priority lane on its bus.
+        assert_eq!(
+            (r.handlers["strategy"].handled, r.handlers["risk"].handled),
+            (2, 2)
+        );
+        // Bus totals count the priority lane on its bus.
         assert_eq!(m.totals()[1].delivered, 3);
 
         // Everything before the warm-up ends is warm-up, and not in by_kind.
         let m = BusMetrics::new(Duration::from_secs(3600));
-        m.delivered_env(&router, &signal, Instant::now(), now);
+        deliver(
+            &m.engine("ml"),
+            BusId::Logic,
+            &env(EventKind::FeatureVector, Priority::Normal),
+            10,
+            1,
+            1,
+        );
         let r = m.report();
         assert_eq!(r.warmup["engine_logic"].count, 1);
         assert_eq!(r.steady["engine_logic"].count, 0);
         assert!(r.by_kind.is_empty());
+        assert_eq!(
+            r.handlers["ml"].handled, 0,
+            "handler figures are steady state"
+        );
     }
 
     #[test]
     fn engine_times_split_queue_wait_from_handler_time() {
         let m = BusMetrics::new(Duration::ZERO);
         let t = m.engine("risk");
-        let received = Instant::now();
-        let began = received + Duration::from_micros(300);
-        let ended = began + Duration::from_micros(50);
-        t.record_message(LaneId::Priority, 400, received, began, ended);
+        deliver(
+            &t,
+            BusId::Logic,
+            &env(EventKind::RiskAlert, Priority::Normal),
+            400,
+            300,
+            50,
+        );
         t.record_timer(Duration::from_millis(2));
         let w = t.take_window();
         assert_eq!(w.handler.handled, 1);
@@ -715,10 +808,12 @@ mod tests {
         let h = w.handler.handler_p99_us.unwrap();
         assert!((297.0..=303.0).contains(&q), "{q}");
         assert!((49.5..=50.5).contains(&h), "{h}");
-        assert!(w.handler.timer_max_us.unwrap() >= 1990.0);
+        assert!(w.handler.timer_max_us.unwrap() >= 1980.0);
         assert_eq!(w.delivery["priority_lane"].count, 1);
         assert!(!w.delivery.contains_key("market_data"));
         assert_eq!(t.take_window().handler.handled, 0, "a fresh window");
+        // The heartbeat's window and the status line's are apart: both saw the message.
+        assert_eq!(m.take_lane_window().engines[0].1.handled, 1);
         let r = m.report();
         assert_eq!(r.handlers["risk"].handled, 1);
         assert!(r.handlers["risk"].queue_p99_us.unwrap() >= 297.0);

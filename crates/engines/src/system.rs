@@ -7,7 +7,9 @@
 use crate::analytics::AnalyticsEngine;
 use crate::backtesting::BacktestingEngine;
 use crate::collateral::CollateralEngine;
-use crate::engine::{Engine, EngineCounts, EngineError, EngineHost, HostOptions, RunningEngine};
+use crate::engine::{
+    Engine, EngineCounts, EngineError, EngineHost, EngineThread, HostOptions, RunningEngine,
+};
 use crate::enhanced_vpin::EnhancedVpinEngine;
 use crate::factor::FactorEngine;
 use crate::features::FeaturesEngine;
@@ -151,6 +153,8 @@ pub struct EngineSetup {
     pub health_every: Duration,
     /// Lockstep gate of the MarketData hub ([`HubOptions::gate`]).
     pub gate: Option<FeedGate>,
+    /// Where the engine runs (its own thread, or the caller's runtime).
+    pub thread: EngineThread,
 }
 
 /// Starts the engine called `name` on `bus` (whose `src` should be `name`). The MarketData hub
@@ -169,6 +173,7 @@ pub async fn start_engine(
         config: setup.config,
         start: None,
         metrics: setup.metrics,
+        thread: setup.thread,
     };
     async fn boxed<E: Engine>(
         e: E,
@@ -270,6 +275,8 @@ pub struct SystemOptions {
     pub health_every: Duration,
     /// Lockstep gate of the MarketData hub ([`HubOptions::gate`]).
     pub gate: Option<FeedGate>,
+    /// Where each engine runs: a thread of its own (the default), or the caller's runtime.
+    pub thread: EngineThread,
 }
 
 /// Engines running together.
@@ -317,6 +324,7 @@ impl System {
                 metrics: opts.metrics.clone(),
                 health_every: opts.health_every,
                 gate: opts.gate.clone(),
+                thread: opts.thread,
             };
             match start_engine(name, bus, setup).await {
                 Ok((r, hub)) => {

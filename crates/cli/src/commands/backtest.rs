@@ -19,6 +19,7 @@ use dualbus_bus::BusId;
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{EventKind, Mode, Priority, StartFrom};
+use dualbus_engines::engine::EngineThread;
 use dualbus_engines::hub::FeedGate;
 use dualbus_engines::metrics::BusMetrics;
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
@@ -91,8 +92,10 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
     cfg.transport = "memory".into();
     // No wake-up that follows the wall clock: an idle reader parks at once (no spin) and the
     // redelivery sweep (a quarter of the idle timeout) does not come round in a backtest.
-    cfg.memory.spin_us = 0;
+    cfg.memory.spin_us = Some(0);
     cfg.delivery.idle_timeout_ms = 24 * 3_600_000;
+    // Critical messages too are handled on this one thread, in the same order every time.
+    cfg.delivery.priority_thread = false;
     // One thread: the same input, the same order of handling.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -138,6 +141,7 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
                 metrics: Some(metrics.clone()),
                 health_every: Duration::from_secs(86_400),
                 gate: Some(gate.clone()),
+                thread: EngineThread::Caller,
             },
         )
         .await?;

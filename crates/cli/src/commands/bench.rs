@@ -226,7 +226,7 @@ impl Rig {
                 };
                 let opts = MemoryOptions {
                     maxlen: maxlen as usize,
-                    spin: Duration::from_micros(cfg.memory.spin_us),
+                    spin: cfg.memory.spin(),
                 };
                 let md = MemoryTransport::with_options(opts.clone());
                 let md_t: Arc<dyn Transport> = Arc::new(md.clone());

@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{Mode, StartFrom};
-use dualbus_engines::metrics::{BusFigures, BusMetrics};
+use dualbus_engines::engine::EngineThread;
+use dualbus_engines::metrics::{BusFigures, BusMetrics, Window};
 use dualbus_engines::system::{self, EngineSetup, System, SystemOptions, AVAILABLE, ENGINES};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -171,19 +172,18 @@ pub(crate) fn ms_f(us: Option<f64>) -> String {
     }
 }
 
-/// The engine whose messages waited longest for it (queue wait plus handler time, p99) since
-/// the previous call, for the status line: `risk 0.12+0.03 ms`.
-fn slowest_engine(metrics: &BusMetrics) -> String {
+/// The engine whose messages waited longest for it (queue wait plus handler time, p99) in a
+/// status-line window, for the status line: `risk 0.12+0.03 ms`.
+fn slowest_engine(w: &Window) -> String {
     let mut worst: Option<(f64, String)> = None;
-    for e in metrics.engines() {
-        let w = e.take_status_window();
-        let (Some(q), Some(h)) = (w.queue_p99_us, w.handler_p99_us) else {
+    for (engine, f) in &w.engines {
+        let (Some(q), Some(h)) = (f.queue_p99_us, f.handler_p99_us) else {
             continue;
         };
         if worst.as_ref().is_none_or(|(t, _)| q + h > *t) {
             worst = Some((
                 q + h,
-                format!("{} {:.2}+{:.2} ms", e.engine(), q / 1000.0, h / 1000.0),
+                format!("{engine} {:.2}+{:.2} ms", q / 1000.0, h / 1000.0),
             ));
         }
     }
@@ -201,6 +201,9 @@ pub(crate) fn bus_json(f: &BusFigures, secs: f64) -> Value {
 async fn connect(global: &Global, backend: Backend, src: &str) -> anyhow::Result<DualBus> {
     let mut cfg = global.config()?;
     cfg.transport = backend.transport().into();
+    // The engines share the cores, each on a thread of its own: an idle reader parks at once
+    // rather than spin on a core another engine needs (unless the config sets a spin).
+    cfg.memory.spin_us.get_or_insert(0);
     let (md, logic) = (cfg.md.url.clone(), cfg.logic.url.clone());
     DualBus::connect(src, cfg)
         .await
@@ -287,6 +290,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
                 metrics: Some(metrics.clone()),
                 health_every: Duration::from_secs(1),
                 gate: None,
+                thread: EngineThread::Own,
             },
         )
         .await?;
@@ -329,7 +333,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
                 } => break "duration reached",
                 _ = tick.tick() => {
                     let now = metrics.take_lane_window();
-                    let slowest = slowest_engine(&metrics);
+                    let slowest = slowest_engine(&now);
                     if !args.quiet {
                         let o = observed.lock();
                         let line = format!(
@@ -512,6 +516,7 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
                 metrics: None,
                 health_every: Duration::from_secs(1),
                 gate: None,
+                thread: EngineThread::Own,
             },
         )
         .await?;
