@@ -1,6 +1,7 @@
 //! `dualbus bench` as a user runs it: one JSON object with the documented keys, every message
 //! delivered once.
 
+use dualbus_testkit::RedisServer;
 use std::process::Command;
 
 fn bench(args: &[&str]) -> serde_json::Value {
@@ -69,6 +70,112 @@ fn latency_is_paced() {
     let v = bench(&["latency", "--messages", "2000", "--rate", "20000"]);
     assert_eq!(v["delivered"], 2000);
     assert_eq!(v["lost"], 0);
+}
+
+#[test]
+fn latency_measures_the_floor_in_the_same_run() {
+    let v = bench(&["latency", "--messages", "2000", "--rate", "20000"]);
+    assert_eq!(v["delivered"], 2000);
+    // The floor received every timestamp.
+    assert_eq!(v["baseline_delivered"], 2000, "{v}");
+    for k in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(
+            v["baseline_latency_ns"][k].as_u64().is_some_and(|x| x >= 1),
+            "missing baseline_latency_ns.{k} in {v}"
+        );
+    }
+    for k in ["p50", "p99"] {
+        let ours = v["latency_ns"][k].as_u64().unwrap() as f64;
+        let floor = v["baseline_latency_ns"][k].as_u64().unwrap() as f64;
+        let ratio = v[format!("{k}_vs_baseline")].as_f64().unwrap();
+        assert!(
+            (ratio - ours / floor).abs() <= 1e-9 * ratio.abs().max(1.0),
+            "{k}_vs_baseline is ours / floor: {v}"
+        );
+    }
+    assert!(v["baseline_method"]
+        .as_str()
+        .is_some_and(|m| m.contains("after ours")));
+}
+
+#[test]
+fn memory_isolation_omits_the_raw_redis_baseline() {
+    let v = bench(&["isolation", "--messages", "1000", "--batch", "256"]);
+    assert_eq!(v["delivered"], 1000);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["idle_lost"], 0);
+    assert!(v["p99_ratio"].as_f64().is_some(), "{v}");
+    for k in [
+        "raw_idle_latency_ns",
+        "raw_latency_ns",
+        "raw_p99_ratio",
+        "p99_ratio_vs_raw",
+    ] {
+        assert!(v.get(k).is_none(), "{k} is for the redis backend: {v}");
+    }
+}
+
+/// Keys left on a server whose name starts with `bench` (a bench run's private prefix).
+fn bench_keys(url: &str) -> Vec<String> {
+    let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("KEYS").arg("bench*").query(&mut conn).unwrap()
+}
+
+#[test]
+fn redis_isolation_runs_the_raw_baseline_and_cleans_up() {
+    let servers = || -> std::io::Result<(RedisServer, RedisServer)> {
+        Ok((RedisServer::start()?, RedisServer::start()?))
+    };
+    let (md, logic) = servers().unwrap_or_else(|e| {
+        panic!(
+            "this test needs redis-server on the PATH (install it: apt-get install \
+             redis-server; CI installs it): {e}"
+        )
+    });
+    let (md_url, logic_url) = (md.url(), logic.url());
+    let v = bench(&[
+        "isolation",
+        "--backend",
+        "redis",
+        "--messages",
+        "1000",
+        "--rate",
+        "5000",
+        "--batch",
+        "256",
+        "--md-url",
+        &md_url,
+        "--logic-url",
+        &logic_url,
+    ]);
+    assert_eq!(v["backend"], "redis");
+    assert_eq!(v["delivered"], 1000);
+    assert_eq!(v["lost"], 0);
+    // The bare client's entries all arrived, idle and flooded.
+    assert_eq!(v["raw_idle_delivered"], 1000, "{v}");
+    assert_eq!(v["raw_delivered"], 1000, "{v}");
+    for h in ["raw_idle_latency_ns", "raw_latency_ns"] {
+        for k in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(
+                v[h][k].as_u64().is_some_and(|x| x >= 1),
+                "missing {h}.{k} in {v}"
+            );
+        }
+    }
+    let ratio = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("missing {k} in {v}"))
+    };
+    let raw_ratio = v["raw_latency_ns"]["p99"].as_u64().unwrap() as f64
+        / v["raw_idle_latency_ns"]["p99"].as_u64().unwrap() as f64;
+    assert!((ratio("raw_p99_ratio") - raw_ratio).abs() <= 1e-9 * raw_ratio.max(1.0));
+    let vs = ratio("p99_ratio") / ratio("raw_p99_ratio");
+    assert!((ratio("p99_ratio_vs_raw") - vs).abs() <= 1e-9 * vs.max(1.0));
+    // The flood ran during both flooded phases.
+    assert!(ratio("md_flood_msgs_per_s") > 0.0 && ratio("raw_md_flood_msgs_per_s") > 0.0);
+    // The private prefix, raw streams included, is gone from both servers.
+    assert_eq!(bench_keys(&md_url), Vec::<String>::new());
+    assert_eq!(bench_keys(&logic_url), Vec::<String>::new());
 }
 
 #[test]

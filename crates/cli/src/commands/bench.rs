@@ -36,9 +36,11 @@ Scenarios:
   fanout      1 producer, --groups groups (12); rate at which every group has every message;
               with --rate, paced one message at a time (latency of every delivery)
   latency     1 producer paced at --rate (default 100,000/s), one message per publish;
-              publish-to-handler latency
+              publish-to-handler latency; then, after it in the same run, the floor (below)
   isolation   Engine Logic bus latency at --rate (default 10,000/s) with the MarketData bus
-              idle, then while a flood saturates the MarketData bus, in one run
+              idle, then while a flood saturates the MarketData bus, in one run; on Redis
+              also the raw baseline (below); on memory the raw fields are omitted (the
+              latency scenario's floor is the in-process reference)
   stall       a reliable group that never handles anything, with --queue-bound and
               --backpressure; shows that memory stays bounded (blocks, rejects or drops)
   hub         the MarketData hub (synthetic data at --speed, history calls slowed to
@@ -46,6 +48,23 @@ Scenarios:
               market data, asking for every symbol's snapshot every --snapshot-every-ms and
               its last 500 bars every --history-every-s, for --duration: cache hit rate,
               upstream calls and coalescing (the hub's counters), distribution latency
+
+Floors (measured in the same run, on the same machine, so that a ratio to them carries across
+machines where absolute figures do not):
+  latency     after our phase (never at the same time), the same paced publisher thread (same
+              pacing code, 1 µs timer slack) hands a timestamp to a consumer thread over a
+              bounded std::sync::mpsc::sync_channel; the consumer busy-polls (try_recv, never
+              parks) and records publish-to-receive latency. Same count and rate. Reported as
+              baseline_latency_ns, with p50_vs_baseline and p99_vs_baseline (ours / floor):
+              what two threads of this machine cost at best, with no bus in between
+  isolation   (--backend redis) a bare redis client, no dualbus code in the path: XADD of the
+              same entry as ours (same fields and payload, ts rewritten) on a stream of the
+              Engine Logic server, paced at the same rate by the same pacing code, read by
+              XREADGROUP BLOCK on a group of that stream (XACK each); first with the MarketData
+              server idle (after our idle phase), then during the same dualbus flood as ours
+              (after our saturated phase, the flood still running): raw_idle_latency_ns,
+              raw_latency_ns, raw_p99_ratio (flooded / idle) beside our p99_ratio, and
+              p99_ratio_vs_raw (ours / raw)
 
 The Redis backend uses the buses of --md-url / --logic-url (default 127.0.0.1:6380 and 6381,
 start them with `dualbus redis up`) under a private key prefix, removed afterwards.
@@ -210,6 +229,7 @@ pub(super) struct Rig {
     cfg: Config,
     root: DualBus,
     md: Arc<dyn Transport>,
+    logic: Arc<dyn Transport>,
     memory_md: Option<MemoryTransport>,
 }
 
@@ -238,6 +258,7 @@ impl Rig {
                         .build()?,
                     cfg,
                     md: md_t,
+                    logic: logic_t,
                     memory_md: Some(md),
                 })
             }
@@ -264,6 +285,7 @@ impl Rig {
                         .build()?,
                     cfg,
                     md: md_t,
+                    logic: logic_t,
                     memory_md: None,
                 })
             }
@@ -292,6 +314,11 @@ impl Rig {
     async fn cleanup(&self) {
         if self.memory_md.is_some() {
             return;
+        }
+        // A batch publish returns once queued: what a flood queued last must reach the servers
+        // before the keys are removed, or it would recreate them afterwards.
+        for t in [&self.md, &self.logic] {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t.flush()).await;
         }
         for bus in BusId::ALL {
             let Ok(mut conn) = super::inspect::connect(
@@ -516,7 +543,7 @@ impl Groups {
             s.hist.add(&t.hist)?;
             s.delivered += t.delivered;
             s.duplicated += t.duplicated;
-            s.lost += self.n - t.delivered;
+            s.lost += self.n.saturating_sub(t.delivered);
             s.last_at = s.last_at.max(t.last_at);
         }
         Ok(s)
@@ -553,7 +580,9 @@ pub(super) fn percentile_line(h: &Histogram<u64>) -> String {
     )
 }
 
-/// Publishes `n` envelopes in batches; returns when all are queued.
+/// Publishes `n` envelopes in batches (until `stop`, when given); returns when all are queued.
+/// `sent`, when given, counts the envelopes published so far.
+#[allow(clippy::too_many_arguments)]
 async fn publish_batched(
     bus: DualBus,
     kind: EventKind,
@@ -562,6 +591,7 @@ async fn publish_batched(
     batch: usize,
     payload: Vec<u8>,
     stop: Option<Arc<AtomicBool>>,
+    sent: Option<Arc<AtomicU64>>,
 ) -> anyhow::Result<u64> {
     let mut i = 0;
     while i < n {
@@ -581,12 +611,43 @@ async fn publish_batched(
         }
         bus.publish_batch(envs).await?;
         i += k as u64;
+        if let Some(c) = &sent {
+            c.fetch_add(k as u64, Ordering::Relaxed);
+        }
     }
     Ok(i)
 }
 
-/// Publishes `n` envelopes one by one at `rate` per second from a thread of its own (sleeping,
-/// then spinning until each one's time, so pacing does not depend on timer resolution).
+/// Calls `send(i)` for `i` in `0..n` at `rate` per second on the calling thread: sleeps through
+/// most of each gap, then spins until the message's time (so pacing does not depend on timer
+/// resolution), with a 1 µs timer slack on this thread. Our paced publisher and the floors are
+/// paced by this same code. Call it on a thread of its own (the timer slack stays set).
+fn pace(n: u64, rate: u64, mut send: impl FnMut(u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    // A 1 µs timer slack (the default is 50 µs) makes short sleeps end on time.
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong);
+    }
+    let interval = 1e9 / rate as f64;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let target = t0 + Duration::from_nanos((i as f64 * interval) as u64);
+        // Sleep through most of the gap (so the core is free for the brokers and consumers),
+        // spin through the last stretch.
+        let now = Instant::now();
+        if target > now + Duration::from_micros(40) {
+            std::thread::sleep(target - now - Duration::from_micros(25));
+        }
+        while Instant::now() < target {
+            std::hint::spin_loop();
+        }
+        send(i)?;
+    }
+    Ok(())
+}
+
+/// Publishes `n` envelopes one by one at `rate` per second from a thread of its own, paced by
+/// [`pace`].
 fn publish_paced(
     bus: DualBus,
     kind: EventKind,
@@ -598,39 +659,180 @@ fn publish_paced(
     let handle = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        // A 1 µs timer slack (the default is 50 µs) makes short sleeps end on time.
-        // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-        unsafe {
-            libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong);
-        }
-        let res = (|| -> anyhow::Result<()> {
-            let interval = 1e9 / rate as f64;
-            let t0 = Instant::now();
-            for i in 0..n {
-                let target = t0 + Duration::from_nanos((i as f64 * interval) as u64);
-                // Sleep through most of the gap (so the core is free for the brokers and
-                // consumers), spin through the last stretch.
-                let now = Instant::now();
-                if target > now + Duration::from_micros(40) {
-                    std::thread::sleep(target - now - Duration::from_micros(25));
-                }
-                while Instant::now() < target {
-                    std::hint::spin_loop();
-                }
-                let env = bus.stamp(
-                    kind.clone(),
-                    topic.clone(),
-                    Priority::Normal,
-                    Encoding::Json,
-                    Bytes::copy_from_slice(&payload),
-                )?;
-                handle.block_on(bus.publish_envelope(env))?;
-            }
+        let res = pace(n, rate, |_| {
+            let env = bus.stamp(
+                kind.clone(),
+                topic.clone(),
+                Priority::Normal,
+                Encoding::Json,
+                Bytes::copy_from_slice(&payload),
+            )?;
+            handle.block_on(bus.publish_envelope(env))?;
             Ok(())
-        })();
+        });
         let _ = tx.send(res);
     });
     rx
+}
+
+/// An empty latency histogram (1 ns to 60 s, 3 significant digits), as every phase uses.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+/// The floor of a hand-over between two threads on this machine, with no bus in between: a
+/// thread paced by [`pace`] (as our publisher is) sends `now_unix_nanos()` into a bounded
+/// `std::sync::mpsc::sync_channel` (std: no extra crate) of `bound` slots; a consumer thread
+/// busy-polls it (`try_recv`, `spin_loop`, never parks) and records publish-to-receive latency
+/// in nanoseconds, on the same clock as our handlers. Blocking: run it off the runtime.
+/// Returns the histogram and how many timestamps arrived.
+fn channel_floor(n: u64, rate: u64, bound: usize) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(bound.max(1));
+    let consumer = std::thread::spawn(move || {
+        let mut hist = latency_histogram();
+        let mut received = 0u64;
+        while received < n {
+            match rx.try_recv() {
+                Ok(ts) => {
+                    let _ = hist.record(now_unix_nanos().saturating_sub(ts).max(1));
+                    received += 1;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+                // The publisher stopped (an error): what arrived is all there is.
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            }
+        }
+        (hist, received)
+    });
+    let publisher = std::thread::spawn(move || {
+        pace(n, rate, |_| {
+            tx.send(now_unix_nanos())
+                .map_err(|_| anyhow::anyhow!("the floor's consumer thread stopped"))
+        })
+    });
+    let published = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("the floor's publisher thread panicked"))?;
+    let got = consumer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the floor's consumer thread panicked"))?;
+    published?;
+    Ok(got)
+}
+
+/// The raw Redis baseline of the isolation scenario: a bare `redis` client (no dualbus code in
+/// the path) on the Engine Logic server.
+struct RawRedis {
+    url: String,
+    prefix: String,
+    /// The fields of an entry like ours (built once from a stamped envelope); `ts` is
+    /// rewritten for every entry.
+    fields: Vec<(&'static str, Bytes)>,
+    maxlen: u64,
+    count: u64,
+}
+
+impl RawRedis {
+    /// One phase: `n` XADDs on `{prefix}:raw:{phase}` paced by [`pace`] from a thread of its
+    /// own (a blocking connection), read on the calling thread by `XREADGROUP ... BLOCK` on a
+    /// group of that stream, every entry acknowledged (`XACK` of each read's ids) after its
+    /// latency (`ts` field to receipt) is recorded. Blocking: run it off the runtime. Returns
+    /// the histogram and how many entries arrived.
+    fn phase(&self, phase: &str, n: u64, rate: u64) -> anyhow::Result<(Histogram<u64>, u64)> {
+        let key = format!("{}:raw:{phase}", self.prefix);
+        let group = "raw";
+        let client = redis::Client::open(self.url.as_str())?;
+        let mut reader = client
+            .get_connection()
+            .with_context(|| format!("cannot connect to the Engine Logic server {}", self.url))?;
+        reader.set_read_timeout(Some(Duration::from_secs(5)))?;
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(group)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query::<redis::Value>(&mut reader)?;
+        let mut writer = client.get_connection()?;
+        writer.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let fields = self.fields.clone();
+        let ts_at = fields
+            .iter()
+            .position(|(k, _)| *k == "ts")
+            .context("an entry has a ts field")?;
+        let maxlen = self.maxlen;
+        let xadd_key = key.clone();
+        let publisher = std::thread::spawn(move || {
+            pace(n, rate, |_| {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(&xadd_key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(maxlen)
+                    .arg("*");
+                for (i, (k, v)) in fields.iter().enumerate() {
+                    cmd.arg(*k);
+                    if i == ts_at {
+                        cmd.arg(now_unix_nanos());
+                    } else {
+                        cmd.arg(&v[..]);
+                    }
+                }
+                cmd.query::<redis::Value>(&mut writer)?;
+                Ok(())
+            })
+        });
+        let mut hist = latency_histogram();
+        let mut received = 0u64;
+        let mut last_entry = Instant::now();
+        let res = (|| -> anyhow::Result<()> {
+            while received < n {
+                let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg("raw-1")
+                    .arg("COUNT")
+                    .arg(self.count)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">")
+                    .query(&mut reader)?;
+                let mut ids = Vec::new();
+                for stream in reply.map(|r| r.keys).unwrap_or_default() {
+                    for entry in stream.ids {
+                        let now = now_unix_nanos();
+                        if let Some(ts) = entry.get::<u64>("ts") {
+                            let _ = hist.record(now.saturating_sub(ts).max(1));
+                        }
+                        ids.push(entry.id);
+                    }
+                }
+                if ids.is_empty() {
+                    // Every XADD was answered and nothing more came: the publisher failed.
+                    if publisher.is_finished() || last_entry.elapsed() > Duration::from_secs(10) {
+                        break;
+                    }
+                    continue;
+                }
+                received += ids.len() as u64;
+                last_entry = Instant::now();
+                redis::cmd("XACK")
+                    .arg(&key)
+                    .arg(group)
+                    .arg(&ids)
+                    .query::<redis::Value>(&mut reader)?;
+            }
+            Ok(())
+        })();
+        let published = publisher
+            .join()
+            .map_err(|_| anyhow::anyhow!("the raw publisher thread panicked"))?;
+        published.context("raw XADD")?;
+        res.context("raw XREADGROUP")?;
+        Ok((hist, received))
+    }
 }
 
 /// A valid JSON payload of exactly `size` bytes (a string of `x`; at least 2 bytes).
@@ -672,8 +874,18 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     let publisher = rig.client("bench", "bench-1")?;
     let payload = json_payload(args.payload_bytes);
     let topic = Topic::new(MD_TOPIC)?;
+    // The latency scenario also measures the floor, after ours (see `channel_floor`).
+    let floor = args.scenario == Scenario::Latency;
+    let floor_method = format!(
+        "floor, run after ours (not concurrently): the same paced publisher thread (same pacing \
+         code, 1 µs timer slack) sends now_unix_nanos() into a std::sync::mpsc::sync_channel of \
+         {} slots, read by a thread that busy-polls try_recv and never parks; {n} timestamps at \
+         {} msgs/s; publish-to-receive latency of every one",
+        args.queue_bound,
+        args.rate()
+    );
     let method = format!(
-        "{} {} messages x {} B through DualBus::{} -> {} transport -> handler; {} group(s); {} mode; {}",
+        "{} {} messages x {} B through DualBus::{} -> {} transport -> handler; {} group(s); {} mode; {}{}",
         args.scenario.name(),
         n,
         args.payload_bytes,
@@ -685,6 +897,11 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
             format!("paced at {} msgs/s; latency of every message", args.rate())
         } else {
             format!("batches of {}; latency of every 16th message", args.batch)
+        },
+        if floor {
+            format!("; then the {floor_method}")
+        } else {
+            String::new()
         }
     );
     if !args.json {
@@ -706,7 +923,7 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         let batch = args.batch;
         let p = payload.clone();
         tokio::spawn(async move {
-            publish_batched(bus, EventKind::MarketData, topic, n, batch, p, None)
+            publish_batched(bus, EventKind::MarketData, topic, n, batch, p, None, None)
                 .await
                 .map(|_| ())
         })
@@ -733,6 +950,33 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     });
     if args.scenario == Scenario::Fanout {
         out["groups"] = json!(groups);
+    }
+    let mut floor_lines = None;
+    if floor {
+        if !args.json {
+            eprintln!(
+                "floor: {n} timestamps over a sync_channel at {} msgs/s",
+                args.rate()
+            );
+        }
+        let (rate, bound) = (args.rate(), args.queue_bound);
+        let (fh, received) = tokio::task::spawn_blocking(move || channel_floor(n, rate, bound))
+            .await
+            .context("the floor's thread died")??;
+        let p50 = s.hist.value_at_quantile(0.50) as f64 / fh.value_at_quantile(0.50).max(1) as f64;
+        let p99 = s.hist.value_at_quantile(0.99) as f64 / fh.value_at_quantile(0.99).max(1) as f64;
+        out["baseline_latency_ns"] = percentiles(&fh);
+        out["baseline_delivered"] = json!(received);
+        out["baseline_method"] = json!(floor_method);
+        out["p50_vs_baseline"] = json!(p50);
+        out["p99_vs_baseline"] = json!(p99);
+        floor_lines = Some([
+            format!(
+                "floor ns   : {} paced thread -> sync_channel -> busy-polling thread ({received} of {n} received)",
+                percentile_line(&fh)
+            ),
+            format!("vs floor   : p50 x{p50:.2}   p99 x{p99:.2} (ours / floor)"),
+        ]);
     }
     let mut ceiling_line = None;
     if args.scenario == Scenario::Throughput && args.backend == Backend::Redis {
@@ -788,6 +1032,9 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
             "latency ns : {} publish ts -> handler entry",
             percentile_line(&s.hist)
         );
+        for l in floor_lines.into_iter().flatten() {
+            println!("{l}");
+        }
     }
     Ok(())
 }
@@ -845,13 +1092,47 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     let rate = args.rate();
     let payload = json_payload(args.payload_bytes);
     let logic_kind = EventKind::StrategySignal;
+    // On Redis, the raw baseline: a bare client writing entries like ours (same fields and
+    // payload, built once here; only `ts` is rewritten per entry) on the Engine Logic server.
+    let raw = if args.backend == Backend::Redis {
+        let sample = rig.client("raw", "raw-1")?.stamp(
+            logic_kind.clone(),
+            Topic::new(LOGIC_TOPIC)?,
+            Priority::Normal,
+            Encoding::Json,
+            Bytes::copy_from_slice(&payload),
+        )?;
+        Some(Arc::new(RawRedis {
+            url: rig.cfg.logic.url.clone(),
+            prefix: rig.cfg.prefix.clone(),
+            fields: sample.to_wire_fields(),
+            maxlen: rig.cfg.logic.maxlen,
+            count: rig.cfg.delivery.batch_max,
+        }))
+    } else {
+        None
+    };
+    let raw_method = format!(
+        "raw baseline: a bare redis client (no dualbus code) XADDs {n} entries like ours (same \
+         fields, {} B payload, ts rewritten) on a private stream of the Engine Logic server, paced \
+         at {rate} msgs/s by the same pacing code; a consumer reads them with XREADGROUP COUNT {} \
+         BLOCK 100 on a group of that stream and XACKs each read; XADD ts to receipt; first idle \
+         (after our idle phase), then during the same dualbus flood (after our saturated phase, \
+         the flood still running)",
+        args.payload_bytes, rig.cfg.delivery.batch_max
+    );
     let method = format!(
         "isolation: {n} strategy_signal messages x {} B on the Engine Logic bus paced at {rate} msgs/s, \
          first with the MarketData bus idle, then while one producer floods it with market_data in \
-         batches of {} (a fast-mode group draining it); {} transport; latency of every message",
+         batches of {} (a fast-mode group draining it); {} transport; latency of every message{}",
         args.payload_bytes,
         args.batch,
-        args.backend_name()
+        args.backend_name(),
+        if raw.is_some() {
+            format!("; and the {raw_method}")
+        } else {
+            String::new()
+        }
     );
     if !args.json {
         eprintln!("{method}");
@@ -879,7 +1160,24 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
             groups.finish().await
         }
     };
+    let raw_phase = |name: &'static str| {
+        let raw = raw.clone();
+        let quiet = args.json;
+        async move {
+            let Some(raw) = raw else {
+                return Ok(None);
+            };
+            if !quiet {
+                eprintln!("raw {name}: {n} bare XADD -> XREADGROUP on the Engine Logic server");
+            }
+            let got = tokio::task::spawn_blocking(move || raw.phase(name, n, rate))
+                .await
+                .context("the raw baseline's thread died")??;
+            anyhow::Ok(Some(got))
+        }
+    };
     let idle = phase("idle").await?;
+    let raw_idle = raw_phase("idle").await?;
 
     // Saturate the MarketData bus.
     let flood_groups = Groups::start(
@@ -894,6 +1192,7 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     )
     .await?;
     let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
     let flood_bus = rig.client("flood", "flood-1")?;
     let flood = tokio::spawn(publish_batched(
         flood_bus,
@@ -903,16 +1202,32 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         args.batch,
         payload.clone(),
         Some(stop.clone()),
+        Some(sent.clone()),
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let t0 = Instant::now();
-    let saturated = phase("saturated").await?;
-    let flood_secs = t0.elapsed().as_secs_f64();
+    // The flood's rate during a phase: envelopes it published then, over the phase's length.
+    let flood_rate_during = |t0: Instant, sent0: u64| {
+        (sent.load(Ordering::Relaxed) - sent0) as f64 / t0.elapsed().as_secs_f64()
+    };
+    let (t0, sent0) = (Instant::now(), sent.load(Ordering::Relaxed));
+    let saturated = phase("saturated").await;
+    let flood_rate = flood_rate_during(t0, sent0);
+    let (t0, sent0) = (Instant::now(), sent.load(Ordering::Relaxed));
+    let raw_flooded = match &saturated {
+        Ok(_) => raw_phase("flooded").await,
+        Err(_) => Ok(None),
+    };
+    let raw_flood_rate = flood_rate_during(t0, sent0);
     stop.store(true, Ordering::Relaxed);
-    let flooded = flood.await??;
-    drop(flood_groups);
-    let flood_rate = flooded as f64 / (flood_secs + 0.5);
-    let out = json!({
+    flood.await??;
+    // Stopped and waited for, not dropped: a group still reading when the run's keys are
+    // removed would recreate its stream (NOGROUP recovery) after the cleanup.
+    flood_groups.finish().await?;
+    let saturated = saturated?;
+    let raw_flooded = raw_flooded?;
+    let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99) as f64;
+    let p99_ratio = p99(&saturated.hist) / p99(&idle.hist).max(1.0);
+    let mut out = json!({
         "backend": args.backend_name(),
         "scenario": "isolation",
         "mode": "reliable",
@@ -926,9 +1241,31 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         "idle_latency_ns": percentiles(&idle.hist),
         "idle_lost": idle.lost,
         "md_flood_msgs_per_s": flood_rate,
-        "p99_ratio": saturated.hist.value_at_quantile(0.99) as f64
-            / idle.hist.value_at_quantile(0.99).max(1) as f64,
+        "p99_ratio": p99_ratio,
     });
+    let mut raw_lines = None;
+    if let (Some((ri, ri_n)), Some((rf, rf_n))) = (&raw_idle, &raw_flooded) {
+        let raw_ratio = p99(rf) / p99(ri).max(1.0);
+        out["raw_idle_latency_ns"] = percentiles(ri);
+        out["raw_latency_ns"] = percentiles(rf);
+        out["raw_idle_delivered"] = json!(ri_n);
+        out["raw_delivered"] = json!(rf_n);
+        out["raw_md_flood_msgs_per_s"] = json!(raw_flood_rate);
+        out["raw_p99_ratio"] = json!(raw_ratio);
+        out["p99_ratio_vs_raw"] = json!(p99_ratio / raw_ratio);
+        out["raw_method"] = json!(raw_method);
+        raw_lines = Some([
+            format!("raw idle   : {}", percentile_line(ri)),
+            format!(
+                "raw flooded: {}   (flood {raw_flood_rate:.0} msgs/s meanwhile)",
+                percentile_line(rf)
+            ),
+            format!(
+                "raw ratio  : {raw_ratio:.2} (flooded / idle, bare XADD -> XREADGROUP; received {ri_n} + {rf_n} of {n} + {n})   ours / raw: {:.2}",
+                p99_ratio / raw_ratio
+            ),
+        ]);
+    }
     if args.json {
         println!("{out}");
     } else {
@@ -939,14 +1276,12 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
             "flood      : {flood_rate:.0} market_data msgs/s on the MarketData bus during the saturated phase"
         );
         println!(
-            "p99 ratio  : {:.2} (saturated / idle)   lost: {} + {}   duplicated: {} + {}",
-            saturated.hist.value_at_quantile(0.99) as f64
-                / idle.hist.value_at_quantile(0.99).max(1) as f64,
-            idle.lost,
-            saturated.lost,
-            idle.duplicated,
-            saturated.duplicated
+            "p99 ratio  : {p99_ratio:.2} (saturated / idle)   lost: {} + {}   duplicated: {} + {}",
+            idle.lost, saturated.lost, idle.duplicated, saturated.duplicated
         );
+        for l in raw_lines.into_iter().flatten() {
+            println!("{l}");
+        }
     }
     Ok(())
 }
