@@ -630,12 +630,11 @@ struct BacktestingState {
     request_errors: u64,
     reruns: u64,
     rerun_failures: u64,
-    last_final_equity: Option<f64>,
     last: Option<BacktestResult>,
     /// A re-run is in flight.
     rerunning: bool,
-    /// A re-run fell due while one was in flight: its data time.
-    due: Option<u64>,
+    /// A re-run fell due while one was in flight: its data time and the symbols known then.
+    due: Option<(u64, Vec<String>)>,
 }
 
 impl Default for BacktestingEngine {
@@ -680,7 +679,7 @@ impl BacktestingEngine {
         {
             let mut st = self.state.lock();
             if st.rerunning {
-                st.due = Some(ts);
+                st.due = Some((ts, self.clock.symbols()));
                 return;
             }
             st.rerunning = true;
@@ -692,12 +691,12 @@ impl BacktestingEngine {
             self.params.live.clone(),
         );
         self.spawn(async move {
-            let mut ts = ts;
+            let (mut ts, mut symbols) = (ts, symbols);
             loop {
                 rerun(&ctx, &hub, &state, &symbols, limit, &live, ts).await;
                 let mut st = state.lock();
                 match st.due.take() {
-                    Some(next) => ts = next,
+                    Some(next) => (ts, symbols) = next,
                     None => {
                         st.rerunning = false;
                         return;
@@ -751,51 +750,48 @@ async fn rerun(
     live: &BacktestParams,
     ts: u64,
 ) {
-    {
-        let query = HistoryQuery {
-            bar_secs: live.bar_secs,
-            limit,
-            end_ts: Some(ts),
-        };
-        let (bars, problems) = fetch_history(hub, symbols, &query).await;
-        if bars.is_empty() {
+    let query = HistoryQuery {
+        bar_secs: live.bar_secs,
+        limit,
+        end_ts: Some(ts),
+    };
+    let (bars, problems) = fetch_history(hub, symbols, &query).await;
+    if bars.is_empty() {
+        state.lock().rerun_failures += 1;
+        tracing::warn!(ts, problems = %problems.join("; "), "backtest re-run without bars");
+        return;
+    }
+    if !problems.is_empty() {
+        tracing::warn!(ts, problems = %problems.join("; "), "backtest re-run leaves symbols out");
+    }
+    let backtest = match run_backtest(bars, live.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
             state.lock().rerun_failures += 1;
-            tracing::warn!(ts, problems = %problems.join("; "), "backtest re-run without bars");
+            tracing::warn!(ts, error = %e, "backtest re-run failed");
             return;
         }
-        if !problems.is_empty() {
-            tracing::warn!(ts, problems = %problems.join("; "), "backtest re-run leaves symbols out");
-        }
-        let backtest = match run_backtest(bars, live.clone()).await {
-            Ok(r) => r,
-            Err(e) => {
-                state.lock().rerun_failures += 1;
-                tracing::warn!(ts, error = %e, "backtest re-run failed");
-                return;
-            }
-        };
-        let result = BacktestResult {
-            report: "backtest".to_string(),
-            ts,
-            problems,
-            backtest,
-        };
-        if let Err(e) = ctx
-            .publish(
-                EventKind::AnalyticsResult,
-                "analytics_result.backtest",
-                Priority::Low,
-                &result,
-            )
-            .await
-        {
-            tracing::warn!(ts, error = %e, "backtest result not published");
-        }
-        let mut st = state.lock();
-        st.reruns += 1;
-        st.last_final_equity = Some(result.backtest.final_equity);
-        st.last = Some(result);
+    };
+    let result = BacktestResult {
+        report: "backtest".to_string(),
+        ts,
+        problems,
+        backtest,
+    };
+    if let Err(e) = ctx
+        .publish(
+            EventKind::AnalyticsResult,
+            "analytics_result.backtest",
+            Priority::Low,
+            &result,
+        )
+        .await
+    {
+        tracing::warn!(ts, error = %e, "backtest result not published");
     }
+    let mut st = state.lock();
+    st.reruns += 1;
+    st.last = Some(result);
 }
 
 #[async_trait]
@@ -886,7 +882,7 @@ impl Engine for BacktestingEngine {
             "request_errors": st.request_errors,
             "reruns": st.reruns,
             "rerun_failures": st.rerun_failures,
-            "last_final_equity": st.last_final_equity,
+            "last_final_equity": st.last.as_ref().map(|r| r.backtest.final_equity),
             "next_rerun_ts": self.clock.next,
         })
     }

@@ -229,11 +229,6 @@ impl EngineContext {
         self.counts.lock().clone()
     }
 
-    /// The engine's handler time, queue wait and delivery latency.
-    pub fn times(&self) -> &Arc<EngineTimes> {
-        &self.times
-    }
-
     fn count_published<'a>(&self, kinds: impl Iterator<Item = &'a EventKind>) {
         let mut c = self.counts.lock();
         // Runs of one kind (a batch of market data) count with one map lookup.
@@ -563,8 +558,7 @@ impl EngineHost {
                         _ = tick.tick() => {}
                     }
                     let details = engine.lock().await.health();
-                    let latency = ctx.times.take_window();
-                    heartbeat(&ctx, "running", started, details, Some(latency)).await;
+                    heartbeat(&ctx, "running", started, details).await;
                 }
             }));
         }
@@ -585,7 +579,6 @@ async fn heartbeat(
     status: &str,
     started: Instant,
     details: serde_json::Value,
-    latency: Option<EngineLatency>,
 ) {
     let health = EngineHealth {
         engine: ctx.name.to_string(),
@@ -594,7 +587,7 @@ async fn heartbeat(
         uptime_s: started.elapsed().as_secs_f64(),
         counts: ctx.counts(),
         details,
-        latency,
+        latency: Some(ctx.times.take_window()),
     };
     let topic = format!("engine_health.{}", ctx.name);
     if let Err(e) = ctx
@@ -650,8 +643,7 @@ impl<E: Engine> RunningEngine<E> {
                 }
                 e.health()
             };
-            let latency = ctx.times.take_window();
-            heartbeat(&ctx, "stopped", started, details, Some(latency)).await;
+            heartbeat(&ctx, "stopped", started, details).await;
             // What the engine published is with the brokers before its process may exit (the
             // Redis writer queues; the embedded transport has nothing to flush).
             for bus in [dualbus_bus::BusId::MarketData, dualbus_bus::BusId::Logic] {

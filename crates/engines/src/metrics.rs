@@ -111,21 +111,21 @@ pub struct Percentiles {
     pub count: u64,
 }
 
-/// Rounds to 0.1 µs: the figures are read by people, and HDR keeps 3 significant digits.
+/// Rounds to 0.1 µs (handler and queue times are recorded in ns): the figures are read by
+/// people, and the histograms keep 2 significant digits.
 fn tenth(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
 impl Percentiles {
-    /// From a histogram of microseconds.
+    /// From a histogram of (whole) microseconds.
     fn of(h: &Histogram<u64>) -> Percentiles {
-        let us = |v: u64| tenth(v as f64);
-        let q = |p: f64| (!h.is_empty()).then(|| us(h.value_at_quantile(p)));
+        let q = |p: f64| (!h.is_empty()).then(|| h.value_at_quantile(p) as f64);
         Percentiles {
             p50_us: q(0.5),
             p99_us: q(0.99),
             p999_us: q(0.999),
-            max_us: (!h.is_empty()).then(|| us(h.max())),
+            max_us: (!h.is_empty()).then(|| h.max() as f64),
             count: h.len(),
         }
     }
@@ -241,8 +241,8 @@ struct EngineRecord {
     steady_lanes: [Histogram<u64>; 3],
     warmup_lanes: [Histogram<u64>; 3],
     steady_kinds: HashMap<EventKind, Histogram<u64>>,
+    /// Since the start, per bus (their lengths are the delivered counts).
     bus_total: [Histogram<u64>; 2],
-    delivered: [u64; 2],
 }
 
 /// One engine's handler time, queue wait and delivery latency (see the module doc).
@@ -286,7 +286,6 @@ impl EngineTimes {
                 warmup_lanes: [histogram(), histogram(), histogram()],
                 steady_kinds: HashMap::new(),
                 bus_total: [histogram(), histogram()],
-                delivered: [0; 2],
             }),
         }
     }
@@ -316,7 +315,6 @@ impl EngineTimes {
         let _ = r.status.lanes[lane].record(us);
         let _ = r.status.buses[bus].record(us);
         let _ = r.bus_total[bus].record(us);
-        r.delivered[bus] += 1;
         if steady {
             r.steady.record(queue, handler);
             let _ = r.steady_lanes[lane].record(us);
@@ -361,9 +359,8 @@ impl EngineTimes {
         }
     }
 
-    /// Handler figures since the previous call (for the run's status line, apart from the
-    /// heartbeat's window). See also [`BusMetrics::take_lane_window`], which empties the same
-    /// window's latency.
+    /// The status line's window since the previous call (apart from the heartbeat's), and a
+    /// fresh one.
     fn take_status(&self) -> StatusWindow {
         let mut w = StatusWindow::new();
         std::mem::swap(&mut w, &mut self.record.lock().status);
@@ -498,26 +495,32 @@ impl BusMetrics {
     /// Figures since the start, per bus (MarketData, Engine Logic).
     pub fn totals(&self) -> [BusFigures; 2] {
         let mut hists = [histogram(), histogram()];
-        let mut delivered = [0u64; 2];
         for e in self.engine_list() {
             let r = e.record.lock();
-            for ((h, d), (from, n)) in hists
-                .iter_mut()
-                .zip(delivered.iter_mut())
-                .zip(r.bus_total.iter().zip(r.delivered))
-            {
-                add(h, from);
-                *d += n;
+            for (into, from) in hists.iter_mut().zip(&r.bus_total) {
+                add(into, from);
             }
         }
-        [BusId::MarketData, BusId::Logic].map(|b| {
-            let i = b.index();
+        [0, 1].map(|b| {
             figures(
-                &hists[i],
-                self.published[i].load(Ordering::Relaxed),
-                delivered[i],
+                &hists[b],
+                self.published[b].load(Ordering::Relaxed),
+                hists[b].len(),
             )
         })
+    }
+
+    /// Messages delivered per bus since the start (the status line's counts: no histogram
+    /// is merged for them).
+    fn delivered(&self) -> [u64; 2] {
+        let mut n = [0u64; 2];
+        for e in self.engine_list() {
+            let r = e.record.lock();
+            for (into, h) in n.iter_mut().zip(&r.bus_total) {
+                *into += h.len();
+            }
+        }
+        n
     }
 
     /// Per bus, per lane and per engine, latency since the previous call, and a fresh window.
@@ -535,9 +538,15 @@ impl BusMetrics {
             }
             engines.push((e.engine(), w.handlers.figures()));
         }
-        let totals = self.totals();
+        let delivered = self.delivered();
         Window {
-            buses: [0, 1].map(|b| figures(&buses[b], totals[b].published, totals[b].delivered)),
+            buses: [0, 1].map(|b| {
+                figures(
+                    &buses[b],
+                    self.published[b].load(Ordering::Relaxed),
+                    delivered[b],
+                )
+            }),
             lanes: [0, 1, 2].map(|l| Percentiles::of(&lanes[l])),
             engines,
         }

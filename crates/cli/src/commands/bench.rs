@@ -403,7 +403,7 @@ impl Tally {
             delivered: 0,
             reported: 0,
             duplicated: 0,
-            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            hist: latency_histogram(),
             last_at: None,
         }
     }

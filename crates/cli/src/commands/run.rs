@@ -158,13 +158,10 @@ pub(crate) const OBSERVED: [&str; 7] = [
 ];
 
 pub(crate) fn ms(us: Option<u64>) -> String {
-    match us {
-        Some(us) => format!("{:.2} ms", us as f64 / 1000.0),
-        None => "-".into(),
-    }
+    ms_f(us.map(|us| us as f64))
 }
 
-/// Milliseconds from microseconds, for the status line.
+/// Milliseconds from (fractional) microseconds, for the status line.
 pub(crate) fn ms_f(us: Option<f64>) -> String {
     match us {
         Some(us) => format!("{:.2} ms", us / 1000.0),
