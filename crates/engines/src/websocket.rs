@@ -23,6 +23,8 @@
 //!
 //!   `prices` and `traffic` frames go to every client whatever its `kinds`: they are
 //!   rate-limited already, and every view needs them.
+//! * `GET /assets/uplot.js`, `/assets/uplot.css`: the chart library the page uses (uPlot,
+//!   vendored: the page loads nothing from elsewhere).
 //! * `GET /health`: `{"status":"ok","engine":"websocket","clients":n,"uptime_s":x,
 //!   "messages":{kind:n},"engines":{name:{"status","uptime_s"}},"frames_sent":n,
 //!   "frames_dropped":n}`.
@@ -50,7 +52,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use dualbus_bus::HandlerError;
+use dualbus_bus::{BusId, HandlerError};
 use dualbus_core::Envelope;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -73,7 +75,7 @@ use tokio_tungstenite::WebSocketStream;
 
 /// The kinds a client can ask for in `/ws?kinds=`: every kind the engine reads except
 /// `market_data`, whose quotes reach clients only as coalesced `prices` frames.
-pub const FEED_KINDS: [&str; 13] = [
+pub const FEED_KINDS: [&str; 14] = [
     "portfolio_update",
     "position_change",
     "strategy_signal",
@@ -87,6 +89,7 @@ pub const FEED_KINDS: [&str; 13] = [
     "vpin_calculation",
     "engine_health",
     "trade_execution",
+    "order_request",
 ];
 
 /// Kinds kept in the snapshot's `alerts`.
@@ -100,8 +103,62 @@ const ALERT_KINDS: [&str; 4] = [
 /// Alerts and strategy signals kept for the snapshot.
 const KEPT: usize = 50;
 
+/// Fills and orders kept for the snapshot.
+const KEPT_TRADES: usize = 200;
+
+/// Points of the equity curve kept (one per second of wall time at most).
+const EQUITY_POINTS: usize = 1_800;
+
+/// Points of price history kept per symbol (one per second of wall time at most).
+const PRICE_POINTS: usize = 600;
+
+/// Per bus (MarketData, Engine Logic): messages seen since the start and their rate.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct BusTraffic {
+    total: u64,
+    rate: f64,
+    #[serde(skip)]
+    at_last_tick: u64,
+}
+
+/// Alerts of one kind and rule: how many, and the latest.
+#[derive(Debug, Clone, Serialize)]
+struct AlertRule {
+    kind: String,
+    rule: String,
+    count: u64,
+    last_ts: u64,
+    last_symbol: Option<String>,
+    last_reason: String,
+}
+
+/// The rule of an alert payload (`rule`, else the kind's own).
+fn alert_rule(kind: &str, payload: &Value) -> String {
+    match payload.get("rule").and_then(Value::as_str) {
+        Some(r) => r.to_string(),
+        None => match kind {
+            "toxicity_alert" => "vpin_percentile".into(),
+            "margin_call" => "margin_utilization".into(),
+            k => k.to_string(),
+        },
+    }
+}
+
+/// Pushes `v` to a bounded queue, dropping the oldest.
+fn push_bounded<T>(q: &mut VecDeque<T>, v: T, cap: usize) {
+    if q.len() >= cap {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
 /// The live page, served at `/`.
 const PAGE: &str = include_str!("websocket_page.html");
+
+/// The chart library the page uses: uPlot 1.6.32 (MIT), vendored from the npm registry (see
+/// `assets/uplot/README.md`), served at `/assets/uplot.js` and `/assets/uplot.css`.
+const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
 
 /// How long a client gets to take its close frame on stop.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -498,6 +555,20 @@ struct FeedState {
     engines: BTreeMap<String, EngineSeen>,
     clients: Vec<Arc<Client>>,
     next_client: u64,
+    /// `[data time ms, equity, drawdown]`, sampled once a second.
+    equity_curve: VecDeque<[f64; 3]>,
+    /// Per symbol `[data time ms, mid]`, sampled once a second.
+    price_history: BTreeMap<String, VecDeque<[f64; 2]>>,
+    /// The latest `trade_execution` payloads.
+    fills: VecDeque<Value>,
+    /// The latest `order_request` payloads.
+    orders: VecDeque<Value>,
+    /// Alerts by (kind, rule).
+    alert_rules: BTreeMap<(String, String), AlertRule>,
+    /// What halts trading now: the risk engine's circuit breaker, the strategy's halted
+    /// symbols (from their heartbeats).
+    halts: Value,
+    buses: [BusTraffic; 2],
 }
 
 impl FeedState {
@@ -511,7 +582,79 @@ impl FeedState {
         m.insert("engines".into(), json!(self.engines));
         m.insert("clients".into(), json!(self.clients.len()));
         m.insert("uptime_s".into(), json!(uptime_s));
+        m.insert("equity_curve".into(), json!(self.equity_curve));
+        m.insert("price_history".into(), json!(self.price_history));
+        m.insert("fills".into(), json!(self.fills));
+        m.insert("orders".into(), json!(self.orders));
+        self.live_summary(&mut m);
         m
+    }
+
+    /// What the snapshot and every `traffic` frame carry: alerts by rule, halts, per-bus
+    /// traffic and per-lane latency.
+    fn live_summary(&self, m: &mut Map<String, Value>) {
+        m.insert(
+            "alert_rules".into(),
+            json!(self.alert_rules.values().collect::<Vec<_>>()),
+        );
+        m.insert("halts".into(), self.halts.clone());
+        m.insert(
+            "buses".into(),
+            json!({"md": self.buses[0], "logic": self.buses[1]}),
+        );
+        m.insert("lanes".into(), self.lanes());
+    }
+
+    /// Per lane, over the engines' last heartbeats: the median of their p50 and the worst
+    /// p99 of delivery latency, microseconds.
+    fn lanes(&self) -> Value {
+        let mut out = Map::new();
+        for lane in crate::metrics::LaneId::ALL {
+            let mut p50: Vec<f64> = Vec::new();
+            let mut p99: Option<f64> = None;
+            for e in self.engines.values() {
+                let Some(p) = e
+                    .latency
+                    .as_ref()
+                    .and_then(|l| l.delivery.get(lane.as_str()))
+                else {
+                    continue;
+                };
+                if let Some(x) = p.p50_us {
+                    p50.push(x);
+                }
+                if let Some(x) = p.p99_us {
+                    p99 = Some(p99.map_or(x, |y: f64| y.max(x)));
+                }
+            }
+            p50.sort_by(f64::total_cmp);
+            let median = (!p50.is_empty()).then(|| p50[p50.len() / 2]);
+            out.insert(
+                lane.as_str().into(),
+                json!({"p50_us": median, "p99_us": p99}),
+            );
+        }
+        Value::Object(out)
+    }
+
+    /// Adds a point to the equity curve and to each symbol's price history when they moved
+    /// on in data time (called once a second).
+    fn sample_history(&mut self) {
+        let p = &self.portfolio["payload"];
+        if let (Some(ts), Some(eq)) = (p["ts"].as_u64(), p["equity"].as_f64()) {
+            let t = (ts / 1_000_000) as f64;
+            if self.equity_curve.back().is_none_or(|l| l[0] < t) {
+                let dd = p["drawdown"].as_f64().unwrap_or(0.0);
+                push_bounded(&mut self.equity_curve, [t, eq, dd], EQUITY_POINTS);
+            }
+        }
+        for (sym, level) in &self.prices.latest {
+            let t = (level.ts / 1_000_000) as f64;
+            let h = self.price_history.entry(sym.clone()).or_default();
+            if h.back().is_none_or(|l| l[0] < t) {
+                push_bounded(h, [t, level.mid], PRICE_POINTS);
+            }
+        }
     }
 
     fn wanted(&self, kind: &str) -> bool {
@@ -542,6 +685,13 @@ impl Feed {
                 engines: BTreeMap::new(),
                 clients: Vec::new(),
                 next_client: 0,
+                equity_curve: VecDeque::new(),
+                price_history: BTreeMap::new(),
+                fills: VecDeque::new(),
+                orders: VecDeque::new(),
+                alert_rules: BTreeMap::new(),
+                halts: json!({"breaker": null, "halted": []}),
+                buses: Default::default(),
             }),
             default_kinds: KindFilter::from_names(p.kinds_default.iter().map(|k| k.as_str()))?,
             client_queue: p.client_queue,
@@ -573,10 +723,22 @@ impl Feed {
         }
     }
 
+    /// A message as the unit tests give it: its bus by its kind's default route.
+    #[cfg(test)]
     fn on_message(&self, msg: &Envelope) {
+        let bus = if msg.kind == dualbus_core::EventKind::MarketData {
+            BusId::MarketData
+        } else {
+            BusId::Logic
+        };
+        self.on_message_on(msg, bus)
+    }
+
+    fn on_message_on(&self, msg: &Envelope, bus: BusId) {
         let kind = msg.kind.as_str();
         let mut st = self.state.lock();
         st.traffic.count(kind);
+        st.buses[bus.index()].total += 1;
         if kind == "market_data" {
             // Only quotes are subscribed; anything else under market_data is counted only.
             if msg.topic.as_str().starts_with("market_data.quote.") {
@@ -590,13 +752,25 @@ impl Feed {
         if kind == "engine_health" {
             match msg.enc.decode::<EngineHealth>(&msg.payload) {
                 Ok(h) => {
+                    match h.engine.as_str() {
+                        "risk" => st.halts["breaker"] = h.details["breaker"].clone(),
+                        "strategy" => {
+                            st.halts["halted"] =
+                                h.details.get("halted").cloned().unwrap_or(json!([]))
+                        }
+                        _ => {}
+                    }
                     st.engines.insert(h.engine.clone(), h.into());
                 }
                 Err(e) => tracing::debug!(topic = %msg.topic, error = %e, "bad engine_health"),
             }
         }
         let is_alert = ALERT_KINDS.contains(&kind);
-        let keep = is_alert || kind == "strategy_signal" || kind == "portfolio_update";
+        let keep = is_alert
+            || kind == "strategy_signal"
+            || kind == "portfolio_update"
+            || kind == "trade_execution"
+            || kind == "order_request";
         let wanted = st.wanted(kind);
         if !keep && !wanted {
             return; // nobody to tell: skip decoding
@@ -605,6 +779,31 @@ impl Feed {
             tracing::debug!(topic = %msg.topic, error = %e, "undecodable payload");
             Value::Null
         });
+        if is_alert {
+            let rule = alert_rule(kind, &payload);
+            let e = st
+                .alert_rules
+                .entry((kind.to_string(), rule.clone()))
+                .or_insert_with(|| AlertRule {
+                    kind: kind.to_string(),
+                    rule,
+                    count: 0,
+                    last_ts: 0,
+                    last_symbol: None,
+                    last_reason: String::new(),
+                });
+            e.count += 1;
+            e.last_ts = msg.ts;
+            e.last_symbol = payload
+                .get("symbol")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            e.last_reason = payload
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+        }
         let value = message_value(msg, payload);
         if wanted {
             self.fan_out(&st.clients, Some(kind), value.to_string());
@@ -612,6 +811,14 @@ impl Feed {
         let kept = match kind {
             "portfolio_update" => {
                 st.portfolio = value;
+                return;
+            }
+            "trade_execution" => {
+                push_bounded(&mut st.fills, value, KEPT_TRADES);
+                return;
+            }
+            "order_request" => {
+                push_bounded(&mut st.orders, value, KEPT_TRADES);
                 return;
             }
             "strategy_signal" => &mut st.signals,
@@ -633,7 +840,16 @@ impl Feed {
 
     fn tick_traffic(&self) {
         let mut st = self.state.lock();
-        st.traffic.tick(Instant::now());
+        let now = Instant::now();
+        let secs = now.duration_since(st.traffic.last_tick).as_secs_f64();
+        st.traffic.tick(now);
+        if secs > 0.0 {
+            for b in st.buses.iter_mut() {
+                b.rate = (b.total - b.at_last_tick) as f64 / secs;
+                b.at_last_tick = b.total;
+            }
+        }
+        st.sample_history();
         if st.clients.is_empty() {
             return;
         }
@@ -645,6 +861,7 @@ impl Feed {
         m.insert("engines".into(), json!(st.engines));
         m.insert("clients".into(), json!(st.clients.len()));
         m.insert("uptime_s".into(), json!(self.uptime_s()));
+        st.live_summary(&mut m);
         self.fan_out(&st.clients, None, Value::Object(m).to_string());
     }
 
@@ -849,8 +1066,27 @@ fn routes(app: App, metrics: Option<Arc<BusMetrics>>) -> axum::Router {
             PAGE,
         )
     };
+    let asset = |content_type: &'static str, body: &'static str| {
+        get_only(get(move || async move {
+            (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CACHE_CONTROL, "max-age=3600"),
+                ],
+                body,
+            )
+        }))
+    };
     let router = axum::Router::new()
         .route("/", get_only(get(page)))
+        .route(
+            "/assets/uplot.js",
+            asset("text/javascript; charset=utf-8", UPLOT_JS),
+        )
+        .route(
+            "/assets/uplot.css",
+            asset("text/css; charset=utf-8", UPLOT_CSS),
+        )
         .route(
             "/health",
             get_only(get(|State(app): State<App>| async move {
@@ -982,6 +1218,7 @@ impl Engine for WebSocketEngine {
             "vpin_calculation.>",
             "engine_health.>",
             "trade_execution.>",
+            "order_request.>",
         ])]
     }
 
@@ -1046,11 +1283,11 @@ impl Engine for WebSocketEngine {
 
     async fn on_message(
         &mut self,
-        _ctx: &EngineContext,
+        ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
         if let Some(feed) = &self.feed {
-            feed.on_message(msg);
+            feed.on_message_on(msg, ctx.bus().route(&msg.kind, msg.prio).bus);
         }
         Ok(())
     }
@@ -1370,6 +1607,120 @@ mod tests {
         t.count("market_data");
         t.tick(t0 + Duration::from_secs(3));
         assert_eq!(t.rates["market_data"], 1.0);
+    }
+
+    #[test]
+    fn alerts_are_grouped_by_rule_and_halts_come_from_the_heartbeats() {
+        let feed = Feed::new(&WebSocketParams::default()).unwrap();
+        for (i, rule) in ["stale_price", "circuit_breaker", "stale_price"]
+            .iter()
+            .enumerate()
+        {
+            feed.on_message(&env(
+                EventKind::RiskAlert,
+                "risk_alert.BTCUSDT",
+                json!({"rule": rule, "symbol": "BTCUSDT", "reason": format!("reason {i}")}),
+            ));
+        }
+        feed.on_message(&env(
+            EventKind::ToxicityAlert,
+            "toxicity_alert.ETHUSDT",
+            json!({"symbol": "ETHUSDT", "reason": "VPIN high"}),
+        ));
+        let st = feed.state_json();
+        let rules: Vec<(String, String, u64, String)> = st["alert_rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap().to_string(),
+                    r["rule"].as_str().unwrap().to_string(),
+                    r["count"].as_u64().unwrap(),
+                    r["last_reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let r = |k: &str, rule: &str, n: u64, reason: &str| {
+            (k.to_string(), rule.to_string(), n, reason.to_string())
+        };
+        assert_eq!(
+            rules,
+            vec![
+                r("risk_alert", "circuit_breaker", 1, "reason 1"),
+                r("risk_alert", "stale_price", 2, "reason 2"),
+                r("toxicity_alert", "vpin_percentile", 1, "VPIN high"),
+            ]
+        );
+        assert_eq!(st["halts"], json!({"breaker": null, "halted": []}));
+        let beat = |engine: &str, details: Value| {
+            env(
+                EventKind::EngineHealth,
+                &format!("engine_health.{engine}"),
+                json!({"engine": engine, "instance": "x", "status": "running", "uptime_s": 1.0,
+                       "received": {}, "published": {}, "details": details}),
+            )
+        };
+        let breaker = json!({"since": 5, "symbol": "BTCUSDT", "alerts": 2});
+        feed.on_message(&beat("risk", json!({"breaker": breaker})));
+        feed.on_message(&beat("strategy", json!({"halted": ["BTCUSDT"]})));
+        assert_eq!(
+            feed.state_json()["halts"],
+            json!({"breaker": breaker, "halted": ["BTCUSDT"]})
+        );
+        // The breaker resets: the next heartbeat says so.
+        feed.on_message(&beat("risk", json!({"breaker": null})));
+        assert_eq!(feed.state_json()["halts"]["breaker"], Value::Null);
+    }
+
+    #[test]
+    fn history_is_sampled_when_data_time_moves_on_and_trades_are_kept() {
+        let feed = Feed::new(&WebSocketParams::default()).unwrap();
+        let q = |ts: u64, mid: f64| {
+            env(
+                EventKind::MarketData,
+                "market_data.quote.BTCUSDT",
+                serde_json::to_value(quote("BTCUSDT", ts, mid - 1.0, mid + 1.0)).unwrap(),
+            )
+        };
+        let pu = |ts: u64, equity: f64| {
+            env(
+                EventKind::PortfolioUpdate,
+                "portfolio_update.main",
+                json!({"ts": ts, "equity": equity, "drawdown": 0.01}),
+            )
+        };
+        feed.on_message(&q(1_000_000_000, 100.0));
+        feed.on_message(&pu(1_000_000_000, 1000.0));
+        feed.tick_traffic();
+        feed.tick_traffic(); // data time has not moved: no new point
+        feed.on_message(&q(2_000_000_000, 101.0));
+        feed.on_message(&pu(2_000_000_000, 1001.0));
+        feed.tick_traffic();
+        let st = feed.state_json();
+        assert_eq!(
+            st["price_history"]["BTCUSDT"],
+            json!([[1000.0, 100.0], [2000.0, 101.0]])
+        );
+        assert_eq!(
+            st["equity_curve"],
+            json!([[1000.0, 1000.0, 0.01], [2000.0, 1001.0, 0.01]])
+        );
+        feed.on_message(&env(
+            EventKind::TradeExecution,
+            "trade_execution.BTCUSDT",
+            json!({"symbol": "BTCUSDT", "status": "filled"}),
+        ));
+        feed.on_message(&env(
+            EventKind::OrderRequest,
+            "order_request.BTCUSDT",
+            json!({"symbol": "BTCUSDT", "side": "buy"}),
+        ));
+        let st = feed.state_json();
+        assert_eq!(st["fills"][0]["payload"]["status"], "filled");
+        assert_eq!(st["orders"][0]["payload"]["side"], "buy");
+        assert_eq!(st["buses"]["md"]["total"], 2);
+        assert_eq!(st["buses"]["logic"]["total"], 4);
     }
 
     #[test]
