@@ -2,7 +2,8 @@
 //! headless Chromium (Debian's `chromium`, which `./scripts/test` installs when missing), driven
 //! over the DevTools protocol. The test waits for data, then checks the rendered page: charts
 //! holding points, position rows, fills, an alert row whose reason is readable (a wide cell,
-//! numbers rounded), and it keeps a screenshot in `target/tmp/dashboard.png`.
+//! numbers rounded), and it keeps a screenshot in `target/tmp/dashboard.png`. The run's own
+//! `/metrics` is parsed too, and must hold every metric `deploy/grafana/dualbus.json` queries.
 
 use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::page::ScreenshotParams;
@@ -77,6 +78,49 @@ const PROBE: &str = r#"(() => {
     equity: el('equity').textContent,
   });
 })()"#;
+
+/// The sample names of the run's `/metrics`, read by the reference parser (PyPI
+/// `prometheus-client`, through `tests/tools/prometheus_parse.py`).
+fn scrape(port: u16) -> std::collections::BTreeSet<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/tools/prometheus_parse.py"
+    );
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "/metrics of the run does not parse (pip install -r tests/requirements.txt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_charts_positions_fills_and_readable_alerts() {
@@ -185,6 +229,32 @@ async fn the_dashboard_renders_charts_positions_fills_and_readable_alerts() {
         "{seen}"
     );
     assert!(seen["equity"].as_str().unwrap().contains('.'), "{seen}");
+
+    // The run's own /metrics passes the reference parser, and every metric the Grafana
+    // dashboard in the repository queries is there.
+    let samples = scrape(port);
+    let grafana = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/dualbus.json"
+    ))
+    .unwrap();
+    let queried: std::collections::BTreeSet<&str> = grafana
+        .match_indices("dualbus_")
+        .map(|(i, _)| {
+            let rest = &grafana[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|n| n.len() > "dualbus_".len())
+        .collect();
+    assert!(queried.len() >= 15, "{queried:?}");
+    let missing: Vec<&&str> = queried.iter().filter(|n| !samples.contains(**n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the Grafana dashboard queries metrics /metrics lacks: {missing:?}"
+    );
 
     browser.close().await.ok();
     browser.wait().await.ok();

@@ -220,6 +220,17 @@ pub struct TransportStats {
     pub skipped: u64,
 }
 
+/// One consumer group of a stream, as `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupBacklog {
+    /// The group's name.
+    pub group: String,
+    /// Entries delivered to it and not yet acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered to it (`None`: the broker cannot tell).
+    pub lag: Option<u64>,
+}
+
 /// Whether the broker answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -363,6 +374,13 @@ pub trait Transport: Send + Sync + 'static {
     /// # Errors
     /// [`ReceiveError`] when the broker fails.
     async fn unread(&self, stream: &StreamKey) -> Result<u64, ReceiveError>;
+
+    /// The consumer groups of `stream` with their pending and unread entries (none for an
+    /// unknown stream).
+    ///
+    /// # Errors
+    /// [`ReceiveError`] when the broker fails.
+    async fn groups(&self, stream: &StreamKey) -> Result<Vec<GroupBacklog>, ReceiveError>;
 }
 
 /// One consumer of a group. Dropping it leaves its unacknowledged messages pending, to be

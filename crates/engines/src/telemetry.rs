@@ -27,6 +27,8 @@
 //! | `dualbus_redelivered_total` | counter | bus | deliveries after the first |
 //! | `dualbus_dead_letters_total` | counter | bus | messages moved to the dead-letter stream |
 //! | `dualbus_dropped_total` | counter | bus | messages dropped by `drop_oldest` or a stream trim |
+//! | `dualbus_group_lag_messages` | gauge | bus, stream, group | entries of the stream not yet delivered to the group |
+//! | `dualbus_pending_messages` | gauge | bus, stream, group | entries delivered to the group and not yet acknowledged |
 //! | `dualbus_bus_up` | gauge | bus | 1 while the bus carries its own traffic (0: failed over) |
 //! | `dualbus_failovers_total` | counter | bus | times the bus was marked down |
 //! | `dualbus_failbacks_total` | counter | bus | times its traffic moved back |
@@ -54,7 +56,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dualbus_bus::{BusId, DualBus};
-use dualbus_core::transport::Health;
+use dualbus_core::transport::{GroupBacklog, Health, StreamKey};
 use dualbus_core::{EventKind, Priority};
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -177,9 +179,107 @@ impl BusMetrics {
     }
 }
 
-/// The Prometheus text (format 0.0.4) of everything this process's [`BusMetrics`] knows.
-pub fn encode(metrics: &Arc<BusMetrics>) -> String {
+/// One consumer group of one stream, as read at a scrape.
+#[derive(Debug, Clone)]
+pub struct GroupRow {
+    /// The stream's bus.
+    pub bus: BusId,
+    /// The stream's key.
+    pub stream: String,
+    /// The group, its pending and unread entries.
+    pub backlog: GroupBacklog,
+}
+
+/// The consumer groups of every stream of the known kinds and of the priority lanes, on both
+/// buses, as the brokers report them (a bus that does not answer within 2 s is left out).
+pub async fn group_rows(metrics: &BusMetrics) -> Vec<GroupRow> {
+    let Some(bus) = metrics
+        .telemetry
+        .attached
+        .lock()
+        .first()
+        .map(|a| a.bus.clone())
+    else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for b in [BusId::MarketData, BusId::Logic] {
+        let router = bus.router();
+        let mut streams: Vec<StreamKey> = EventKind::KNOWN
+            .iter()
+            .map(|k| router.kind_stream(b, k))
+            .collect();
+        streams.push(router.priority_stream(b));
+        let transport = bus.transport(b).clone();
+        let read = async {
+            let mut out = Vec::new();
+            for s in streams {
+                match transport.groups(&s).await {
+                    Ok(groups) => out.extend(groups.into_iter().map(|g| GroupRow {
+                        bus: b,
+                        stream: s.to_string(),
+                        backlog: g,
+                    })),
+                    Err(e) => {
+                        tracing::debug!(stream = %s, error = %e, "groups not read for /metrics");
+                        break;
+                    }
+                }
+            }
+            out
+        };
+        if let Ok(found) = tokio::time::timeout(HEALTH_TIMEOUT, read).await {
+            rows.extend(found);
+        }
+    }
+    rows
+}
+
+/// The consumer groups' backlog at a scrape.
+#[derive(Debug)]
+struct GroupCollector(Vec<GroupRow>);
+
+impl Collector for GroupCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let labels = |r: &GroupRow| -> Labels {
+            vec![
+                bus_label(r.bus),
+                ("stream", r.stream.clone()),
+                ("group", r.backlog.group.clone()),
+            ]
+        };
+        gauges(
+            &mut enc,
+            "dualbus_group_lag_messages",
+            "Entries of the stream not yet delivered to the consumer group",
+            self.0
+                .iter()
+                .filter_map(|r| r.backlog.lag.map(|l| (labels(r), l as f64))),
+        )?;
+        gauges(
+            &mut enc,
+            "dualbus_pending_messages",
+            "Entries delivered to the consumer group and not yet acknowledged",
+            self.0.iter().map(|r| (labels(r), r.backlog.pending as f64)),
+        )
+    }
+}
+
+/// The Prometheus text (format 0.0.4) of everything this process's [`BusMetrics`] knows,
+/// with the consumer groups' backlog read beforehand ([`group_rows`]).
+pub fn encode_with_groups(metrics: &Arc<BusMetrics>, groups: Vec<GroupRow>) -> String {
     let mut registry = Registry::default();
+    registry.register_collector(Box::new(GroupCollector(groups)));
+    encode_into(metrics, registry)
+}
+
+/// The Prometheus text (format 0.0.4) of everything this process's [`BusMetrics`] knows,
+/// without the consumer groups' backlog (which needs the brokers: [`encode_with_groups`]).
+pub fn encode(metrics: &Arc<BusMetrics>) -> String {
+    encode_into(metrics, Registry::default())
+}
+
+fn encode_into(metrics: &Arc<BusMetrics>, mut registry: Registry) -> String {
     let t = &metrics.telemetry;
     registry.register(
         "dualbus_alerts",
@@ -534,7 +634,13 @@ pub fn routes(metrics: Arc<BusMetrics>) -> axum::Router {
             "/metrics",
             get(move || {
                 let m = m1.clone();
-                async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], encode(&m)) }
+                async move {
+                    let groups = group_rows(&m).await;
+                    (
+                        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+                        encode_with_groups(&m, groups),
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

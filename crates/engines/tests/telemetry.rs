@@ -273,6 +273,16 @@ async fn metrics_count_what_was_published_and_handled_and_readiness_follows_the_
             0.0
         );
 
+        // Everything handled and acknowledged: the sink's group holds nothing on either stream.
+        for (bus, stream) in [
+            ("md", "dualbus:md:market_data"),
+            ("logic", "dualbus:logic:priority"),
+        ] {
+            let g = [("bus", bus), ("stream", stream), ("group", "sink")];
+            assert_eq!(sample(&m, "dualbus_group_lag_messages", &g), 0.0);
+            assert_eq!(sample(&m, "dualbus_pending_messages", &g), 0.0);
+        }
+
         // The MarketData bus goes down: not ready, and the body says which bus and why.
         md.set_available(false);
         let (code, body) = get(addr, "/readyz").await;

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use dualbus_bus::{BusId, Config, DualBus};
-use dualbus_core::transport::StreamKey;
+use dualbus_core::transport::{GroupBacklog, StreamKey};
 use dualbus_core::{
     Confirm, DeadLetter, Envelope, Health, PublishError, ReceiveError, SubscribeError,
     SubscribeSpec, Subscriber, Transport, TransportStats,
@@ -55,6 +55,9 @@ impl Transport for SlowHeartbeat {
     }
     async fn unread(&self, stream: &StreamKey) -> Result<u64, ReceiveError> {
         self.inner.unread(stream).await
+    }
+    async fn groups(&self, stream: &StreamKey) -> Result<Vec<GroupBacklog>, ReceiveError> {
+        self.inner.groups(stream).await
     }
     fn answered_since(&self, _at: Instant) -> bool {
         self.answering.load(Ordering::SeqCst)

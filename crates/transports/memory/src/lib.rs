@@ -18,7 +18,7 @@
 //! acknowledged (reliable) or passed (fast) them, or when the stream exceeds its `maxlen`.
 
 use async_trait::async_trait;
-use dualbus_core::transport::StreamKey;
+use dualbus_core::transport::{GroupBacklog, StreamKey};
 use dualbus_core::{
     AckError, Backpressure, Batch, Confirm, DeadLetter, Delivery, EntryId, Envelope, EnvelopeRef,
     Health, Mode, PublishError, ReceiveError, StartFrom, SubscribeError, SubscribeSpec, Subscriber,
@@ -565,6 +565,22 @@ impl Transport for MemoryTransport {
             .map(|g| g.backlog(st.next) as u64)
             .max()
             .unwrap_or(0))
+    }
+
+    async fn groups(&self, stream: &StreamKey) -> Result<Vec<GroupBacklog>, ReceiveError> {
+        let Some(s) = self.inner.streams.read().get(stream).cloned() else {
+            return Ok(Vec::new());
+        };
+        let st = s.state.lock();
+        Ok(st
+            .groups
+            .iter()
+            .map(|g| GroupBacklog {
+                group: g.name.to_string(),
+                pending: g.pel_live as u64,
+                lag: Some(st.next - g.cursor),
+            })
+            .collect())
     }
 
     fn stats(&self) -> TransportStats {

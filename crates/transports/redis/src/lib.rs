@@ -25,7 +25,7 @@ mod subscriber;
 mod writer;
 
 use async_trait::async_trait;
-use dualbus_core::transport::StreamKey;
+use dualbus_core::transport::{GroupBacklog, StreamKey};
 use dualbus_core::{
     Confirm, DeadLetter, Envelope, Health, Mode, PublishError, ReceiveError, SubscribeError,
     SubscribeSpec, Subscriber, Transport, TransportStats,
@@ -463,6 +463,21 @@ impl Transport for RedisTransport {
             .map(|g| g.lag.unwrap_or(1) + g.pending)
             .max()
             .unwrap_or(0))
+    }
+
+    async fn groups(&self, stream: &StreamKey) -> Result<Vec<GroupBacklog>, ReceiveError> {
+        let mut conn = self.inner.conn.clone();
+        let groups = reply::xinfo_groups(&mut conn, stream)
+            .await
+            .map_err(|e| ReceiveError::Unavailable(self.inner.describe(&e)))?;
+        Ok(groups
+            .into_iter()
+            .map(|g| GroupBacklog {
+                group: g.name,
+                pending: g.pending,
+                lag: g.lag,
+            })
+            .collect())
     }
 
     fn reported_down(&self) -> bool {
