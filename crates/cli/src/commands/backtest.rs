@@ -748,6 +748,15 @@ async fn settle(root: &DualBus, streams: &[(BusId, StreamKey)]) {
     }
 }
 
+/// A caution after a Sharpe ratio of few returns (under 30): its standard deviation, and so
+/// the ratio, is a rough estimate.
+pub(crate) fn few_returns(per: &Value) -> &'static str {
+    match per["returns"].as_u64() {
+        Some(n) if n < 30 => "; fewer than 30: a rough estimate",
+        _ => "",
+    }
+}
+
 /// How many fills of the trade log the summary prints.
 const SUMMARY_TRADES: usize = 10;
 
@@ -813,8 +822,9 @@ fn print_summary(r: &Value) {
     let sharpe =
         match (r["sharpe"]["annualized"].as_f64(), per["value"].as_f64()) {
             (Some(a), _) => format!(
-                "Sharpe {a:.2} (annualized from {} daily returns)",
-                per["returns"]
+                "Sharpe {a:.2} (annualized from {} daily returns{})",
+                per["returns"],
+                few_returns(per)
             ),
             (None, Some(v)) => {
                 format!(

@@ -101,7 +101,11 @@ pub(crate) fn page(report: &Value, ledger: &Ledger, tape: &PriceTape) -> anyhow:
         report["sharpe"]["annualized"].as_f64(),
         per["value"].as_f64(),
     ) {
-        (Some(a), _) => format!("{a:.2} (annualized from {} daily returns)", per["returns"]),
+        (Some(a), _) => format!(
+            "{a:.2} (annualized from {} daily returns{})",
+            per["returns"],
+            super::backtest::few_returns(per)
+        ),
         (None, Some(v)) => format!(
             "{v:.4} per {} period ({} returns; under two days of data, not annualized)",
             if per["period"] == "1m" {
