@@ -265,6 +265,22 @@ fn a_file_too_short_to_warm_up_is_said_so() {
         "{out}"
     );
     assert!(out.contains("fills 0"), "{out}");
+    // A quote file makes no bar at all: longer data would not help, and the sentence says why.
+    let quotes = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/truefx-usdjpy-quotes-2013-01.csv");
+    let (ok, out, err) = dualbus(&[
+        "backtest",
+        "--data",
+        quotes.to_str().unwrap(),
+        "--format",
+        "quotes",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("the data covers 35 min of quotes without trades")
+            && out.contains("builds its bars from trades"),
+        "{out}"
+    );
 }
 
 #[test]

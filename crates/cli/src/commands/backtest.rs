@@ -383,7 +383,8 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
         data["from"] = json!(tape.first_ts.map(iso8601));
         data["to"] = json!(tape.last_ts.map(iso8601));
         data["covers_s"] = json!(tape.covers_s());
-        let warm_up = warm_up_need.judge(&ledger.bars, tape.covers_s());
+        let has_trades = tape.symbols.values().any(|p| !p.trades.is_empty());
+        let warm_up = warm_up_need.judge(&ledger.bars, tape.covers_s(), has_trades);
         let trades: Vec<TradeLogEntry> = ledger.changes.iter().map(TradeLogEntry::from).collect();
         let mut round_trips = RoundTripTracker::default();
         for c in &ledger.changes {
@@ -676,11 +677,22 @@ impl WarmUpNeed {
 
     /// The report's `warm_up` section: the bars each symbol had, and in plain words whether
     /// the data was long enough for any symbol to trade.
-    fn judge(&self, bars: &BTreeMap<String, u64>, covers_s: f64) -> Value {
+    fn judge(&self, bars: &BTreeMap<String, u64>, covers_s: f64, has_trades: bool) -> Value {
         let most = bars.values().copied().max().unwrap_or(0);
         let enough = most >= u64::from(self.bars);
-        let note = (!enough).then(|| {
-            format!(
+        let note = match (enough, has_trades || most > 0) {
+            (true, _) => None,
+            // Longer data would not help: bars come from trades (or a provider's bars).
+            (false, false) => Some(format!(
+                "the data covers {} of quotes without trades: the Features engine builds its \
+                 bars from trades (or a provider's bars), so no symbol got a bar and the \
+                 strategy, which needs {} bars of {} s of a symbol, could not trade; give a \
+                 trade file, or --provider synthetic",
+                span(covers_s),
+                self.bars,
+                self.bar_secs
+            )),
+            (false, true) => Some(format!(
                 "the data covers {} ({most} bar{} of {} s at most per symbol): the strategy \
                  needs {} bars of {} s of a symbol before it trades (its ML model's first \
                  prediction waits for {}), so nothing could trade; give longer data, e.g. \
@@ -691,8 +703,8 @@ impl WarmUpNeed {
                 self.bars,
                 self.bar_secs,
                 self.feature
-            )
-        });
+            )),
+        };
         json!({
             "bars_needed": self.bars,
             "bar_secs": self.bar_secs,

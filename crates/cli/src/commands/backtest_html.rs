@@ -3,7 +3,7 @@
 //! the drawdown curve, each symbol's price with its fills, the P&L by symbol and the trade log.
 
 use super::backtest::{span, Ledger, PriceTape};
-use super::plot::{self, Line};
+use super::plot::{self, Line, XAxis};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -22,16 +22,19 @@ fn num(v: &Value, d: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The x axis: data time since the first event, in a unit that suits the span.
+/// The x axis: data time since the first event, in a unit that suits the span; every
+/// time chart spans the whole data, so they line up.
 struct TimeAxis {
     t0: u64,
+    t1: u64,
     unit_ns: f64,
-    desc: String,
+    axis: XAxis,
 }
 
 impl TimeAxis {
     fn new(tape: &PriceTape) -> TimeAxis {
         let t0 = tape.first_ts.unwrap_or(0);
+        let t1 = tape.last_ts.unwrap_or(t0);
         let covers = tape.covers_s();
         let (unit_ns, unit) = if covers < 3.0 * 3_600.0 {
             (60e9, "minutes")
@@ -40,15 +43,32 @@ impl TimeAxis {
         } else {
             (86_400e9, "days")
         };
+        let end = ((t1 - t0) as f64 / unit_ns).max(1e-3);
         TimeAxis {
             t0,
+            t1,
             unit_ns,
-            desc: format!("{unit} since {}", dualbus_engines::tearsheet::iso8601(t0)),
+            axis: XAxis {
+                desc: format!("{unit} since {}", dualbus_engines::tearsheet::iso8601(t0)),
+                range: -end * 0.01..end * 1.01,
+            },
         }
     }
 
     fn x(&self, ts: u64) -> f64 {
         (ts as f64 - self.t0 as f64) / self.unit_ns
+    }
+
+    /// `points` with the last value held until the end of the data (each update holds until
+    /// the next, the last until the end).
+    fn held(&self, mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+        let end = self.x(self.t1);
+        if let Some(&(x, y)) = points.last() {
+            if x < end {
+                points.push((end, y));
+            }
+        }
+        points
     }
 }
 
@@ -207,22 +227,22 @@ pub(crate) fn page(report: &Value, ledger: &Ledger, tape: &PriceTape) -> anyhow:
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    // Buy and hold at each update and at the end of the data.
     let hold: Vec<(f64, f64)> = ledger
         .equity
         .iter()
-        .filter_map(|p| {
+        .map(|p| p.0)
+        .chain(tape.last_ts)
+        .filter_map(|ts| {
             let ratios: Option<Vec<f64>> = held
                 .iter()
                 .map(|s| {
                     let prices = tape.symbols.get(*s)?.prices();
-                    Some(price_at(prices, p.0)? / prices.first()?.1)
+                    Some(price_at(prices, ts)? / prices.first()?.1)
                 })
                 .collect();
             let r = ratios.filter(|r| !r.is_empty())?;
-            Some((
-                axis.x(p.0),
-                initial * r.iter().sum::<f64>() / r.len() as f64,
-            ))
+            Some((axis.x(ts), initial * r.iter().sum::<f64>() / r.len() as f64))
         })
         .collect();
     h.push_str("<h2>Equity and drawdown</h2>\n");
@@ -231,12 +251,12 @@ pub(crate) fn page(report: &Value, ledger: &Ledger, tape: &PriceTape) -> anyhow:
             "Equity: strategy (blue), buy and hold of {} (orange)",
             held.join(", ")
         ),
-        &axis.desc,
+        &axis.axis,
         "equity",
         &[
             Line {
                 name: "strategy".into(),
-                points: equity,
+                points: axis.held(equity),
             },
             Line {
                 name: format!("buy and hold ({})", held.join(", ")),
@@ -251,11 +271,11 @@ pub(crate) fn page(report: &Value, ledger: &Ledger, tape: &PriceTape) -> anyhow:
         .collect();
     h.push_str(&plot::lines(
         "Drawdown (% below the running peak)",
-        &axis.desc,
+        &axis.axis,
         "drawdown, %",
         &[Line {
             name: "drawdown".into(),
-            points: drawdown,
+            points: axis.held(drawdown),
         }],
     )?);
 
@@ -279,7 +299,7 @@ pub(crate) fn page(report: &Value, ledger: &Ledger, tape: &PriceTape) -> anyhow:
                 buys.len(),
                 sells.len()
             ),
-            &axis.desc,
+            &axis.axis,
             &line,
             &buys,
             &sells,

@@ -24,6 +24,12 @@ pub(crate) const PALETTE: [RGBColor; 6] = [
 const BUY: RGBColor = RGBColor(0, 150, 60);
 const SELL: RGBColor = RGBColor(215, 25, 28);
 
+/// A shared x axis: its title and range.
+pub(crate) struct XAxis {
+    pub(crate) desc: String,
+    pub(crate) range: std::ops::Range<f64>,
+}
+
 /// One named line.
 pub(crate) struct Line {
     pub(crate) name: String,
@@ -71,7 +77,7 @@ fn padded(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 /// data: the caller names the colours in the title).
 pub(crate) fn lines(
     title: &str,
-    x_desc: &str,
+    x: &XAxis,
     y_desc: &str,
     lines: &[Line],
 ) -> anyhow::Result<String> {
@@ -85,11 +91,11 @@ pub(crate) fn lines(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(80)
-            .build_cartesian_2d(padded(all().map(|p| p.0)), padded(all().map(|p| p.1)))
+            .build_cartesian_2d(x.range.clone(), padded(all().map(|p| p.1)))
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc(x_desc)
+            .x_desc(x.desc.as_str())
             .y_desc(y_desc)
             .light_line_style(WHITE.mix(0.0))
             .draw()
@@ -109,7 +115,7 @@ pub(crate) fn lines(
 /// triangles) marked at their fill price; no legend box (the caller's title says it).
 pub(crate) fn price_with_fills(
     title: &str,
-    x_desc: &str,
+    x: &XAxis,
     prices: &[(f64, f64)],
     buys: &[(f64, f64)],
     sells: &[(f64, f64)],
@@ -124,11 +130,11 @@ pub(crate) fn price_with_fills(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(80)
-            .build_cartesian_2d(padded(all().map(|p| p.0)), padded(all().map(|p| p.1)))
+            .build_cartesian_2d(x.range.clone(), padded(all().map(|p| p.1)))
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_desc(x_desc)
+            .x_desc(x.desc.as_str())
             .y_desc("price")
             .light_line_style(WHITE.mix(0.0))
             .draw()
