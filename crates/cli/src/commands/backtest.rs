@@ -7,9 +7,10 @@
 //! lockstep on one thread: the hub lets one event out (a [`FeedGate`] permit), then waits until
 //! every engine has handled everything that event caused (no group of any stream holds an
 //! entry it has not handled), then the next. Within one event's cascade, messages are handled
-//! in the order they were caused. Nothing follows the wall clock (readers park without
-//! spinning; the redelivery sweep and the heartbeats are set to a day: each engine sends its
-//! first and its last heartbeat only). So the same input gives a byte-identical JSON report,
+//! in the order they were caused. Nothing that follows the wall clock changes what happens
+//! (readers park without spinning; with an idle timeout of a day the redelivery sweep finds
+//! nothing due, and the once-a-second wake-up of an idle reader changes nothing; the
+//! heartbeats are set to a day: each engine sends its first and its last heartbeat only). So the same input gives a byte-identical JSON report,
 //! except its top-level `wall_clock` section, which holds every figure that depends on the
 //! machine (elapsed time, rates, delivery latency). The synthetic market is generated from its
 //! seed, so the same seed and flags give the same report too.
@@ -263,8 +264,9 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
     let warm_up_need = WarmUpNeed::from_settings(&settings);
     let mut cfg = global.config()?;
     cfg.transport = "memory".into();
-    // No wake-up that follows the wall clock: an idle reader parks at once (no spin) and the
-    // redelivery sweep (a quarter of the idle timeout) does not come round in a backtest.
+    // Nothing that follows the wall clock changes the run: an idle reader parks at once (no
+    // spin), and with an idle timeout of a day the redelivery sweep (each reader wakes at least
+    // once a second for it) never finds anything due.
     cfg.memory.spin_us = Some(0);
     cfg.delivery.idle_timeout_ms = 24 * 3_600_000;
     // Critical messages too are handled on this one thread, in the same order every time.
