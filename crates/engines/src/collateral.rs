@@ -408,6 +408,7 @@ impl Engine for CollateralEngine {
                     .map_err(|e| bad("portfolio update", e))?;
                 if let Some(call) = self.model.on_update(&u) {
                     let topic = format!("margin_call.{}", call.account);
+                    ctx.count_alert("margin_call", "margin_utilization");
                     // The crossing is recorded now; a failed publish is logged, not retried
                     // (a redelivered update no longer crosses).
                     if let Err(e) = ctx

@@ -229,6 +229,26 @@ impl EngineContext {
         self.counts.lock().clone()
     }
 
+    /// The process's metrics, when the host was given them ([`HostOptions::metrics`]).
+    pub fn metrics(&self) -> Option<&Arc<BusMetrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Counts one alert for `/metrics` (`dualbus_alerts_total{kind,rule}`); nothing without
+    /// metrics.
+    pub fn count_alert(&self, kind: &str, rule: &str) {
+        if let Some(m) = &self.metrics {
+            m.trading().alert(kind, rule);
+        }
+    }
+
+    /// Sets the portfolio's equity for `/metrics` (`dualbus_equity`); nothing without metrics.
+    pub fn set_equity(&self, equity: f64) {
+        if let Some(m) = &self.metrics {
+            m.trading().set_equity(equity);
+        }
+    }
+
     fn count_published<'a>(&self, kinds: impl Iterator<Item = &'a EventKind>) {
         let mut c = self.counts.lock();
         // Runs of one kind (a batch of market data) count with one map lookup.
@@ -482,6 +502,14 @@ impl EngineHost {
             metrics: opts.metrics.clone(),
             times,
         };
+        if let Some(m) = &opts.metrics {
+            m.attach(
+                ctx.times.clone(),
+                ctx.counts.clone(),
+                bus.clone(),
+                opts.health_every,
+            );
+        }
         engine.start(&ctx).await?;
         let interests = engine.subscriptions();
         let timers = engine.timers();
@@ -590,6 +618,7 @@ async fn heartbeat(
         latency: Some(ctx.times.take_window()),
     };
     let topic = format!("engine_health.{}", ctx.name);
+    ctx.times.beat();
     if let Err(e) = ctx
         .publish(EventKind::EngineHealth, &topic, Priority::Low, &health)
         .await

@@ -492,6 +492,7 @@ impl Engine for EnhancedVpinEngine {
         if let Some(a) = alert {
             self.published += 1;
             let topic = format!("flash_crash_alert.{}", a.symbol);
+            ctx.count_alert("flash_crash_alert", a.rule.as_str());
             // Counted now; a failed publish is logged, not retried (a redelivery would feed
             // the same data twice).
             if let Err(e) = ctx

@@ -765,6 +765,62 @@ async fn publish_execution(ctx: &EngineContext, x: &Execution) {
     }
 }
 
+/// The hub's counters on `/metrics` (see [`crate::telemetry`]).
+struct HubCollector(Arc<Shared>);
+
+impl std::fmt::Debug for HubCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HubCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for HubCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::MetricType;
+        let s = self.0.stats();
+        let rejected: u64 = s.rejected.values().sum();
+        // (name, help, counts by result)
+        type Family<'a> = (&'a str, &'a str, Vec<(&'a str, u64)>);
+        let families: [Family; 4] = [
+            (
+                "dualbus_hub_requests",
+                "Snapshot and history requests the hub answered, by result",
+                vec![("hit", s.hits), ("miss", s.misses), ("bad", s.bad_requests)],
+            ),
+            (
+                "dualbus_hub_upstream_calls",
+                "History calls the hub made to its provider, by result",
+                vec![
+                    ("ok", s.upstream_calls.saturating_sub(s.upstream_errors)),
+                    ("error", s.upstream_errors),
+                ],
+            ),
+            (
+                "dualbus_hub_market_data",
+                "Market data through the hub's validator, by result",
+                vec![("accepted", s.accepted), ("rejected", rejected)],
+            ),
+            (
+                "dualbus_venue_orders",
+                "Orders the hub's paper venue handled, by result",
+                vec![("filled", s.venue.fills), ("rejected", s.venue.rejects)],
+            ),
+        ];
+        for (name, help, rows) in families {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (result, n) in rows {
+                ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Engine for MarketDataHub {
     fn name(&self) -> &'static str {
@@ -776,6 +832,9 @@ impl Engine for MarketDataHub {
     }
 
     async fn ready(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
+        if let Some(m) = ctx.metrics() {
+            m.add_collector(Arc::new(HubCollector(self.shared.clone())));
+        }
         self.feed = Some(tokio::spawn(feed(
             self.shared.clone(),
             ctx.clone(),

@@ -23,6 +23,8 @@
 //! * [`provider`]: the `Provider` trait; `synthetic`, `replay` and `binance` providers.
 //! * [`hub`]: the MarketData hub: normalizes and publishes provider data, snapshot and
 //!   history caches, coalescing of identical history requests, request/reply.
+//! * [`telemetry`]: `/metrics` (Prometheus), `/healthz` and `/readyz` of a process, and the
+//!   HTTP server they and the dashboard run on.
 //! * [`system`]: every engine by name with the settings `dualbus run` uses; start and stop
 //!   them together.
 //! * [`venue`]: the paper venue inside the hub (fills `order_request`s against the latest
@@ -67,6 +69,7 @@ pub mod risk;
 pub mod strategy;
 pub mod system;
 pub mod tearsheet;
+pub mod telemetry;
 pub mod venue;
 pub mod vpin;
 pub mod websocket;

@@ -56,6 +56,95 @@ fn ns_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_NS, 2).expect("valid bounds")
 }
 
+/// Upper bounds of the buckets of the Prometheus histograms (`/metrics`), seconds: about
+/// 2.5x apart from 10 µs to 10 s.
+pub const PROM_BUCKETS_S: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// [`PROM_BUCKETS_S`] in nanoseconds.
+const PROM_BOUNDS_NS: [u64; 19] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A cumulative histogram with the fixed buckets of [`PROM_BUCKETS_S`], as Prometheus scrapes
+/// it: counts since the start, never reset (a rate over them is the recent figure).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Buckets {
+    /// Per bucket of [`PROM_BUCKETS_S`], then one for larger values (not cumulative).
+    pub counts: [u64; 20],
+    /// Sum of the recorded values, nanoseconds.
+    pub sum_ns: u128,
+    /// Values recorded.
+    pub count: u64,
+}
+
+impl Buckets {
+    /// Records one value in nanoseconds.
+    pub fn record_ns(&mut self, ns: u64) {
+        // The first bucket whose bound is >= ns (Prometheus buckets are `le`).
+        let i = PROM_BOUNDS_NS.partition_point(|b| *b < ns);
+        self.counts[i] += 1;
+        self.sum_ns += ns as u128;
+        self.count += 1;
+    }
+
+    /// Adds another histogram's counts.
+    pub fn add(&mut self, other: &Buckets) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+        self.count += other.count;
+    }
+
+    /// `(upper bound in seconds, count)` per bucket, the last one `+Inf`, as
+    /// `prometheus_client`'s histogram encoder takes them (not cumulative).
+    pub fn prometheus(&self) -> Vec<(f64, u64)> {
+        PROM_BUCKETS_S
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts)
+            .collect()
+    }
+
+    /// The sum in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_ns as f64 / 1e9
+    }
+}
+
+/// One engine's figures since its start, for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineTotals {
+    /// Delivery latency, per bus (MarketData, Engine Logic) and lane ([`LaneId::ALL`] order).
+    pub delivery: [[Buckets; 3]; 2],
+    /// Handler time per message.
+    pub handler: Buckets,
+    /// Queue wait per message.
+    pub queue: Buckets,
+}
+
 /// The lane a message travels on, as the latency figures separate them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LaneId {
@@ -80,7 +169,8 @@ impl LaneId {
         }
     }
 
-    fn index(self) -> usize {
+    /// Its position in [`LaneId::ALL`].
+    pub fn index(self) -> usize {
         self as usize
     }
 
@@ -243,6 +333,8 @@ struct EngineRecord {
     steady_kinds: HashMap<EventKind, Histogram<u64>>,
     /// Since the start, per bus (their lengths are the delivered counts).
     bus_total: [Histogram<u64>; 2],
+    /// Since the start, in Prometheus buckets.
+    totals: EngineTotals,
 }
 
 /// One engine's handler time, queue wait and delivery latency (see the module doc).
@@ -252,6 +344,8 @@ pub struct EngineTimes {
     started: Instant,
     warmup: Duration,
     record: Mutex<EngineRecord>,
+    /// When the engine last sent its heartbeat, ms since `started` (`u64::MAX`: never).
+    last_beat_ms: AtomicU64,
 }
 
 /// One delivery, as [`EngineTimes::record_message`] takes it.
@@ -286,8 +380,33 @@ impl EngineTimes {
                 warmup_lanes: [histogram(), histogram(), histogram()],
                 steady_kinds: HashMap::new(),
                 bus_total: [histogram(), histogram()],
+                totals: EngineTotals::default(),
             }),
+            last_beat_ms: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Notes that the engine sent its heartbeat now.
+    pub fn beat(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_beat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the engine's last heartbeat (`None`: none sent yet).
+    pub fn since_beat(&self) -> Option<Duration> {
+        match self.last_beat_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms)),
+            ),
+        }
+    }
+
+    /// Figures since the start, in Prometheus buckets.
+    pub fn totals(&self) -> EngineTotals {
+        self.record.lock().totals.clone()
     }
 
     /// The engine.
@@ -315,6 +434,9 @@ impl EngineTimes {
         let _ = r.status.lanes[lane].record(us);
         let _ = r.status.buses[bus].record(us);
         let _ = r.bus_total[bus].record(us);
+        r.totals.delivery[bus][lane].record_ns(us.saturating_mul(1000));
+        r.totals.handler.record_ns(handler);
+        r.totals.queue.record_ns(queue);
         if steady {
             r.steady.record(queue, handler);
             let _ = r.steady_lanes[lane].record(us);
@@ -381,6 +503,8 @@ pub struct BusMetrics {
     warmup: Duration,
     published: [AtomicU64; 2],
     engines: Mutex<Vec<Arc<EngineTimes>>>,
+    /// What `/metrics` and `/readyz` read besides the times (see [`crate::telemetry`]).
+    pub(crate) telemetry: crate::telemetry::Telemetry,
 }
 
 impl Default for BusMetrics {
@@ -468,7 +592,18 @@ impl BusMetrics {
             warmup,
             published: Default::default(),
             engines: Mutex::new(Vec::new()),
+            telemetry: Default::default(),
         }
+    }
+
+    /// Counters of trading events (alerts, equity) that `/metrics` exposes.
+    pub fn trading(&self) -> &crate::telemetry::TradingMetrics {
+        &self.telemetry.trading
+    }
+
+    /// The engines' times, in the order they started.
+    pub fn engine_times(&self) -> Vec<Arc<EngineTimes>> {
+        self.engine_list()
     }
 
     /// The warm-up length.

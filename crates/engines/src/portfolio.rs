@@ -561,6 +561,7 @@ impl PortfolioEngine {
         u: &PortfolioUpdate,
     ) -> Result<Envelope, dualbus_bus::BusError> {
         let topic = format!("portfolio_update.{}", u.account);
+        ctx.set_equity(u.equity);
         ctx.bus()
             .envelope(EventKind::PortfolioUpdate, &topic, Priority::Normal, u)
     }

@@ -1132,6 +1132,7 @@ impl RiskEngine {
 
 async fn publish_alert(ctx: &EngineContext, a: &RiskAlert) {
     let topic = format!("risk_alert.{}", a.symbol.as_deref().unwrap_or("book"));
+    ctx.count_alert("risk_alert", &a.rule);
     if let Err(e) = ctx
         .publish(EventKind::RiskAlert, &topic, Priority::Critical, a)
         .await

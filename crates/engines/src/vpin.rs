@@ -387,6 +387,7 @@ impl VpinEngine {
                         b.vpin, b.bucket, b.percentile, self.params.cdf_threshold
                     ),
                 };
+                ctx.count_alert("toxicity_alert", "vpin_percentile");
                 ctx.publish(
                     EventKind::ToxicityAlert,
                     &format!("toxicity_alert.{}", b.symbol),

@@ -23,22 +23,36 @@
 //!
 //!   `prices` and `traffic` frames go to every client whatever its `kinds`: they are
 //!   rate-limited already, and every view needs them.
+//! * `GET /assets/uplot.js`, `/assets/uplot.css`: the chart library the page uses (uPlot,
+//!   vendored: the page loads nothing from elsewhere).
 //! * `GET /health`: `{"status":"ok","engine":"websocket","clients":n,"uptime_s":x,
 //!   "messages":{kind:n},"engines":{name:{"status","uptime_s"}},"frames_sent":n,
 //!   "frames_dropped":n}`.
 //! * `GET /api/state`: the snapshot (prices, portfolio, the last 50 alerts and strategy
 //!   signals, traffic, engines).
 //!
-//! Anything else is a 404. Each connection serves one request (`Connection: close`).
+//! * `GET /metrics`, `/healthz`, `/readyz`: when the engine runs with the process's metrics
+//!   (in `dualbus run` and `dualbus engine websocket`), the process's Prometheus metrics,
+//!   liveness and readiness ([`crate::telemetry`]).
 //!
-//! The server is `serve(listener, feed, shutdown)` with a task per connection; on
-//! [`Engine::stop`] every task hears the shutdown signal, WebSocket clients get a close frame
-//! (`1001 going away`), and stop waits until every task has finished.
+//! Anything else is a 404 naming the path; a method other than GET a 405. HTTP/1.1 with
+//! keep-alive, on axum's router over hyper's server ([`telemetry::serve`]: a request head of
+//! at most 16 KiB, sent within 10 s). At most [`WebSocketParams::max_clients`] WebSocket
+//! clients at once; one more is answered 503 naming the setting.
+//!
+//! On [`Engine::stop`] the server stops accepting, open requests finish, WebSocket clients get
+//! a close frame (`1001 going away`), and stop waits until every client's task has finished.
 
 use crate::engine::{Engine, EngineContext, EngineError, EngineHealth, Interest, Timer};
 use crate::market::Quote;
+use crate::metrics::BusMetrics;
+use crate::telemetry::{self, stopping};
 use async_trait::async_trait;
-use dualbus_bus::HandlerError;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use dualbus_bus::{BusId, HandlerError};
 use dualbus_core::Envelope;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -49,8 +63,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -61,7 +75,7 @@ use tokio_tungstenite::WebSocketStream;
 
 /// The kinds a client can ask for in `/ws?kinds=`: every kind the engine reads except
 /// `market_data`, whose quotes reach clients only as coalesced `prices` frames.
-pub const FEED_KINDS: [&str; 13] = [
+pub const FEED_KINDS: [&str; 14] = [
     "portfolio_update",
     "position_change",
     "strategy_signal",
@@ -75,6 +89,7 @@ pub const FEED_KINDS: [&str; 13] = [
     "vpin_calculation",
     "engine_health",
     "trade_execution",
+    "order_request",
 ];
 
 /// Kinds kept in the snapshot's `alerts`.
@@ -88,14 +103,62 @@ const ALERT_KINDS: [&str; 4] = [
 /// Alerts and strategy signals kept for the snapshot.
 const KEPT: usize = 50;
 
+/// Fills and orders kept for the snapshot.
+const KEPT_TRADES: usize = 200;
+
+/// Points of the equity curve kept (one per second of wall time at most).
+const EQUITY_POINTS: usize = 1_800;
+
+/// Points of price history kept per symbol (one per second of wall time at most).
+const PRICE_POINTS: usize = 600;
+
+/// Per bus (MarketData, Engine Logic): messages seen since the start and their rate.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct BusTraffic {
+    total: u64,
+    rate: f64,
+    #[serde(skip)]
+    at_last_tick: u64,
+}
+
+/// Alerts of one kind and rule: how many, and the latest.
+#[derive(Debug, Clone, Serialize)]
+struct AlertRule {
+    kind: String,
+    rule: String,
+    count: u64,
+    last_ts: u64,
+    last_symbol: Option<String>,
+    last_reason: String,
+}
+
+/// The rule of an alert payload (`rule`, else the kind's own).
+fn alert_rule(kind: &str, payload: &Value) -> String {
+    match payload.get("rule").and_then(Value::as_str) {
+        Some(r) => r.to_string(),
+        None => match kind {
+            "toxicity_alert" => "vpin_percentile".into(),
+            "margin_call" => "margin_utilization".into(),
+            k => k.to_string(),
+        },
+    }
+}
+
+/// Pushes `v` to a bounded queue, dropping the oldest.
+fn push_bounded<T>(q: &mut VecDeque<T>, v: T, cap: usize) {
+    if q.len() >= cap {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
 /// The live page, served at `/`.
 const PAGE: &str = include_str!("websocket_page.html");
 
-/// Longest request head accepted.
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
-
-/// How long a connection may take to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The chart library the page uses: uPlot 1.6.32 (MIT), vendored from the npm registry (see
+/// `assets/uplot/README.md`), served at `/assets/uplot.js` and `/assets/uplot.css`.
+const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
 
 /// How long a client gets to take its close frame on stop.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -115,6 +178,8 @@ pub struct WebSocketParams {
     pub price_every_ms: u64,
     /// Frames queued per client; a slower client loses its oldest and is told how many.
     pub client_queue: usize,
+    /// WebSocket clients served at once; one more is answered 503.
+    pub max_clients: usize,
 }
 
 impl Default for WebSocketParams {
@@ -135,6 +200,7 @@ impl Default for WebSocketParams {
             .collect(),
             price_every_ms: 250,
             client_queue: 1024,
+            max_clients: 64,
         }
     }
 }
@@ -170,6 +236,9 @@ impl WebSocketParams {
         }
         if self.client_queue == 0 {
             out.push("client_queue must be at least 1".into());
+        }
+        if self.max_clients == 0 {
+            out.push("max_clients must be at least 1".into());
         }
         out
     }
@@ -486,6 +555,20 @@ struct FeedState {
     engines: BTreeMap<String, EngineSeen>,
     clients: Vec<Arc<Client>>,
     next_client: u64,
+    /// `[data time ms, equity, drawdown]`, sampled once a second.
+    equity_curve: VecDeque<[f64; 3]>,
+    /// Per symbol `[data time ms, mid]`, sampled once a second.
+    price_history: BTreeMap<String, VecDeque<[f64; 2]>>,
+    /// The latest `trade_execution` payloads.
+    fills: VecDeque<Value>,
+    /// The latest `order_request` payloads.
+    orders: VecDeque<Value>,
+    /// Alerts by (kind, rule).
+    alert_rules: BTreeMap<(String, String), AlertRule>,
+    /// What halts trading now: the risk engine's circuit breaker, the strategy's halted
+    /// symbols (from their heartbeats).
+    halts: Value,
+    buses: [BusTraffic; 2],
 }
 
 impl FeedState {
@@ -499,7 +582,79 @@ impl FeedState {
         m.insert("engines".into(), json!(self.engines));
         m.insert("clients".into(), json!(self.clients.len()));
         m.insert("uptime_s".into(), json!(uptime_s));
+        m.insert("equity_curve".into(), json!(self.equity_curve));
+        m.insert("price_history".into(), json!(self.price_history));
+        m.insert("fills".into(), json!(self.fills));
+        m.insert("orders".into(), json!(self.orders));
+        self.live_summary(&mut m);
         m
+    }
+
+    /// What the snapshot and every `traffic` frame carry: alerts by rule, halts, per-bus
+    /// traffic and per-lane latency.
+    fn live_summary(&self, m: &mut Map<String, Value>) {
+        m.insert(
+            "alert_rules".into(),
+            json!(self.alert_rules.values().collect::<Vec<_>>()),
+        );
+        m.insert("halts".into(), self.halts.clone());
+        m.insert(
+            "buses".into(),
+            json!({"md": self.buses[0], "logic": self.buses[1]}),
+        );
+        m.insert("lanes".into(), self.lanes());
+    }
+
+    /// Per lane, over the engines' last heartbeats: the median of their p50 and the worst
+    /// p99 of delivery latency, microseconds.
+    fn lanes(&self) -> Value {
+        let mut out = Map::new();
+        for lane in crate::metrics::LaneId::ALL {
+            let mut p50: Vec<f64> = Vec::new();
+            let mut p99: Option<f64> = None;
+            for e in self.engines.values() {
+                let Some(p) = e
+                    .latency
+                    .as_ref()
+                    .and_then(|l| l.delivery.get(lane.as_str()))
+                else {
+                    continue;
+                };
+                if let Some(x) = p.p50_us {
+                    p50.push(x);
+                }
+                if let Some(x) = p.p99_us {
+                    p99 = Some(p99.map_or(x, |y: f64| y.max(x)));
+                }
+            }
+            p50.sort_by(f64::total_cmp);
+            let median = (!p50.is_empty()).then(|| p50[p50.len() / 2]);
+            out.insert(
+                lane.as_str().into(),
+                json!({"p50_us": median, "p99_us": p99}),
+            );
+        }
+        Value::Object(out)
+    }
+
+    /// Adds a point to the equity curve and to each symbol's price history when they moved
+    /// on in data time (called once a second).
+    fn sample_history(&mut self) {
+        let p = &self.portfolio["payload"];
+        if let (Some(ts), Some(eq)) = (p["ts"].as_u64(), p["equity"].as_f64()) {
+            let t = (ts / 1_000_000) as f64;
+            if self.equity_curve.back().is_none_or(|l| l[0] < t) {
+                let dd = p["drawdown"].as_f64().unwrap_or(0.0);
+                push_bounded(&mut self.equity_curve, [t, eq, dd], EQUITY_POINTS);
+            }
+        }
+        for (sym, level) in &self.prices.latest {
+            let t = (level.ts / 1_000_000) as f64;
+            let h = self.price_history.entry(sym.clone()).or_default();
+            if h.back().is_none_or(|l| l[0] < t) {
+                push_bounded(h, [t, level.mid], PRICE_POINTS);
+            }
+        }
     }
 
     fn wanted(&self, kind: &str) -> bool {
@@ -530,6 +685,13 @@ impl Feed {
                 engines: BTreeMap::new(),
                 clients: Vec::new(),
                 next_client: 0,
+                equity_curve: VecDeque::new(),
+                price_history: BTreeMap::new(),
+                fills: VecDeque::new(),
+                orders: VecDeque::new(),
+                alert_rules: BTreeMap::new(),
+                halts: json!({"breaker": null, "halted": []}),
+                buses: Default::default(),
             }),
             default_kinds: KindFilter::from_names(p.kinds_default.iter().map(|k| k.as_str()))?,
             client_queue: p.client_queue,
@@ -561,10 +723,22 @@ impl Feed {
         }
     }
 
+    /// A message as the unit tests give it: its bus by its kind's default route.
+    #[cfg(test)]
     fn on_message(&self, msg: &Envelope) {
+        let bus = if msg.kind == dualbus_core::EventKind::MarketData {
+            BusId::MarketData
+        } else {
+            BusId::Logic
+        };
+        self.on_message_on(msg, bus)
+    }
+
+    fn on_message_on(&self, msg: &Envelope, bus: BusId) {
         let kind = msg.kind.as_str();
         let mut st = self.state.lock();
         st.traffic.count(kind);
+        st.buses[bus.index()].total += 1;
         if kind == "market_data" {
             // Only quotes are subscribed; anything else under market_data is counted only.
             if msg.topic.as_str().starts_with("market_data.quote.") {
@@ -578,13 +752,25 @@ impl Feed {
         if kind == "engine_health" {
             match msg.enc.decode::<EngineHealth>(&msg.payload) {
                 Ok(h) => {
+                    match h.engine.as_str() {
+                        "risk" => st.halts["breaker"] = h.details["breaker"].clone(),
+                        "strategy" => {
+                            st.halts["halted"] =
+                                h.details.get("halted").cloned().unwrap_or(json!([]))
+                        }
+                        _ => {}
+                    }
                     st.engines.insert(h.engine.clone(), h.into());
                 }
                 Err(e) => tracing::debug!(topic = %msg.topic, error = %e, "bad engine_health"),
             }
         }
         let is_alert = ALERT_KINDS.contains(&kind);
-        let keep = is_alert || kind == "strategy_signal" || kind == "portfolio_update";
+        let keep = is_alert
+            || kind == "strategy_signal"
+            || kind == "portfolio_update"
+            || kind == "trade_execution"
+            || kind == "order_request";
         let wanted = st.wanted(kind);
         if !keep && !wanted {
             return; // nobody to tell: skip decoding
@@ -593,6 +779,31 @@ impl Feed {
             tracing::debug!(topic = %msg.topic, error = %e, "undecodable payload");
             Value::Null
         });
+        if is_alert {
+            let rule = alert_rule(kind, &payload);
+            let e = st
+                .alert_rules
+                .entry((kind.to_string(), rule.clone()))
+                .or_insert_with(|| AlertRule {
+                    kind: kind.to_string(),
+                    rule,
+                    count: 0,
+                    last_ts: 0,
+                    last_symbol: None,
+                    last_reason: String::new(),
+                });
+            e.count += 1;
+            e.last_ts = msg.ts;
+            e.last_symbol = payload
+                .get("symbol")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            e.last_reason = payload
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+        }
         let value = message_value(msg, payload);
         if wanted {
             self.fan_out(&st.clients, Some(kind), value.to_string());
@@ -600,6 +811,14 @@ impl Feed {
         let kept = match kind {
             "portfolio_update" => {
                 st.portfolio = value;
+                return;
+            }
+            "trade_execution" => {
+                push_bounded(&mut st.fills, value, KEPT_TRADES);
+                return;
+            }
+            "order_request" => {
+                push_bounded(&mut st.orders, value, KEPT_TRADES);
                 return;
             }
             "strategy_signal" => &mut st.signals,
@@ -621,7 +840,16 @@ impl Feed {
 
     fn tick_traffic(&self) {
         let mut st = self.state.lock();
-        st.traffic.tick(Instant::now());
+        let now = Instant::now();
+        let secs = now.duration_since(st.traffic.last_tick).as_secs_f64();
+        st.traffic.tick(now);
+        if secs > 0.0 {
+            for b in st.buses.iter_mut() {
+                b.rate = (b.total - b.at_last_tick) as f64 / secs;
+                b.at_last_tick = b.total;
+            }
+        }
+        st.sample_history();
         if st.clients.is_empty() {
             return;
         }
@@ -633,6 +861,7 @@ impl Feed {
         m.insert("engines".into(), json!(st.engines));
         m.insert("clients".into(), json!(st.clients.len()));
         m.insert("uptime_s".into(), json!(self.uptime_s()));
+        st.live_summary(&mut m);
         self.fan_out(&st.clients, None, Value::Object(m).to_string());
     }
 
@@ -700,240 +929,188 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// The parts of a request head the routes look at.
-#[derive(Debug)]
-struct Request {
-    method: String,
-    path: String,
-    query: Option<String>,
-    headers: Vec<(String, String)>,
+/// The server's shared state, as every route sees it.
+#[derive(Clone)]
+struct App {
+    feed: Arc<Feed>,
+    shutdown: watch::Receiver<bool>,
+    /// The WebSocket clients' tasks (they leave the HTTP server once upgraded); stop waits
+    /// for them.
+    clients: Arc<Mutex<JoinSet<()>>>,
+    /// Clients connected or being connected.
+    open: Arc<AtomicU64>,
+    max_clients: usize,
 }
 
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses a complete request head; `Ok(None)` when more bytes are needed. On success also
-/// returns the head's length (anything after it belongs to the WebSocket).
-fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("bad request: {e}")),
+/// Checks a `/ws` request: the kinds it asks for and the WebSocket handshake. On success the
+/// `Sec-WebSocket-Accept` value and the filter; else the status and text to answer with.
+fn check_upgrade(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    default: &KindFilter,
+) -> Result<(String, KindFilter), (StatusCode, String)> {
+    let bad = |m: String| Err((StatusCode::BAD_REQUEST, m + "\n"));
+    let kinds = match parse_kinds(query, default) {
+        Ok(k) => k,
+        Err(e) => return bad(e),
     };
-    let target = req.path.unwrap_or("/");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_string())),
-        None => (target, None),
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let upgrade = header(header::UPGRADE).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let (true, Some(key)) = (upgrade, header(header::SEC_WEBSOCKET_KEY)) else {
+        return bad("/ws expects a WebSocket upgrade request".into());
     };
-    Ok(Some((
-        Request {
-            method: req.method.unwrap_or("").to_string(),
-            path: path.to_string(),
-            query,
-            headers: req
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect(),
-        },
-        n,
-    )))
+    if header(header::SEC_WEBSOCKET_VERSION) != Some("13") {
+        return bad("/ws speaks WebSocket version 13 only".into());
+    }
+    Ok((derive_accept_key(key.trim().as_bytes()), kinds))
 }
 
-/// Reads one request head; returns it and the bytes read past it.
-async fn read_request(stream: &mut TcpStream) -> Result<(Request, Vec<u8>), String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err("connection closed before the request head ended".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some((req, len)) = parse_request(&buf)? {
-            return Ok((req, buf.split_off(len)));
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            return Err(format!("request head longer than {MAX_REQUEST_HEAD} bytes"));
-        }
-    }
+fn json_response(v: Value) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        v.to_string(),
+    )
+        .into_response()
 }
 
-/// What to answer.
-#[derive(Debug)]
-enum Reply {
-    /// A plain response.
-    Http {
-        status: u16,
-        content_type: &'static str,
-        body: String,
-    },
-    /// Switch to the WebSocket protocol with this filter.
-    Upgrade { accept: String, kinds: KindFilter },
-}
-
-impl Reply {
-    fn text(status: u16, body: impl Into<String>) -> Reply {
-        Reply::Http {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-        }
+/// `GET /ws`: upgrades to WebSocket (through hyper, so the connection speaks the same
+/// tokio-tungstenite as the Binance client) and feeds the client until it leaves or the
+/// server stops.
+async fn ws_route(State(app): State<App>, mut req: axum::extract::Request) -> Response {
+    let (accept, kinds) =
+        match check_upgrade(req.headers(), req.uri().query(), &app.feed.default_kinds) {
+            Ok(ok) => ok,
+            Err(reply) => return reply.into_response(),
+        };
+    // Counted before the answer, so a burst of connections cannot pass the limit together.
+    let open = app.open.fetch_add(1, Ordering::SeqCst) as usize;
+    if open >= app.max_clients {
+        app.open.fetch_sub(1, Ordering::SeqCst);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} clients are connected, the most this dashboard serves; \
+                 set websocket.max_clients\n",
+                app.max_clients
+            ),
+        )
+            .into_response();
     }
-
-    fn json(v: Value) -> Reply {
-        Reply::Http {
-            status: 200,
-            content_type: "application/json",
-            body: v.to_string(),
-        }
-    }
-}
-
-fn route(req: &Request, feed: &Feed) -> Reply {
-    if req.method != "GET" {
-        return Reply::text(405, format!("{} is not allowed; use GET\n", req.method));
-    }
-    match req.path.as_str() {
-        "/" => Reply::Http {
-            status: 200,
-            content_type: "text/html; charset=utf-8",
-            body: PAGE.to_string(),
-        },
-        "/health" => Reply::json(feed.health_json()),
-        "/api/state" => Reply::json(feed.state_json()),
-        "/ws" => {
-            let kinds = match parse_kinds(req.query.as_deref(), &feed.default_kinds) {
-                Ok(k) => k,
-                Err(e) => return Reply::text(400, e + "\n"),
-            };
-            let upgrade = req
-                .header("upgrade")
-                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-            let key = req.header("sec-websocket-key");
-            let (true, Some(key)) = (upgrade, key) else {
-                return Reply::text(400, "/ws expects a WebSocket upgrade request\n");
-            };
-            if req.header("sec-websocket-version") != Some("13") {
-                return Reply::text(400, "/ws speaks WebSocket version 13 only\n");
-            }
-            Reply::Upgrade {
-                accept: derive_accept_key(key.trim().as_bytes()),
-                kinds,
-            }
-        }
-        other => Reply::text(404, format!("no such path {other}\n")),
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "",
-    }
-}
-
-async fn write_http(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) {
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        reason(status),
-        body.len()
-    );
-    let res = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        stream.shutdown().await
-    }
-    .await;
-    if let Err(e) = res {
-        tracing::debug!(error = %e, "response not written");
-    }
-}
-
-/// Accepts connections until `shutdown` turns true, then waits for every connection to end.
-async fn serve(listener: TcpListener, feed: Arc<Feed>, mut shutdown: watch::Receiver<bool>) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stopping(&mut shutdown) => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    conns.spawn(connection(stream, feed.clone(), shutdown.clone()));
-                }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let task_app = app.clone();
+    {
+        let mut tasks = app.clients.lock();
+        // Reap finished clients so the set holds only the live ones.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let app = task_app;
+            let _open = OpenClient(app.open.clone());
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
                 Err(e) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    return;
                 }
-            },
-        }
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
-}
-
-async fn connection(mut stream: TcpStream, feed: Arc<Feed>, mut shutdown: watch::Receiver<bool>) {
-    let read = tokio::select! {
-        _ = stopping(&mut shutdown) => return,
-        r = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)) => r,
-    };
-    let (req, rest) = match read {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            write_http(&mut stream, 400, "text/plain; charset=utf-8", &(e + "\n")).await;
-            return;
-        }
-        Err(_) => return, // no request in time
-    };
-    match route(&req, &feed) {
-        Reply::Http {
-            status,
-            content_type,
-            body,
-        } => write_http(&mut stream, status, content_type, &body).await,
-        Reply::Upgrade { accept, kinds } => {
-            let head = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-            );
-            if stream.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
+            };
             // Browsers send only small control and text frames; nothing needs more.
             let config = WebSocketConfig::default()
                 .max_message_size(Some(64 << 10))
                 .max_frame_size(Some(64 << 10));
-            let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
-                .await;
-            feed_client(ws, &feed, kinds, shutdown).await;
-        }
+            let ws = WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            feed_client(ws, &app.feed, kinds, app.shutdown.clone()).await;
+        });
+    }
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Counts a client as open until it ends.
+struct OpenClient(Arc<AtomicU64>);
+
+impl Drop for OpenClient {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed; use GET\n"),
+    )
+        .into_response()
+}
+
+/// The dashboard's routes; with `metrics`, also `/metrics`, `/healthz` and `/readyz`.
+fn routes(app: App, metrics: Option<Arc<BusMetrics>>) -> axum::Router {
+    let get_only = |r: axum::routing::MethodRouter<App>| r.fallback(method_not_allowed);
+    let page = || async {
+        (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            PAGE,
+        )
+    };
+    let asset = |content_type: &'static str, body: &'static str| {
+        get_only(get(move || async move {
+            (
+                [
+                    (header::CONTENT_TYPE, content_type),
+                    (header::CACHE_CONTROL, "max-age=3600"),
+                ],
+                body,
+            )
+        }))
+    };
+    let router = axum::Router::new()
+        .route("/", get_only(get(page)))
+        .route(
+            "/assets/uplot.js",
+            asset("text/javascript; charset=utf-8", UPLOT_JS),
+        )
+        .route(
+            "/assets/uplot.css",
+            asset("text/css; charset=utf-8", UPLOT_CSS),
+        )
+        .route(
+            "/health",
+            get_only(get(|State(app): State<App>| async move {
+                json_response(app.feed.health_json())
+            })),
+        )
+        .route(
+            "/api/state",
+            get_only(get(|State(app): State<App>| async move {
+                json_response(app.feed.state_json())
+            })),
+        )
+        .route("/ws", get_only(get(ws_route)))
+        .with_state(app);
+    let router = match metrics {
+        Some(m) => router.merge(telemetry::routes(m)),
+        None => router,
+    };
+    router.fallback(telemetry::not_found)
+}
+
 /// Sends a client its queued frames until it leaves or the server stops.
-async fn feed_client(
-    mut ws: WebSocketStream<TcpStream>,
+async fn feed_client<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
     feed: &Feed,
     kinds: KindFilter,
     mut shutdown: watch::Receiver<bool>,
@@ -976,13 +1153,8 @@ async fn feed_client(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(close))).await;
 }
 
-/// Resolves once the server is stopping (or its engine is gone). Cancel-safe.
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
-async fn send_all(
-    ws: &mut WebSocketStream<TcpStream>,
+async fn send_all<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
     out: &mut Vec<Frame>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     for f in out.drain(..) {
@@ -996,6 +1168,7 @@ struct Server {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    clients: Arc<Mutex<JoinSet<()>>>,
 }
 
 /// The WebSocket engine (`websocket`). Configuration: [`WebSocketParams`].
@@ -1045,6 +1218,7 @@ impl Engine for WebSocketEngine {
             "vpin_calculation.>",
             "engine_health.>",
             "trade_execution.>",
+            "order_request.>",
         ])]
     }
 
@@ -1086,24 +1260,34 @@ impl Engine for WebSocketEngine {
             .map_err(|e| config(format!("{bind}: {e}")))?;
         let feed = Arc::new(Feed::new(&self.params).map_err(config)?);
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, feed.clone(), rx));
+        let clients = Arc::new(Mutex::new(JoinSet::new()));
+        let app = App {
+            feed: feed.clone(),
+            shutdown: rx.clone(),
+            clients: clients.clone(),
+            open: Arc::new(AtomicU64::new(0)),
+            max_clients: self.params.max_clients,
+        };
+        let router = routes(app, ctx.metrics().cloned());
+        let task = tokio::spawn(telemetry::serve(listener, router, rx));
         tracing::info!(%addr, "websocket engine listening");
         self.feed = Some(feed);
         self.server = Some(Server {
             addr,
             shutdown,
             task,
+            clients,
         });
         Ok(())
     }
 
     async fn on_message(
         &mut self,
-        _ctx: &EngineContext,
+        ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
         if let Some(feed) = &self.feed {
-            feed.on_message(msg);
+            feed.on_message_on(msg, ctx.bus().route(&msg.kind, msg.prio).bus);
         }
         Ok(())
     }
@@ -1129,10 +1313,17 @@ impl Engine for WebSocketEngine {
         };
         let _ = server.shutdown.send(true);
         let abort = server.task.abort_handle();
-        match tokio::time::timeout(STOP_TIMEOUT, server.task).await {
-            Ok(_) => Ok(()),
+        let mut clients = std::mem::take(&mut *server.clients.lock());
+        let finished = tokio::time::timeout(STOP_TIMEOUT, async {
+            let _ = server.task.await;
+            while clients.join_next().await.is_some() {}
+        })
+        .await;
+        match finished {
+            Ok(()) => Ok(()),
             Err(_) => {
                 abort.abort();
+                clients.abort_all();
                 Err(EngineError::Other(format!(
                     "websocket: connections still open after {STOP_TIMEOUT:?}; aborted"
                 )))
@@ -1198,6 +1389,7 @@ mod tests {
             kinds_default: vec!["risk_alert".into(), "quotes".into()],
             price_every_ms: 1,
             client_queue: 0,
+            max_clients: 0,
         };
         let problems = p.problems().join("; ");
         for needle in [
@@ -1205,6 +1397,7 @@ mod tests {
             "kinds_default names kinds the feed does not carry: quotes",
             "price_every_ms 1",
             "client_queue",
+            "max_clients must be at least 1",
         ] {
             assert!(problems.contains(needle), "{problems}");
         }
@@ -1417,36 +1610,155 @@ mod tests {
     }
 
     #[test]
-    fn routes() {
+    fn alerts_are_grouped_by_rule_and_halts_come_from_the_heartbeats() {
         let feed = Feed::new(&WebSocketParams::default()).unwrap();
-        let req = |raw: &str| parse_request(raw.as_bytes()).unwrap().unwrap().0;
-        let status = |r: Reply| match r {
-            Reply::Http { status, body, .. } => (status, body),
-            Reply::Upgrade { .. } => (101, String::new()),
+        for (i, rule) in ["stale_price", "circuit_breaker", "stale_price"]
+            .iter()
+            .enumerate()
+        {
+            feed.on_message(&env(
+                EventKind::RiskAlert,
+                "risk_alert.BTCUSDT",
+                json!({"rule": rule, "symbol": "BTCUSDT", "reason": format!("reason {i}")}),
+            ));
+        }
+        feed.on_message(&env(
+            EventKind::ToxicityAlert,
+            "toxicity_alert.ETHUSDT",
+            json!({"symbol": "ETHUSDT", "reason": "VPIN high"}),
+        ));
+        let st = feed.state_json();
+        let rules: Vec<(String, String, u64, String)> = st["alert_rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["kind"].as_str().unwrap().to_string(),
+                    r["rule"].as_str().unwrap().to_string(),
+                    r["count"].as_u64().unwrap(),
+                    r["last_reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let r = |k: &str, rule: &str, n: u64, reason: &str| {
+            (k.to_string(), rule.to_string(), n, reason.to_string())
         };
-        assert_eq!(status(route(&req("GET / HTTP/1.1\r\n\r\n"), &feed)).0, 200);
         assert_eq!(
-            status(route(&req("GET /nope HTTP/1.1\r\n\r\n"), &feed)).0,
-            404
+            rules,
+            vec![
+                r("risk_alert", "circuit_breaker", 1, "reason 1"),
+                r("risk_alert", "stale_price", 2, "reason 2"),
+                r("toxicity_alert", "vpin_percentile", 1, "VPIN high"),
+            ]
         );
-        assert_eq!(status(route(&req("POST / HTTP/1.1\r\n\r\n"), &feed)).0, 405);
-        let (code, body) = status(route(&req("GET /ws HTTP/1.1\r\n\r\n"), &feed));
+        assert_eq!(st["halts"], json!({"breaker": null, "halted": []}));
+        let beat = |engine: &str, details: Value| {
+            env(
+                EventKind::EngineHealth,
+                &format!("engine_health.{engine}"),
+                json!({"engine": engine, "instance": "x", "status": "running", "uptime_s": 1.0,
+                       "received": {}, "published": {}, "details": details}),
+            )
+        };
+        let breaker = json!({"since": 5, "symbol": "BTCUSDT", "alerts": 2});
+        feed.on_message(&beat("risk", json!({"breaker": breaker})));
+        feed.on_message(&beat("strategy", json!({"halted": ["BTCUSDT"]})));
+        assert_eq!(
+            feed.state_json()["halts"],
+            json!({"breaker": breaker, "halted": ["BTCUSDT"]})
+        );
+        // The breaker resets: the next heartbeat says so.
+        feed.on_message(&beat("risk", json!({"breaker": null})));
+        assert_eq!(feed.state_json()["halts"]["breaker"], Value::Null);
+    }
+
+    #[test]
+    fn history_is_sampled_when_data_time_moves_on_and_trades_are_kept() {
+        let feed = Feed::new(&WebSocketParams::default()).unwrap();
+        let q = |ts: u64, mid: f64| {
+            env(
+                EventKind::MarketData,
+                "market_data.quote.BTCUSDT",
+                serde_json::to_value(quote("BTCUSDT", ts, mid - 1.0, mid + 1.0)).unwrap(),
+            )
+        };
+        let pu = |ts: u64, equity: f64| {
+            env(
+                EventKind::PortfolioUpdate,
+                "portfolio_update.main",
+                json!({"ts": ts, "equity": equity, "drawdown": 0.01}),
+            )
+        };
+        feed.on_message(&q(1_000_000_000, 100.0));
+        feed.on_message(&pu(1_000_000_000, 1000.0));
+        feed.tick_traffic();
+        feed.tick_traffic(); // data time has not moved: no new point
+        feed.on_message(&q(2_000_000_000, 101.0));
+        feed.on_message(&pu(2_000_000_000, 1001.0));
+        feed.tick_traffic();
+        let st = feed.state_json();
+        assert_eq!(
+            st["price_history"]["BTCUSDT"],
+            json!([[1000.0, 100.0], [2000.0, 101.0]])
+        );
+        assert_eq!(
+            st["equity_curve"],
+            json!([[1000.0, 1000.0, 0.01], [2000.0, 1001.0, 0.01]])
+        );
+        feed.on_message(&env(
+            EventKind::TradeExecution,
+            "trade_execution.BTCUSDT",
+            json!({"symbol": "BTCUSDT", "status": "filled"}),
+        ));
+        feed.on_message(&env(
+            EventKind::OrderRequest,
+            "order_request.BTCUSDT",
+            json!({"symbol": "BTCUSDT", "side": "buy"}),
+        ));
+        let st = feed.state_json();
+        assert_eq!(st["fills"][0]["payload"]["status"], "filled");
+        assert_eq!(st["orders"][0]["payload"]["side"], "buy");
+        assert_eq!(st["buses"]["md"]["total"], 2);
+        assert_eq!(st["buses"]["logic"]["total"], 4);
+    }
+
+    #[test]
+    fn upgrade_requests_are_checked() {
+        let feed = Feed::new(&WebSocketParams::default()).unwrap();
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let (code, body) = check_upgrade(&headers(&[]), None, &feed.default_kinds).unwrap_err();
         assert_eq!(
             (code, body.trim()),
-            (400, "/ws expects a WebSocket upgrade request")
+            (
+                StatusCode::BAD_REQUEST,
+                "/ws expects a WebSocket upgrade request"
+            )
         );
-        let upgrade = "GET /ws?kinds=risk_alert HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-                       Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                       Sec-WebSocket-Version: 13\r\n\r\n";
-        match route(&req(upgrade), &feed) {
-            // RFC 6455's example key and answer.
-            Reply::Upgrade { accept, kinds } => {
-                assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-                assert!(kinds.includes("risk_alert"));
-            }
-            r => panic!("{r:?}"),
-        }
-        assert!(parse_request(b"GET / HTTP/1.1\r\nHost:").unwrap().is_none());
-        assert!(parse_request(b"\x01\x02 nonsense\r\n\r\n").is_err());
+        let good = headers(&[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ]);
+        // RFC 6455's example key and answer.
+        let (accept, kinds) =
+            check_upgrade(&good, Some("kinds=risk_alert"), &feed.default_kinds).unwrap();
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(kinds.includes("risk_alert") && !kinds.includes("portfolio_update"));
+        let (code, body) =
+            check_upgrade(&good, Some("kinds=bogus"), &feed.default_kinds).unwrap_err();
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(body.starts_with("unknown kinds: bogus"), "{body}");
+        let mut v12 = good.clone();
+        v12.insert("sec-websocket-version", "12".parse().unwrap());
+        let (_, body) = check_upgrade(&v12, None, &feed.default_kinds).unwrap_err();
+        assert_eq!(body.trim(), "/ws speaks WebSocket version 13 only");
     }
 }

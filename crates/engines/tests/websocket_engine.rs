@@ -49,7 +49,8 @@ async fn next_frame(ws: &mut Client) -> Value {
     }
 }
 
-/// One raw HTTP request; the status line, the head, and the body.
+/// One raw HTTP request (which should ask for `Connection: close`: the body is read to the
+/// end); the status line, the head, and the body.
 async fn http(addr: SocketAddr, request: &str) -> (String, String, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
@@ -62,7 +63,11 @@ async fn http(addr: SocketAddr, request: &str) -> (String, String, String) {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
-    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")).await
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
 }
 
 async fn received(ws: &RunningEngine<WebSocketEngine>, kind: &str) -> u64 {
@@ -204,7 +209,7 @@ async fn browsers_get_the_kinds_they_ask_for_prices_health_and_the_page() {
             addr,
             "GET /ws?kinds=risk_alert,bogus HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n",
+             Sec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n",
         )
         .await;
         assert_eq!(status, "HTTP/1.1 400 Bad Request");

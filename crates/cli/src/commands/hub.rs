@@ -3,12 +3,13 @@
 //! Also home of the provider flags (`--provider`, `--file`, `--format`, ...) that every verb
 //! running a hub shares.
 
-use super::{parse_duration, runtime, Global};
+use super::{parse_duration, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use dualbus_bus::DualBus;
 use dualbus_engines::engine::{EngineHost, HostOptions};
 use dualbus_engines::hub::{HubOptions, HubStats, MarketDataHub};
+use dualbus_engines::metrics::BusMetrics;
 use dualbus_engines::provider::binance::{BinanceOptions, BinanceProvider};
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
@@ -179,6 +180,8 @@ pub struct HubArgs {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Runs `dualbus hub`.
@@ -203,7 +206,17 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
         let hub = MarketDataHub::new(provider.clone(), HubOptions::default());
         let handle = hub.handle();
         let started = Instant::now();
-        let running = EngineHost::start(hub, bus, HostOptions::default()).await?;
+        let metrics = Arc::new(BusMetrics::default());
+        let running = EngineHost::start(
+            hub,
+            bus,
+            HostOptions {
+                metrics: Some(metrics.clone()),
+                ..HostOptions::default()
+            },
+        )
+        .await?;
+        let metrics_server = args.metrics.serve(&metrics, args.json).await?;
         if !args.json {
             let n = provider.instruments().len();
             eprintln!(
@@ -244,6 +257,9 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
         };
         let elapsed = started.elapsed();
         let counts = running.stop().await;
+        if let Some(s) = metrics_server {
+            s.stop().await;
+        }
         let stats = handle.stats();
         if args.json {
             let mut v = serde_json::to_value(&stats)?;

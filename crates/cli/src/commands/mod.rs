@@ -66,6 +66,48 @@ impl Global {
     }
 }
 
+/// Where a long-running verb serves `/metrics`, `/healthz` and `/readyz` on a port of its own.
+#[derive(Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (with /healthz and /readyz);
+    /// off unless given (`dualbus run` also serves them on its dashboard's port).
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+    /// The address the metrics port listens on (0.0.0.0 to let a Prometheus on another
+    /// host scrape it).
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub metrics_host: String,
+}
+
+impl MetricsArgs {
+    /// Starts the metrics server when `--metrics-port` was given; prints where it listens
+    /// unless `quiet`.
+    ///
+    /// # Errors
+    /// The address cannot be listened on (the message names it and the flag).
+    pub async fn serve(
+        &self,
+        metrics: &std::sync::Arc<dualbus_engines::metrics::BusMetrics>,
+        quiet: bool,
+    ) -> anyhow::Result<Option<dualbus_engines::telemetry::MetricsServer>> {
+        let Some(port) = self.metrics_port else {
+            return Ok(None);
+        };
+        let bind = if self.metrics_host.contains(':') {
+            format!("[{}]:{port}", self.metrics_host)
+        } else {
+            format!("{}:{port}", self.metrics_host)
+        };
+        let server = dualbus_engines::telemetry::MetricsServer::start(&bind, metrics.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}; choose another --metrics-port"))?;
+        if !quiet {
+            eprintln!("metrics: http://{}/metrics", server.addr());
+        }
+        Ok(Some(server))
+    }
+}
+
 /// A Tokio runtime for one command.
 pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()

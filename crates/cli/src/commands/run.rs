@@ -2,7 +2,7 @@
 //! its own process (over Redis, so engines can be spread over processes and hosts).
 
 use super::hub::ProviderArgs;
-use super::{parse_duration, runtime, Global};
+use super::{parse_duration, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
@@ -88,6 +88,8 @@ pub struct RunArgs {
     /// reported apart from the steady state, e.g. `5s`, `0s`.
     #[arg(long, default_value = "5s")]
     pub warmup: String,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// What the run's own observer sees on the buses: fills, equity, alerts.
@@ -308,7 +310,12 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         }
         if dashboard && args.port != 0 && !args.quiet {
             eprintln!("dashboard: http://127.0.0.1:{}/", args.port);
+            eprintln!(
+                "metrics:   http://127.0.0.1:{}/metrics (also /healthz, /readyz)",
+                args.port
+            );
         }
+        let metrics_server = args.metrics.serve(&metrics, args.quiet).await?;
         let tty = std::io::stderr().is_terminal();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
@@ -367,6 +374,9 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         let elapsed = started.elapsed().as_secs_f64();
         let hub_stats = sys.hub().map(|h| h.stats());
         let counts = sys.stop().await;
+        if let Some(s) = metrics_server {
+            s.stop().await;
+        }
         // Let the observer take what the engines published while stopping.
         tokio::time::sleep(Duration::from_millis(200)).await;
         observer.stop().await;
@@ -468,6 +478,8 @@ pub struct EngineArgs {
     /// Print the final counts as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Runs `dualbus engine NAME`.
@@ -504,13 +516,14 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
         let bus = connect(global, args.backend, &name)
             .await?
             .sibling(&name, &inst)?;
+        let metrics = Arc::new(BusMetrics::default());
         let (running, hub) = system::start_engine(
             &name,
             bus,
             EngineSetup {
                 config,
                 provider,
-                metrics: None,
+                metrics: Some(metrics.clone()),
                 health_every: Duration::from_secs(1),
                 gate: None,
                 thread: EngineThread::Own,
@@ -520,6 +533,7 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
         if !args.json {
             eprintln!("engine {name} ({inst}) running; Ctrl-C stops");
         }
+        let metrics_server = args.metrics.serve(&metrics, args.json).await?;
         let started = Instant::now();
         let why = tokio::select! {
             _ = tokio::signal::ctrl_c() => "interrupted",
@@ -537,6 +551,9 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
             } => "duration reached",
         };
         let counts = running.stop().await;
+        if let Some(s) = metrics_server {
+            s.stop().await;
+        }
         if args.json {
             println!(
                 "{}",
