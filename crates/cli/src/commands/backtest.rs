@@ -96,7 +96,7 @@ pub struct BacktestArgs {
     #[arg(long, value_delimiter = ',')]
     pub symbols: Vec<String>,
     /// synthetic: the simulation step, one quote per symbol each (default 1s; the provider's
-    /// own default is 100ms, ten times the events).
+    /// own default is 100ms: ten times the quotes).
     #[arg(long, value_name = "STEP")]
     pub step: Option<String>,
     /// synthetic: a flash crash this far into the data, e.g. `3h`.
