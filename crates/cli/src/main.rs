@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Run the trading system: the MarketData hub and the engines on the two buses (the main job).
     Run(commands::run::RunArgs),
-    /// Replay a file through the hub and every engine, as fast as possible: P&L, risk, traffic.
+    /// Backtest on the synthetic market or a file, through the hub and every engine: P&L, benchmark, trades, plots.
     Backtest(commands::backtest::BacktestArgs),
     /// Run one engine in this process (over Redis: spread the system over processes and hosts).
     Engine(commands::run::EngineArgs),

@@ -207,3 +207,64 @@ fn bad_values_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sometimes"), "{err}");
 }
+
+/// Polylines of an SVG that plot something (more than two points).
+fn plotted_lines(svg: &str) -> usize {
+    svg.split("<polyline")
+        .skip(1)
+        .filter(|p| {
+            let pts = p.split("points=\"").nth(1).unwrap_or("");
+            pts.split('"').next().unwrap_or("").split(' ').count() > 2
+        })
+        .count()
+}
+
+#[test]
+fn latency_plot_is_an_svg_cdf_of_ours_and_the_floor() {
+    let dir = std::env::temp_dir().join(format!("dualbus-bench-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg_path = dir.join("latency.svg");
+    let v = bench(&[
+        "latency",
+        "--messages",
+        "5000",
+        "--rate",
+        "50000",
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    assert_eq!(v["delivered"], 5000);
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    // Two distributions (ours and the floor), each a line, named in the legend.
+    assert!(plotted_lines(&svg) >= 2, "{svg}");
+    assert!(svg.contains("ours: publish -&gt; handler") || svg.contains("ours: publish"));
+    assert!(svg.contains("floor"), "{svg}");
+    assert!(svg.contains("latency, µs (log scale)"), "{svg}");
+    // Isolation: the idle and the flooded phase.
+    let iso = dir.join("isolation.svg");
+    bench(&[
+        "isolation",
+        "--messages",
+        "2000",
+        "--rate",
+        "20000",
+        "--plot",
+        iso.to_str().unwrap(),
+    ]);
+    let svg = std::fs::read_to_string(&iso).unwrap();
+    assert!(plotted_lines(&svg) >= 2, "{svg}");
+    assert!(svg.contains("idle") && svg.contains("flooded"), "{svg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn plot_is_refused_where_there_is_no_latency_distribution() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dualbus"))
+        .args(["bench", "stall", "--messages", "10", "--plot", "x.svg"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--plot") && err.contains("stall"), "{err}");
+}

@@ -7,12 +7,24 @@
 //! same figures:
 //!
 //! * **equity, P&L, return**: the latest `portfolio_update`; P&L = equity - the first equity seen.
-//! * **Sharpe ratio**: of one-minute returns of equity (the last equity of each minute of data
-//!   time; minutes without an update carry the previous equity), annualized with
-//!   `sqrt(525,600)` minutes per year, risk-free rate 0; `None` with fewer than 2 returns or no
-//!   variation.
+//! * **Sharpe ratio** ([`SharpeRatio`]), risk-free rate 0, mean over sample standard deviation
+//!   (n - 1) of equity returns:
+//!   * when the data covers at least two days (2,880 one-minute periods of data time, counted
+//!     from the first update's minute to the latest's, both included): of **daily** returns,
+//!     annualized with `sqrt(365)` (the market trades every day). A day's equity is the last
+//!     of that UTC day; the first day's return is measured from the first equity seen, and the
+//!     last (possibly partial) day's to the latest equity;
+//!   * otherwise: of **one-minute** returns (the last equity of each minute of data time;
+//!     minutes without an update carry the previous equity), stated per minute and *not*
+//!     annualized: a few minutes of data say nothing about a year.
+//!
+//!   `sharpe` holds the annualized figure (`None` under two days), `sharpe_per_period` the
+//!   figure of the returns used with their period named. `None` with fewer than 2 returns or
+//!   no variation.
 //! * **maximum drawdown**: the largest fall of equity below its running peak, as a fraction of
-//!   the peak (over every update, not only minute closes).
+//!   the peak (over every update, not only minute closes); its **duration**, the longest time
+//!   under water: from the last update at a peak to the first update back at or above it (a
+//!   drawdown not recovered by the latest update lasts until that update).
 //! * **turnover**: traded notional (sum of `|qty x price|` of fills) over the first equity.
 //! * **hit rate**: the share of position changes that realized a profit among those that
 //!   realized any P&L (reducing or closing fills).
@@ -35,7 +47,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 const NS: u64 = 1_000_000_000;
-const MINUTES_PER_YEAR: f64 = 525_600.0;
+const MINUTE_NS: u64 = 60 * NS;
+const DAY_NS: u64 = 86_400 * NS;
+/// Days a year for annualizing daily Sharpe ratios (the market trades every day).
+pub const DAYS_PER_YEAR: f64 = 365.0;
+/// One-minute periods of data the Sharpe ratio needs before it is taken from daily returns and
+/// annualized (two days).
+pub const ANNUALIZE_AFTER_MINUTES: u64 = 2 * 1_440;
 
 /// Analytics settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,10 +93,19 @@ pub struct Performance {
     pub pnl: f64,
     /// `pnl` over the first equity.
     pub return_pct: f64,
-    /// Annualized Sharpe ratio of one-minute equity returns.
+    /// Sharpe ratio of daily equity returns annualized with `sqrt(365)`, when the data covers
+    /// at least two days; `None` otherwise (see `sharpe_per_period`).
     pub sharpe: Option<f64>,
+    /// The Sharpe ratio of the returns actually used, per period, with the period named
+    /// (`1d` from two days of data on, `1m` below); `None` with fewer than 2 returns.
+    #[serde(default)]
+    pub sharpe_per_period: Option<SharpeRatio>,
     /// Largest fall below the running peak, fraction of the peak.
     pub max_drawdown: f64,
+    /// Longest time under water, seconds of data time: from the last update at a peak to the
+    /// first update back at or above it (or to the latest update, if not recovered).
+    #[serde(default)]
+    pub max_drawdown_duration_s: f64,
     /// Traded notional over the first equity.
     pub turnover: f64,
     /// Fills.
@@ -89,6 +116,82 @@ pub struct Performance {
     pub pnl_by_symbol: BTreeMap<String, f64>,
 }
 
+/// A Sharpe ratio of returns of one period, not annualized.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharpeRatio {
+    /// The period of the returns: `1m` (one minute) or `1d` (one UTC day).
+    pub period: String,
+    /// Mean over sample standard deviation of the returns.
+    pub value: f64,
+    /// Returns it was computed from.
+    pub returns: u64,
+}
+
+/// Mean over sample standard deviation (n - 1) of `rets`; `None` with fewer than 2 returns or
+/// no variation.
+pub fn sharpe_of(rets: &[f64]) -> Option<f64> {
+    if rets.len() < 2 {
+        return None;
+    }
+    let n = rets.len() as f64;
+    let mean = rets.iter().sum::<f64>() / n;
+    let sd = (rets.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    (sd > 0.0).then(|| mean / sd)
+}
+
+/// Drawdown of an equity series, fed point by point: its depth and how long it lasts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DrawdownTracker {
+    peak: Option<f64>,
+    /// Time of the last point at the peak, Unix ns.
+    peak_ts: u64,
+    /// The fraction below the peak at the latest point.
+    current: f64,
+    max_depth: f64,
+    longest_ns: u64,
+}
+
+impl DrawdownTracker {
+    /// An equity observation at `ts` (Unix ns, not before the previous one); returns the
+    /// drawdown there, as a fraction of the peak.
+    pub fn on_equity(&mut self, ts: u64, equity: f64) -> f64 {
+        let Some(peak) = self.peak else {
+            self.peak = Some(equity);
+            self.peak_ts = ts;
+            return 0.0;
+        };
+        if equity >= peak {
+            // At or back above the peak: the time under water, if any, ends here.
+            if self.current > 0.0 {
+                self.longest_ns = self.longest_ns.max(ts.saturating_sub(self.peak_ts));
+            }
+            self.peak = Some(equity);
+            self.peak_ts = ts;
+            self.current = 0.0;
+        } else {
+            self.longest_ns = self.longest_ns.max(ts.saturating_sub(self.peak_ts));
+            self.current = if peak > 0.0 {
+                (peak - equity) / peak
+            } else {
+                0.0
+            };
+            self.max_depth = self.max_depth.max(self.current);
+        }
+        self.current
+    }
+
+    /// The largest fall below the running peak so far, fraction of the peak.
+    pub fn max_depth(&self) -> f64 {
+        self.max_depth
+    }
+
+    /// The longest time under water so far, ns (a drawdown still open counts to the latest
+    /// point).
+    pub fn longest_ns(&self) -> u64 {
+        self.longest_ns
+    }
+}
+
 /// The data-determined part of the analytics, fed event by event.
 #[derive(Clone, Debug, Default)]
 pub struct PerformanceTracker {
@@ -96,8 +199,7 @@ pub struct PerformanceTracker {
     first_ts: Option<u64>,
     equity: Option<f64>,
     ts: u64,
-    peak: f64,
-    max_drawdown: f64,
+    drawdown: DrawdownTracker,
     /// (minute index, last equity of that minute), the newest last.
     minutes: Vec<(u64, f64)>,
     notional: f64,
@@ -114,17 +216,11 @@ impl PerformanceTracker {
         if self.first_equity.is_none() {
             self.first_equity = Some(equity);
             self.first_ts = Some(ts);
-            self.peak = equity;
         }
         self.equity = Some(equity);
         self.ts = self.ts.max(ts);
-        if equity > self.peak {
-            self.peak = equity;
-        }
-        if self.peak > 0.0 {
-            self.max_drawdown = self.max_drawdown.max((self.peak - equity) / self.peak);
-        }
-        let minute = ts / (60 * NS);
+        self.drawdown.on_equity(self.ts, equity);
+        let minute = ts / MINUTE_NS;
         match self.minutes.last_mut() {
             Some((m, e)) if *m == minute => *e = equity,
             Some((m, _)) if *m > minute => {} // an older update: the minute is closed
@@ -165,19 +261,67 @@ impl PerformanceTracker {
         out
     }
 
+    /// Daily returns of equity: the last equity of each UTC day over the previous day's (the
+    /// first from the first equity seen), the latest day included even if partial; days
+    /// without an update carry the equity (zero returns).
+    pub fn daily_returns(&self) -> Vec<f64> {
+        let Some(mut prev) = self.first_equity else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut day: Option<u64> = None;
+        let mut close = prev;
+        for &(m, e) in &self.minutes {
+            let d = m * MINUTE_NS / DAY_NS;
+            match day {
+                Some(cur) if cur != d => {
+                    out.push(if prev > 0.0 { close / prev - 1.0 } else { 0.0 });
+                    out.extend(std::iter::repeat_n(0.0, (d - cur - 1) as usize));
+                    prev = close;
+                }
+                _ => {}
+            }
+            day = Some(d);
+            close = e;
+        }
+        if day.is_some() {
+            out.push(if prev > 0.0 { close / prev - 1.0 } else { 0.0 });
+        }
+        out
+    }
+
+    /// One-minute periods from the first update's minute to the latest's, both included.
+    pub fn minutes_covered(&self) -> u64 {
+        match (self.minutes.first(), self.minutes.last()) {
+            (Some((a, _)), Some((b, _))) => b - a + 1,
+            _ => 0,
+        }
+    }
+
+    /// The Sharpe ratio: (annualized, per period); see the module documentation.
+    pub fn sharpe(&self) -> (Option<f64>, Option<SharpeRatio>) {
+        let (period, rets) = if self.minutes_covered() >= ANNUALIZE_AFTER_MINUTES {
+            ("1d", self.daily_returns())
+        } else {
+            ("1m", self.minute_returns())
+        };
+        let per = sharpe_of(&rets).map(|value| SharpeRatio {
+            period: period.to_string(),
+            value,
+            returns: rets.len() as u64,
+        });
+        let annual = per
+            .as_ref()
+            .filter(|s| s.period == "1d")
+            .map(|s| s.value * DAYS_PER_YEAR.sqrt());
+        (annual, per)
+    }
+
     /// The figures so far.
     pub fn performance(&self) -> Performance {
         let first = self.first_equity.unwrap_or(0.0);
         let pnl = self.equity.map(|e| e - first).unwrap_or(0.0);
-        let rets = self.minute_returns();
-        let sharpe = if rets.len() >= 2 {
-            let n = rets.len() as f64;
-            let mean = rets.iter().sum::<f64>() / n;
-            let sd = (rets.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-            (sd > 0.0).then(|| mean / sd * MINUTES_PER_YEAR.sqrt())
-        } else {
-            None
-        };
+        let (sharpe, sharpe_per_period) = self.sharpe();
         let mut pnl_by_symbol = self.realized.clone();
         for (s, u) in &self.unrealized {
             *pnl_by_symbol.entry(s.clone()).or_default() += u;
@@ -197,7 +341,9 @@ impl PerformanceTracker {
                 0.0
             },
             sharpe,
-            max_drawdown: self.max_drawdown,
+            sharpe_per_period,
+            max_drawdown: self.drawdown.max_depth(),
+            max_drawdown_duration_s: self.drawdown.longest_ns() as f64 / 1e9,
             turnover: if first > 0.0 {
                 self.notional / first
             } else {
@@ -491,17 +637,104 @@ mod tests {
         assert!((r[0] - (102.0 / 101.0 - 1.0)).abs() < 1e-12);
         assert_eq!(r[1], 0.0);
         assert!((r[2] - 0.01).abs() < 1e-12);
-        // mean and sample sd of the three, annualized by sqrt(525,600).
+        // Under two days of data: mean over sample sd of the three, per minute, not
+        // annualized.
         let mean = r.iter().sum::<f64>() / 3.0;
         let sd = (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
-        let want = mean / sd * 525_600f64.sqrt();
-        assert!((t.performance().sharpe.unwrap() - want).abs() < 1e-9);
+        let p = t.performance();
+        assert_eq!(p.sharpe, None, "a few minutes are never annualized");
+        let per = p.sharpe_per_period.unwrap();
+        assert_eq!((per.period.as_str(), per.returns), ("1m", 3));
+        assert!((per.value - mean / sd).abs() < 1e-12);
         // Flat equity: no Sharpe.
         let mut flat = PerformanceTracker::default();
         for m in 0..5 {
             flat.on_equity(m * MIN, 100.0, BTreeMap::new());
         }
         assert_eq!(flat.performance().sharpe, None);
+        assert_eq!(flat.performance().sharpe_per_period, None);
+    }
+
+    #[test]
+    fn sharpe_of_daily_returns_from_two_days_on_annualized() {
+        const DAY: u64 = 86_400 * NS;
+        let mut t = PerformanceTracker::default();
+        // Day 0: 100 -> 110 -> 105 (close), day 1: 99.75, day 2: 109.725 at 23:59.
+        t.on_equity(0, 100.0, BTreeMap::new());
+        t.on_equity(DAY / 2, 110.0, BTreeMap::new());
+        t.on_equity(DAY - MIN, 105.0, BTreeMap::new());
+        t.on_equity(DAY + 10 * 3_600 * NS, 99.75, BTreeMap::new());
+        t.on_equity(3 * DAY - MIN, 109.725, BTreeMap::new());
+        // Returns 5%, -5%, 10%: mean 1/30, sample sd sqrt(0.035/6) = 0.0763763
+        let r = t.daily_returns();
+        assert_eq!(r.len(), 3);
+        for (got, want) in r.iter().zip([0.05, -0.05, 0.1]) {
+            assert!((got - want).abs() < 1e-12, "{r:?}");
+        }
+        let p = t.performance();
+        let per = p.sharpe_per_period.unwrap();
+        assert_eq!((per.period.as_str(), per.returns), ("1d", 3));
+        assert!((per.value - 0.436_435_780_5).abs() < 1e-9, "{per:?}");
+        assert!((p.sharpe.unwrap() - 0.436_435_780_5 * 365f64.sqrt()).abs() < 1e-8);
+    }
+
+    #[test]
+    fn two_days_means_2880_minutes_of_data() {
+        let mut t = PerformanceTracker::default();
+        t.on_equity(0, 100.0, BTreeMap::new());
+        t.on_equity(MIN, 101.0, BTreeMap::new());
+        t.on_equity(2_878 * MIN, 99.0, BTreeMap::new());
+        assert_eq!(t.minutes_covered(), 2_879);
+        assert_eq!(t.performance().sharpe_per_period.unwrap().period, "1m");
+        assert_eq!(t.performance().sharpe, None);
+        t.on_equity(2_879 * MIN + 30 * NS, 102.0, BTreeMap::new());
+        assert_eq!(t.minutes_covered(), 2_880);
+        // Minutes 2,878 and 2,879 are on day 1: day 0 closes at 101, day 1 at 102.
+        assert_eq!(t.daily_returns().len(), 2);
+        let p = t.performance();
+        assert_eq!(p.sharpe_per_period.as_ref().unwrap().period, "1d");
+        assert!(p.sharpe.is_some());
+    }
+
+    #[test]
+    fn drawdown_depth_and_longest_time_under_water() {
+        let mut d = DrawdownTracker::default();
+        // Peak 110 at t=10, back at 110 at t=50: 40 under water; a new peak 120 at t=60,
+        // then 90 at t=70 (25% down) and still under at t=200: 140, the longest.
+        let pts = [
+            (0, 100.0),
+            (10, 110.0),
+            (20, 100.0),
+            (30, 105.0),
+            (50, 110.0),
+            (60, 120.0),
+            (70, 90.0),
+        ];
+        for (ts, e) in pts {
+            d.on_equity(ts * NS, e);
+        }
+        assert_eq!(d.longest_ns(), 40 * NS);
+        assert!((d.max_depth() - 0.25).abs() < 1e-12);
+        assert!((d.on_equity(200 * NS, 100.0) - 20.0 / 120.0).abs() < 1e-12);
+        assert_eq!(d.longest_ns(), 140 * NS);
+        // Flat at the peak, then a dip: under water from the last time at the peak.
+        let mut d = DrawdownTracker::default();
+        for (ts, e) in [
+            (0, 100.0),
+            (10, 100.0),
+            (20, 99.0),
+            (30, 100.0),
+            (90, 100.0),
+        ] {
+            d.on_equity(ts * NS, e);
+        }
+        assert_eq!(d.longest_ns(), 20 * NS);
+        // Through the tracker: seconds.
+        let mut t = PerformanceTracker::default();
+        for (ts, e) in pts {
+            t.on_equity(ts * NS, e, BTreeMap::new());
+        }
+        assert_eq!(t.performance().max_drawdown_duration_s, 40.0);
     }
 
     #[test]

@@ -90,6 +90,24 @@ pub const ALL: [&str; 12] = [
     VWAP_DEVIATION,
 ];
 
+/// The symbol's bar (from 1) whose vector first holds the feature `name` (the "from bar" column
+/// of the module's table); `None` for an unknown name. `spread_bps` needs only a bar with a
+/// quote: 1.
+pub fn first_bar(name: &str) -> Option<u32> {
+    Some(match name {
+        RET_1 => 2,
+        RET_5 => 6,
+        RET_15 => 16,
+        REALIZED_VOL_20 => 21,
+        RSI_14 => 15,
+        MACD => 26,
+        MACD_SIGNAL | MACD_HIST => 34,
+        BOLLINGER_B | VWAP_DEVIATION => 20,
+        SPREAD_BPS | ORDER_IMBALANCE => 1,
+        _ => return None,
+    })
+}
+
 /// Most closes any feature looks at (`realized_vol_20`: 20 returns).
 const CLOSES_KEPT: usize = 21;
 /// Bars in the VWAP, the Bollinger band and the realized volatility.
@@ -1044,5 +1062,17 @@ mod tests {
         assert!(FeaturesParams::default().problems().is_empty());
         let err = serde_json::from_value::<FeaturesParams>(serde_json::json!({"bar_sec": 5}));
         assert!(err.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn first_bar_is_where_each_feature_first_appears() {
+        let closes: Vec<f64> = (0..40).map(|i| 100.0 + (i as f64 * 0.7).sin()).collect();
+        let vs = run(&closes);
+        for name in ALL.iter().filter(|n| **n != SPREAD_BPS) {
+            let first = vs.iter().position(|v| v.features.contains_key(*name));
+            assert_eq!(first.map(|i| i as u32 + 1), first_bar(name), "{name}");
+        }
+        assert_eq!(first_bar(SPREAD_BPS), Some(1));
+        assert_eq!(first_bar("nope"), None);
     }
 }

@@ -47,6 +47,8 @@
 //!   (`strategy_signal`).
 //! * [`risk`]: the Risk engine: pre-trade checks that turn signals into orders
 //!   (`order_request`) or rejections (`risk_alert`), the circuit breaker, parametric VaR.
+//! * [`tearsheet`]: what a trader reads after a backtest: the trade log, round trips won and
+//!   lost, exposure over time, the buy-and-hold benchmark.
 //! * [`websocket`]: the WebSocket engine: HTTP on port 8600 with a live page, a WebSocket
 //!   feed of chosen kinds (quotes coalesced per symbol), `/health` and `/api/state`.
 
@@ -66,6 +68,7 @@ pub mod provider;
 pub mod risk;
 pub mod strategy;
 pub mod system;
+pub mod tearsheet;
 pub mod telemetry;
 pub mod venue;
 pub mod vpin;

@@ -6,6 +6,7 @@
 //! and records publish-to-handler latency (`ts` field to handler entry, same wall clock) in an
 //! HDR histogram.
 
+use super::plot::{cdf_points, Line};
 use super::Global;
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -73,6 +74,7 @@ Examples:
   dualbus bench throughput --messages 10000000 --payload-bytes 64
   dualbus bench fanout --messages 2000000 --json
   dualbus bench latency --rate 100000 --messages 1000000
+  dualbus bench latency --messages 200000 --plot latency.svg
   dualbus bench throughput --backend redis --messages 500000
   dualbus bench isolation --backend redis --messages 50000
   dualbus bench stall --messages 10000000 --queue-bound 100000 --backpressure reject
@@ -139,6 +141,11 @@ pub struct BenchArgs {
     /// Print exactly one JSON object instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+    /// throughput, fanout, latency, isolation: also write the latency distribution here as an
+    /// SVG chart, a cumulative distribution on a logarithmic µs axis: ours, and the floor
+    /// (latency) or the idle phase and the raw baseline (isolation) where the run has them.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,6 +376,13 @@ pub fn run(args: BenchArgs, global: &Global) -> anyhow::Result<()> {
     }
     if args.batch == 0 || args.groups == 0 || args.queue_bound == 0 || args.threads == 0 {
         bail!("--batch, --groups, --queue-bound and --threads must be at least 1");
+    }
+    if args.plot.is_some() && matches!(args.scenario, Scenario::Stall | Scenario::Hub) {
+        bail!(
+            "--plot draws a latency distribution: it is for throughput, fanout, latency and \
+             isolation, not {}",
+            args.scenario.name()
+        );
     }
     let rt = super::runtime(args.threads)?;
     rt.block_on(async move {
@@ -952,6 +966,7 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         out["groups"] = json!(groups);
     }
     let mut floor_lines = None;
+    let mut floor_hist = None;
     if floor {
         if !args.json {
             eprintln!(
@@ -977,6 +992,30 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
             ),
             format!("vs floor   : p50 x{p50:.2}   p99 x{p99:.2} (ours / floor)"),
         ]);
+        floor_hist = Some(fh);
+    }
+    if let Some(path) = &args.plot {
+        let mut lines = vec![Line {
+            name: format!("ours: publish -> handler ({})", args.backend_name()),
+            points: cdf_points(&s.hist),
+        }];
+        if let Some(fh) = &floor_hist {
+            lines.push(Line {
+                name: "floor: thread -> sync_channel -> thread".into(),
+                points: cdf_points(fh),
+            });
+        }
+        let title = format!(
+            "{}: publish-to-handler latency, {} messages at {}",
+            args.scenario.name(),
+            n,
+            if latency {
+                format!("{} msgs/s", args.rate())
+            } else {
+                format!("full speed (every 16th message), batches of {}", args.batch)
+            }
+        );
+        write_plot(path, &title, &lines, args.json)?;
     }
     let mut ceiling_line = None;
     if args.scenario == Scenario::Throughput && args.backend == Backend::Redis {
@@ -1266,6 +1305,33 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
             ),
         ]);
     }
+    if let Some(path) = &args.plot {
+        let mut lines = vec![
+            Line {
+                name: "ours, MarketData bus idle".into(),
+                points: cdf_points(&idle.hist),
+            },
+            Line {
+                name: "ours, MarketData bus flooded".into(),
+                points: cdf_points(&saturated.hist),
+            },
+        ];
+        if let (Some((ri, _)), Some((rf, _))) = (&raw_idle, &raw_flooded) {
+            lines.push(Line {
+                name: "raw redis baseline, idle".into(),
+                points: cdf_points(ri),
+            });
+            lines.push(Line {
+                name: "raw redis baseline, flooded".into(),
+                points: cdf_points(rf),
+            });
+        }
+        let title = format!(
+            "isolation: Engine Logic latency at {rate} msgs/s ({})",
+            args.backend_name()
+        );
+        write_plot(path, &title, &lines, args.json)?;
+    }
     if args.json {
         println!("{out}");
     } else {
@@ -1282,6 +1348,21 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         for l in raw_lines.into_iter().flatten() {
             println!("{l}");
         }
+    }
+    Ok(())
+}
+
+/// Writes the latency distributions as an SVG chart to `path`.
+fn write_plot(
+    path: &std::path::Path,
+    title: &str,
+    lines: &[Line],
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let svg = super::plot::cdf(title, lines)?;
+    std::fs::write(path, svg).with_context(|| format!("writing the plot {}", path.display()))?;
+    if !quiet {
+        eprintln!("latency distribution plotted to {}", path.display());
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! One module per verb, plus what they share: global flags and the configuration.
 
 pub mod backtest;
+pub mod backtest_html;
 pub mod bench;
 pub mod bench_hub;
 pub mod hub;
 pub mod inspect;
+pub(crate) mod plot;
 pub mod publish;
 pub mod redis;
 pub mod run;
@@ -120,7 +122,7 @@ pub const BUSES: [(BusId, &str); 2] = [
     (BusId::Logic, "Engine Logic"),
 ];
 
-/// Parses a duration such as `500ms`, `30s`, `5m`, `2h` or a bare number of seconds.
+/// Parses a duration such as `500ms`, `30s`, `5m`, `2h`, `1d` or a bare number of seconds.
 ///
 /// # Errors
 /// A message naming the bad value and the accepted forms.
@@ -135,13 +137,16 @@ pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
         "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "d" => 86_400.0,
         _ => f64::NAN,
     };
     match num.trim().parse::<f64>() {
         Ok(n) if n.is_finite() && n >= 0.0 && scale.is_finite() => {
             Ok(std::time::Duration::from_secs_f64(n * scale))
         }
-        _ => bail!("invalid duration {s:?}: expected a number with ms, s, m or h (e.g. 30s, 5m)"),
+        _ => bail!(
+            "invalid duration {s:?}: expected a number with ms, s, m, h or d (e.g. 30s, 5m, 1d)"
+        ),
     }
 }
 
@@ -156,6 +161,7 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
         let e = parse_duration("5 parsecs").unwrap_err().to_string();
         assert!(e.contains("\"5 parsecs\""), "{e}");
         assert!(parse_duration("-1s").is_err());

@@ -634,7 +634,13 @@ impl MemorySubscriber {
             }
             self.poll_stream(ri, max, now, sweep, replay_own, batch);
         }
-        self.rr = (self.rr + 1) % n;
+        // The next poll starts at the next stream only after one that delivered: a timed
+        // wake-up that found nothing (every `sweep_every` of wall clock) must not change the
+        // order in which streams are read, or a lockstep backtest would handle the same input
+        // in an order that depends on how long it ran.
+        if !batch.deliveries.is_empty() {
+            self.rr = (self.rr + 1) % n;
+        }
     }
 
     fn poll_stream(
@@ -946,5 +952,56 @@ impl Drop for MemorySubscriber {
                 .wakers
                 .retain(|w| !Arc::ptr_eq(w, &self.wake));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dualbus_core::{EventKind, Topic};
+
+    fn envelope(seq: u64) -> Envelope {
+        Envelope::builder(
+            EventKind::MarketData,
+            Topic::new("market_data.trade.X").unwrap(),
+            "test",
+            "test-1",
+        )
+        .seq(seq)
+        .build()
+    }
+
+    /// A consumer of two streams reads them in the same order however many timed wake-ups
+    /// (every `sweep_every`, here 1 ms) found nothing before: a lockstep backtest depends on it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_wake_ups_do_not_change_the_order_streams_are_read() {
+        let t = MemoryTransport::with_options(MemoryOptions {
+            maxlen: 1_000,
+            spin: Duration::ZERO,
+        });
+        let (a, b): (StreamKey, StreamKey) = ("t:a".into(), "t:b".into());
+        let mut subs = Vec::new();
+        for g in 0..6u64 {
+            let mut spec =
+                SubscribeSpec::new(format!("g{g}"), "c", vec![a.clone(), b.clone()], "t:dead");
+            spec.start = StartFrom::Oldest;
+            spec.idle_timeout = Duration::from_millis(4);
+            let mut s = t.subscribe(spec).await.unwrap();
+            // Each waits a different while on empty streams: a different number of wake-ups.
+            let _ = tokio::time::timeout(Duration::from_millis(1 + 3 * g), s.next_batch(1)).await;
+            subs.push(s);
+        }
+        t.publish(&a, vec![envelope(1)], Confirm::Queued)
+            .await
+            .unwrap();
+        t.publish(&b, vec![envelope(2)], Confirm::Queued)
+            .await
+            .unwrap();
+        let mut firsts = Vec::new();
+        for s in &mut subs {
+            let batch = s.next_batch(1).await.unwrap();
+            firsts.push(batch.deliveries[0].stream);
+        }
+        assert!(firsts.iter().all(|f| *f == firsts[0]), "{firsts:?}");
     }
 }
