@@ -223,6 +223,9 @@ pub struct Config {
     /// Keys set from the environment, for error messages.
     #[serde(skip)]
     from_env: BTreeMap<String, &'static str>,
+    /// Whether the file or the environment named the transport.
+    #[serde(skip)]
+    transport_set: bool,
 }
 
 impl Default for Config {
@@ -241,6 +244,7 @@ impl Default for Config {
             routes: BTreeMap::new(),
             unknown: BTreeMap::new(),
             from_env: BTreeMap::new(),
+            transport_set: false,
         }
     }
 }
@@ -432,6 +436,11 @@ impl Config {
                     message: e.to_string(),
                 })?;
         cfg.from_env = from_env;
+        cfg.transport_set = table_keys.contains_key("transport");
+        // The in-memory transport answers to both of its names; `memory` is the one printed.
+        if cfg.transport == "embedded" {
+            cfg.transport = "memory".into();
+        }
         // A `[md]` or `[logic]` section that sets other keys keeps the bus's default address.
         let defaults = Config::default();
         if cfg.md.url.is_empty() && !section_sets(&table_keys, "md", "url") {
@@ -446,6 +455,12 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// Whether the config file or `DUALBUS_TRANSPORT` named the transport (else it is the
+    /// default, and each verb uses its own default: embedded for `run`, Redis for `engine`).
+    pub fn transport_is_set(&self) -> bool {
+        self.transport_set
     }
 
     /// Every problem with this configuration (empty when valid).
@@ -485,7 +500,7 @@ impl Config {
             bad(
                 "transport",
                 &format!("{:?}", self.transport),
-                "expected \"memory\" or \"redis\"",
+                "expected \"memory\" (also \"embedded\") or \"redis\"",
             );
         }
         let name_ok = |s: &str| {
@@ -685,11 +700,12 @@ pub fn parse_start(s: &str) -> Option<StartFrom> {
     }
 }
 
-/// Parses `block` / `drop_oldest` / `reject`.
+/// Parses `block` / `drop_oldest` (or `drop-oldest`) / `reject`.
 pub fn parse_backpressure(s: &str) -> Option<Backpressure> {
     match s {
         "block" => Some(Backpressure::Block),
-        "drop_oldest" => Some(Backpressure::DropOldest),
+        // Flags spell it with a hyphen; both spellings are taken everywhere.
+        "drop_oldest" | "drop-oldest" => Some(Backpressure::DropOldest),
         "reject" => Some(Backpressure::Reject),
         _ => None,
     }

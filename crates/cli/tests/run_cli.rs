@@ -177,3 +177,71 @@ fn redis_that_is_not_there_says_to_start_it() {
     assert!(!ok);
     assert!(err.contains("dualbus redis up"), "{err}");
 }
+
+/// `dualbus run` without `--backend` takes the config's transport: from `DUALBUS_TRANSPORT`
+/// and from the config file (with no Redis there, it says the Redis buses are not reachable,
+/// so it did not start on the embedded buses).
+#[test]
+fn run_takes_the_transport_from_the_environment_and_the_config_file() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let args = [
+        "run",
+        "--md-url",
+        &url,
+        "--logic-url",
+        &url,
+        "--duration",
+        "1s",
+        "--quiet",
+        "--port",
+        "0",
+    ];
+    let out = Command::new(env!("CARGO_BIN_EXE_dualbus"))
+        .args(args)
+        .env("DUALBUS_TRANSPORT", "redis")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("the Redis buses are not reachable"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("dualbus-transport-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dualbus.toml");
+    std::fs::write(&file, "transport = \"redis\"\n").unwrap();
+    let mut with_file = vec!["--config", file.to_str().unwrap()];
+    with_file.extend(args);
+    let (ok, _, err) = dualbus(&with_file);
+    assert!(!ok);
+    assert!(err.contains("the Redis buses are not reachable"), "{err}");
+
+    // The flag wins over both; `memory` is another name of the embedded buses, and the
+    // config's `embedded` another name of `memory`.
+    std::fs::write(
+        &file,
+        "transport = \"embedded\"\n[delivery]\nbackpressure = \"drop-oldest\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = dualbus(&[
+        "--config",
+        file.to_str().unwrap(),
+        "run",
+        "--backend",
+        "memory",
+        "--engines",
+        "marketdata",
+        "--duration",
+        "1s",
+        "--quiet",
+        "--port",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("dualbus run stopped"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

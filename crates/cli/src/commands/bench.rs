@@ -160,7 +160,10 @@ enum Scenario {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
+    /// The embedded (in-process) transport (also spelt `embedded`).
+    #[value(alias = "embedded")]
     Memory,
+    /// The config's two Redis servers.
     Redis,
 }
 
@@ -173,6 +176,8 @@ enum ModeArg {
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum PolicyArg {
     Block,
+    /// Also spelt `drop_oldest`, as in the config file.
+    #[value(alias = "drop_oldest")]
     DropOldest,
     Reject,
 }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 /// Which transport the buses use.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// In-process buses: nothing else to install.
+    /// In-process buses: nothing else to install (also spelt `memory`).
+    #[value(alias = "memory")]
     Embedded,
     /// The two Redis servers of the config (start local ones with `dualbus redis up`).
     Redis,
@@ -33,6 +34,34 @@ impl Backend {
             Backend::Embedded => "memory",
             Backend::Redis => "redis",
         }
+    }
+
+    /// The name printed for people.
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Redis => "redis",
+        }
+    }
+
+    /// One rule for every verb: `--backend`, else the config's `transport` (the file or
+    /// `DUALBUS_TRANSPORT`), else the verb's default.
+    fn resolve(
+        flag: Option<Backend>,
+        global: &Global,
+        default: Backend,
+    ) -> anyhow::Result<Backend> {
+        if let Some(b) = flag {
+            return Ok(b);
+        }
+        let cfg = global.config()?;
+        Ok(if !cfg.transport_is_set() {
+            default
+        } else if cfg.transport == "redis" {
+            Backend::Redis
+        } else {
+            Backend::Embedded
+        })
     }
 }
 
@@ -58,9 +87,10 @@ Examples:
 pub struct RunArgs {
     #[command(flatten)]
     pub provider: ProviderArgs,
-    /// The buses: embedded (in-process) or redis (the config's two servers).
-    #[arg(long, value_enum, default_value_t = Backend::Embedded)]
-    pub backend: Backend,
+    /// The buses: embedded (in-process) or redis (the config's two servers). Default: the
+    /// config's `transport` (dualbus.toml or DUALBUS_TRANSPORT), else embedded.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
     /// Only these engines (comma-separated; default: every engine of this build).
     #[arg(long, value_delimiter = ',')]
     pub engines: Vec<String>,
@@ -232,6 +262,7 @@ pub(crate) fn parse_settings(s: Option<&str>) -> anyhow::Result<BTreeMap<String,
 
 /// Runs `dualbus run`.
 pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
+    let backend = Backend::resolve(args.backend, global, Backend::Embedded)?;
     let duration = args
         .duration
         .as_deref()
@@ -263,7 +294,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
     let rt = runtime(threads)?;
     rt.block_on(async move {
         let provider = args.provider.build()?;
-        let root = connect(global, args.backend, "dualbus-run").await?;
+        let root = connect(global, backend, "dualbus-run").await?;
         let metrics = Arc::new(BusMetrics::new(warmup));
         let observed: Arc<Mutex<Observed>> = Default::default();
         let obs = observed.clone();
@@ -299,7 +330,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
                 "dualbus run: {} engine{} on the {} buses, {} provider ({} symbols); {}",
                 engines.len(),
                 if engines.len() == 1 { "" } else { "s" },
-                args.backend.transport().replace("memory", "embedded"),
+                backend.name(),
                 provider.name(),
                 provider.instruments().len(),
                 match duration {
@@ -384,7 +415,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         let o = observed.lock();
         let report = json!({
             "stopped": why,
-            "backend": args.backend.transport().replace("memory", "embedded"),
+            "backend": backend.name(),
             "provider": provider.name(),
             "duration_s": elapsed,
             "engines": counts,
@@ -463,9 +494,10 @@ pub struct EngineArgs {
     pub name: String,
     #[command(flatten)]
     pub provider: ProviderArgs,
-    /// The buses (redis by default: an engine alone on embedded buses has nobody to talk to).
-    #[arg(long, value_enum, default_value_t = Backend::Redis)]
-    pub backend: Backend,
+    /// The buses. Default: the config's `transport` (dualbus.toml or DUALBUS_TRANSPORT),
+    /// else redis (an engine alone on embedded buses has nobody to talk to).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
     /// Instance id (default NAME-PID): instances of one engine share its consumer group.
     #[arg(long)]
     pub instance: Option<String>,
@@ -484,6 +516,7 @@ pub struct EngineArgs {
 
 /// Runs `dualbus engine NAME`.
 pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
+    let backend = Backend::resolve(args.backend, global, Backend::Redis)?;
     let name = args.name.clone();
     if !ENGINES.contains(&name.as_str()) {
         bail!(
@@ -513,7 +546,7 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
             .instance
             .clone()
             .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
-        let bus = connect(global, args.backend, &name)
+        let bus = connect(global, backend, &name)
             .await?
             .sibling(&name, &inst)?;
         let metrics = Arc::new(BusMetrics::default());
