@@ -199,7 +199,8 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
     let rt = runtime(args.threads)?;
     rt.block_on(async move {
         let provider = args.provider.build()?;
-        let transport = cfg.transport.clone();
+        // The in-memory transport is printed by its user-facing name.
+        let transport = cfg.transport.replace("memory", "embedded");
         let bus = DualBus::connect("marketdata", cfg.clone())
             .await
             .with_context(|| format!("connecting the {transport} buses"))?;

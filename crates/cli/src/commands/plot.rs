@@ -269,8 +269,9 @@ pub(crate) fn cdf(title: &str, lines: &[Line]) -> anyhow::Result<String> {
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
-            // Above every curve of a CDF: the upper left stays empty.
-            .position(SeriesLabelPosition::UpperLeft)
+            // Below every curve of a CDF: at large latencies the curves are near 1, so the lower
+            // right stays empty.
+            .position(SeriesLabelPosition::LowerRight)
             .draw()
             .map_err(err)?;
         root.present().map_err(err)?;
