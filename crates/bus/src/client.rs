@@ -1007,6 +1007,7 @@ impl DualBus {
             .map_err(|source| BusError::Subscribe { bus, source })?;
             let reader = Reader {
                 bus,
+                group: spec.group.clone(),
                 client: self.clone(),
                 handler: handler.clone(),
                 filter: Some(filter.clone()),
@@ -1155,6 +1156,7 @@ impl DualBus {
                         .map_err(|source| BusError::Subscribe { bus: b, source })?;
                     let reader = Reader {
                         bus: b,
+                        group: Arc::from("replies"),
                         client: client.clone(),
                         handler: Arc::new(ReplyHandler(self.inner.waiting.clone())),
                         filter: None,
@@ -1461,8 +1463,41 @@ impl Handler for ReplyHandler {
     }
 }
 
+/// Handler failures as warnings naming the group, the kind, the message id and the reason: at
+/// most one a second per reader, with the number of failures left unlogged since the last.
+#[derive(Default)]
+struct FailureLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl FailureLog {
+    fn failed(&mut self, bus: BusId, group: &str, env: &Envelope, reason: &str) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            bus = %bus,
+            group = %group,
+            kind = %env.kind,
+            id = %env.id(),
+            unlogged_since_last = self.unlogged,
+            "handler failed (the message is redelivered, then dead-lettered after max_deliveries): {reason}"
+        );
+        self.last = Some(now);
+        self.unlogged = 0;
+    }
+}
+
 struct Reader<H> {
     bus: BusId,
+    /// The consumer group (the engine, for an engine's subscription), for logs.
+    group: Arc<str>,
     client: DualBus,
     handler: Arc<H>,
     filter: Option<Arc<Filter>>,
@@ -1480,6 +1515,7 @@ impl<H: Handler> Reader<H> {
         let mut acks = Vec::with_capacity(self.batch_max);
         let mut verdicts = Vec::with_capacity(self.batch_max);
         let mut backoff = Duration::from_millis(10);
+        let mut failure_log = FailureLog::default();
         loop {
             let batch = tokio::select! {
                 biased;
@@ -1565,7 +1601,7 @@ impl<H: Handler> Reader<H> {
                             if self.mode == Mode::Reliable {
                                 sub.nack(d.stream, d.id, &e.0).await;
                             }
-                            tracing::debug!(bus = %self.bus, id = %d.envelope.id(), error = %e, "handler failed");
+                            failure_log.failed(self.bus, &self.group, &d.envelope, &e.0);
                         }
                     },
                 }
