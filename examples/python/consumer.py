@@ -2,7 +2,7 @@
 """Reads N dualbus envelopes from one Redis stream through a consumer group.
 
     python3 examples/python/consumer.py --url redis://127.0.0.1:6381 \
-        --stream dualbus:logic:ml_prediction --group pyml --consumer pyml-1 --count 10
+        --stream dualbus:logic:demo_event --group pyml --consumer pyml-1 --count 10
 
 Creates the group (MKSTREAM; at the newest entry, or the oldest with --from-start), reads with
 XREADGROUP BLOCK, decodes each entry's payload with the entry's own `enc`, acknowledges it and

@@ -2,8 +2,8 @@
 """Publishes N dualbus envelopes to one Redis stream.
 
     python3 examples/python/producer.py --url redis://127.0.0.1:6381 \
-        --stream dualbus:logic:ml_prediction --kind ml_prediction \
-        --topic ml_prediction.BTCUSDT --count 10 --enc msgpack
+        --stream dualbus:logic:demo_event --kind demo_event \
+        --topic demo_event.BTCUSDT --count 10 --enc msgpack
 
 Entry i (0-based) has payload {"n": i, "from": "python"}, seq = start-seq + i and ts = now in
 Unix nanoseconds. Prints `published N` and exits 0; exits 2 on bad arguments or a Redis error.
@@ -24,8 +24,8 @@ import dualbus_wire as wire  # noqa: E402
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Publish dualbus envelopes to a Redis stream.")
     ap.add_argument("--url", required=True, help="Redis URL, e.g. redis://127.0.0.1:6381")
-    ap.add_argument("--stream", required=True, help="stream key, e.g. dualbus:logic:ml_prediction")
-    ap.add_argument("--kind", required=True, help="event kind, e.g. ml_prediction")
+    ap.add_argument("--stream", required=True, help="stream key, e.g. dualbus:logic:demo_event")
+    ap.add_argument("--kind", required=True, help="event kind, e.g. demo_event (a kind no engine consumes)")
     ap.add_argument("--topic", required=True, help="topic starting with the kind")
     ap.add_argument("--count", required=True, type=int, help="number of messages")
     ap.add_argument("--enc", choices=wire.ENCODINGS, default="json", help="payload encoding")
