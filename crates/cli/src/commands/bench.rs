@@ -924,7 +924,8 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         }
     );
     if !args.json {
-        eprintln!("{method}");
+        // The method is printed once, with the results.
+        eprintln!("running; the method and the figures follow when it ends");
     }
     let start = Instant::now();
     let producer = if latency {
@@ -1179,7 +1180,8 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         }
     );
     if !args.json {
-        eprintln!("{method}");
+        // The method is printed once, with the results.
+        eprintln!("running; the method and the figures follow when it ends");
     }
     let phase = |name: &'static str| {
         let rig_ptr = rig;
