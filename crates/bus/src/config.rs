@@ -161,7 +161,7 @@ impl MemorySection {
     }
 }
 
-/// Failover between the buses (DESIGN section 6).
+/// Failover between the buses (docs/architecture.md, "Failover between the buses").
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct FailoverSection {

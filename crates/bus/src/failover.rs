@@ -1,4 +1,4 @@
-//! Failover between the buses (DESIGN section 6).
+//! Failover between the buses (docs/architecture.md, "Failover between the buses").
 //!
 //! Each bus is watched: a publish that finds its broker unreachable marks the bus down at once,
 //! and a heartbeat (`health()` with a short timeout) catches a hung broker and sees it recover.

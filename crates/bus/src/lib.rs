@@ -1,9 +1,9 @@
 //! The DualBus client: two buses, one API.
 //!
 //! A [`DualBus`] holds two transports, the MarketData bus and the Engine Logic bus, and routes
-//! every message to one of them by its kind (DESIGN section 4), so a market-data flood never
-//! delays a risk alert. Critical kinds travel on each bus's priority lane: a stream and a reader
-//! of their own.
+//! every message to one of them by its kind (docs/architecture.md, "Buses and routing by
+//! kind"), so a market-data flood never delays a risk alert. Critical kinds travel on each
+//! bus's priority lane: a stream and a reader of their own.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

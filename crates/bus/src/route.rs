@@ -27,8 +27,8 @@ pub struct Route {
     pub stream: StreamKey,
 }
 
-/// The default bus of a kind (DESIGN section 4): market data, price updates and executions on
-/// the MarketData bus, everything else on the Engine Logic bus.
+/// The default bus of a kind (docs/architecture.md, "Buses and routing by kind"): market data,
+/// price updates and executions on the MarketData bus, everything else on the Engine Logic bus.
 pub fn default_bus(kind: &EventKind) -> BusId {
     match kind {
         EventKind::MarketData | EventKind::PriceUpdate | EventKind::TradeExecution => {

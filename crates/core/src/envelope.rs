@@ -1,4 +1,5 @@
-//! The envelope: one message, with exactly the fields of the wire format (DESIGN section 3).
+//! The envelope: one message, with exactly the fields of the wire format (docs/architecture.md,
+//! "Envelope and wire format"; field by field in docs/wire-format.md).
 
 use crate::codec::Encoding;
 use crate::kind::{EventKind, Priority};

@@ -60,7 +60,8 @@ pub struct KindError {
 }
 
 impl EventKind {
-    /// Every known (non-custom) kind, in the order of DESIGN section 4.
+    /// Every known (non-custom) kind, in the order of docs/architecture.md, "Buses and routing
+    /// by kind".
     pub const KNOWN: [EventKind; 18] = [
         EventKind::MarketData,
         EventKind::PriceUpdate,
@@ -107,7 +108,8 @@ impl EventKind {
         }
     }
 
-    /// Kinds that always travel on the priority lane (DESIGN section 4).
+    /// Kinds that always travel on the priority lane (docs/architecture.md, "Lanes and the
+    /// priority lane").
     pub fn is_critical(&self) -> bool {
         matches!(
             self,

@@ -7,7 +7,8 @@
 //!
 //! * [`kind`]: [`EventKind`] (every kind of the trading system plus custom kinds) and [`Priority`].
 //! * [`topic`]: [`Topic`] and [`Pattern`], distinct validated types with segment-aware matching.
-//! * [`envelope`]: the [`Envelope`] and its wire form (the field list of DESIGN section 3).
+//! * [`envelope`]: the [`Envelope`] and its wire form (the field list of docs/architecture.md,
+//!   "Envelope and wire format", and docs/wire-format.md).
 //! * [`codec`]: [`Encoding`], JSON and MessagePack payloads selected per message.
 //! * [`transport`]: the [`Transport`] and [`Subscriber`] traits, subscription options and the
 //!   error enums of each operation.

@@ -1,8 +1,8 @@
 //! The transport contract: named streams of envelopes, consumer groups, acknowledgements.
 //!
 //! A transport knows nothing about kinds or routes: the bus hands it stream keys. Every
-//! transport gives the same delivery semantics (DESIGN section 5); the conformance suite in
-//! `dualbus-testkit` checks each one against the same tests.
+//! transport gives the same delivery semantics (docs/architecture.md, "Delivery semantics");
+//! the conformance suite in `dualbus-testkit` checks each one against the same tests.
 
 use crate::envelope::Envelope;
 use async_trait::async_trait;

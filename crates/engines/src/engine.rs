@@ -3,10 +3,10 @@
 //! An engine says what it listens to ([`Engine::subscriptions`]), which timers it wants
 //! ([`Engine::timers`]), and handles messages and timer ticks one at a time (`&mut self`: no
 //! locking inside the engine). The [`EngineHost`] subscribes it (group = the engine's name,
-//! consumer = its instance id, as DESIGN section 5 says), fires its timers, publishes an
-//! `engine_health` heartbeat every `health_every`, counts what it received and published by
-//! kind, and stops it gracefully: subscriptions drain their current batch, then
-//! [`Engine::stop`] runs, then a last heartbeat says `stopped`.
+//! consumer = its instance id, as docs/architecture.md, "Delivery semantics", says), fires its
+//! timers, publishes an `engine_health` heartbeat every `health_every`, counts what it received
+//! and published by kind, and stops it gracefully: subscriptions drain their current batch,
+//! then [`Engine::stop`] runs, then a last heartbeat says `stopped`.
 //!
 //! The host only uses [`DualBus`], so an engine runs unchanged on the embedded and the Redis
 //! transport.

@@ -1,4 +1,5 @@
-//! The MarketData hub: the centre of the MarketData bus's star (DESIGN section 7).
+//! The MarketData hub: the centre of the MarketData bus's star (docs/architecture.md,
+//! "The MarketData hub").
 //!
 //! The hub is the only component that talks to the upstream [`Provider`]. It
 //!
@@ -14,11 +15,11 @@
 //! * runs the [paper venue](crate::venue): `order_request` in, `trade_execution` out;
 //! * counts requests, hits, misses, upstream calls and coalesced requests ([`HubCounters`]).
 //!
-//! Requests travel as the `hub_request` kind, which routes to the Engine Logic bus (the
-//! default for kinds DESIGN section 4 does not list), so they never queue behind a flood of
-//! market data. A request is a cache hit when the answer comes from the cache: a snapshot with
-//! data for the symbol, a history answer younger than its TTL. Every other request is a miss;
-//! a miss either makes the upstream call or joins one already in flight (coalesced).
+//! Requests travel as the `hub_request` kind, a custom kind, which routes to the Engine Logic
+//! bus (docs/architecture.md, "Buses and routing by kind"), so they never queue behind a flood
+//! of market data. A request is a cache hit when the answer comes from the cache: a snapshot
+//! with data for the symbol, a history answer younger than its TTL. Every other request is a
+//! miss; a miss either makes the upstream call or joins one already in flight (coalesced).
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use crate::market::{Bar, DataType, MarketEvent, Quote, Reject, SymbolMap, Trade, Validator};

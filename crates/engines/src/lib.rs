@@ -1,10 +1,10 @@
 //! Engines on the dualbus buses.
 //!
 //! An engine is a component of the trading system that consumes messages from the buses and
-//! publishes its own (DESIGN section 7). This crate holds the [`Engine`](engine::Engine) trait
-//! and the host that runs one on either transport, the market data model, the upstream
-//! providers, and the MarketData hub: the centre of the MarketData bus's star, the only
-//! component that talks to data providers.
+//! publishes its own (docs/architecture.md, "Engines and their messages"). This crate holds
+//! the [`Engine`](engine::Engine) trait and the host that runs one on either transport, the
+//! market data model, the upstream providers, and the MarketData hub: the centre of the
+//! MarketData bus's star, the only component that talks to data providers.
 //!
 //! # Layout
 //! * [`analytics`]: the Analytics engine: Sharpe ratio, drawdown, turnover, hit rate, P&L by

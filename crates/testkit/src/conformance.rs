@@ -640,7 +640,8 @@ pub async fn fast_mode_skips_to_head(f: &dyn TransportFactory) {
     assert_eq!(pair.md.stats().skipped, 1000);
 }
 
-/// Every kind lands on its bus (DESIGN section 4) and nowhere else; overrides apply.
+/// Every kind lands on its bus (docs/architecture.md, "Buses and routing by kind") and nowhere
+/// else; overrides apply.
 pub async fn every_kind_is_routed_to_its_bus(f: &dyn TransportFactory) {
     let pair = f.pair().await;
     let mut cfg = pair.config();

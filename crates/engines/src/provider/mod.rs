@@ -1,8 +1,8 @@
 //! Upstream market data providers: a stream of market data plus a history call.
 //!
-//! The hub is the only component that talks to a provider (DESIGN section 7). Each provider
-//! gives a [`MarketStream`] (opened once per hub) and answers [`HistoryRequest`]s, which may be
-//! slow (a REST call): the hub caches and coalesces them.
+//! The hub is the only component that talks to a provider (docs/architecture.md, "The
+//! MarketData hub"). Each provider gives a [`MarketStream`] (opened once per hub) and answers
+//! [`HistoryRequest`]s, which may be slow (a REST call): the hub caches and coalesces them.
 //!
 //! * [`synthetic`]: deterministic from a seed, needs nothing (the default).
 //! * [`replay`]: real files (Binance trade dumps, Tardis trades, quote CSV) at 1x, Nx or

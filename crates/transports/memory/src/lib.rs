@@ -1,6 +1,6 @@
 //! The embedded transport: streams, consumer groups and acknowledgements in process memory,
-//! with the semantics of Redis Streams (DESIGN section 5), so engines behave the same whether
-//! they run in one process or across Redis servers.
+//! with the semantics of Redis Streams (docs/architecture.md, "Delivery semantics"), so
+//! engines behave the same whether they run in one process or across Redis servers.
 //!
 //! # Layout
 //!
