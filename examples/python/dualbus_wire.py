@@ -41,7 +41,7 @@ BUS_LOGIC = "logic"
 BUSES = (BUS_MD, BUS_LOGIC)
 DEFAULT_URLS = {BUS_MD: "redis://127.0.0.1:6380", BUS_LOGIC: "redis://127.0.0.1:6381"}
 
-#: The 18 known kinds, in the order of DESIGN section 4.
+#: The 18 known kinds, in the order of `EventKind::KNOWN` (docs/architecture.md, "Buses and routing by kind").
 KNOWN_KINDS = (
     "market_data", "price_update", "trade_execution", "risk_alert", "ml_prediction",
     "strategy_signal", "portfolio_update", "vpin_calculation", "factor_calculation",
