@@ -15,7 +15,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// dualbus: two isolated message buses (MarketData and Engine Logic) for a multi-engine
 /// trading system, embedded in-process or over Redis Streams.
 #[derive(Parser)]
-#[command(name = "dualbus", version, about, long_about = None)]
+#[command(
+    name = "dualbus",
+    version,
+    about = "dualbus: a multi-engine trading system on two isolated message buses (MarketData and \
+             Engine Logic), embedded in-process or over Redis Streams.\n\n\
+             Start here: `dualbus run` runs the trading system (the MarketData hub and 12 engines, \
+             dashboard on http://127.0.0.1:8600/); `dualbus backtest --provider synthetic` \
+             backtests it.",
+    long_about = None
+)]
 struct Cli {
     #[command(flatten)]
     global: commands::Global,
@@ -53,6 +62,13 @@ enum Command {
     Hub(commands::hub::HubArgs),
 }
 
+/// Whether log lines on stderr may use ANSI colours: only on a terminal, and never when
+/// `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
 fn main() -> ExitCode {
     // Output piped into `head` and the like: end quietly on a closed pipe, as Unix tools do,
     // instead of panicking in println!.
@@ -61,6 +77,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     tracing_subscriber::fmt()
+        .with_ansi(colour())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

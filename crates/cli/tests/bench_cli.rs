@@ -42,7 +42,7 @@ fn throughput_json_has_every_key_and_loses_nothing() {
     for k in ["p50", "p90", "p99", "p999", "max"] {
         assert!(v["latency_ns"].get(k).is_some(), "missing latency_ns.{k}");
     }
-    assert_eq!(v["backend"], "memory");
+    assert_eq!(v["backend"], "embedded");
     assert_eq!(v["scenario"], "throughput");
     assert_eq!(v["delivered"], 20000);
     assert_eq!(v["lost"], 0);

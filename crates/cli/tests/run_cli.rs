@@ -85,6 +85,22 @@ fn a_timed_run_writes_a_report_of_every_engine() {
     assert!(received("backtesting", "feature_vector") > 0, "{r}");
     assert!(r["performance"]["report"] == "performance", "{r}");
     assert!(r["fills"].as_u64().unwrap() > 0, "{r}");
+    // The summary a trader reads: equity and P&L from the last portfolio update, the fills, the
+    // alerts as words or a table, never raw JSON.
+    let equity = r["portfolio"]["equity"].as_f64().unwrap();
+    assert!(
+        out.contains(&format!("  equity {equity:.2}  P&L ")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("  fills {}  rejected orders", r["fills"])),
+        "{out}"
+    );
+    assert!(
+        out.contains("  alerts none") || out.contains("  alert            rule"),
+        "{out}"
+    );
+    assert!(!out.contains('{'), "JSON in the summary: {out}");
     let md = &r["buses"]["market_data"];
     assert!(md["published"].as_u64().unwrap() > 1000, "{r}");
     assert!(md["latency_p99_us"].as_u64().is_some(), "{r}");

@@ -85,7 +85,7 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     scenario: Scenario,
     /// Transport under test.
-    #[arg(long, value_enum, default_value_t = Backend::Memory)]
+    #[arg(long, value_enum, default_value_t = Backend::Embedded)]
     backend: Backend,
     /// Messages to publish (per phase for isolation).
     #[arg(long, default_value_t = 1_000_000)]
@@ -160,9 +160,9 @@ enum Scenario {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
-    /// The embedded (in-process) transport (also spelt `embedded`).
-    #[value(alias = "embedded")]
-    Memory,
+    /// The embedded (in-process) transport (also spelt `memory`).
+    #[value(alias = "memory")]
+    Embedded,
     /// The config's two Redis servers.
     Redis,
 }
@@ -224,7 +224,7 @@ impl BenchArgs {
     }
     pub(super) fn backend_name(&self) -> &'static str {
         match self.backend {
-            Backend::Memory => "memory",
+            Backend::Embedded => "embedded",
             Backend::Redis => "redis",
         }
     }
@@ -248,7 +248,7 @@ pub(super) struct Rig {
 impl Rig {
     async fn new(args: &BenchArgs, mut cfg: Config) -> anyhow::Result<Rig> {
         match args.backend {
-            Backend::Memory => {
+            Backend::Embedded => {
                 // Fast-mode consumers are never waited for: a stream shorter than the run would
                 // make them skip (by design), so a fast-mode delivery benchmark keeps it all.
                 let maxlen = if args.mode == ModeArg::Fast && args.scenario != Scenario::Isolation {

@@ -166,6 +166,7 @@ pub async fn server_info(
         "redis_version",
         "used_memory_human",
         "maxmemory_human",
+        "maxmemory",
         "maxmemory_policy",
         "aof_enabled",
         "rdb_last_save_time",

@@ -223,11 +223,15 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
         let info = inspect::server_info(&mut conn).await?;
         let get = |k: &str| info.get(k).cloned().unwrap_or_else(|| "?".into());
         println!(
-            "{name} bus ({url}): reachable (connect+PING {:.1} ms), redis {}, memory {} (limit {}), maxmemory-policy {}, aof {}",
+            "{name} bus ({url}): reachable (connect+PING {:.1} ms), redis {}, memory {} ({}), maxmemory-policy {}, aof {}",
             rtt.as_secs_f64() * 1e3,
             get("redis_version"),
             get("used_memory_human"),
-            get("maxmemory_human"),
+            // `maxmemory 0` means the server may use all the host's memory.
+            match info.get("maxmemory").map(String::as_str) {
+                Some("0") => "no limit".to_string(),
+                _ => format!("limit {}", get("maxmemory_human")),
+            },
             get("maxmemory_policy"),
             if get("aof_enabled") == "1" { "on" } else { "off" },
         );

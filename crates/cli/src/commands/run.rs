@@ -474,7 +474,65 @@ fn print_summary(r: &Value, totals: &[BusFigures; 2]) {
             }
         }
     }
-    println!("  fills {}  alerts {}", r["fills"], r["alerts"]);
+    print_trading(r);
+}
+
+/// The trader's part of the summary: equity and P&L from the last portfolio update, fills, and
+/// the alerts as a table (kind, rule, count).
+fn print_trading(r: &Value) {
+    let p = &r["portfolio"];
+    match p["equity"].as_f64() {
+        Some(equity) => {
+            let f = |k: &str| p[k].as_f64().unwrap_or(0.0);
+            let pnl = f("realized_pnl") + f("unrealized_pnl") - f("fees");
+            let start = equity - pnl;
+            let pct = if start > 0.0 {
+                100.0 * pnl / start
+            } else {
+                0.0
+            };
+            println!(
+                "  equity {equity:.2}  P&L {pnl:+.2} ({pct:+.2}%): realized {:+.2}, unrealized {:+.2}, fees {:.2}; drawdown {:.2}%",
+                f("realized_pnl"),
+                f("unrealized_pnl"),
+                f("fees"),
+                100.0 * f("drawdown"),
+            );
+        }
+        None => println!("  equity -  (no portfolio update was seen)"),
+    }
+    println!(
+        "  fills {}  rejected orders {}",
+        r["fills"], r["rejected_orders"]
+    );
+    let a = &r["alerts"];
+    let mut rows: Vec<(String, String, u64)> = Vec::new();
+    for (kind, label) in [
+        ("toxicity_alert", "toxicity"),
+        ("margin_call", "margin call"),
+    ] {
+        if let Some(n) = a[kind].as_u64().filter(|n| *n > 0) {
+            rows.push((label.into(), "-".into(), n));
+        }
+    }
+    for (kind, label) in [("flash_crash_alert", "flash crash"), ("risk_alert", "risk")] {
+        if let Some(m) = a[kind].as_object() {
+            for (rule, n) in m {
+                rows.push((label.into(), rule.clone(), n.as_u64().unwrap_or(0)));
+            }
+        }
+    }
+    if rows.is_empty() {
+        println!("  alerts none");
+    } else {
+        println!("  {:<16} {:<28} {:>8}", "alert", "rule", "count");
+        for (kind, rule, n) in rows {
+            println!("  {kind:<16} {rule:<28} {n:>8}");
+        }
+    }
+    if a["circuit_breaker_tripped"] == true {
+        println!("  the risk engine's circuit breaker tripped: trading was halted");
+    }
 }
 
 /// Arguments of `dualbus engine NAME`.
