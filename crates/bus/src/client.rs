@@ -1540,7 +1540,14 @@ impl<H: Handler> Reader<H> {
                 }
             };
             if batch.skipped > 0 {
-                tracing::warn!(bus = %self.bus, skipped = batch.skipped, "slow consumer jumped to the head");
+                tracing::warn!(
+                    bus = %self.bus,
+                    group = %self.group,
+                    skipped = batch.skipped,
+                    "a fast-mode consumer fell further behind than its lag limit and skipped to \
+                     the newest message: the skipped messages are not delivered to this group \
+                     (dualbus_skipped_total; a reliable group gets every message)"
+                );
                 counters.skipped.fetch_add(batch.skipped, Ordering::Relaxed);
                 self.stats
                     .skipped

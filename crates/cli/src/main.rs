@@ -3,6 +3,7 @@
 //! Each verb lives in `commands/<verb>.rs`.
 
 mod commands;
+mod logs;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -62,13 +63,6 @@ enum Command {
     Hub(commands::hub::HubArgs),
 }
 
-/// Whether log lines on stderr may use ANSI colours: only on a terminal, and never when
-/// `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
-fn colour() -> bool {
-    use std::io::IsTerminal;
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
-}
-
 fn main() -> ExitCode {
     // Output piped into `head` and the like: end quietly on a closed pipe, as Unix tools do,
     // instead of panicking in println!.
@@ -76,14 +70,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tracing_subscriber::fmt()
-        .with_ansi(colour())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logs::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args, &cli.global),

@@ -73,3 +73,26 @@ fn bad_parameters_and_formats_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs trades"));
 }
+
+/// The table is for people: bucket times as ISO 8601 UTC, not Unix nanoseconds.
+#[test]
+fn the_table_shows_bucket_times_in_utc() {
+    let out = vpin(&[
+        "--bar-secs",
+        "1",
+        "--bucket-volume",
+        "0.5",
+        "--window",
+        "10",
+        "--sigma-bars",
+        "20",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("BTCUSDT")).collect();
+    assert!(!rows.is_empty(), "{text}");
+    for r in rows {
+        assert!(r.contains(" 2021-01-08T00:0"), "{r}");
+        assert!(!r.contains("161006"), "{r}");
+    }
+}

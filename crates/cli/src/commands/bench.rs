@@ -590,11 +590,11 @@ pub(super) fn percentiles(h: &Histogram<u64>) -> Value {
 pub(super) fn percentile_line(h: &Histogram<u64>) -> String {
     format!(
         "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}   ({} samples)",
-        h.value_at_quantile(0.50),
-        h.value_at_quantile(0.90),
-        h.value_at_quantile(0.99),
-        h.value_at_quantile(0.999),
-        h.max(),
+        super::human_ns(h.value_at_quantile(0.50)),
+        super::human_ns(h.value_at_quantile(0.90)),
+        super::human_ns(h.value_at_quantile(0.99)),
+        super::human_ns(h.value_at_quantile(0.999)),
+        super::human_ns(h.max()),
         h.len()
     )
 }
@@ -993,7 +993,7 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         out["p99_vs_baseline"] = json!(p99);
         floor_lines = Some([
             format!(
-                "floor ns   : {} paced thread -> sync_channel -> busy-polling thread ({received} of {n} received)",
+                "floor      : {} paced thread -> sync_channel -> busy-polling thread ({received} of {n} received)",
                 percentile_line(&fh)
             ),
             format!("vs floor   : p50 x{p50:.2}   p99 x{p99:.2} (ours / floor)"),
@@ -1074,7 +1074,7 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
             s.delivered, s.lost, s.duplicated
         );
         println!(
-            "latency ns : {} publish ts -> handler entry",
+            "latency    : {} publish ts -> handler entry",
             percentile_line(&s.hist)
         );
         for l in floor_lines.into_iter().flatten() {

@@ -328,7 +328,7 @@ pub(super) async fn hub_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()>
             s.upstream_ratio * 100.0,
             s.coalesced
         );
-        println!("request latency (ns)     {}", percentile_line(&requests));
+        println!("request latency          {}", percentile_line(&requests));
         println!(
             "distribution    {:>9}  messages published ({:.0}/s) -> {} deliveries to {} groups",
             published,
@@ -336,7 +336,7 @@ pub(super) async fn hub_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()>
             measured.deliveries.load(Ordering::Relaxed),
             args.engines
         );
-        println!("delivery latency (ns)    {}", percentile_line(&delivery));
+        println!("delivery latency         {}", percentile_line(&delivery));
     }
     Ok(())
 }

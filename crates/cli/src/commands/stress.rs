@@ -49,6 +49,10 @@ pub struct StressArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print every warning the clients log while the faults are injected (by default they are
+    /// counted and summarised at the end: each fault makes every client retry and log it).
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -81,6 +85,7 @@ pub fn run(args: StressArgs, _global: &Global) -> anyhow::Result<()> {
     // The consumer that dies is a process of its own: this binary, `dualbus stress-consumer`.
     opts.consumer_exe = Some(std::env::current_exe()?);
     let quiet = args.json;
+    let summarised = crate::logs::summarise(args.verbose);
     let report = runtime(2)?.block_on(async move {
         if !quiet {
             eprintln!(
@@ -98,7 +103,14 @@ pub fn run(args: StressArgs, _global: &Global) -> anyhow::Result<()> {
     });
     let report = report.map_err(|e| anyhow::anyhow!("stress run failed: {e}"))?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if summarised {
+            v["warnings"] = crate::logs::summary()
+                .into_iter()
+                .map(|(n, m)| serde_json::json!({"message": m, "count": n}))
+                .collect();
+        }
+        println!("{v}");
     } else {
         println!("scenario      : {}", report.scenario);
         println!(
@@ -110,10 +122,10 @@ pub fn run(args: StressArgs, _global: &Global) -> anyhow::Result<()> {
             report.failover_ms.p50, report.failover_ms.max, report.failovers, report.failbacks
         );
         println!(
-            "critical lane : p50 {} ns  p99 {} ns  max {} ns (risk_alert publish -> handler)",
-            report.critical_latency_ns.p50,
-            report.critical_latency_ns.p99,
-            report.critical_latency_ns.max
+            "critical lane : p50 {}  p99 {}  max {} (risk_alert publish -> handler)",
+            super::human_ns(report.critical_latency_ns.p50),
+            super::human_ns(report.critical_latency_ns.p99),
+            super::human_ns(report.critical_latency_ns.max)
         );
         println!(
             "longest gap   : {:.1} ms between two deliveries",
@@ -123,6 +135,12 @@ pub fn run(args: StressArgs, _global: &Global) -> anyhow::Result<()> {
             "peak RSS      : {:.1} MiB (largest of this process and the Redis servers)",
             report.peak_rss_bytes as f64 / (1 << 20) as f64
         );
+        if summarised {
+            println!(
+                "warnings      : {} (the clients' retries during the faults; -v prints each)",
+                crate::logs::summary_line(3)
+            );
+        }
     }
     Ok(())
 }

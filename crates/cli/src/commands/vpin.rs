@@ -153,19 +153,19 @@ pub fn run(args: VpinArgs) -> anyhow::Result<()> {
         params.cdf_threshold
     );
     println!(
-        "{:<12} {:>7} {:>10} {:>14} {:>14} {:>21} {:>6}",
-        "symbol", "bucket", "vpin", "buy_volume", "sell_volume", "ts", "pct"
+        "{:<12} {:>7} {:>10} {:>14} {:>14} {:>24} {:>6}",
+        "symbol", "bucket", "vpin", "buy_volume", "sell_volume", "time (UTC)", "pct"
     );
     let mut alerts = 0;
     for b in &buckets {
         println!(
-            "{:<12} {:>7} {:>10.6} {:>14.6} {:>14.6} {:>21} {:>6.3}{}",
+            "{:<12} {:>7} {:>10.6} {:>14.6} {:>14.6} {:>24} {:>6.3}{}",
             b.symbol,
             b.bucket,
             b.vpin,
             b.buy_volume,
             b.sell_volume,
-            b.ts,
+            super::iso_ns(b.ts),
             b.percentile,
             if b.toxic { "  TOXICITY ALERT" } else { "" }
         );
