@@ -15,6 +15,7 @@
 //! machine (elapsed time, rates, delivery latency). The synthetic market is generated from its
 //! seed, so the same seed and flags give the same report too.
 
+use super::progress::Progress;
 use super::run::{bus_json, ms, parse_settings, Observed, OBSERVED};
 use super::{parse_duration, Global};
 use anyhow::{bail, Context};
@@ -137,6 +138,8 @@ const SYNTHETIC_SYMBOLS: [&str; 3] = ["BTCUSDT", "ETHUSDT", "SOLUSDT"];
 struct Source {
     provider: Arc<dyn Provider>,
     data: Value,
+    /// The market time the data covers, Unix ns, when known before the run (for progress).
+    span_ns: Option<u64>,
 }
 
 /// The one source the flags name, or an error naming the flags.
@@ -216,6 +219,7 @@ fn source(args: &BacktestArgs) -> anyhow::Result<Source> {
                     "flash_crash_at_s": flash_crash_at.map(|d| d.as_secs_f64()),
                 }),
                 provider: Arc::new(p),
+                span_ns: Some(duration.as_nanos() as u64),
             })
         }
         (None, Some(path)) => {
@@ -243,6 +247,7 @@ fn source(args: &BacktestArgs) -> anyhow::Result<Source> {
                     "file": path.display().to_string(),
                     "format": args.format,
                 }),
+                span_ns: p.time_range().map(|(a, b)| b - a),
                 provider: Arc::new(p),
             })
         }
@@ -336,6 +341,11 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
         // Lockstep: one event out, then wait until every engine has handled everything it
         // caused (fills, signals, updates), then the next.
         settle(&root, &streams).await;
+        let mut progress = Progress::new(
+            "backtest",
+            src.span_ns.map(|n| n.div_ceil(1_000_000_000)),
+            "market s",
+        );
         while !hub.is_feed_done() {
             let before = gate.passed();
             gate.open_one();
@@ -343,7 +353,19 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
                 tokio::task::yield_now().await;
             }
             settle(&root, &streams).await;
+            progress.update(|| {
+                let t = tape.lock();
+                let done = t.last_ts.zip(t.first_ts).map_or(0, |(l, f)| l - f);
+                // To the second: 2026-01-05T00:54:09Z.
+                let at = t.last_ts.map(super::iso_ns).unwrap_or_default();
+                let at = at.get(..19).map(|a| format!("{a}Z")).unwrap_or(at);
+                (
+                    done / 1_000_000_000,
+                    format!("{at}, {} fills", observed.lock().fills),
+                )
+            });
         }
+        progress.finish();
         let hub_stats = hub.stats();
         // Stopping flushes open bars: each engine's last output reaches the next ones before
         // they stop in turn.

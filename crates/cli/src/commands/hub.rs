@@ -3,6 +3,7 @@
 //! Also home of the provider flags (`--provider`, `--file`, `--format`, ...) that every verb
 //! running a hub shares.
 
+use super::progress::Progress;
 use super::{parse_duration, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -73,6 +74,11 @@ impl ProviderArgs {
     /// # Errors
     /// A flag that does not fit the provider, or a provider that cannot open its data.
     pub fn build(&self) -> anyhow::Result<Arc<dyn Provider>> {
+        Ok(self.build_parts()?.0)
+    }
+
+    /// [`build`](Self::build), and the replay provider again when it is one (for progress).
+    pub fn build_parts(&self) -> anyhow::Result<BuiltProvider> {
         let name = match self.provider {
             ProviderKind::Synthetic => "synthetic",
             ProviderKind::Replay => "replay",
@@ -114,7 +120,7 @@ impl ProviderArgs {
                     symbols: self.symbols.clone(),
                     ..Default::default()
                 })?;
-                Ok(Arc::new(p))
+                Ok((Arc::new(p), None))
             }
             ProviderKind::Replay => {
                 let Some(file) = &self.file else {
@@ -130,7 +136,8 @@ impl ProviderArgs {
                 if let Some(s) = &self.symbol {
                     opts = opts.symbol(s.clone());
                 }
-                Ok(Arc::new(ReplayProvider::open(opts)?))
+                let p = Arc::new(ReplayProvider::open(opts)?);
+                Ok((p.clone(), Some(p)))
             }
             ProviderKind::Binance => {
                 let symbols = if self.symbols.is_empty() {
@@ -138,13 +145,17 @@ impl ProviderArgs {
                 } else {
                     self.symbols.clone()
                 };
-                Ok(Arc::new(BinanceProvider::new(BinanceOptions::new(
-                    symbols,
-                ))?))
+                Ok((
+                    Arc::new(BinanceProvider::new(BinanceOptions::new(symbols))?),
+                    None,
+                ))
             }
         }
     }
 }
+
+/// A provider, and the same provider as a replay when it is one (for progress output).
+pub type BuiltProvider = (Arc<dyn Provider>, Option<Arc<ReplayProvider>>);
 
 /// Arguments of `dualbus hub`.
 #[derive(Args, Debug)]
@@ -198,7 +209,7 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
     }
     let rt = runtime(args.threads)?;
     rt.block_on(async move {
-        let provider = args.provider.build()?;
+        let (provider, replay) = args.provider.build_parts()?;
         // The in-memory transport is printed by its user-facing name.
         let transport = cfg.transport.replace("memory", "embedded");
         let bus = DualBus::connect("marketdata", cfg.clone())
@@ -229,10 +240,25 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
         }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
+        // A replay's progress through its file, on a terminal (not with the per-second
+        // --stats lines, which a bar would overwrite).
+        let mut progress = replay
+            .as_ref()
+            .filter(|_| !args.stats && !args.json)
+            .map(|r| (r.clone(), Progress::new("replay", Some(r.len() as u64), "rows")));
+        let mut progress_tick = tokio::time::interval(Duration::from_millis(200));
         let why = loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break "interrupted",
                 _ = handle.feed_done() => break "end of data",
+                _ = progress_tick.tick(), if progress.is_some() => {
+                    if let Some((r, p)) = progress.as_mut() {
+                        let s = handle.stats();
+                        p.update(|| {
+                            (r.delivered() as u64, format!("{} published", s.published))
+                        });
+                    }
+                }
                 _ = async {
                     match duration {
                         Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(started + d)).await,
@@ -256,6 +282,9 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
                 }
             }
         };
+        if let Some((_, p)) = progress {
+            p.finish();
+        }
         let elapsed = started.elapsed();
         let counts = running.stop().await;
         if let Some(s) = metrics_server {

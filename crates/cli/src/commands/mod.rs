@@ -7,6 +7,7 @@ pub mod bench_hub;
 pub mod hub;
 pub mod inspect;
 pub(crate) mod plot;
+pub mod progress;
 pub mod publish;
 pub mod redis;
 pub mod run;

@@ -373,6 +373,15 @@ impl ReplayProvider {
         self.data.time_range
     }
 
+    /// Rows the latest stream has delivered so far (0 before the first stream), for progress
+    /// output: compare with [`len`](Self::len).
+    pub fn delivered(&self) -> usize {
+        self.latest
+            .lock()
+            .as_ref()
+            .map_or(0, |p| p.lock().delivered)
+    }
+
     /// Every row skipped as unreadable, in file order.
     pub fn skipped_rows(&self) -> &[SkippedRow] {
         &self.data.skipped
