@@ -212,7 +212,10 @@ fn the_synthetic_market_trades_and_the_same_seed_gives_the_same_report() {
         );
         assert!(!out.contains("NO TRADES POSSIBLE"), "{out}");
         // The progress bar is for a terminal: none in captured output.
-        assert!(!err.contains("backtest [") && !err.contains('\u{1b}'), "{err}");
+        assert!(
+            !err.contains("backtest [") && !err.contains('\u{1b}'),
+            "{err}"
+        );
         let mut v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         v.as_object_mut().unwrap().remove("wall_clock");

@@ -261,3 +261,99 @@ fn run_takes_the_transport_from_the_environment_and_the_config_file() {
     assert!(out.contains("dualbus run stopped"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On Redis a consumer group left by an earlier run resumes where it stopped: `run` says so at
+/// start, naming the group and what it holds, and handles those messages; `--fresh` drops the
+/// groups first and nothing published before the run is handled.
+#[test]
+fn groups_left_by_an_earlier_run_are_named_and_fresh_drops_them() {
+    let md = dualbus_testkit::RedisServer::start().expect("redis-server");
+    let logic = dualbus_testkit::RedisServer::start().expect("redis-server");
+    let (md_url, logic_url) = (md.url(), logic.url());
+    let urls = [
+        "--md-url",
+        md_url.as_str(),
+        "--logic-url",
+        logic_url.as_str(),
+    ];
+    let dir = std::env::temp_dir().join(format!("dualbus-fresh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |fresh: bool, name: &str| {
+        let report = dir.join(name);
+        let mut args: Vec<&str> = urls.to_vec();
+        args.extend([
+            "run",
+            "--backend",
+            "redis",
+            "--engines",
+            "strategy",
+            "--duration",
+            "2s",
+            "--port",
+            "0",
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        if fresh {
+            args.push("--fresh");
+        }
+        let (ok, _out, err) = dualbus(&args);
+        assert!(ok, "{err}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let got = r["engines"]["strategy"]["received"]["ml_prediction"]
+            .as_u64()
+            .unwrap_or(0);
+        (err, got)
+    };
+    let publish = || {
+        let mut args: Vec<&str> = urls.to_vec();
+        args.extend([
+            "publish",
+            "--kind",
+            "ml_prediction",
+            "--topic",
+            "ml_prediction.BTCUSDT",
+            "--payload",
+            r#"{"symbol":"BTCUSDT","prob_up":0.6}"#,
+            "--count",
+            "3",
+        ]);
+        let (ok, _, err) = dualbus(&args);
+        assert!(ok, "{err}");
+    };
+    // The first run creates the strategy's groups; nothing old yet.
+    let (err, got) = run(false, "first.json");
+    assert!(
+        err.contains("consumer groups: one that exists resumes where it stopped"),
+        "{err}"
+    );
+    assert!(!err.contains("left by an earlier run"), "{err}");
+    assert_eq!(got, 0, "{err}");
+    // Published while nothing runs: the strategy's group holds them.
+    publish();
+    let (err, got) = run(false, "second.json");
+    let note = err
+        .lines()
+        .skip_while(|l| !l.starts_with("note: "))
+        .take(4)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        note.contains("left by an earlier run hold 0 pending and 3 unread"),
+        "{err}"
+    );
+    assert!(
+        note.lines()
+            .any(|l| l.contains("strategy") && l.contains("dualbus:logic:ml_prediction")),
+        "{err}"
+    );
+    assert!(err.contains("--fresh drops these groups"), "{err}");
+    assert_eq!(got, 3, "the old messages are handled: {err}");
+    // Again, but fresh: the groups are dropped and the old messages never reach the engine.
+    publish();
+    let (err, got) = run(true, "third.json");
+    assert!(err.contains("--fresh: dropped"), "{err}");
+    assert!(!err.contains("left by an earlier run"), "{err}");
+    assert_eq!(got, 0, "{err}");
+}

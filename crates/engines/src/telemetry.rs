@@ -202,6 +202,13 @@ pub async fn group_rows(metrics: &BusMetrics) -> Vec<GroupRow> {
     else {
         return Vec::new();
     };
+    bus_group_rows(&bus).await
+}
+
+/// The consumer groups of every stream of the known kinds and of the priority lanes on both
+/// buses of `bus`, as the brokers report them (a bus that does not answer within 2 s is left
+/// out).
+pub async fn bus_group_rows(bus: &DualBus) -> Vec<GroupRow> {
     let mut rows = Vec::new();
     for b in [BusId::MarketData, BusId::Logic] {
         let router = bus.router();

@@ -5,11 +5,12 @@ use super::hub::ProviderArgs;
 use super::{parse_duration, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
+use dualbus_bus::{handler_fn, BusId, DualBus, SubscribeOptions};
 use dualbus_core::{Mode, StartFrom};
 use dualbus_engines::engine::EngineThread;
 use dualbus_engines::metrics::{BusFigures, BusMetrics, Window};
 use dualbus_engines::system::{self, EngineSetup, System, SystemOptions, AVAILABLE, ENGINES};
+use dualbus_engines::telemetry::{self, GroupRow};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -94,6 +95,11 @@ pub struct RunArgs {
     /// Only these engines (comma-separated; default: every engine of this build).
     #[arg(long, value_delimiter = ',')]
     pub engines: Vec<String>,
+    /// On Redis: drop the engines' consumer groups left by an earlier run first, so nothing
+    /// published before this run is handled (their pending and unread messages are given up).
+    /// Without it an engine resumes where its group stopped.
+    #[arg(long)]
+    pub fresh: bool,
     /// Stop after this long (wall clock), e.g. `60s`, `5m`.
     #[arg(long)]
     pub duration: Option<String>,
@@ -245,6 +251,98 @@ async fn connect(global: &Global, backend: Backend, src: &str) -> anyhow::Result
         })
 }
 
+/// The start policy on Redis, said at start (unless `quiet`): a consumer group that exists
+/// resumes where it stopped; a new one starts at `delivery.start`. Groups of `groups` that an earlier run left
+/// with pending or unread messages are named, with what they hold; with `fresh` they are
+/// dropped first (XGROUP DESTROY), so the engines start at `delivery.start` with nothing old.
+async fn earlier_groups(
+    bus: &DualBus,
+    global: &Global,
+    groups: &[String],
+    fresh: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let rows: Vec<GroupRow> = telemetry::bus_group_rows(bus)
+        .await
+        .into_iter()
+        .filter(|r| groups.contains(&r.backlog.group))
+        .collect();
+    let start = &bus.config().delivery.start;
+    if fresh {
+        let cfg = global.config()?;
+        let mut dropped = 0;
+        for b in [BusId::MarketData, BusId::Logic] {
+            let url = &cfg.bus(b).url;
+            let client = redis::Client::open(url.as_str())
+                .with_context(|| format!("--fresh: bad bus address {url}"))?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .with_context(|| format!("--fresh: cannot reach {url}"))?;
+            for r in rows.iter().filter(|r| r.bus == b) {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DESTROY")
+                    .arg(&r.stream)
+                    .arg(&r.backlog.group)
+                    .query_async(&mut conn)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "--fresh: dropping group {} of {}",
+                            r.backlog.group, r.stream
+                        )
+                    })?;
+                dropped += 1;
+            }
+        }
+        if !quiet {
+            eprintln!(
+                "--fresh: dropped {dropped} consumer group{} of an earlier run; every group starts at the {start} message",
+                if dropped == 1 { "" } else { "s" }
+            );
+        }
+        return Ok(());
+    }
+    let held: Vec<&GroupRow> = rows
+        .iter()
+        .filter(|r| r.backlog.pending > 0 || r.backlog.lag.unwrap_or(0) > 0)
+        .collect();
+    if !quiet {
+        eprintln!(
+            "consumer groups: one that exists resumes where it stopped (at least once: nothing skipped); a new one starts at the {start} message (delivery.start)"
+        );
+    }
+    // Said even when quiet: old messages are about to be handled as if they were new.
+    if held.is_empty() {
+        return Ok(());
+    }
+    let (pending, unread) = held.iter().fold((0, 0), |(p, u), r| {
+        (p + r.backlog.pending, u + r.backlog.lag.unwrap_or(0))
+    });
+    eprintln!(
+        "note: {} group{} left by an earlier run hold {pending} pending and {unread} unread messages, handled first:",
+        held.len(),
+        if held.len() == 1 { "" } else { "s" }
+    );
+    for r in held.iter().take(8) {
+        eprintln!(
+            "  {:<14} {:<40} pending {:>7}  unread {:>7}",
+            r.backlog.group,
+            r.stream,
+            r.backlog.pending,
+            r.backlog.lag.map_or("?".into(), |l| l.to_string())
+        );
+    }
+    if held.len() > 8 {
+        eprintln!(
+            "  ... and {} more (dualbus stats lists them)",
+            held.len() - 8
+        );
+    }
+    eprintln!("  --fresh drops these groups first and starts without them");
+    Ok(())
+}
+
 pub(crate) fn parse_settings(s: Option<&str>) -> anyhow::Result<BTreeMap<String, Value>> {
     let Some(s) = s else {
         return Ok(BTreeMap::new());
@@ -295,6 +393,11 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
     rt.block_on(async move {
         let provider = args.provider.build()?;
         let root = connect(global, backend, "dualbus-run").await?;
+        if backend == Backend::Redis {
+            let mut groups = engines.clone();
+            groups.push("dualbus-run".into());
+            earlier_groups(&root, global, &groups, args.fresh, args.quiet).await?;
+        }
         let metrics = Arc::new(BusMetrics::new(warmup));
         let observed: Arc<Mutex<Observed>> = Default::default();
         let obs = observed.clone();
@@ -559,6 +662,12 @@ pub struct EngineArgs {
     /// Instance id (default NAME-PID): instances of one engine share its consumer group.
     #[arg(long)]
     pub instance: Option<String>,
+    /// Drop this engine's consumer groups left by an earlier run first, so nothing published
+    /// before it started is handled (their pending and unread messages are given up; do not use
+    /// it while another instance of the engine runs). Without it the engine resumes where its
+    /// group stopped.
+    #[arg(long)]
+    pub fresh: bool,
     /// The engine's settings as JSON (each key over those of `dualbus run`).
     #[arg(long, value_name = "JSON")]
     pub settings: Option<String>,
@@ -604,9 +713,12 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
             .instance
             .clone()
             .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
-        let bus = connect(global, backend, &name)
-            .await?
-            .sibling(&name, &inst)?;
+        let root = connect(global, backend, &name).await?;
+        if backend == Backend::Redis {
+            earlier_groups(&root, global, std::slice::from_ref(&name), args.fresh, args.json)
+                .await?;
+        }
+        let bus = root.sibling(&name, &inst)?;
         let metrics = Arc::new(BusMetrics::default());
         let (running, hub) = system::start_engine(
             &name,
