@@ -117,6 +117,12 @@ pub struct DeliverySection {
     /// per process), so no runtime busy with bulk traffic delays a critical message. Off only
     /// where one thread must do everything in a fixed order (`dualbus backtest`).
     pub priority_thread: bool,
+    /// The priority-lane thread asks the operating system for real-time scheduling
+    /// (`SCHED_FIFO` at the lowest real-time priority, Linux), so a critical message is
+    /// handled as soon as it arrives instead of waiting for a core the engines' threads hold.
+    /// Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` above 0; without them the thread keeps the
+    /// normal policy and says so once at `info`.
+    pub priority_realtime: bool,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -134,6 +140,7 @@ impl Default for DeliverySection {
             batch_max: 512,
             dedup_window: 1 << 20,
             priority_thread: true,
+            priority_realtime: true,
             unknown: BTreeMap::new(),
         }
     }
