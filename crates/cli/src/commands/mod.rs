@@ -108,6 +108,27 @@ impl MetricsArgs {
     }
 }
 
+/// An error and its causes on one line, `outer: cause: cause`, each cause once.
+///
+/// Many error types print their source in their own message as well as returning it from
+/// `source()` (a `redis::RedisError` wrapping an I/O error, a `thiserror` type with
+/// `{source}` in its format): a cause whose text the line already holds is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line
+}
+
 /// A Tokio runtime for one command.
 pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
@@ -152,8 +173,38 @@ pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{error_line, parse_duration};
+    use anyhow::Context;
     use std::time::Duration;
+
+    /// An error that prints its source in its message and also returns it as its source.
+    #[derive(Debug)]
+    struct SaysItsSource {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for SaysItsSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read x.toml: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for SaysItsSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn every_cause_is_printed_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(SaysItsSource { source: io() });
+        assert_eq!(error_line(&e), "cannot read x.toml: no such file");
+        let e = Err::<(), _>(io())
+            .context("loading the config")
+            .unwrap_err();
+        assert_eq!(error_line(&e), "loading the config: no such file");
+    }
 
     #[test]
     fn durations_parse_and_bad_ones_name_the_value() {
