@@ -17,7 +17,8 @@ pub mod vpin;
 
 use anyhow::bail;
 use clap::Args;
-use dualbus_bus::{BusId, Config};
+use dualbus_bus::{BusError, BusId, Config, DualBus};
+use dualbus_redis::ConnectError;
 use std::path::PathBuf;
 
 /// Flags every verb takes.
@@ -127,6 +128,27 @@ pub fn error_line(e: &anyhow::Error) -> String {
         line.push_str(text);
     }
     line
+}
+
+/// How every verb that needs the Redis buses ends its error when one does not answer.
+pub const START_HINT: &str =
+    "start them with `dualbus redis up`, or point --md-url/--logic-url at running servers";
+
+/// `e`, from reaching a Redis bus, as the verbs print it: what failed, then [`START_HINT`].
+pub fn unreachable(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the Redis buses are not reachable: {}; {START_HINT}",
+        error_line(&e.into())
+    )
+}
+
+/// Connects the buses of `cfg` as engine `src`; a Redis bus that does not answer is
+/// [`unreachable`].
+pub async fn connect_buses(src: &str, cfg: Config) -> anyhow::Result<DualBus> {
+    DualBus::connect(src, cfg).await.map_err(|e| match e {
+        BusError::Connect(ConnectError::Unreachable { .. }) => unreachable(e),
+        other => other.into(),
+    })
 }
 
 /// A Tokio runtime for one command.

@@ -249,7 +249,7 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
         }
     }
     if !all_up {
-        bail!("not every bus is reachable (start them with `dualbus redis up`)");
+        bail!("not every bus is reachable; {}", super::START_HINT);
     }
     Ok(())
 }

@@ -233,16 +233,12 @@ async fn connect(global: &Global, backend: Backend, src: &str) -> anyhow::Result
     // The engines share the cores, each on a thread of its own: an idle reader parks at once
     // rather than spin on a core another engine needs (unless the config sets a spin).
     cfg.memory.spin_us.get_or_insert(0);
-    let (md, logic) = (cfg.md.url.clone(), cfg.logic.url.clone());
-    DualBus::connect(src, cfg)
-        .await
-        .with_context(|| match backend {
-            Backend::Redis => format!(
-                "the Redis buses are not reachable (MarketData {md}, Engine Logic {logic}); \
-             start them with `dualbus redis up`, or pass --md-url/--logic-url"
-            ),
-            Backend::Embedded => "starting the embedded buses".to_string(),
-        })
+    match backend {
+        Backend::Redis => super::connect_buses(src, cfg).await,
+        Backend::Embedded => DualBus::connect(src, cfg)
+            .await
+            .context("starting the embedded buses"),
+    }
 }
 
 pub(crate) fn parse_settings(s: Option<&str>) -> anyhow::Result<BTreeMap<String, Value>> {

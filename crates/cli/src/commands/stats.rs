@@ -18,16 +18,21 @@ pub struct StatsArgs {
 pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
     let cfg = global.redis_config()?;
     runtime(1)?.block_on(async move {
+        // Both buses are read before anything is printed: a bus that does not answer gives
+        // the error alone, not a table header and then the error.
+        let mut lines = Vec::new();
         if !args.json {
-            println!(
+            lines.push(format!(
                 "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
                 "bus", "stream", "published", "group", "delivered", "pending", "lag", "dead"
-            );
+            ));
         }
         for (bus, name) in BUSES {
             let url = &cfg.bus(bus).url;
             let timeout = Duration::from_millis(cfg.bus(bus).connect_timeout_ms);
-            let mut conn = inspect::connect(name, url, timeout).await?;
+            let mut conn = inspect::connect(name, url, timeout)
+                .await
+                .map_err(super::unreachable)?;
             let streams = inspect::streams(&mut conn, &cfg.prefix).await?;
             let dead_key = format!("{}:{}:dead", cfg.prefix, bus.as_str());
             let dead = inspect::dead_counts(&mut conn, &dead_key).await?;
@@ -43,8 +48,7 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                         .map(|g| *dead.get(&(s.key.clone(), g.name.clone())).unwrap_or(&0))
                         .unwrap_or(0);
                     if args.json {
-                        println!(
-                            "{}",
+                        lines.push(
                             json!({
                                 "bus": bus.as_str(),
                                 "stream": s.key,
@@ -56,10 +60,11 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                                 "lag": g.and_then(|g| g.lag),
                                 "dead_lettered": dead_n,
                             })
+                            .to_string(),
                         );
                     } else {
                         let opt = |v: Option<u64>| v.map_or("-".to_string(), |x| x.to_string());
-                        println!(
+                        lines.push(format!(
                             "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
                             bus.as_str(),
                             s.key,
@@ -69,10 +74,13 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                             opt(g.map(|g| g.pending)),
                             opt(g.and_then(|g| g.lag)),
                             dead_n
-                        );
+                        ));
                     }
                 }
             }
+        }
+        for line in lines {
+            println!("{line}");
         }
         Ok(())
     })
