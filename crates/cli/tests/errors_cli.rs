@@ -90,3 +90,86 @@ fn an_unreachable_bus_ends_every_verb_with_how_to_start_them() {
         }
     }
 }
+
+/// `backtest --data` on a file that is not market data (here a README): for every format
+/// the error names the file once and the flag to change or give, with no WARN line per bad
+/// row before it; without `--format` it names the flag and the formats.
+#[test]
+fn a_file_that_is_not_market_data_names_the_file_and_the_flag() {
+    let dir = scratch("notdata");
+    let text: String = (1..=40)
+        .map(|i| format!("# Heading {i}\n\nSome prose, with commas, on line {i}.\n"))
+        .collect();
+    std::fs::write(dir.join("README.md"), text).unwrap();
+    let (ok, _, err) = dualbus_in(&dir, &["backtest", "--data", "README.md"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--data README.md needs --format: binance, tardis or quotes"),
+        "{err}"
+    );
+    for (format, flag) in [
+        ("binance", "--symbol"),
+        ("tardis", "--format"),
+        ("quotes", "--format"),
+    ] {
+        let (ok, out, err) = dualbus_in(
+            &dir,
+            &["backtest", "--data", "README.md", "--format", format],
+        );
+        assert!(!ok, "{format}");
+        assert!(out.is_empty(), "{format}: {out}");
+        assert_eq!(count(&err, "README.md"), 1, "{format}: {err}");
+        assert!(err.contains(flag), "{format}: {err}");
+        assert!(!err.contains("WARN"), "{format}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{format}: {err}");
+    }
+    // With the symbol given, the Binance reader finds no trade and says which line it tried.
+    let (ok, _, err) = dualbus_in(
+        &dir,
+        &[
+            "backtest",
+            "--data",
+            "README.md",
+            "--format",
+            "binance",
+            "--symbol",
+            "BTCUSDT",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("README.md: no line is a binance trade"),
+        "{err}"
+    );
+    assert!(err.contains("line 1, \"# Heading 1\""), "{err}");
+    assert!(err.contains("is --format right?"), "{err}");
+    assert!(!err.contains("WARN"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// A few bad rows in a good file are reported once, counted, with their lines.
+#[test]
+fn a_few_bad_rows_are_one_warning() {
+    let dir = scratch("badrows");
+    let mut rows = String::new();
+    for i in 0..10u64 {
+        let ts = 1_610_064_000_000 + i * 1000;
+        if i == 3 || i == 6 {
+            rows.push_str(&format!("{i},oops,0.1,1,{ts},True,True\n"));
+        } else {
+            rows.push_str(&format!("{i},100.0,0.1,1,{ts},True,True\n"));
+        }
+    }
+    std::fs::write(dir.join("BTCUSDT-trades-x.csv"), rows).unwrap();
+    let (ok, _, err) = dualbus_in(
+        &dir,
+        &["vpin", "BTCUSDT-trades-x.csv", "--format", "binance"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(count(&err, "WARN"), 1, "{err}");
+    assert!(
+        err.contains("BTCUSDT-trades-x.csv: skipped 2 unreadable rows (lines 4, 7)"),
+        "{err}"
+    );
+    assert!(err.contains("price: expected a number"), "{err}");
+}

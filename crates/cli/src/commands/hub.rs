@@ -10,7 +10,7 @@ use dualbus_engines::engine::{EngineHost, HostOptions};
 use dualbus_engines::hub::{HubOptions, HubStats, MarketDataHub};
 use dualbus_engines::metrics::BusMetrics;
 use dualbus_engines::provider::binance::{BinanceOptions, BinanceProvider};
-use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
+use dualbus_engines::provider::replay::{FileFormat, ReplayOptions};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
 use dualbus_engines::provider::{Provider, Speed};
 use std::path::PathBuf;
@@ -129,7 +129,7 @@ impl ProviderArgs {
                 if let Some(s) = &self.symbol {
                     opts = opts.symbol(s.clone());
                 }
-                Ok(Arc::new(ReplayProvider::open(opts)?))
+                Ok(Arc::new(super::open_replay(opts)?))
             }
             ProviderKind::Binance => {
                 let symbols = if self.symbols.is_empty() {

@@ -18,6 +18,8 @@ pub mod vpin;
 use anyhow::bail;
 use clap::Args;
 use dualbus_bus::{BusError, BusId, Config, DualBus};
+use dualbus_engines::provider::replay::{ReplayOptions, ReplayProvider};
+use dualbus_engines::provider::ProviderError;
 use dualbus_redis::ConnectError;
 use std::path::PathBuf;
 
@@ -147,6 +149,24 @@ pub fn unreachable(e: impl Into<anyhow::Error>) -> anyhow::Error {
 pub async fn connect_buses(src: &str, cfg: Config) -> anyhow::Result<DualBus> {
     DualBus::connect(src, cfg).await.map_err(|e| match e {
         BusError::Connect(ConnectError::Unreachable { .. }) => unreachable(e),
+        other => other.into(),
+    })
+}
+
+/// Opens a replay file for a verb whose flags are `--format` and `--symbol` (`backtest`,
+/// `hub`, `vpin`): an error says which of the two to give or change.
+///
+/// # Errors
+/// The replay's, naming the file once.
+pub fn open_replay(opts: ReplayOptions) -> anyhow::Result<ReplayProvider> {
+    ReplayProvider::open(opts).map_err(|e| match e {
+        ProviderError::Mismatch { message, option } => match option {
+            "format" => {
+                anyhow::anyhow!("{message}; is --format right? (binance, tardis or quotes)")
+            }
+            "symbol" => anyhow::anyhow!("{message}: give the symbol with --symbol"),
+            other => anyhow::anyhow!("{message}; check --{other}"),
+        },
         other => other.into(),
     })
 }
