@@ -173,3 +173,34 @@ fn a_few_bad_rows_are_one_warning() {
     );
     assert!(err.contains("price: expected a number"), "{err}");
 }
+
+/// A port in use names the address and the flag that sets it: `--port` (and the setting,
+/// `websocket.bind`) for the dashboard of `run`, `--metrics-port` for the metrics server.
+#[test]
+fn a_port_in_use_names_the_flag() {
+    let dir = scratch("port");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (ok, out, err) = dualbus_in(
+        &dir,
+        &["run", "--port", &port, "--duration", "1s", "--quiet"],
+    );
+    assert!(!ok);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains(&format!(
+            "127.0.0.1:{port} is in use: pick another with --port"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("websocket.bind"), "{err}");
+    let (ok, _, err) = dualbus_in(&dir, &["hub", "--metrics-port", &port, "--duration", "1s"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "127.0.0.1:{port} is in use: pick another with --metrics-port"
+        )),
+        "{err}"
+    );
+    drop(taken);
+}

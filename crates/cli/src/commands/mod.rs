@@ -103,7 +103,7 @@ impl MetricsArgs {
         };
         let server = dualbus_engines::telemetry::MetricsServer::start(&bind, metrics.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("{e}; choose another --metrics-port"))?;
+            .map_err(|e| anyhow::anyhow!("{e}: pick another with --metrics-port"))?;
         if !quiet {
             eprintln!("metrics: http://{}/metrics", server.addr());
         }

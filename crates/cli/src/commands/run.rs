@@ -273,6 +273,19 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         args.engines.clone()
     };
     let dashboard = engines.iter().any(|e| e == "websocket") && !settings.contains_key("websocket");
+    if dashboard && args.port != 0 {
+        // The engine would name its setting; here the port came from --port.
+        let bind = format!("127.0.0.1:{}", args.port);
+        if let Err(e) = std::net::TcpListener::bind(&bind) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                bail!(
+                    "the dashboard's address {bind} is in use: pick another with --port (or \
+                     websocket.bind in --settings)"
+                );
+            }
+            bail!("cannot listen on the dashboard's address {bind}: {e}; pick another with --port");
+        }
+    }
     if dashboard {
         settings.insert(
             "websocket".into(),
