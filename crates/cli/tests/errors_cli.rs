@@ -204,3 +204,32 @@ fn a_port_in_use_names_the_flag() {
     );
     drop(taken);
 }
+
+/// A config file with several problems: each is reported at once by its dotted key, a wrong
+/// type says what was expected and what was written, an unknown key lists the known ones, and
+/// an engine's section says where engine settings go.
+#[test]
+fn every_config_problem_is_named_by_its_key_at_once() {
+    let dir = scratch("config");
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[risk]\nmax_drawdown = \"x\"\n[md]\nport = 6380\nmaxlen = \"big\"\n\
+         [delivery]\nqueue_bound = \"lots\"\nmode = \"sometimes\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = dualbus_in(&dir, &["--config", file.to_str().unwrap(), "stats"]);
+    assert!(!ok);
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("invalid configuration (5 problems)"), "{err}");
+    for want in [
+        "md.maxlen: expected a whole number (0 or more), got the string \"big\"",
+        "delivery.queue_bound: expected a whole number (0 or more), got the string \"lots\"",
+        "md.port: unknown key; known keys: url, maxlen, connect_timeout_ms, max_payload_bytes",
+        "delivery.mode = \"sometimes\": expected \"reliable\" or \"fast\"",
+        "risk: unknown key: engine settings are not read from the config file",
+        "--settings '{\"risk\": {...}}'",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}

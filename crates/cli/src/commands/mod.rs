@@ -17,9 +17,10 @@ pub mod vpin;
 
 use anyhow::bail;
 use clap::Args;
-use dualbus_bus::{BusError, BusId, Config, DualBus};
+use dualbus_bus::{BusError, BusId, Config, ConfigError, DualBus};
 use dualbus_engines::provider::replay::{ReplayOptions, ReplayProvider};
 use dualbus_engines::provider::ProviderError;
+use dualbus_engines::system::ENGINES;
 use dualbus_redis::ConnectError;
 use std::path::PathBuf;
 
@@ -40,7 +41,7 @@ pub struct Global {
 impl Global {
     /// The configuration: file, then environment, then these flags; validated.
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut cfg = Config::load(self.config.as_deref())?;
+        let mut cfg = Config::load(self.config.as_deref()).map_err(engine_sections)?;
         if let Some(u) = &self.md_url {
             cfg.md.url = u.clone();
         }
@@ -67,6 +68,24 @@ impl Global {
         cfg.transport = "redis".into();
         Ok(cfg)
     }
+}
+
+/// A config file with a section named after an engine (`[risk]`): those settings are not
+/// read from the file, so the "unknown key" says where they go.
+fn engine_sections(e: ConfigError) -> ConfigError {
+    let ConfigError::Invalid(mut problems) = e else {
+        return e;
+    };
+    for p in &mut problems {
+        if ENGINES.contains(&p.key.as_str()) && p.reason.starts_with("unknown key") {
+            p.reason = format!(
+                "unknown key: engine settings are not read from the config file; `dualbus run`, \
+                 `backtest` and `engine` take them as --settings '{{\"{}\": {{...}}}}'",
+                p.key
+            );
+        }
+    }
+    ConfigError::Invalid(problems)
 }
 
 /// Where a long-running verb serves `/metrics`, `/healthz` and `/readyz` on a port of its own.
