@@ -233,3 +233,31 @@ fn every_config_problem_is_named_by_its_key_at_once() {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }
+
+/// A wrong `--settings` value names the engine's dotted key, the type expected and the value;
+/// every bad key of that engine is named at once.
+#[test]
+fn a_wrong_engine_setting_names_its_dotted_key() {
+    let dir = scratch("settings");
+    let (ok, _, err) = dualbus_in(
+        &dir,
+        &[
+            "backtest",
+            "--provider",
+            "synthetic",
+            "--duration",
+            "1h",
+            "--settings",
+            r#"{"risk": {"max_drawdown": "x", "colour": 1}}"#,
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("risk.max_drawdown: expected a number, got the string \"x\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("risk.colour: unknown key; known keys: ") && err.contains("max_drawdown,"),
+        "{err}"
+    );
+}
