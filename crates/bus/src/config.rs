@@ -49,6 +49,112 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DUALBUS_QUEUE_BOUND", "delivery.queue_bound"),
 ];
 
+/// The keys of the file's top level and of each section, for "unknown key" messages.
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "transport",
+            "prefix",
+            "instance",
+            "encoding",
+            "request_timeout_ms",
+            "md",
+            "logic",
+            "delivery",
+            "memory",
+            "failover",
+            "routes",
+        ],
+    ),
+    ("md", BUS_KEYS),
+    ("logic", BUS_KEYS),
+    (
+        "delivery",
+        &[
+            "mode",
+            "start",
+            "queue_bound",
+            "backpressure",
+            "idle_timeout_ms",
+            "max_deliveries",
+            "lag_limit",
+            "batch_max",
+            "dedup_window",
+            "priority_thread",
+            "priority_realtime",
+        ],
+    ),
+    ("memory", &["spin_us"]),
+    (
+        "failover",
+        &[
+            "enabled",
+            "heartbeat_ms",
+            "heartbeat_timeout_ms",
+            "window",
+            "window_ms",
+        ],
+    ),
+];
+
+const BUS_KEYS: &[&str] = &["url", "maxlen", "connect_timeout_ms", "max_payload_bytes"];
+
+/// The sections whose keys are checked one by one (`routes` takes any kind name).
+const SECTIONS: [&str; 6] = ["md", "logic", "delivery", "memory", "failover", "routes"];
+
+/// Explains a `serde` error about one value in words: `expected a number, got the string
+/// "x"`, or `unknown key; known keys: ...`. `got` describes the value as written. Shared by
+/// the config file and the engines' settings.
+pub fn explain_serde_error(message: &str, got: &str) -> String {
+    let first = message.lines().next().unwrap_or("").trim();
+    if let Some(rest) = first.strip_prefix("unknown field `") {
+        return match rest.split_once(", expected one of ") {
+            Some((_, known)) => format!("unknown key; known keys: {}", known.replace('`', "")),
+            None => match rest.split_once(", expected ") {
+                Some((_, known)) => {
+                    format!("unknown key; the only key is {}", known.replace('`', ""))
+                }
+                None => "unknown key".to_string(),
+            },
+        };
+    }
+    let wrong = first
+        .strip_prefix("invalid type: ")
+        .or_else(|| first.strip_prefix("invalid value: "));
+    match wrong.and_then(|w| w.split_once(", expected ")) {
+        Some((_, expected)) => format!("expected {}, got {got}", in_words(expected)),
+        None => first.to_string(),
+    }
+}
+
+/// A `serde` "expected" in words.
+fn in_words(expected: &str) -> String {
+    match expected {
+        "f64" | "f32" => "a number".into(),
+        "u64" | "u32" | "u16" | "u8" | "usize" => "a whole number (0 or more)".into(),
+        "i64" | "i32" | "i16" | "i8" | "isize" => "a whole number".into(),
+        "a boolean" => "true or false".into(),
+        "a sequence" => "a list".into(),
+        "a map" => "a table".into(),
+        e if e.starts_with("struct ") => "a table".into(),
+        e => e.to_string(),
+    }
+}
+
+/// A TOML value as an error message shows it: `the string "x"`, `-1`, `a table`.
+fn toml_in_words(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("the string {s:?}"),
+        toml::Value::Integer(i) => format!("the number {i}"),
+        toml::Value::Float(x) => format!("the number {x}"),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => format!("the date {d}"),
+        toml::Value::Array(_) => "a list".into(),
+        toml::Value::Table(_) => "a table".into(),
+    }
+}
+
 /// Whether `table` sets `section.key` explicitly.
 fn section_sets(table: &toml::Table, section: &str, key: &str) -> bool {
     table
@@ -261,7 +367,8 @@ impl Default for Config {
 pub struct Problem {
     /// The dotted key (`delivery.queue_bound`), with the environment variable that set it.
     pub key: String,
-    /// The offending value as written.
+    /// The offending value as written (empty when the reason says it, or when the key is
+    /// unknown).
     pub value: String,
     /// What is wrong.
     pub reason: String,
@@ -269,7 +376,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} = {}: {}", self.key, self.value, self.reason)
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.key, self.reason)
+        } else {
+            write!(f, "{} = {}: {}", self.key, self.value, self.reason)
+        }
     }
 }
 
@@ -284,7 +395,7 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or a value has the wrong type.
+    /// The file is not valid TOML.
     #[error("config file {path}: {message}")]
     Parse {
         /// The file (or `<environment>`).
@@ -292,7 +403,8 @@ pub enum ConfigError {
         /// The parser's message.
         message: String,
     },
-    /// One or more values are invalid; every problem is listed.
+    /// One or more values are invalid or of the wrong type, or keys unknown; every problem is
+    /// listed.
     #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
 }
@@ -434,9 +546,57 @@ impl Config {
             t.insert(parts[parts.len() - 1].to_string(), value);
             from_env.insert(key.to_string(), *var);
         }
-        let table_keys = table.clone();
+        // Each key is deserialised alone first, so that every value of the wrong type is
+        // reported (by its dotted key), not only the first; the rest is then read without them.
+        let mut type_problems = Vec::new();
+        let mut bad_type = |key: String, value: &toml::Value, e: toml::de::Error| {
+            let key = match from_env.get(&key) {
+                Some(var) => format!("{key} (from {var})"),
+                None => key,
+            };
+            type_problems.push(Problem {
+                key,
+                value: String::new(),
+                reason: explain_serde_error(e.message(), &toml_in_words(value)),
+            });
+        };
+        let alone = |section: &str, key: &str, value: &toml::Value| {
+            let mut one = toml::Table::new();
+            one.insert(key.to_string(), value.clone());
+            let mut top = toml::Table::new();
+            if section.is_empty() {
+                top = one;
+            } else {
+                top.insert(section.to_string(), toml::Value::Table(one));
+            }
+            toml::Value::Table(top).try_into::<Config>().map(|_| ())
+        };
+        let mut clean = toml::Table::new();
+        for (key, value) in &table {
+            match value {
+                toml::Value::Table(inner) if SECTIONS.contains(&key.as_str()) => {
+                    let mut kept = toml::Table::new();
+                    for (k, v) in inner {
+                        match alone(key, k, v) {
+                            Ok(()) => {
+                                kept.insert(k.clone(), v.clone());
+                            }
+                            Err(e) => bad_type(format!("{key}.{k}"), v, e),
+                        }
+                    }
+                    clean.insert(key.clone(), toml::Value::Table(kept));
+                }
+                _ => match alone("", key, value) {
+                    Ok(()) => {
+                        clean.insert(key.clone(), value.clone());
+                    }
+                    Err(e) => bad_type(key.clone(), value, e),
+                },
+            }
+        }
+        let table_keys = table;
         let mut cfg: Config =
-            toml::Value::Table(table)
+            toml::Value::Table(clean)
                 .try_into()
                 .map_err(|e: toml::de::Error| ConfigError::Parse {
                     path: origin.to_path_buf(),
@@ -456,7 +616,9 @@ impl Config {
         if cfg.logic.url.is_empty() && !section_sets(&table_keys, "logic", "url") {
             cfg.logic.url = defaults.logic.url;
         }
-        let problems = cfg.problems();
+        let mut problems = type_problems;
+        problems.extend(cfg.problems());
+        problems.sort_by(|a, b| a.key.cmp(&b.key));
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -487,13 +649,21 @@ impl Config {
         let unknown = |section: &str,
                        map: &BTreeMap<String, toml::Value>,
                        bad: &mut dyn FnMut(&str, &dyn fmt::Display, &str)| {
-            for (k, v) in map {
+            let known = KNOWN_KEYS
+                .iter()
+                .find(|(s, _)| *s == section)
+                .map_or(&[][..], |(_, keys)| *keys);
+            for k in map.keys() {
                 let key = if section.is_empty() {
                     k.clone()
                 } else {
                     format!("{section}.{k}")
                 };
-                bad(&key, v, "unknown key");
+                bad(
+                    &key,
+                    &"",
+                    &format!("unknown key; known keys: {}", known.join(", ")),
+                );
             }
         };
         unknown("", &self.unknown, &mut bad);
@@ -827,10 +997,111 @@ mod tests {
     }
 
     #[test]
-    fn wrong_types_are_parse_errors_naming_the_key() {
-        let err = parse("[delivery]\nqueue_bound = \"lots\"", &[])
+    fn every_wrong_type_is_reported_at_once_by_its_dotted_key() {
+        let text = r#"
+            transport = 3
+            colour = "blue"
+            [md]
+            maxlen = "big"
+            [delivery]
+            queue_bound = "lots"
+            max_deliveries = -1
+            mode = "sometimes"
+            [failover]
+            window = true
+            [routes]
+            my_quotes = 1
+        "#;
+        let err = parse(text, &[]).unwrap_err();
+        let ConfigError::Invalid(problems) = &err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        for want in [
+            "transport: expected a string, got the number 3",
+            "md.maxlen: expected a whole number (0 or more), got the string \"big\"",
+            "delivery.queue_bound: expected a whole number (0 or more), got the string \"lots\"",
+            "delivery.max_deliveries: expected a whole number (0 or more), got the number -1",
+            "failover.window: expected a whole number (0 or more), got true",
+            "routes.my_quotes: expected a string, got the number 1",
+            "delivery.mode = \"sometimes\": expected \"reliable\" or \"fast\"",
+        ] {
+            assert!(
+                lines.iter().any(|l| l == want),
+                "missing {want:?} in {lines:#?}"
+            );
+        }
+        let colour = lines.iter().find(|l| l.starts_with("colour")).unwrap();
+        assert!(
+            colour.starts_with("colour: unknown key; known keys: transport, prefix,"),
+            "{colour}"
+        );
+        assert_eq!(problems.len(), 8, "{lines:#?}");
+
+        let err = parse("", &[("DUALBUS_QUEUE_BOUND", "lots".into())])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("queue_bound"), "{err}");
+        assert!(
+            err.contains("delivery.queue_bound (from DUALBUS_QUEUE_BOUND): expected a whole"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_the_keys_of_its_section() {
+        let err = parse("[md]\nport = 6380\n[risk]\nmax_drawdown = 0.1\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "md.port: unknown key; known keys: url, maxlen, connect_timeout_ms, max_payload_bytes"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("risk: unknown key; known keys: "), "{err}");
+        assert!(!err.contains("max_drawdown = "), "{err}");
+    }
+
+    #[test]
+    fn every_known_key_is_known() {
+        for (section, keys) in KNOWN_KEYS {
+            for key in *keys {
+                let text = if section.is_empty() {
+                    format!("{key} = 1\n")
+                } else {
+                    format!("[{section}]\n{key} = 1\n")
+                };
+                if let Err(ConfigError::Invalid(problems)) = parse(&text, &[]) {
+                    assert!(
+                        problems
+                            .iter()
+                            .all(|p| !p.reason.starts_with("unknown key")),
+                        "{section}.{key}: {problems:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn serde_errors_are_explained_in_words() {
+        assert_eq!(
+            explain_serde_error(
+                "invalid type: string \"x\", expected f64",
+                "the string \"x\""
+            ),
+            "expected a number, got the string \"x\""
+        );
+        assert_eq!(
+            explain_serde_error(
+                "unknown field `port`, expected one of `bind`, `max_clients`",
+                "1"
+            ),
+            "unknown key; known keys: bind, max_clients"
+        );
+        assert_eq!(
+            explain_serde_error("something else\nmore", "1"),
+            "something else"
+        );
     }
 }

@@ -44,3 +44,72 @@ fn redis_status_says_no_limit_rather_than_zero_bytes() {
     assert!(md_line.contains("(limit 100.00M)"), "{text}");
     assert_eq!(text.matches("(no limit)").count(), 1, "{text}");
 }
+
+/// `dualbus stats` explains the failover mirror: each bus holds the other bus's streams and
+/// groups, empty until a failover; they are left out (and counted) unless `--all`, which marks
+/// them.
+#[test]
+fn stats_leaves_out_the_empty_failover_mirror_and_says_so() {
+    let md = RedisServer::start().expect("redis-server");
+    let logic = RedisServer::start().expect("redis-server");
+    let (md_url, logic_url) = (md.url(), logic.url());
+    let dualbus = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dualbus"))
+            .args(["--md-url", &md_url, "--logic-url", &logic_url])
+            .args(args)
+            .output()
+            .expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // A short run makes the strategy's groups, on both buses.
+    dualbus(&[
+        "run",
+        "--backend",
+        "redis",
+        "--engines",
+        "strategy",
+        "--duration",
+        "1s",
+        "--port",
+        "0",
+        "--quiet",
+    ]);
+    let text = dualbus(&["stats"]);
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("md ") || l.starts_with("logic "))
+        .collect();
+    assert!(!rows.is_empty(), "{text}");
+    // Every row shown is a stream of its own bus; the mirror is counted in the footnote.
+    for r in &rows {
+        let bus = r.split_whitespace().next().unwrap();
+        assert!(r.contains(&format!("dualbus:{bus}:")), "{r}");
+    }
+    let note = text.lines().last().unwrap();
+    assert!(
+        note.contains("empty failover mirror streams not shown, --all shows them"),
+        "{text}"
+    );
+    let all = dualbus(&["stats", "--all"]);
+    let mirrors = all.lines().filter(|l| l.contains(" (mirror)")).count();
+    let hidden: usize = note
+        .trim_start_matches('(')
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(hidden > 0 && mirrors >= hidden, "{all}");
+    assert!(
+        all.lines()
+            .filter(|l| l.contains(" (mirror)"))
+            .all(|l| l.starts_with("md     dualbus:logic:") || l.starts_with("logic  dualbus:md:")),
+        "{all}"
+    );
+}

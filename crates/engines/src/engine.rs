@@ -213,10 +213,41 @@ impl EngineContext {
     /// Reads the engine's configuration section as `T`; a missing section gives `T::default()`.
     ///
     /// # Errors
-    /// [`EngineError::Config`] naming the engine and the bad value.
+    /// [`EngineError::Config`] naming the engine and every bad key of its section at once, by
+    /// its dotted key: `risk.max_drawdown: expected a number, got the string "x"`,
+    /// `websocket.port: unknown key; known keys: ...`.
     pub fn settings<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T, EngineError> {
         if self.config.is_null() {
             return Ok(T::default());
+        }
+        if let Some(section) = self.config.as_object() {
+            // Each key alone, so that every bad one is named (settings types take their
+            // defaults for the keys not given).
+            let problems: Vec<String> = section
+                .iter()
+                .filter_map(|(key, value)| {
+                    let mut one = serde_json::Map::new();
+                    one.insert(key.clone(), value.clone());
+                    let e = serde_json::from_value::<T>(serde_json::Value::Object(one)).err()?;
+                    let message = e.to_string();
+                    (!message.starts_with("missing field")).then(|| {
+                        format!(
+                            "{}.{key}: {}",
+                            self.name,
+                            dualbus_bus::config::explain_serde_error(
+                                &message,
+                                &json_in_words(value)
+                            )
+                        )
+                    })
+                })
+                .collect();
+            if !problems.is_empty() {
+                return Err(EngineError::Config {
+                    engine: self.name.to_string(),
+                    reason: problems.join("; "),
+                });
+            }
         }
         serde_json::from_value((*self.config).clone()).map_err(|e| EngineError::Config {
             engine: self.name.to_string(),
@@ -688,5 +719,17 @@ impl<E: Engine> RunningEngine<E> {
         }
         drop(thread);
         counts.counts()
+    }
+}
+
+/// A JSON value as an error message shows it: `the string "x"`, `the number -1`, `an object`.
+fn json_in_words(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => format!("the string {s:?}"),
+        serde_json::Value::Number(n) => format!("the number {n}"),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Array(_) => "a list".into(),
+        serde_json::Value::Object(_) => "an object".into(),
     }
 }

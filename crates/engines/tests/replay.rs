@@ -135,6 +135,14 @@ fn config_error(res: Result<ReplayProvider, ProviderError>) -> String {
     }
 }
 
+/// The message of a [`ProviderError::Mismatch`] naming `option`.
+fn mismatch(res: Result<ReplayProvider, ProviderError>, option: &str) -> String {
+    match res {
+        Err(ProviderError::Mismatch { message, option: o }) if o == option => message,
+        other => panic!("expected a Mismatch of `{option}`, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn binance_sample_replays_every_trade_exactly_as_in_the_file() {
     let Some(path) = sample(BINANCE) else { return };
@@ -425,9 +433,11 @@ async fn bad_rows_are_skipped_counted_and_named_by_line() {
 #[tokio::test]
 async fn a_file_with_no_readable_row_is_an_error_naming_the_first_problem() {
     let Some(path) = sample(TARDIS) else { return };
-    let msg = config_error(ReplayProvider::open(
-        ReplayOptions::new(path, FileFormat::Binance).symbol("XBTUSD"),
-    ));
+    let msg = mismatch(
+        ReplayProvider::open(ReplayOptions::new(path, FileFormat::Binance).symbol("XBTUSD")),
+        "format",
+    );
+    assert!(msg.contains("no line is a binance trade"), "{msg}");
     assert!(msg.contains("line 1"), "{msg}");
     assert!(msg.contains("expected 7 fields, found 8"), "{msg}");
 }
@@ -484,27 +494,27 @@ async fn headers_must_have_the_needed_columns() {
         "t.csv",
         "exchange,symbol,timestamp,id,price,amount\nx,A,1,1,1,1\n",
     );
-    let msg = config_error(ReplayProvider::open(ReplayOptions::new(
-        f.path(),
-        FileFormat::Tardis,
-    )));
+    let msg = mismatch(
+        ReplayProvider::open(ReplayOptions::new(f.path(), FileFormat::Tardis)),
+        "format",
+    );
     assert!(msg.contains("lacks side"), "{msg}");
     let f = TempFile::new("q.csv", "time,bid\n1,1\n");
-    let msg = config_error(ReplayProvider::open(ReplayOptions::new(
-        f.path(),
-        FileFormat::Quotes,
-    )));
+    let msg = mismatch(
+        ReplayProvider::open(ReplayOptions::new(f.path(), FileFormat::Quotes)),
+        "format",
+    );
     assert!(msg.contains("lacks timestamp, ask"), "{msg}");
 }
 
 #[tokio::test]
 async fn the_symbol_comes_from_the_options_else_the_file_name_else_an_error() {
     let f = TempFile::new("dump.csv", "1,100.0,0.5,50,1610064000000,True,True\n");
-    let msg = config_error(ReplayProvider::open(ReplayOptions::new(
-        f.path(),
-        FileFormat::Binance,
-    )));
-    assert!(msg.contains("give the symbol"), "{msg}");
+    let msg = mismatch(
+        ReplayProvider::open(ReplayOptions::new(f.path(), FileFormat::Binance)),
+        "symbol",
+    );
+    assert!(msg.contains("does not name its symbol"), "{msg}");
     let p = open(ReplayOptions::new(f.path(), FileFormat::Binance).symbol("SOLUSDT"));
     assert_eq!(p.symbols(), ["SOLUSDT"]);
     let r = replay(&p).await;

@@ -254,7 +254,21 @@ async fn an_address_in_use_is_a_config_error_naming_it() {
             Ok(_) => panic!("started with an unknown setting"),
             Err(e) => e,
         };
-        assert!(err.to_string().contains("unknown field `queue`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("websocket.queue: unknown key; known keys: bind,"),
+            "{err}"
+        );
+        let err = match start(&root, json!({"bind": "127.0.0.1:0", "max_clients": "many"})).await {
+            Ok(_) => panic!("started with a setting of the wrong type"),
+            Err(e) => e,
+        };
+        assert!(
+            err.to_string().contains(
+                "websocket.max_clients: expected a whole number (0 or more), got the string \"many\""
+            ),
+            "{err}"
+        );
     };
     tokio::time::timeout(Duration::from_secs(30), run)
         .await

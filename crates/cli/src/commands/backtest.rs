@@ -32,7 +32,7 @@ use dualbus_engines::market::{Bar, Instrument, MarketEvent};
 use dualbus_engines::metrics::BusMetrics;
 use dualbus_engines::ml::DEFAULT_FEATURES;
 use dualbus_engines::portfolio::{PortfolioUpdate, PositionChange};
-use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
+use dualbus_engines::provider::replay::{FileFormat, ReplayOptions};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
 use dualbus_engines::provider::{HistoryRequest, MarketStream, Provider, ProviderError, Speed};
 use dualbus_engines::system::{System, SystemOptions, AVAILABLE};
@@ -230,7 +230,10 @@ fn source(args: &BacktestArgs) -> anyhow::Result<Source> {
                 );
             }
             let Some(format) = &args.format else {
-                bail!("--data needs --format binance|tardis|quotes");
+                bail!(
+                    "--data {} needs --format: binance, tardis or quotes",
+                    path.display()
+                );
             };
             let format: FileFormat = format.parse()?;
             if !path.exists() {
@@ -240,8 +243,7 @@ fn source(args: &BacktestArgs) -> anyhow::Result<Source> {
             if let Some(s) = &args.symbol {
                 opts = opts.symbol(s.clone());
             }
-            let p = ReplayProvider::open(opts)
-                .with_context(|| format!("opening {}", path.display()))?;
+            let p = super::open_replay(opts)?;
             Ok(Source {
                 data: json!({
                     "file": path.display().to_string(),

@@ -7,7 +7,6 @@ use super::progress::Progress;
 use super::{parse_duration, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use dualbus_bus::DualBus;
 use dualbus_engines::engine::{EngineHost, HostOptions};
 use dualbus_engines::hub::{HubOptions, HubStats, MarketDataHub};
 use dualbus_engines::metrics::BusMetrics;
@@ -136,7 +135,7 @@ impl ProviderArgs {
                 if let Some(s) = &self.symbol {
                     opts = opts.symbol(s.clone());
                 }
-                let p = Arc::new(ReplayProvider::open(opts)?);
+                let p = Arc::new(super::open_replay(opts)?);
                 Ok((p.clone(), Some(p)))
             }
             ProviderKind::Binance => {
@@ -212,9 +211,7 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
         let (provider, replay) = args.provider.build_parts()?;
         // The in-memory transport is printed by its user-facing name.
         let transport = cfg.transport.replace("memory", "embedded");
-        let bus = DualBus::connect("marketdata", cfg.clone())
-            .await
-            .with_context(|| format!("connecting the {transport} buses"))?;
+        let bus = super::connect_buses("marketdata", cfg.clone()).await?;
         let hub = MarketDataHub::new(provider.clone(), HubOptions::default());
         let handle = hub.handle();
         let started = Instant::now();

@@ -18,7 +18,11 @@ pub mod vpin;
 
 use anyhow::bail;
 use clap::Args;
-use dualbus_bus::{BusId, Config};
+use dualbus_bus::{BusError, BusId, Config, ConfigError, DualBus};
+use dualbus_engines::provider::replay::{ReplayOptions, ReplayProvider};
+use dualbus_engines::provider::ProviderError;
+use dualbus_engines::system::ENGINES;
+use dualbus_redis::ConnectError;
 use std::path::PathBuf;
 
 /// Flags every verb takes.
@@ -38,7 +42,7 @@ pub struct Global {
 impl Global {
     /// The configuration: file, then environment, then these flags; validated.
     pub fn config(&self) -> anyhow::Result<Config> {
-        let mut cfg = Config::load(self.config.as_deref())?;
+        let mut cfg = Config::load(self.config.as_deref()).map_err(engine_sections)?;
         if let Some(u) = &self.md_url {
             cfg.md.url = u.clone();
         }
@@ -65,6 +69,24 @@ impl Global {
         cfg.transport = "redis".into();
         Ok(cfg)
     }
+}
+
+/// A config file with a section named after an engine (`[risk]`): those settings are not
+/// read from the file, so the "unknown key" says where they go.
+fn engine_sections(e: ConfigError) -> ConfigError {
+    let ConfigError::Invalid(mut problems) = e else {
+        return e;
+    };
+    for p in &mut problems {
+        if ENGINES.contains(&p.key.as_str()) && p.reason.starts_with("unknown key") {
+            p.reason = format!(
+                "unknown key: engine settings are not read from the config file; `dualbus run`, \
+                 `backtest` and `engine` take them as --settings '{{\"{}\": {{...}}}}'",
+                p.key
+            );
+        }
+    }
+    ConfigError::Invalid(problems)
 }
 
 /// Where a long-running verb serves `/metrics`, `/healthz` and `/readyz` on a port of its own.
@@ -101,12 +123,72 @@ impl MetricsArgs {
         };
         let server = dualbus_engines::telemetry::MetricsServer::start(&bind, metrics.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("{e}; choose another --metrics-port"))?;
+            .map_err(|e| anyhow::anyhow!("{e}: pick another with --metrics-port"))?;
         if !quiet {
             eprintln!("metrics: http://{}/metrics", server.addr());
         }
         Ok(Some(server))
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause`, each cause once.
+///
+/// Many error types print their source in their own message as well as returning it from
+/// `source()` (a `redis::RedisError` wrapping an I/O error, a `thiserror` type with
+/// `{source}` in its format): a cause whose text the line already holds is not repeated.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || line.contains(text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(text);
+    }
+    line
+}
+
+/// How every verb that needs the Redis buses ends its error when one does not answer.
+pub const START_HINT: &str =
+    "start them with `dualbus redis up`, or point --md-url/--logic-url at running servers";
+
+/// `e`, from reaching a Redis bus, as the verbs print it: what failed, then [`START_HINT`].
+pub fn unreachable(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the Redis buses are not reachable: {}; {START_HINT}",
+        error_line(&e.into())
+    )
+}
+
+/// Connects the buses of `cfg` as engine `src`; a Redis bus that does not answer is
+/// [`unreachable`].
+pub async fn connect_buses(src: &str, cfg: Config) -> anyhow::Result<DualBus> {
+    DualBus::connect(src, cfg).await.map_err(|e| match e {
+        BusError::Connect(ConnectError::Unreachable { .. }) => unreachable(e),
+        other => other.into(),
+    })
+}
+
+/// Opens a replay file for a verb whose flags are `--format` and `--symbol` (`backtest`,
+/// `hub`, `vpin`): an error says which of the two to give or change.
+///
+/// # Errors
+/// The replay's, naming the file once.
+pub fn open_replay(opts: ReplayOptions) -> anyhow::Result<ReplayProvider> {
+    ReplayProvider::open(opts).map_err(|e| match e {
+        ProviderError::Mismatch { message, option } => match option {
+            "format" => {
+                anyhow::anyhow!("{message}; is --format right? (binance, tardis or quotes)")
+            }
+            "symbol" => anyhow::anyhow!("{message}: give the symbol with --symbol"),
+            other => anyhow::anyhow!("{message}; check --{other}"),
+        },
+        other => other.into(),
+    })
 }
 
 /// A Tokio runtime for one command.
@@ -153,8 +235,38 @@ pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{error_line, parse_duration};
+    use anyhow::Context;
     use std::time::Duration;
+
+    /// An error that prints its source in its message and also returns it as its source.
+    #[derive(Debug)]
+    struct SaysItsSource {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for SaysItsSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read x.toml: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for SaysItsSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn every_cause_is_printed_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(SaysItsSource { source: io() });
+        assert_eq!(error_line(&e), "cannot read x.toml: no such file");
+        let e = Err::<(), _>(io())
+            .context("loading the config")
+            .unwrap_err();
+        assert_eq!(error_line(&e), "loading the config: no such file");
+    }
 
     #[test]
     fn durations_parse_and_bad_ones_name_the_value() {

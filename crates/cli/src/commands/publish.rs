@@ -3,7 +3,6 @@
 use super::{runtime, Global};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use dualbus_bus::DualBus;
 use dualbus_core::{EventKind, Priority, Topic};
 use std::time::{Duration, Instant};
 
@@ -84,7 +83,7 @@ pub fn run(args: PublishArgs, global: &Global) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("cli-{}", std::process::id())),
     );
     runtime(1)?.block_on(async move {
-        let bus = DualBus::connect(&args.src, cfg).await?;
+        let bus = super::connect_buses(&args.src, cfg).await?;
         let route = bus.route(&kind, prio);
         let n = args.count.unwrap_or(1);
         let start = Instant::now();

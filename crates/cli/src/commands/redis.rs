@@ -214,7 +214,7 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
             Ok(c) => c,
             Err(e) => {
                 all_up = false;
-                println!("{name} bus ({url}): unreachable: {e:#}");
+                println!("{name} bus ({url}): unreachable: {}", super::error_line(&e));
                 continue;
             }
         };
@@ -253,7 +253,7 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
         }
     }
     if !all_up {
-        bail!("not every bus is reachable (start them with `dualbus redis up`)");
+        bail!("not every bus is reachable; {}", super::START_HINT);
     }
     Ok(())
 }

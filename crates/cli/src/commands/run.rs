@@ -239,16 +239,12 @@ async fn connect(global: &Global, backend: Backend, src: &str) -> anyhow::Result
     // The engines share the cores, each on a thread of its own: an idle reader parks at once
     // rather than spin on a core another engine needs (unless the config sets a spin).
     cfg.memory.spin_us.get_or_insert(0);
-    let (md, logic) = (cfg.md.url.clone(), cfg.logic.url.clone());
-    DualBus::connect(src, cfg)
-        .await
-        .with_context(|| match backend {
-            Backend::Redis => format!(
-                "the Redis buses are not reachable (MarketData {md}, Engine Logic {logic}); \
-             start them with `dualbus redis up`, or pass --md-url/--logic-url"
-            ),
-            Backend::Embedded => "starting the embedded buses".to_string(),
-        })
+    match backend {
+        Backend::Redis => super::connect_buses(src, cfg).await,
+        Backend::Embedded => DualBus::connect(src, cfg)
+            .await
+            .context("starting the embedded buses"),
+    }
 }
 
 /// The start policy on Redis, said at start (unless `quiet`): a consumer group that exists
@@ -375,6 +371,19 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         args.engines.clone()
     };
     let dashboard = engines.iter().any(|e| e == "websocket") && !settings.contains_key("websocket");
+    if dashboard && args.port != 0 {
+        // The engine would name its setting; here the port came from --port.
+        let bind = format!("127.0.0.1:{}", args.port);
+        if let Err(e) = std::net::TcpListener::bind(&bind) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                bail!(
+                    "the dashboard's address {bind} is in use: pick another with --port (or \
+                     websocket.bind in --settings)"
+                );
+            }
+            bail!("cannot listen on the dashboard's address {bind}: {e}; pick another with --port");
+        }
+    }
     if dashboard {
         settings.insert(
             "websocket".into(),

@@ -12,26 +12,44 @@ pub struct StatsArgs {
     /// One JSON object per stream and group instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also the failover mirror rows that are empty: each bus holds the other bus's streams
+    /// and groups too, so that a failover finds them ready; they stay empty until one.
+    #[arg(long)]
+    all: bool,
 }
 
 /// Runs `dualbus stats`.
 pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
     let cfg = global.redis_config()?;
     runtime(1)?.block_on(async move {
+        // Both buses are read before anything is printed: a bus that does not answer gives
+        // the error alone, not a table header and then the error.
+        let mut lines = Vec::new();
+        let mut hidden = 0usize;
         if !args.json {
-            println!(
+            lines.push(format!(
                 "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
                 "bus", "stream", "published", "group", "delivered", "pending", "lag", "dead"
-            );
+            ));
         }
         for (bus, name) in BUSES {
             let url = &cfg.bus(bus).url;
             let timeout = Duration::from_millis(cfg.bus(bus).connect_timeout_ms);
-            let mut conn = inspect::connect(name, url, timeout).await?;
+            let mut conn = inspect::connect(name, url, timeout)
+                .await
+                .map_err(super::unreachable)?;
             let streams = inspect::streams(&mut conn, &cfg.prefix).await?;
             let dead_key = format!("{}:{}:dead", cfg.prefix, bus.as_str());
             let dead = inspect::dead_counts(&mut conn, &dead_key).await?;
+            // A stream of the other bus (`PREFIX:logic:...` on the MarketData server, and
+            // the reverse): the failover mirror.
+            let own = format!("{}:{}:", cfg.prefix, bus.as_str());
             for s in &streams {
+                let mirror = !s.key.starts_with(&own);
+                if mirror && s.entries_added == 0 && !args.all {
+                    hidden += 1;
+                    continue;
+                }
                 let rows: Vec<Option<&inspect::GroupRow>> = if s.groups.is_empty() {
                     vec![None]
                 } else {
@@ -43,8 +61,7 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                         .map(|g| *dead.get(&(s.key.clone(), g.name.clone())).unwrap_or(&0))
                         .unwrap_or(0);
                     if args.json {
-                        println!(
-                            "{}",
+                        lines.push(
                             json!({
                                 "bus": bus.as_str(),
                                 "stream": s.key,
@@ -55,25 +72,53 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                                 "pending": g.map(|g| g.pending),
                                 "lag": g.and_then(|g| g.lag),
                                 "dead_lettered": dead_n,
+                                "failover_mirror": mirror,
                             })
+                            .to_string(),
                         );
                     } else {
                         let opt = |v: Option<u64>| v.map_or("-".to_string(), |x| x.to_string());
-                        println!(
+                        lines.push(format!(
                             "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
                             bus.as_str(),
-                            s.key,
+                            if mirror {
+                                format!("{} (mirror)", s.key)
+                            } else {
+                                s.key.clone()
+                            },
                             s.entries_added,
                             group,
                             opt(g.and_then(|g| g.entries_read)),
                             opt(g.map(|g| g.pending)),
                             opt(g.and_then(|g| g.lag)),
                             dead_n
-                        );
+                        ));
                     }
                 }
             }
         }
+        for line in &lines {
+            println!("{line}");
+        }
+        if !args.json {
+            if hidden > 0 {
+                println!(
+                    "({hidden} empty failover mirror streams not shown, --all shows them: each bus \
+                     also holds the other bus's streams and groups, so that a failover finds \
+                     them ready)"
+                );
+            } else if args.all || streams_seen_mirror(&lines) {
+                println!(
+                    "(mirror: a stream of the other bus held here for failover; it fills only \
+                     while that bus is down)"
+                );
+            }
+        }
         Ok(())
     })
+}
+
+/// Whether a table line shows a failover mirror stream.
+fn streams_seen_mirror(lines: &[String]) -> bool {
+    lines.iter().any(|l| l.contains(" (mirror)"))
 }

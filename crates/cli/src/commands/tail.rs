@@ -2,7 +2,7 @@
 
 use super::{inspect, runtime, Global, BUSES};
 use clap::Args;
-use dualbus_bus::{DualBus, Handler, HandlerError, SubscribeOptions};
+use dualbus_bus::{Handler, HandlerError, SubscribeOptions};
 use dualbus_core::{Envelope, Mode, StartFrom};
 use std::future::Future;
 use std::time::Duration;
@@ -86,7 +86,7 @@ pub fn run(args: TailArgs, global: &Global) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("tail-{}", std::process::id()));
     runtime(2)?.block_on(async move {
-        let bus = DualBus::connect("tail", cfg.clone()).await?;
+        let bus = super::connect_buses("tail", cfg.clone()).await?;
         let mut opts = SubscribeOptions::new(&group, &[&args.pattern])?.start(if args.from_start {
             StartFrom::Oldest
         } else {

@@ -4,7 +4,7 @@ use super::runtime;
 use anyhow::bail;
 use clap::Args;
 use dualbus_engines::market::MarketEvent;
-use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
+use dualbus_engines::provider::replay::{FileFormat, ReplayOptions};
 use dualbus_engines::provider::{Provider, Speed};
 use dualbus_engines::vpin::{VpinBucket, VpinCalculator, VpinParams};
 use std::collections::BTreeMap;
@@ -67,7 +67,7 @@ pub fn run(args: VpinArgs) -> anyhow::Result<()> {
     if let Some(s) = &args.symbol {
         opts = opts.symbol(s.clone());
     }
-    let provider = ReplayProvider::open(opts)?;
+    let provider = super::open_replay(opts)?;
     let trades: Vec<(String, u64, f64, f64)> = runtime(1)?.block_on(async {
         let mut stream = provider.stream().await?;
         let mut out = Vec::new();

@@ -38,6 +38,17 @@ pub enum ProviderError {
     /// The provider was configured wrongly.
     #[error("{0}")]
     Config(String),
+    /// The data does not fit the options, or needs one they lack (a file that is not of the
+    /// format given, a file that does not name its symbol): `message` says what, and `option`
+    /// names the option to give or change (`format` or `symbol`), so a front end can name its
+    /// own flag for it.
+    #[error("{message}; check the `{option}` option")]
+    Mismatch {
+        /// What does not fit, naming the file.
+        message: String,
+        /// The option to give or change.
+        option: &'static str,
+    },
 }
 
 /// A request for past bars.

@@ -43,9 +43,11 @@
 //!
 //! # Bad rows
 //! A row that cannot be read (wrong field count, a number or timestamp that does not parse,
-//! an unknown side) is skipped: a `tracing` warning names `file:line` and the reason (the
-//! first [`WARN_LIMIT`] of them, then one summary), [`ReplayProvider::skipped_rows`] lists
-//! them all, and each stream's [`MarketStream::skipped`] counts those it has passed. Rows
+//! an unknown side) is skipped: once the file is read, one `tracing` warning counts them and
+//! names the first (`file`, line, reason, text), [`ReplayProvider::skipped_rows`] lists them
+//! all, and each stream's [`MarketStream::skipped`] counts those it has passed. A file none
+//! of whose rows can be read is not of the format given: opening it fails with
+//! [`ProviderError::Mismatch`] naming the first bad line, and warns of nothing. Rows
 //! that parse but hold nonsense (a NaN or negative price, a crossed quote, time going
 //! backwards) are passed on as they are: judging data is the hub's [`Validator`]'s job, so
 //! it is counted in one place. They are, however, kept out of the bars the replay builds,
@@ -83,9 +85,8 @@ use std::task::{Context, Waker};
 /// rows come on top).
 pub const MAX_BATCH: usize = 1024;
 
-/// Bad rows warned about one by one before the replay only counts them (a wrong `--format`
-/// would otherwise print a warning per row).
-pub const WARN_LIMIT: usize = 20;
+/// Line numbers of bad rows the one warning of a load lists (then "…").
+pub const LINES_NAMED: usize = 5;
 
 /// Which kind of file is being replayed. Parses from `binance`, `tardis`, `quotes` or `quote`
 /// (any case).
@@ -858,6 +859,8 @@ struct Loader<'a> {
     rows: Vec<Row>,
     skipped: Vec<SkippedRow>,
     skipped_before: Vec<usize>,
+    /// The text of the first skipped row (its start), for the warning or the error.
+    first_bad: Option<String>,
 }
 
 impl Loader<'_> {
@@ -881,9 +884,10 @@ impl Loader<'_> {
     }
 
     fn skip(&mut self, line_no: u64, line: &[u8], problem: RowError) {
-        if self.skipped.len() < WARN_LIMIT {
-            let text = String::from_utf8_lossy(&line[..line.len().min(120)]);
-            tracing::warn!("{}:{line_no}: skipped row ({problem}): {text}", self.file);
+        if self.first_bad.is_none() {
+            let text = String::from_utf8_lossy(&line[..line.len().min(60)]);
+            let more = if line.len() > 60 { "…" } else { "" };
+            self.first_bad = Some(format!("{text}{more}"));
         }
         self.skipped.push(SkippedRow {
             line: line_no,
@@ -1122,14 +1126,31 @@ fn header_columns(
     Ok((names.len(), found))
 }
 
-fn missing_columns(file: &str, header: &str, expected: &str, missing: &[&str]) -> ProviderError {
-    ProviderError::Config(format!(
-        "{file}: header {header:?} lacks {}; expected {expected}",
-        missing.join(", ")
-    ))
+/// A header without the columns a format needs: most likely a file of another format.
+fn missing_columns(
+    file: &str,
+    format: FileFormat,
+    header: &str,
+    line_no: u64,
+    expected: &str,
+    missing: &[&str],
+) -> ProviderError {
+    let mut shown: String = header.chars().take(60).collect();
+    if shown.len() < header.len() {
+        shown.push('…');
+    }
+    let header = shown;
+    ProviderError::Mismatch {
+        message: format!(
+            "{file}: not a {format} file: its header (line {line_no}, {header:?}) lacks {}; a \
+             {format} header is {expected}",
+            missing.join(", ")
+        ),
+        option: "format",
+    }
 }
 
-fn tardis_layout(file: &str, header: &str) -> Result<Layout, ProviderError> {
+fn tardis_layout(file: &str, header: &str, line_no: u64) -> Result<Layout, ProviderError> {
     const NEEDED: [&str; 6] = ["symbol", "timestamp", "side", "price", "amount", "id"];
     let (count, cols) = header_columns(file, header, &NEEDED)?;
     let missing: Vec<&str> = NEEDED[..5]
@@ -1152,14 +1173,16 @@ fn tardis_layout(file: &str, header: &str) -> Result<Layout, ProviderError> {
         }
         _ => Err(missing_columns(
             file,
+            FileFormat::Tardis,
             header,
+            line_no,
             "exchange,symbol,timestamp,local_timestamp,id,side,price,amount",
             &missing,
         )),
     }
 }
 
-fn quote_layout(file: &str, header: &str, sym: u32) -> Result<Layout, ProviderError> {
+fn quote_layout(file: &str, header: &str, line_no: u64, sym: u32) -> Result<Layout, ProviderError> {
     const NEEDED: [&str; 3] = ["timestamp", "bid", "ask"];
     let (count, cols) = header_columns(file, header, &NEEDED)?;
     match (cols[0], cols[1], cols[2]) {
@@ -1179,7 +1202,14 @@ fn quote_layout(file: &str, header: &str, sym: u32) -> Result<Layout, ProviderEr
                 .filter(|(_, c)| c.is_none())
                 .map(|(n, _)| *n)
                 .collect();
-            Err(missing_columns(file, header, "timestamp,bid,ask", &missing))
+            Err(missing_columns(
+                file,
+                FileFormat::Quotes,
+                header,
+                line_no,
+                "timestamp,bid,ask",
+                &missing,
+            ))
         }
     }
 }
@@ -1199,11 +1229,12 @@ fn load(opts: &ReplayOptions) -> Result<ReplayData, ProviderError> {
             opts.symbol
                 .clone()
                 .or_else(|| symbol_from_file_name(&opts.path, &["trades"]))
-                .ok_or_else(|| {
-                    ProviderError::Config(format!(
-                        "{file}: a Binance dump does not name its symbol and the file name \
-                         does not either (as in BTCUSDT-trades-2021-01-08.csv): give the symbol"
-                    ))
+                .ok_or_else(|| ProviderError::Mismatch {
+                    message: format!(
+                        "{file}: a Binance trade dump does not name its symbol, nor does this \
+                         file name (as BTCUSDT-trades-2021-01-08.csv would)"
+                    ),
+                    option: "symbol",
                 })?,
         ),
         FileFormat::Quotes => Some(
@@ -1227,6 +1258,7 @@ fn load(opts: &ReplayOptions) -> Result<ReplayData, ProviderError> {
         rows: Vec::new(),
         skipped: Vec::new(),
         skipped_before: Vec::new(),
+        first_bad: None,
     };
     // Tardis rows name their own symbol, so there this index is never used.
     let fixed_sym = fixed_symbol.as_deref().map_or(0, |s| ld.intern(s));
@@ -1260,8 +1292,8 @@ fn load(opts: &ReplayOptions) -> Result<ReplayData, ProviderError> {
         };
         let Some(layout) = &layout else {
             layout = Some(match opts.format {
-                FileFormat::Tardis => tardis_layout(&file, line)?,
-                _ => quote_layout(&file, line, fixed_sym)?,
+                FileFormat::Tardis => tardis_layout(&file, line, line_no)?,
+                _ => quote_layout(&file, line, line_no, fixed_sym)?,
             });
             continue;
         };
@@ -1293,25 +1325,54 @@ fn finish_load(
     data_lines: u64,
 ) -> Result<ReplayData, ProviderError> {
     let file = &ld.file;
-    if ld.skipped.len() > WARN_LIMIT {
-        tracing::warn!(
-            "{file}: {} unreadable rows skipped in all ({} not shown)",
-            ld.skipped.len(),
-            ld.skipped.len() - WARN_LIMIT
-        );
-    }
+    let what = match ld.format {
+        FileFormat::Binance | FileFormat::Tardis => "trade",
+        FileFormat::Quotes => "quote",
+    };
+    let first_bad = |first: &SkippedRow| {
+        format!(
+            "line {}, {:?}: {}",
+            first.line,
+            ld.first_bad.as_deref().unwrap_or(""),
+            first.problem
+        )
+    };
     if ld.rows.is_empty() {
         if let Some(first) = ld.skipped.first() {
             if ld.skipped.len() as u64 == data_lines {
-                return Err(ProviderError::Config(format!(
-                    "{file}: none of the {} rows reads as {} (line {}: {}); is the format right?",
-                    ld.skipped.len(),
-                    ld.format,
-                    first.line,
-                    first.problem
-                )));
+                return Err(ProviderError::Mismatch {
+                    message: format!(
+                        "{file}: no line is a {} {what} (first bad {})",
+                        ld.format,
+                        first_bad(first)
+                    ),
+                    option: "format",
+                });
             }
         }
+    }
+    if let Some(first) = ld.skipped.first() {
+        if ld.skipped.len() == 1 {
+            tracing::warn!("{file}: skipped 1 unreadable row: {}", first_bad(first));
+        } else {
+            let mut lines: Vec<String> = ld
+                .skipped
+                .iter()
+                .take(LINES_NAMED)
+                .map(|r| r.line.to_string())
+                .collect();
+            if ld.skipped.len() > LINES_NAMED {
+                lines.push("…".into());
+            }
+            tracing::warn!(
+                "{file}: skipped {} unreadable rows (lines {}); the first: {}",
+                ld.skipped.len(),
+                lines.join(", "),
+                first_bad(first)
+            );
+        }
+    }
+    if ld.rows.is_empty() {
         if let Some(want) = ld.filter {
             return Err(ProviderError::Config(format!(
                 "{file}: no trades of {want}; the file has {}",
