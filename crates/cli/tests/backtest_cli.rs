@@ -211,6 +211,8 @@ fn the_synthetic_market_trades_and_the_same_seed_gives_the_same_report() {
             "{out}"
         );
         assert!(!out.contains("NO TRADES POSSIBLE"), "{out}");
+        // Alerts and messages as words and tables, not raw JSON.
+        assert!(!out.contains("{\""), "{out}");
         // The progress bar is for a terminal: none in captured output.
         assert!(
             !err.contains("backtest [") && !err.contains('\u{1b}'),

@@ -945,10 +945,15 @@ fn print_summary(r: &Value) {
             );
         }
     }
-    println!("  alerts {}", r["alerts"]);
+    super::run::print_alerts(&r["alerts"]);
     if let Some(buses) = r["messages"].as_object() {
+        println!("  messages published, by bus and kind:");
         for (bus, kinds) in buses {
-            println!("  {bus:<13} {kinds}");
+            let list: Vec<String> = kinds
+                .as_object()
+                .map(|m| m.iter().map(|(k, n)| format!("{k} {n}")).collect())
+                .unwrap_or_default();
+            println!("    {bus:<13} {}", list.join(", "));
         }
     }
     println!(

@@ -617,7 +617,12 @@ fn print_trading(r: &Value) {
         "  fills {}  rejected orders {}",
         r["fills"], r["rejected_orders"]
     );
-    let a = &r["alerts"];
+    print_alerts(&r["alerts"]);
+}
+
+/// The alerts of a run or backtest (the `alerts` object of its report) as a table of kind,
+/// rule and count, or "alerts none".
+pub(crate) fn print_alerts(a: &Value) {
     let mut rows: Vec<(String, String, u64)> = Vec::new();
     for (kind, label) in [
         ("toxicity_alert", "toxicity"),
