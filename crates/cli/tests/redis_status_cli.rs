@@ -4,10 +4,11 @@
 use dualbus_testkit::RedisServer;
 use std::process::Command;
 
-fn status(md: &RedisServer, logic: &RedisServer) -> String {
+/// `dualbus ARGS` on the buses `md` and `logic`; it must succeed; its stdout.
+fn dualbus(md: &RedisServer, logic: &RedisServer, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_dualbus"))
         .args(["--md-url", &md.url(), "--logic-url", &logic.url()])
-        .args(["redis", "status"])
+        .args(args)
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -17,6 +18,10 @@ fn status(md: &RedisServer, logic: &RedisServer) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+fn status(md: &RedisServer, logic: &RedisServer) -> String {
+    dualbus(md, logic, &["redis", "status"])
 }
 
 #[test]
@@ -52,21 +57,7 @@ fn redis_status_says_no_limit_rather_than_zero_bytes() {
 fn stats_leaves_out_the_empty_failover_mirror_and_says_so() {
     let md = RedisServer::start().expect("redis-server");
     let logic = RedisServer::start().expect("redis-server");
-    let (md_url, logic_url) = (md.url(), logic.url());
-    let dualbus = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_dualbus"))
-            .args(["--md-url", &md_url, "--logic-url", &logic_url])
-            .args(args)
-            .output()
-            .expect("runs");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
+    let dualbus = |args: &[&str]| dualbus(&md, &logic, args);
     // A short run makes the strategy's groups, on both buses.
     dualbus(&[
         "run",

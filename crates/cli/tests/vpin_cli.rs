@@ -15,19 +15,21 @@ fn vpin(extra: &[&str]) -> std::process::Output {
         .expect("runs")
 }
 
+/// One-second bars and half-BTC buckets: enough VPIN values from the 46 s sample.
+const SMALL_BUCKETS: &[&str] = &[
+    "--bar-secs",
+    "1",
+    "--bucket-volume",
+    "0.5",
+    "--window",
+    "10",
+    "--sigma-bars",
+    "20",
+];
+
 #[test]
 fn one_json_object_per_bucket_from_the_window_on() {
-    let out = vpin(&[
-        "--bar-secs",
-        "1",
-        "--bucket-volume",
-        "0.5",
-        "--window",
-        "10",
-        "--sigma-bars",
-        "20",
-        "--json",
-    ]);
+    let out = vpin(&[SMALL_BUCKETS, &["--json"]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -77,16 +79,7 @@ fn bad_parameters_and_formats_are_named() {
 /// The table is for people: bucket times as ISO 8601 UTC, not Unix nanoseconds.
 #[test]
 fn the_table_shows_bucket_times_in_utc() {
-    let out = vpin(&[
-        "--bar-secs",
-        "1",
-        "--bucket-volume",
-        "0.5",
-        "--window",
-        "10",
-        "--sigma-bars",
-        "20",
-    ]);
+    let out = vpin(SMALL_BUCKETS);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("BTCUSDT")).collect();

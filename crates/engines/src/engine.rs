@@ -220,38 +220,38 @@ impl EngineContext {
         if self.config.is_null() {
             return Ok(T::default());
         }
-        if let Some(section) = self.config.as_object() {
-            // Each key alone, so that every bad one is named (settings types take their
-            // defaults for the keys not given).
-            let problems: Vec<String> = section
-                .iter()
-                .filter_map(|(key, value)| {
-                    let mut one = serde_json::Map::new();
-                    one.insert(key.clone(), value.clone());
-                    let e = serde_json::from_value::<T>(serde_json::Value::Object(one)).err()?;
-                    let message = e.to_string();
-                    (!message.starts_with("missing field")).then(|| {
-                        format!(
-                            "{}.{key}: {}",
-                            self.name,
-                            dualbus_bus::config::explain_serde_error(
-                                &message,
-                                &json_in_words(value)
-                            )
-                        )
-                    })
+        let whole = match serde_json::from_value((*self.config).clone()) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        // Then each key alone, so that every bad one is named (settings types take their
+        // defaults for the keys not given).
+        let problems: Vec<String> = self
+            .config
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(key, value)| {
+                let mut one = serde_json::Map::new();
+                one.insert(key.clone(), value.clone());
+                let e = serde_json::from_value::<T>(serde_json::Value::Object(one)).err()?;
+                let message = e.to_string();
+                (!message.starts_with("missing field")).then(|| {
+                    format!(
+                        "{}.{key}: {}",
+                        self.name,
+                        dualbus_bus::config::explain_serde_error(&message, &json_in_words(value))
+                    )
                 })
-                .collect();
-            if !problems.is_empty() {
-                return Err(EngineError::Config {
-                    engine: self.name.to_string(),
-                    reason: problems.join("; "),
-                });
-            }
-        }
-        serde_json::from_value((*self.config).clone()).map_err(|e| EngineError::Config {
+            })
+            .collect();
+        Err(EngineError::Config {
             engine: self.name.to_string(),
-            reason: e.to_string(),
+            reason: if problems.is_empty() {
+                whole.to_string()
+            } else {
+                problems.join("; ")
+            },
         })
     }
 

@@ -359,7 +359,7 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
                 let t = tape.lock();
                 let done = t.last_ts.zip(t.first_ts).map_or(0, |(l, f)| l - f);
                 // To the second: 2026-01-05T00:54:09Z.
-                let at = t.last_ts.map(super::iso_ns).unwrap_or_default();
+                let at = t.last_ts.map(iso8601).unwrap_or_default();
                 let at = at.get(..19).map(|a| format!("{a}Z")).unwrap_or(at);
                 (
                     done / 1_000_000_000,

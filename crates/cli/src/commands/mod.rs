@@ -296,44 +296,18 @@ pub fn human_ns(ns: u64) -> String {
     }
 }
 
-/// A Unix time in nanoseconds as an ISO 8601 UTC time to the millisecond, for people.
-pub fn iso_ns(ns: u64) -> String {
-    let secs = (ns / 1_000_000_000) as i64;
-    let ms = (ns / 1_000_000) % 1_000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (era * 400 + yoe + i64::from(m <= 2), m, d)
-}
-
 #[cfg(test)]
 mod format_tests {
     use super::*;
 
     #[test]
     fn durations_and_times_read_as_people_write_them() {
+        // Times are printed with the tearsheet's `iso8601`.
         assert_eq!(human_ns(850), "850 ns");
         assert_eq!(human_ns(12_345), "12.3 µs");
         assert_eq!(human_ns(4_560_000), "4.56 ms");
         assert_eq!(human_ns(1_234_000_000), "1.23 s");
+        use dualbus_engines::tearsheet::iso8601 as iso_ns;
         assert_eq!(iso_ns(0), "1970-01-01T00:00:00.000Z");
         // 2021-01-08T00:00:01.250Z (the sample Binance file's day) and a leap day.
         assert_eq!(

@@ -26,6 +26,7 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
         // the error alone, not a table header and then the error.
         let mut lines = Vec::new();
         let mut hidden = 0usize;
+        let mut shown_mirror = false;
         if !args.json {
             lines.push(format!(
                 "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
@@ -50,6 +51,7 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                     hidden += 1;
                     continue;
                 }
+                shown_mirror |= mirror;
                 let rows: Vec<Option<&inspect::GroupRow>> = if s.groups.is_empty() {
                     vec![None]
                 } else {
@@ -107,7 +109,7 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                      also holds the other bus's streams and groups, so that a failover finds \
                      them ready)"
                 );
-            } else if args.all || streams_seen_mirror(&lines) {
+            } else if args.all || shown_mirror {
                 println!(
                     "(mirror: a stream of the other bus held here for failover; it fills only \
                      while that bus is down)"
@@ -116,9 +118,4 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// Whether a table line shows a failover mirror stream.
-fn streams_seen_mirror(lines: &[String]) -> bool {
-    lines.iter().any(|l| l.contains(" (mirror)"))
 }

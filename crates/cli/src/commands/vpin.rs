@@ -165,7 +165,7 @@ pub fn run(args: VpinArgs) -> anyhow::Result<()> {
             b.vpin,
             b.buy_volume,
             b.sell_volume,
-            super::iso_ns(b.ts),
+            dualbus_engines::tearsheet::iso8601(b.ts),
             b.percentile,
             if b.toxic { "  TOXICITY ALERT" } else { "" }
         );
