@@ -476,9 +476,22 @@ struct Groups {
     progress: Arc<AtomicU64>,
     subs: Vec<Subscription>,
     n: u64,
+    /// The groups' own threads, where they have them (see [`Groups::start`]).
+    threads: Vec<tokio::runtime::Runtime>,
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for rt in self.threads.drain(..) {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Groups {
+    /// Subscribes `groups` groups. With `own_threads`, each group's reader (and its connection)
+    /// runs on a thread of its own, a one-worker runtime, as each engine's does in `dualbus
+    /// run`; otherwise on the calling runtime.
     #[allow(clippy::too_many_arguments)]
     async fn start(
         rig: &Rig,
@@ -489,10 +502,12 @@ impl Groups {
         mode: Mode,
         n: u64,
         sample_every: u64,
+        own_threads: bool,
     ) -> anyhow::Result<Groups> {
         let progress = Arc::new(AtomicU64::new(0));
         let mut tallies = Vec::new();
         let mut subs = Vec::new();
+        let mut threads = Vec::new();
         for g in 0..groups {
             let tally = Arc::new(Mutex::new(Tally::new(n)));
             let consumer = rig.client(&format!("{prefix}-sub"), &format!("{prefix}-sub-{g}"))?;
@@ -508,7 +523,23 @@ impl Groups {
                 sample_every,
                 expected: n,
             };
-            subs.push(consumer.subscribe(opts, handler).await?);
+            let sub = if own_threads {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name(format!("bench-{prefix}-g{g}"))
+                    .enable_all()
+                    .build()
+                    .context("no thread for a benchmark group")?;
+                let sub = rt
+                    .spawn(async move { consumer.subscribe(opts, handler).await })
+                    .await
+                    .context("a benchmark group's thread died")??;
+                threads.push(rt);
+                sub
+            } else {
+                consumer.subscribe(opts, handler).await?
+            };
+            subs.push(sub);
             tallies.push(tally);
         }
         Ok(Groups {
@@ -516,6 +547,7 @@ impl Groups {
             progress,
             subs,
             n,
+            threads,
         })
     }
 
@@ -546,8 +578,8 @@ impl Groups {
     }
 
     /// Stops the groups and sums up: histogram, delivered, duplicated, lost, last delivery.
-    async fn finish(self) -> anyhow::Result<Summary> {
-        for s in self.subs {
+    async fn finish(mut self) -> anyhow::Result<Summary> {
+        for s in self.subs.drain(..) {
             s.stop().await;
         }
         let mut s = Summary {
@@ -888,6 +920,7 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         args.mode(),
         n,
         sample_every,
+        false,
     )
     .await?;
     let publisher = rig.client("bench", "bench-1")?;
@@ -1197,6 +1230,7 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
                 Mode::Reliable,
                 n,
                 1,
+                true,
             )
             .await?;
             let publisher = rig_ptr.client(name, &format!("{name}-1"))?;
@@ -1235,6 +1269,7 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         Mode::Fast,
         1,
         1_000_000,
+        true,
     )
     .await?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -256,7 +256,7 @@ async fn drop_oldest(
             .query_async(&mut conn)
             .await
             .map_err(|e| broker(t, e))?;
-        let skipped = reply::entries(&v).map_err(PublishError::Broker)?;
+        let skipped = reply::entries(v).map_err(PublishError::Broker)?;
         if let Some(last) = skipped.last() {
             let mut setid = redis::cmd("XGROUP");
             setid

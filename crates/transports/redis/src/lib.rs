@@ -118,6 +118,52 @@ pub(crate) struct Inner {
     /// When the broker last answered a write or a read ([`since_epoch`] nanoseconds): a
     /// heartbeat that times out while the broker still answers means busy, not hung.
     pub answered: std::sync::atomic::AtomicU64,
+    /// The thread serving the connections above and the writer; it ends with this.
+    _io: IoThread,
+}
+
+/// The thread of one bus's transport (`dualbus-{bus}-io`, a current-thread runtime): its
+/// shared connections and its writer run there, so that one bus's traffic (encoding a
+/// pipeline of thousands of market-data entries, parsing their replies) never holds the other
+/// bus's publishes, admission checks or heartbeats on a shared runtime worker, and neither do
+/// the caller's own tasks. Subscribers' connections are made by the subscribing task, on its
+/// runtime (an engine's own thread in `dualbus run`). The thread ends when this is dropped.
+struct IoThread {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl IoThread {
+    async fn start(bus: &str) -> std::io::Result<IoThread> {
+        let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("dualbus-{bus}-io"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = handle_tx.send(Ok(rt.handle().clone()));
+                        // Until the transport is dropped; then its tasks end with the runtime.
+                        rt.block_on(async {
+                            let _ = stop_rx.await;
+                        });
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                    }
+                }
+            })?;
+        let handle = handle_rx
+            .await
+            .map_err(|_| std::io::Error::other("the thread ended at start"))??;
+        Ok(IoThread {
+            handle,
+            _stop: stop_tx,
+        })
+    }
 }
 
 /// Nanoseconds since this process's first call (a monotonic clock as an integer).
@@ -189,35 +235,48 @@ impl RedisTransport {
             .map_err(bad_url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info).map_err(bad_url)?;
-        let unreachable = |reason: String| ConnectError::Unreachable {
-            bus: opts.bus.clone(),
-            url: opts.url.clone(),
-            after: opts.connect_timeout,
+        let (bus, url, after) = (opts.bus.clone(), opts.url.clone(), opts.connect_timeout);
+        let unreachable = move |reason: String| ConnectError::Unreachable {
+            bus: bus.clone(),
+            url: url.clone(),
+            after,
             reason,
         };
+        // Each bus's connections and its writer live on a thread of their own (see
+        // [`IoThread`]), made there, since a Redis connection is served by the runtime it was
+        // made on.
+        let io = IoThread::start(&opts.bus)
+            .await
+            .map_err(|e| unreachable(format!("no thread for the bus's connections: {e}")))?;
+        let manager = |check: bool| {
+            let client = client.clone();
+            let cfg = manager_config(&opts);
+            io.handle.spawn(async move {
+                let mut conn = client.get_connection_manager_with_config(cfg).await?;
+                if check {
+                    redis::cmd("PING").query_async::<()>(&mut conn).await?;
+                }
+                Ok::<_, redis::RedisError>(conn)
+            })
+        };
+        let made =
+            |r: Result<Result<ConnectionManager, redis::RedisError>, tokio::task::JoinError>| {
+                match r {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(unreachable(e.to_string())),
+                    Err(e) => Err(unreachable(format!("the connecting task ended: {e}"))),
+                }
+            };
         // The connection manager retries on its own; bound the first connection by the
         // connect timeout so a wrong address fails promptly.
-        let connect = async {
-            let mut conn = client
-                .get_connection_manager_with_config(manager_config(&opts))
-                .await?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok::<_, redis::RedisError>(conn)
-        };
-        let conn = match tokio::time::timeout(opts.connect_timeout, connect).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        let conn = match tokio::time::timeout(opts.connect_timeout, manager(true)).await {
+            Ok(r) => made(r)?,
             Err(_) => return Err(unreachable("timed out".into())),
         };
-        let writer_conn = client
-            .get_connection_manager_with_config(manager_config(&opts))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let health_conn = client
-            .get_connection_manager_with_config(manager_config(&opts))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let health_conn = made(manager(false).await)?;
+        let writer_conn = made(manager(false).await)?;
         let (tx, rx) = mpsc::channel(4096);
+        let handle = io.handle.clone();
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(opts.outgoing_bound.max(1))),
             opts,
@@ -229,8 +288,9 @@ impl RedisTransport {
             down: AtomicBool::new(false),
             admission: admission::Admission::default(),
             answered: Default::default(),
+            _io: io,
         });
-        tokio::spawn(writer::run(rx, writer_conn, Arc::downgrade(&inner)));
+        handle.spawn(writer::run(rx, writer_conn, Arc::downgrade(&inner)));
         Ok(RedisTransport { inner })
     }
 
@@ -416,7 +476,7 @@ impl Transport for RedisTransport {
             .query_async(&mut conn)
             .await
             .map_err(|e| ReceiveError::Unavailable(self.inner.describe(&e)))?;
-        let entries = reply::entries(&v).map_err(ReceiveError::Broker)?;
+        let entries = reply::entries(v).map_err(ReceiveError::Broker)?;
         Ok(entries
             .into_iter()
             .map(|e| {

@@ -385,7 +385,7 @@ impl RedisSubscriber {
             cmd.arg(&self.replay[i].as_ref().expect("replaying")[..]);
         }
         let v: redis::Value = cmd.query_async(&mut self.conn).await?;
-        let streams = reply::read_reply(&v).map_err(|e| {
+        let streams = reply::read_reply(v).map_err(|e| {
             redis::RedisError::from((redis::ErrorKind::Parse, "XREADGROUP reply", e))
         })?;
         let mut seen = vec![false; self.spec.streams.len()];
@@ -396,7 +396,7 @@ impl RedisSubscriber {
             seen[i] = true;
             match entries.last() {
                 None => self.replay[i] = None,
-                Some(last) => self.replay[i] = Some(last.raw_id.clone()),
+                Some(last) => self.replay[i] = Some(last.raw_id.to_vec()),
             }
             self.take_again(i, &entries, envs, meta, batch).await?;
         }
@@ -430,10 +430,10 @@ impl RedisSubscriber {
                 .arg(max - envs.len())
                 .query_async(&mut self.conn)
                 .await?;
-            let (cursor, claimed, deleted) = reply::autoclaim(&v).map_err(|e| {
+            let (cursor, claimed, deleted) = reply::autoclaim(v).map_err(|e| {
                 redis::RedisError::from((redis::ErrorKind::Parse, "XAUTOCLAIM reply", e))
             })?;
-            self.claim_cursor[i] = cursor;
+            self.claim_cursor[i] = cursor.to_vec();
             if deleted > 0 {
                 self.inner
                     .stats
@@ -482,7 +482,7 @@ impl RedisSubscriber {
                     .arg(1)
                     .query_async(&mut self.conn)
                     .await?;
-                if let Some(last) = reply::entries(&v).ok().and_then(|mut e| e.pop()) {
+                if let Some(last) = reply::entries(v).ok().and_then(|mut e| e.pop()) {
                     let mut setid = redis::cmd("XGROUP");
                     setid
                         .arg("SETID")
@@ -536,13 +536,9 @@ impl RedisSubscriber {
         let mut packed = pipe.get_packed_pipeline();
         packed.extend_from_slice(&cmd.get_packed_command());
         let within = self.block + self.inner.opts.connect_timeout + Duration::from_secs(1);
-        let mut replies = self.raw.query(&packed, acks + 1, within).await?;
+        let streams = self.raw.query_read(&packed, acks + 1, within).await?;
         self.inner.note_answer();
         self.acks.clear();
-        let v = replies.pop().unwrap_or(redis::Value::Nil);
-        let streams = reply::read_reply(&v).map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "XREADGROUP reply", e))
-        })?;
         let mut total = 0;
         for (key, entries) in streams {
             let Some(i) = self.stream_index(&key) else {
