@@ -65,9 +65,25 @@ struct Scanner {
     started: bool,
 }
 
+/// Arrays nested deeper than this are refused (a stream reply nests four deep).
+const MAX_DEPTH: usize = 32;
+
+/// A reply larger than this is refused and its connection dropped (Redis's own default limit
+/// of one bulk string, `proto-max-bulk-len`).
+const MAX_REPLY: usize = 512 << 20;
+
+fn bad_header(line: &[u8]) -> String {
+    format!(
+        "bad RESP length {:?}",
+        String::from_utf8_lossy(&line[..line.len().min(40)])
+    )
+}
+
 impl Scanner {
-    /// Where the reply starting at `start` ends, if the buffer holds all of it.
-    fn complete(&mut self, buf: &[u8], start: usize) -> Option<usize> {
+    /// Where the reply starting at `start` ends, if the buffer holds all of it; an error for
+    /// bytes that are not RESP2 (an unknown type byte, a bad length, arrays nested deeper than
+    /// [`MAX_DEPTH`]).
+    fn complete(&mut self, buf: &[u8], start: usize) -> Result<Option<usize>, String> {
         if !self.started {
             *self = Scanner {
                 pos: start,
@@ -77,32 +93,47 @@ impl Scanner {
         }
         loop {
             let pos = self.pos;
-            let &tag = buf.get(pos)?;
-            let nl = line_end(buf, pos)?;
+            let Some(&tag) = buf.get(pos) else {
+                return Ok(None);
+            };
+            let Some(nl) = line_end(buf, pos) else {
+                return Ok(None);
+            };
             let after = pos + nl + 2;
             let next = match tag {
                 b'$' => {
-                    let len = header_num(&buf[pos + 1..pos + nl])?;
+                    let line = &buf[pos + 1..pos + nl];
+                    let len = header_num(line).ok_or_else(|| bad_header(line))?;
                     if len < 0 {
                         after
                     } else {
-                        let end = after + len as usize + 2;
+                        let end = usize::try_from(len)
+                            .ok()
+                            .and_then(|l| after.checked_add(l)?.checked_add(2))
+                            .ok_or_else(|| bad_header(line))?;
                         if buf.len() < end {
-                            return None;
+                            return Ok(None);
                         }
                         end
                     }
                 }
                 b'*' => {
-                    let len = header_num(&buf[pos + 1..pos + nl])?;
+                    let line = &buf[pos + 1..pos + nl];
+                    let len = header_num(line).ok_or_else(|| bad_header(line))?;
                     if len > 0 {
+                        if self.open.len() >= MAX_DEPTH {
+                            return Err(format!(
+                                "a RESP reply nested deeper than {MAX_DEPTH} arrays"
+                            ));
+                        }
                         self.open.push(len);
                         self.pos = after;
                         continue;
                     }
                     after
                 }
-                _ => after,
+                b'+' | b'-' | b':' => after,
+                other => return Err(format!("unexpected RESP type byte {other:#x}")),
             };
             self.pos = next;
             // One element done: close every array it completes.
@@ -110,7 +141,7 @@ impl Scanner {
                 match self.open.last_mut() {
                     None => {
                         self.started = false;
-                        return Some(next);
+                        return Ok(Some(next));
                     }
                     Some(left) => {
                         *left -= 1;
@@ -137,16 +168,29 @@ fn parse_with(
     buf: &[u8],
     pos: usize,
 ) -> Result<Option<(Value, usize)>, String> {
-    if scanner.complete(buf, pos).is_none() {
+    if scanner.complete(buf, pos)?.is_none() {
         return Ok(None);
     }
     parse_value(buf, pos)
 }
 
+/// One reply as a `redis::Value` (the generic path: replies other than a stream read's).
 fn parse_value(buf: &[u8], pos: usize) -> Result<Option<(Value, usize)>, String> {
+    parse_value_in(buf, pos, 0)
+}
+
+fn parse_value_in(buf: &[u8], pos: usize, depth: usize) -> Result<Option<(Value, usize)>, String> {
     let Some(&tag) = buf.get(pos) else {
         return Ok(None);
     };
+    if !matches!(tag, b'+' | b'-' | b':' | b'$' | b'*') {
+        return Err(format!("unexpected RESP type byte {tag:#x}"));
+    }
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "a RESP reply nested deeper than {MAX_DEPTH} arrays"
+        ));
+    }
     let Some(nl) = line_end(buf, pos) else {
         return Ok(None);
     };
@@ -168,8 +212,11 @@ fn parse_value(buf: &[u8], pos: usize) -> Result<Option<(Value, usize)>, String>
             if len < 0 {
                 return Ok(Some((Value::Nil, after)));
             }
-            let end = after + len as usize;
-            if buf.len() < end + 2 {
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|l| after.checked_add(l))
+                .ok_or_else(|| bad_header(line))?;
+            if buf.len() < end.saturating_add(2) {
                 return Ok(None);
             }
             Ok(Some((Value::BulkString(buf[after..end].to_vec()), end + 2)))
@@ -179,10 +226,10 @@ fn parse_value(buf: &[u8], pos: usize) -> Result<Option<(Value, usize)>, String>
             if len < 0 {
                 return Ok(Some((Value::Nil, after)));
             }
-            let mut items = Vec::with_capacity(len as usize);
+            let mut items = Vec::with_capacity((len as usize).min(1024));
             let mut p = after;
             for _ in 0..len {
-                match parse_value(buf, p)? {
+                match parse_value_in(buf, p, depth + 1)? {
                     Some((v, next)) => {
                         items.push(v);
                         p = next;
@@ -192,7 +239,7 @@ fn parse_value(buf: &[u8], pos: usize) -> Result<Option<(Value, usize)>, String>
             }
             Ok(Some((Value::Array(items), p)))
         }
-        other => Err(format!("unexpected RESP type byte {other:#x}")),
+        _ => unreachable!("checked above"),
     }
 }
 
@@ -333,7 +380,7 @@ impl RawConnection {
                 setup_cmds.push(redis::cmd("SELECT").arg(settings.db()).get_packed_command());
             }
             for packed in setup_cmds {
-                let (frame, starts) = exchange(&mut stream, buf, &packed, 1).await?;
+                let (frame, starts) = exchange(&mut stream, buf, &packed, 1, MAX_REPLY).await?;
                 if let Some(e) = first_error(&frame, &starts) {
                     return Err(e);
                 }
@@ -364,7 +411,13 @@ impl RawConnection {
         let mut stream = self.stream.take().expect("connected above");
         let (frame, starts) = match tokio::time::timeout(
             within,
-            exchange(&mut stream, &mut self.buf, packed, replies.max(1)),
+            exchange(
+                &mut stream,
+                &mut self.buf,
+                packed,
+                replies.max(1),
+                MAX_REPLY,
+            ),
         )
         .await
         {
@@ -392,22 +445,31 @@ impl RawConnection {
 }
 
 /// Writes `packed` and reads `replies` complete replies; returns their bytes (taken from
-/// `buf`, which keeps whatever arrived after them) and where each starts.
+/// `buf`, which keeps whatever arrived after them) and where each starts. Bytes that are not
+/// RESP, or more than `max_reply` of them without the replies completing, are an error (the
+/// caller drops the connection).
 async fn exchange(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     packed: &[u8],
     replies: usize,
+    max_reply: usize,
 ) -> Result<(Bytes, Vec<usize>), RedisError> {
     stream.write_all(packed).await.map_err(io_err)?;
     let mut starts = Vec::with_capacity(replies);
     let mut pos = 0;
     let mut scanner = Scanner::default();
     while starts.len() < replies {
-        if let Some(next) = scanner.complete(buf, pos) {
+        let protocol = |why: String| RedisError::from((ErrorKind::Parse, "RESP reply", why));
+        if let Some(next) = scanner.complete(buf, pos).map_err(protocol)? {
             starts.push(pos);
             pos = next;
             continue;
+        }
+        if buf.len() > max_reply {
+            return Err(protocol(format!(
+                "a reply larger than {max_reply} bytes; the connection is dropped"
+            )));
         }
         if buf.capacity() - buf.len() < 1 << 15 {
             buf.reserve(1 << 16);
@@ -444,7 +506,10 @@ mod tests {
         assert_eq!(used, full.len());
         let streams = crate::reply::read_reply(v).unwrap();
         assert_eq!(streams[0].0, &b"key"[..]);
-        assert_eq!(streams[0].1[0].fields, vec![(Bytes::from("v"), Bytes::from("1"))]);
+        assert_eq!(
+            streams[0].1[0].fields,
+            vec![(Bytes::from("v"), Bytes::from("1"))]
+        );
         for cut in 0..full.len() {
             assert!(parse(&full[..cut], 0).unwrap().is_none(), "cut at {cut}");
         }
@@ -467,6 +532,67 @@ mod tests {
             Some((Value::Int(42), 5))
         ));
         assert_eq!(parse(b"-NOGROUP no\r\n", 0).unwrap_err(), "NOGROUP no");
+    }
+
+    /// Bytes that are not RESP are an error, never a panic or a wait for more: a bare line
+    /// end, an unknown type byte, a bad length; and so is nesting beyond the depth limit (ten
+    /// thousand nested arrays once aborted the process by recursion).
+    #[test]
+    fn malformed_replies_are_errors() {
+        for bad in [
+            &b"\r\n"[..],
+            b"?x\r\n",
+            b"$abc\r\n",
+            b"*-x\r\n",
+            b"$99999999999999999999\r\n",
+        ] {
+            let e = parse(bad, 0).expect_err(&format!("{bad:?}"));
+            assert!(e.contains("RESP"), "{bad:?}: {e}");
+        }
+        let deep = b"*1\r\n".repeat(10_000);
+        let e = parse(&deep, 0).unwrap_err();
+        assert!(e.contains("nested deeper than 32"), "{e}");
+        let mut ok = b"*1\r\n".repeat(30);
+        ok.extend_from_slice(b":7\r\n");
+        assert!(parse(&ok, 0).unwrap().is_some());
+    }
+
+    /// An error inside an array ends that reply only: the next reply is read whole, from its
+    /// own first byte.
+    #[test]
+    fn an_error_inside_an_array_does_not_shift_later_replies() {
+        let buf = b"*3\r\n:1\r\n-ERR inner\r\n$2\r\nab\r\n:5\r\n";
+        let mut sc = Scanner::default();
+        let first_end = sc.complete(buf, 0).unwrap().unwrap();
+        assert_eq!(&buf[first_end..], b":5\r\n");
+        assert_eq!(parse_value(buf, 0).unwrap_err(), "ERR inner");
+        assert!(matches!(
+            parse_value(buf, first_end).unwrap(),
+            Some((Value::Int(5), _))
+        ));
+    }
+
+    /// A reply that keeps growing past the limit is refused instead of filling memory.
+    #[tokio::test]
+    async fn a_reply_past_the_limit_is_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut cmd = [0u8; 64];
+            let _ = s.read(&mut cmd).await;
+            let _ = s.write_all(b"$1000000\r\n").await;
+            let _ = s.write_all(&vec![b'x'; 200_000]).await;
+            // Keep the socket open: the client must stop on its own.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut buf = BytesMut::new();
+        let e = exchange(&mut stream, &mut buf, b"PING\r\n", 1, 100_000)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than 100000 bytes"), "{e}");
+        server.abort();
     }
 
     fn bulk(out: &mut Vec<u8>, b: &[u8]) {
