@@ -38,7 +38,11 @@
 //! Anything else is a 404 naming the path; a method other than GET a 405. HTTP/1.1 with
 //! keep-alive, on axum's router over hyper's server ([`telemetry::serve`]: a request head of
 //! at most 16 KiB, sent within 10 s). At most [`WebSocketParams::max_clients`] WebSocket
-//! clients at once; one more is answered 503 naming the setting.
+//! clients at once; one more is answered 503 naming the setting. With
+//! [`WebSocketParams::token`], every request but the probes must carry the token (401
+//! otherwise); a browser page from another origin than the dashboard's own or
+//! [`WebSocketParams::allowed_origins`] cannot open `/ws` (403). Refusals are counted in
+//! `/health`.
 //!
 //! On [`Engine::stop`] the server stops accepting, open requests finish, WebSocket clients get
 //! a close frame (`1001 going away`), and stop waits until every client's task has finished.
@@ -180,6 +184,16 @@ pub struct WebSocketParams {
     pub client_queue: usize,
     /// WebSocket clients served at once; one more is answered 503.
     pub max_clients: usize,
+    /// A secret every request must carry (`Authorization: Bearer TOKEN`, the `dualbus_token`
+    /// cookie, or `?token=TOKEN`, which answers with that cookie so the page, its assets and
+    /// its WebSocket follow). None (the default, unless `DUALBUS_DASHBOARD_TOKEN` is set):
+    /// whoever reaches `bind` may read the dashboard. `/healthz` and `/readyz` stay open for
+    /// probes. Never logged.
+    pub token: Option<String>,
+    /// Origins (`scheme://host[:port]`) allowed to open `/ws` besides the dashboard's own: a
+    /// browser page from any other origin is refused (403), so a web page a trader happens to
+    /// visit cannot read the feed through the trader's browser.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for WebSocketParams {
@@ -201,6 +215,8 @@ impl Default for WebSocketParams {
             price_every_ms: 250,
             client_queue: 1024,
             max_clients: 64,
+            token: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -239,6 +255,27 @@ impl WebSocketParams {
         }
         if self.max_clients == 0 {
             out.push("max_clients must be at least 1".into());
+        }
+        if let Some(t) = &self.token {
+            if t.len() < 16
+                || t.bytes()
+                    .any(|b| !b.is_ascii_graphic() || b == b';' || b == b'&')
+            {
+                // The value itself is a secret: never repeat it.
+                out.push(
+                    "token must be at least 16 printable characters without spaces, ';' or '&' \
+                     (e.g. `openssl rand -hex 16`)"
+                        .into(),
+                );
+            }
+        }
+        for o in &self.allowed_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                out.push(format!(
+                    "allowed_origins entry {o:?} must be scheme://host[:port], e.g. \
+                     https://desk.example.com"
+                ));
+            }
         }
         out
     }
@@ -670,6 +707,10 @@ struct Feed {
     started: Instant,
     frames_sent: AtomicU64,
     frames_dropped: AtomicU64,
+    /// Requests refused: over `max_clients`, without the token, from another origin.
+    refused_clients: AtomicU64,
+    refused_token: AtomicU64,
+    refused_origin: AtomicU64,
 }
 
 impl Feed {
@@ -698,6 +739,9 @@ impl Feed {
             started: now,
             frames_sent: AtomicU64::new(0),
             frames_dropped: AtomicU64::new(0),
+            refused_clients: AtomicU64::new(0),
+            refused_token: AtomicU64::new(0),
+            refused_origin: AtomicU64::new(0),
         })
     }
 
@@ -909,6 +953,11 @@ impl Feed {
             "engines": engines,
             "frames_sent": self.frames_sent.load(Ordering::Relaxed),
             "frames_dropped": self.frames_dropped.load(Ordering::Relaxed),
+            "refused": {
+                "max_clients": self.refused_clients.load(Ordering::Relaxed),
+                "token": self.refused_token.load(Ordering::Relaxed),
+                "origin": self.refused_origin.load(Ordering::Relaxed),
+            },
         })
     }
 
@@ -940,6 +989,107 @@ struct App {
     /// Clients connected or being connected.
     open: Arc<AtomicU64>,
     max_clients: usize,
+    /// See [`WebSocketParams::token`].
+    token: Option<Arc<str>>,
+    /// See [`WebSocketParams::allowed_origins`].
+    allowed_origins: Arc<[String]>,
+}
+
+/// The environment variable that gives the token when the configuration does not.
+pub const TOKEN_ENV: &str = "DUALBUS_DASHBOARD_TOKEN";
+
+/// The cookie that carries the token for a browser.
+const TOKEN_COOKIE: &str = "dualbus_token";
+
+/// Equal strings, compared in a time that does not depend on where they first differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// How a request presented the token, if it did.
+#[derive(Debug, PartialEq, Eq)]
+enum Presented {
+    Header,
+    Cookie,
+    Query,
+}
+
+/// Where `req` carries `token`: the `Authorization: Bearer` header, the cookie or the query.
+fn presented(headers: &HeaderMap, query: Option<&str>, token: &str) -> Option<Presented> {
+    let t = token.as_bytes();
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.strip_prefix("Bearer "))
+        .any(|v| same_secret(v.trim().as_bytes(), t));
+    if bearer {
+        return Some(Presented::Header);
+    }
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+        .any(|v| same_secret(v.as_bytes(), t));
+    if cookie {
+        return Some(Presented::Cookie);
+    }
+    let query = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("token="))
+        .any(|v| same_secret(v.as_bytes(), t));
+    query.then_some(Presented::Query)
+}
+
+/// With a token configured, refuses (401) a request that does not carry it, except the
+/// probes; a request that carried it in the query gets it back as a cookie.
+async fn require_token(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = app.token.clone() else {
+        return next.run(req).await;
+    };
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    match presented(req.headers(), req.uri().query(), &token) {
+        None => {
+            app.feed.refused_token.fetch_add(1, Ordering::Relaxed);
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "this dashboard needs its token: open /?token=TOKEN in a browser, or send \
+                 Authorization: Bearer TOKEN (the token is websocket.token or \
+                 DUALBUS_DASHBOARD_TOKEN where the dashboard runs)\n",
+            )
+                .into_response()
+        }
+        Some(Presented::Query) => {
+            let mut res = next.run(req).await;
+            let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+            if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+                res.headers_mut().append(header::SET_COOKIE, v);
+            }
+            res
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// Whether a browser page from `origin` may open `/ws` on a server reached as `host`: its own
+/// origin (`http://host` or `https://host`) or one of `allowed`.
+fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    let own = host.is_some_and(|h| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(h))
+    });
+    own || allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
 }
 
 /// Checks a `/ws` request: the kinds it asks for and the WebSocket handshake. On success the
@@ -985,10 +1135,30 @@ async fn ws_route(State(app): State<App>, mut req: axum::extract::Request) -> Re
             Ok(ok) => ok,
             Err(reply) => return reply.into_response(),
         };
+    // Browsers always send Origin; other clients (scripts, tests) may not, and pass.
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("(not text)");
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        if !origin_allowed(origin, host, &app.allowed_origins) {
+            app.feed.refused_origin.fetch_add(1, Ordering::Relaxed);
+            return (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a page from {origin:?} may not open this feed; add it to \
+                     websocket.allowed_origins if it should\n"
+                ),
+            )
+                .into_response();
+        }
+    }
     // Counted before the answer, so a burst of connections cannot pass the limit together.
     let open = app.open.fetch_add(1, Ordering::SeqCst) as usize;
     if open >= app.max_clients {
         app.open.fetch_sub(1, Ordering::SeqCst);
+        app.feed.refused_clients.fetch_add(1, Ordering::Relaxed);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -1100,12 +1270,14 @@ fn routes(app: App, metrics: Option<Arc<BusMetrics>>) -> axum::Router {
             })),
         )
         .route("/ws", get_only(get(ws_route)))
-        .with_state(app);
+        .with_state(app.clone());
     let router = match metrics {
         Some(m) => router.merge(telemetry::routes(m)),
         None => router,
     };
-    router.fallback(telemetry::not_found)
+    router
+        .fallback(telemetry::not_found)
+        .layer(axum::middleware::from_fn_with_state(app, require_token))
 }
 
 /// Sends a client its queued frames until it leaves or the server stops.
@@ -1239,6 +1411,9 @@ impl Engine for WebSocketEngine {
         if !ctx.config().is_null() {
             self.params = ctx.settings()?;
         }
+        if self.params.token.is_none() {
+            self.params.token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        }
         let config = |reason: String| EngineError::Config {
             engine: "websocket".into(),
             reason,
@@ -1267,7 +1442,16 @@ impl Engine for WebSocketEngine {
             clients: clients.clone(),
             open: Arc::new(AtomicU64::new(0)),
             max_clients: self.params.max_clients,
+            token: self.params.token.as_deref().map(Arc::from),
+            allowed_origins: self.params.allowed_origins.clone().into(),
         };
+        if self.params.token.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "the dashboard is open to anyone who can reach {addr}: set websocket.token or \
+                 DUALBUS_DASHBOARD_TOKEN"
+            );
+        }
         let router = routes(app, ctx.metrics().cloned());
         let task = tokio::spawn(telemetry::serve(listener, router, rx));
         tracing::info!(%addr, "websocket engine listening");
@@ -1390,14 +1574,19 @@ mod tests {
             price_every_ms: 1,
             client_queue: 0,
             max_clients: 0,
+            token: Some("secret".into()),
+            allowed_origins: vec!["desk.example.com".into()],
         };
         let problems = p.problems().join("; ");
+        assert!(!problems.contains("secret"), "{problems}");
         for needle in [
             "bind \"localhost\"",
             "kinds_default names kinds the feed does not carry: quotes",
             "price_every_ms 1",
             "client_queue",
             "max_clients must be at least 1",
+            "token must be at least 16 printable characters",
+            "allowed_origins entry \"desk.example.com\" must be scheme://host[:port]",
         ] {
             assert!(problems.contains(needle), "{problems}");
         }

@@ -274,3 +274,164 @@ async fn an_address_in_use_is_a_config_error_naming_it() {
         .await
         .expect("test timed out");
 }
+
+/// A WebSocket handshake with these extra header lines; the status line of the answer and its
+/// body (by its content-length: the connection stays open, upgraded or kept alive).
+async fn ws_handshake(addr: SocketAddr, path: &str, extra: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw).unwrap();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0usize);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (
+        head.lines().next().unwrap().to_string(),
+        String::from_utf8(body).unwrap(),
+    )
+}
+
+/// With a token, nothing but the probes answers without it; the page given it in the query
+/// hands it on as a cookie; a page from another origin cannot open the feed, with or without
+/// the token; each refusal is counted in /health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_closes_the_dashboard_and_other_origins_cannot_open_the_feed() {
+    let run = async {
+        let token = "0123456789abcdef0123";
+        let root = DualBus::builder("test").build().unwrap();
+        let engine = start(&root, json!({"bind": "127.0.0.1:0", "token": token}))
+            .await
+            .unwrap();
+        let addr = engine.with(|e| e.local_addr()).await.unwrap();
+
+        for path in ["/", "/health", "/api/state", "/assets/uplot.js", "/nowhere"] {
+            let (status, head, body) = get(addr, path).await;
+            assert!(status.contains("401"), "{path}: {status}");
+            assert!(head.contains("www-authenticate: bearer"), "{path}: {head}");
+            assert!(body.contains("needs its token"), "{path}: {body}");
+            assert!(!body.contains(token), "the answer repeats the token");
+        }
+        let (status, _, _) = get(addr, "/?token=0123456789abcdef0124").await;
+        assert!(status.contains("401"), "a wrong token: {status}");
+        let (status, head, body) = get(addr, &format!("/?token={token}")).await;
+        assert!(status.contains("200"), "{status}");
+        assert!(body.contains("<html"), "the page");
+        assert!(
+            head.contains(&format!(
+                "set-cookie: dualbus_token={token}; path=/; httponly; samesite=strict"
+            )),
+            "{head}"
+        );
+        let with_cookie = |path: &str| {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: test\r\nCookie: a=b; dualbus_token={token}\r\n\
+                 Connection: close\r\n\r\n"
+            )
+        };
+        let (status, _, _) = http(addr, &with_cookie("/assets/uplot.js")).await;
+        assert!(status.contains("200"), "an asset with the cookie: {status}");
+        let (status, _, body) = http(
+            addr,
+            &format!(
+                "GET /health HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(status.contains("200"), "{status}");
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["refused"]["token"], 6, "{health}");
+
+        // The feed: the token in the cookie, from the page's own origin: upgraded.
+        let cookie = format!("Cookie: dualbus_token={token}\r\n");
+        let (status, _) =
+            ws_handshake(addr, "/ws", &format!("{cookie}Origin: http://{addr}\r\n")).await;
+        assert!(status.contains("101"), "own origin: {status}");
+        // From another origin, even with the token: refused, naming the origin and the setting.
+        let (status, body) = ws_handshake(
+            addr,
+            "/ws",
+            &format!("{cookie}Origin: https://evil.example\r\n"),
+        )
+        .await;
+        assert!(status.contains("403"), "{status}");
+        assert!(
+            body.contains("\"https://evil.example\"") && body.contains("websocket.allowed_origins"),
+            "{body}"
+        );
+        // Without the token: refused before anything else.
+        let (status, _) = ws_handshake(addr, "/ws", &format!("Origin: http://{addr}\r\n")).await;
+        assert!(status.contains("401"), "{status}");
+
+        let (_, _, body) = http(addr, &with_cookie("/health")).await;
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["refused"]["origin"], 1, "{health}");
+        assert_eq!(health["refused"]["token"], 7, "{health}");
+        assert_eq!(health["refused"]["max_clients"], 0, "{health}");
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("test timed out");
+}
+
+/// An allowed origin may open the feed; a token that is too short is a configuration error
+/// that does not repeat it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_origins_and_bad_tokens() {
+    let run = async {
+        let root = DualBus::builder("test").build().unwrap();
+        let engine = start(
+            &root,
+            json!({"bind": "127.0.0.1:0", "allowed_origins": ["https://desk.example.com"]}),
+        )
+        .await
+        .unwrap();
+        let addr = engine.with(|e| e.local_addr()).await.unwrap();
+        let (status, _) = ws_handshake(addr, "/ws", "Origin: https://desk.example.com\r\n").await;
+        assert!(status.contains("101"), "{status}");
+        let (status, _) = ws_handshake(addr, "/ws", "Origin: https://other.example.com\r\n").await;
+        assert!(status.contains("403"), "{status}");
+        // No token configured: the page answers anyone who reaches it (on 127.0.0.1 here).
+        let (status, _, _) = get(addr, "/").await;
+        assert!(status.contains("200"), "{status}");
+
+        let err = match start(
+            &root,
+            json!({"bind": "127.0.0.1:0", "token": "short secret"}),
+        )
+        .await
+        {
+            Ok(_) => panic!("started with a bad token"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("token must be at least 16 printable characters"),
+            "{err}"
+        );
+        assert!(!err.contains("short secret"), "{err}");
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("test timed out");
+}

@@ -110,10 +110,16 @@ pub struct RunArgs {
     /// engine's defaults).
     #[arg(long, value_name = "JSON")]
     pub settings: Option<String>,
-    /// Port of the dashboard (the WebSocket engine's HTTP server on 127.0.0.1; 0: any free
-    /// port). Ignored when --settings configures `websocket`.
+    /// Port of the dashboard (the WebSocket engine's HTTP server; 0: any free port). Ignored
+    /// when --settings configures `websocket`.
     #[arg(long, default_value_t = 8600)]
     pub port: u16,
+    /// Address the dashboard listens on: 127.0.0.1 (the default) serves this machine only;
+    /// 0.0.0.0 every network it is on, which should come with a token
+    /// (DUALBUS_DASHBOARD_TOKEN, see docs/security.md). Ignored when --settings configures
+    /// `websocket`.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
     /// No status line.
     #[arg(long)]
     pub quiet: bool,
@@ -373,8 +379,8 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
     let dashboard = engines.iter().any(|e| e == "websocket") && !settings.contains_key("websocket");
     if dashboard && args.port != 0 {
         // The engine would name its setting; here the port came from --port.
-        let bind = format!("127.0.0.1:{}", args.port);
-        if let Err(e) = std::net::TcpListener::bind(&bind) {
+        let bind = std::net::SocketAddr::new(args.bind, args.port);
+        if let Err(e) = std::net::TcpListener::bind(bind) {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 bail!(
                     "the dashboard's address {bind} is in use: pick another with --port (or \
@@ -387,7 +393,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
     if dashboard {
         settings.insert(
             "websocket".into(),
-            json!({ "bind": format!("127.0.0.1:{}", args.port) }),
+            json!({ "bind": std::net::SocketAddr::new(args.bind, args.port).to_string() }),
         );
     }
     let threads = args.threads.unwrap_or_else(|| {
@@ -452,11 +458,18 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
             );
         }
         if dashboard && args.port != 0 && !args.quiet {
-            eprintln!("dashboard: http://127.0.0.1:{}/", args.port);
-            eprintln!(
-                "metrics:   http://127.0.0.1:{}/metrics (also /healthz, /readyz)",
-                args.port
-            );
+            let at = std::net::SocketAddr::new(args.bind, args.port);
+            let token = std::env::var(dualbus_engines::websocket::TOKEN_ENV)
+                .is_ok_and(|t| !t.is_empty());
+            if token {
+                eprintln!(
+                    "dashboard: http://{at}/?token=... (the token of {})",
+                    dualbus_engines::websocket::TOKEN_ENV
+                );
+            } else {
+                eprintln!("dashboard: http://{at}/");
+            }
+            eprintln!("metrics:   http://{at}/metrics (also /healthz, /readyz)");
         }
         let metrics_server = args.metrics.serve(&metrics, args.quiet).await?;
         let tty = std::io::stderr().is_terminal();
