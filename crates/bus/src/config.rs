@@ -712,14 +712,25 @@ impl Config {
             bad("request_timeout_ms", &0, "must be at least 1");
         }
         for (name, b) in [("md", &self.md), ("logic", &self.logic)] {
-            if !(b.url.starts_with("redis://")
-                || b.url.starts_with("rediss://")
-                || b.url.starts_with("unix://"))
-            {
+            // Only what the transport serves end to end (its read path speaks plain TCP):
+            // TLS and unix sockets used to pass here and fail later.
+            let why = if b.url.starts_with("redis://") {
+                None
+            } else if b.url.starts_with("rediss://") {
+                Some(
+                    "TLS (rediss://) is not supported yet: use redis://host:port on a network only \
+                     the system reaches (docs/security.md)",
+                )
+            } else if b.url.starts_with("unix://") || b.url.starts_with("redis+unix://") {
+                Some("unix sockets are not supported: use redis://host:port")
+            } else {
+                Some("expected redis://host:port")
+            };
+            if let Some(why) = why {
                 bad(
                     &format!("{name}.url"),
-                    &format!("{:?}", b.url),
-                    "expected redis://host:port",
+                    &format!("{:?}", dualbus_core::redact_url(&b.url)),
+                    why,
                 );
             }
             if b.maxlen < 1_000 {
@@ -913,6 +924,28 @@ mod tests {
 
     fn parse(text: &str, env: &[(&'static str, String)]) -> Result<Config, ConfigError> {
         Config::from_toml_with_env(text, Path::new("test.toml"), env)
+    }
+
+    /// TLS and unix-socket addresses are refused up front, saying why, and a password in a
+    /// refused address is not repeated.
+    #[test]
+    fn addresses_the_transport_cannot_serve_are_refused_without_their_password() {
+        let err = parse(
+            "[md]\nurl = \"rediss://u:s3cret@h:6380\"\n[logic]\nurl = \"unix:///tmp/r.sock\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("md.url") && err.contains("TLS (rediss://) is not supported yet"),
+            "{err}"
+        );
+        assert!(err.contains("rediss://u:***@h:6380"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(
+            err.contains("logic.url") && err.contains("unix sockets are not supported"),
+            "{err}"
+        );
     }
 
     #[test]

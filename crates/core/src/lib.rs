@@ -38,3 +38,46 @@ pub fn now_unix_nanos() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+/// `url` with its password, if any, replaced by `***` (`redis://user:***@host:port`), for
+/// messages and logs: a password in a bus address is never printed.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The authority ends at the first '/', '?' or '#'; credentials end at its last '@'.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((creds, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = match creds.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        // `redis://secret@host`: a lone name may be the password (older clients read it so).
+        None if !creds.is_empty() => "***".to_string(),
+        None => String::new(),
+    };
+    format!("{scheme}://{user}@{host}{tail}")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_show() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6380", "redis://127.0.0.1:6380"),
+            ("redis://:s3cret@h:6380", "redis://:***@h:6380"),
+            (
+                "redis://engine:s3cret@h:6380/0",
+                "redis://engine:***@h:6380/0",
+            ),
+            ("redis://s3cret@h:6380", "redis://***@h:6380"),
+            ("redis://u:p@ss:w@rd@h:1", "redis://u:***@h:1"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+}

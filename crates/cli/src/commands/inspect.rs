@@ -72,8 +72,9 @@ pub async fn connect(
     url: &str,
     timeout: Duration,
 ) -> anyhow::Result<MultiplexedConnection> {
+    let shown = dualbus_core::redact_url(url);
     let client = redis::Client::open(url)
-        .with_context(|| format!("the {bus} bus URL {url:?} is invalid"))?;
+        .with_context(|| format!("the {bus} bus URL {shown:?} is invalid"))?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(Duration::from_secs(10)));
@@ -82,8 +83,8 @@ pub async fn connect(
         client.get_multiplexed_async_connection_with_config(&cfg),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("cannot reach the {bus} bus at {url} within {timeout:?}"))?
-    .with_context(|| format!("cannot reach the {bus} bus at {url}"))?;
+    .map_err(|_| anyhow::anyhow!("cannot reach the {bus} bus at {shown} within {timeout:?}"))?
+    .with_context(|| format!("cannot reach the {bus} bus at {shown}"))?;
     Ok(conn)
 }
 

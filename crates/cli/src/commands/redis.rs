@@ -61,15 +61,16 @@ pub fn run(args: RedisArgs, global: &Global) -> anyhow::Result<()> {
 
 /// (host, port) of a `redis://host:port` URL.
 fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let shown = dualbus_core::redact_url(url);
     let info = redis::Client::open(url)
-        .with_context(|| format!("invalid URL {url:?}"))?
+        .with_context(|| format!("invalid URL {shown:?}"))?
         .get_connection_info()
         .addr()
         .clone();
     match info {
         redis::ConnectionAddr::Tcp(host, port) => Ok((host, port)),
         other => {
-            bail!("{url}: only redis://host:port addresses can be started locally ({other:?})")
+            bail!("{shown}: only redis://host:port addresses can be started locally ({other:?})")
         }
     }
 }
@@ -129,13 +130,14 @@ fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&up.dir)?;
     for (bus, name) in BUSES {
         let url = &cfg.bus(bus).url;
+        let shown = dualbus_core::redact_url(url);
         let (host, port) = host_port(url)?;
         if !is_local(&host) {
-            bail!("the {name} bus is at {url}, which is not on this machine; `dualbus redis up` only starts local servers");
+            bail!("the {name} bus is at {shown}, which is not on this machine; `dualbus redis up` only starts local servers");
         }
         let short = bus.as_str();
         if ping(&host, port) {
-            println!("{name} bus: {url} already running");
+            println!("{name} bus: {shown} already running");
             continue;
         }
         std::fs::create_dir_all(dir.join(format!("{short}-data")))?;
@@ -158,14 +160,14 @@ fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
         while !ping(&host, port) {
             if t0.elapsed() > Duration::from_secs(10) {
                 bail!(
-                    "the {name} bus did not answer on {url} within 10 s; see {}",
+                    "the {name} bus did not answer on {shown} within 10 s; see {}",
                     dir.join(format!("{short}.log")).display()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         println!(
-            "{name} bus: {url} up (config {}, persistence {}, maxmemory-policy noeviction)",
+            "{name} bus: {shown} up (config {}, persistence {}, maxmemory-policy noeviction)",
             conf_path.display(),
             format!("{:?}", up.persistence).to_lowercase()
         );
@@ -176,12 +178,13 @@ fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
 async fn stop(cfg: &Config) -> anyhow::Result<()> {
     for (bus, name) in BUSES {
         let url = &cfg.bus(bus).url;
+        let shown = dualbus_core::redact_url(url);
         let (host, port) = host_port(url)?;
         if !is_local(&host) {
-            bail!("the {name} bus is at {url}, which is not on this machine; `dualbus redis down` only stops local servers");
+            bail!("the {name} bus is at {shown}, which is not on this machine; `dualbus redis down` only stops local servers");
         }
         if !ping(&host, port) {
-            println!("{name} bus: {url} not running");
+            println!("{name} bus: {shown} not running");
             continue;
         }
         let mut conn = inspect::connect(name, url, Duration::from_secs(2)).await?;
@@ -190,11 +193,11 @@ async fn stop(cfg: &Config) -> anyhow::Result<()> {
         let t0 = Instant::now();
         while ping(&host, port) {
             if t0.elapsed() > Duration::from_secs(10) {
-                bail!("the {name} bus at {url} is still running 10 s after SHUTDOWN");
+                bail!("the {name} bus at {shown} is still running 10 s after SHUTDOWN");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        println!("{name} bus: {url} stopped");
+        println!("{name} bus: {shown} stopped");
     }
     Ok(())
 }
@@ -203,6 +206,7 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
     let mut all_up = true;
     for (bus, name) in BUSES {
         let url = &cfg.bus(bus).url;
+        let shown = dualbus_core::redact_url(url);
         let t0 = Instant::now();
         let conn = inspect::connect(
             name,
@@ -214,7 +218,10 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
             Ok(c) => c,
             Err(e) => {
                 all_up = false;
-                println!("{name} bus ({url}): unreachable: {}", super::error_line(&e));
+                println!(
+                    "{name} bus ({shown}): unreachable: {}",
+                    super::error_line(&e)
+                );
                 continue;
             }
         };
@@ -223,7 +230,7 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
         let info = inspect::server_info(&mut conn).await?;
         let get = |k: &str| info.get(k).cloned().unwrap_or_else(|| "?".into());
         println!(
-            "{name} bus ({url}): reachable (connect+PING {:.1} ms), redis {}, memory {} ({}), maxmemory-policy {}, aof {}",
+            "{name} bus ({shown}): reachable (connect+PING {:.1} ms), redis {}, memory {} ({}), maxmemory-policy {}, aof {}",
             rtt.as_secs_f64() * 1e3,
             get("redis_version"),
             get("used_memory_human"),

@@ -275,12 +275,13 @@ async fn earlier_groups(
         let mut dropped = 0;
         for b in [BusId::MarketData, BusId::Logic] {
             let url = &cfg.bus(b).url;
+            let shown = dualbus_core::redact_url(url);
             let client = redis::Client::open(url.as_str())
-                .with_context(|| format!("--fresh: bad bus address {url}"))?;
+                .with_context(|| format!("--fresh: bad bus address {shown}"))?;
             let mut conn = client
                 .get_multiplexed_async_connection()
                 .await
-                .with_context(|| format!("--fresh: cannot reach {url}"))?;
+                .with_context(|| format!("--fresh: cannot reach {shown}"))?;
             for r in rows.iter().filter(|r| r.bus == b) {
                 let _: i64 = redis::cmd("XGROUP")
                     .arg("DESTROY")

@@ -224,14 +224,17 @@ impl RedisTransport {
     /// # Errors
     /// [`ConnectError`] naming the bus and address: a bad URL, or no answer within the connect
     /// timeout.
-    pub async fn connect(opts: RedisOptions) -> Result<RedisTransport, ConnectError> {
+    pub async fn connect(mut opts: RedisOptions) -> Result<RedisTransport, ConnectError> {
+        // Connect with the URL as given; show it everywhere else without its password.
+        let shown = dualbus_core::redact_url(&opts.url);
+        let secret_url = std::mem::replace(&mut opts.url, shown);
         let bad_url = |e: redis::RedisError| ConnectError::BadUrl {
             bus: opts.bus.clone(),
             url: opts.url.clone(),
             reason: e.to_string(),
         };
         // Small writes (one message, an acknowledgement) must leave at once: no Nagle delay.
-        let info = redis::IntoConnectionInfo::into_connection_info(opts.url.as_str())
+        let info = redis::IntoConnectionInfo::into_connection_info(secret_url.as_str())
             .map_err(bad_url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info).map_err(bad_url)?;
@@ -294,7 +297,7 @@ impl RedisTransport {
         Ok(RedisTransport { inner })
     }
 
-    /// The options this transport was connected with.
+    /// The options this transport was connected with (the URL without its password).
     pub fn options(&self) -> &RedisOptions {
         &self.inner.opts
     }
@@ -552,5 +555,33 @@ impl Transport for RedisTransport {
             redelivered: s.redelivered.load(Ordering::Relaxed),
             skipped: s.skipped.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bus that cannot be reached is named by its address without the password, and so is
+    /// the transport's address afterwards.
+    #[tokio::test]
+    async fn connect_errors_do_not_show_the_password() {
+        // A port nothing listens on: bound then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut opts = RedisOptions::new("md", &format!("redis://engine:s3cret@127.0.0.1:{port}"));
+        opts.connect_timeout = Duration::from_millis(500);
+        let err = match RedisTransport::connect(opts).await {
+            Ok(_) => panic!("connected to a closed port"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!("redis://engine:***@127.0.0.1:{port}")),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 }
