@@ -76,6 +76,17 @@ pub enum BusError {
         /// The message id.
         id: String,
     },
+    /// A request names a reply stream that is not a requester's reply stream.
+    #[error(
+        "message {id} asks for its reply on {stream:?}, which is not a reply stream \
+         ({{prefix}}:{{bus}}:reply:{{instance}}); nothing was written"
+    )]
+    BadReplyStream {
+        /// The message id.
+        id: String,
+        /// The stream it named.
+        stream: String,
+    },
 }
 
 /// Why a request got no reply.
@@ -1101,7 +1112,9 @@ impl DualBus {
     /// correlation id.
     ///
     /// # Errors
-    /// [`BusError::NotARequest`] when `request` has no reply stream or correlation id.
+    /// [`BusError::NotARequest`] when `request` has no reply stream or correlation id;
+    /// [`BusError::BadReplyStream`] when the stream it names is not a requester's reply stream
+    /// (a forged request must not make the replier write to a market-data or order stream).
     pub async fn reply<T: Serialize + ?Sized>(
         &self,
         request: &Envelope,
@@ -1110,6 +1123,12 @@ impl DualBus {
         let (Some(reply), Some(corr)) = (&request.reply, &request.corr) else {
             return Err(BusError::NotARequest { id: request.id() });
         };
+        if !self.inner.router.is_reply_stream(reply) {
+            return Err(BusError::BadReplyStream {
+                id: request.id(),
+                stream: reply.to_string(),
+            });
+        }
         let mut env = self.stamp(
             request.kind.clone(),
             request.topic.clone(),

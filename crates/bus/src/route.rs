@@ -136,6 +136,26 @@ impl Router {
         Arc::from(format!("{}:{}:reply:{inst}", self.prefix, bus.as_str()))
     }
 
+    /// Whether `stream` is a requester's reply stream of this bus system
+    /// (`{prefix}:{bus}:reply:{inst}` with an instance name of `[A-Za-z0-9_-]`, at most 128):
+    /// a reply is written there and nowhere else, whatever a request names.
+    pub fn is_reply_stream(&self, stream: &str) -> bool {
+        [BusId::MarketData, BusId::Logic].iter().any(|bus| {
+            stream
+                .strip_prefix(&*self.prefix)
+                .and_then(|r| r.strip_prefix(':'))
+                .and_then(|r| r.strip_prefix(bus.as_str()))
+                .and_then(|r| r.strip_prefix(":reply:"))
+                .is_some_and(|inst| {
+                    !inst.is_empty()
+                        && inst.len() <= 128
+                        && inst
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                })
+        })
+    }
+
     /// Where a message of this kind and priority goes.
     pub fn route(&self, kind: &EventKind, prio: Priority) -> Route {
         let bus = self.bus_of(kind);
