@@ -104,3 +104,27 @@ fn stats_leaves_out_the_empty_failover_mirror_and_says_so() {
         "{all}"
     );
 }
+
+/// `dualbus redis up` does not take a server it did not start for a bus's: it names the
+/// address, says how the server was started and what to do; a server it started is reused.
+#[test]
+fn redis_up_refuses_a_server_it_did_not_start() {
+    let md = RedisServer::start().expect("redis-server");
+    let logic = RedisServer::start().expect("redis-server");
+    let dir = std::env::temp_dir().join(format!("dualbus-up-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_dualbus"))
+        .args(["--md-url", &md.url(), "--logic-url", &logic.url()])
+        .args(["redis", "up", "--dir", dir.to_str().unwrap()])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the MarketData bus's address {} is taken by a Redis server that `dualbus redis up` did not start (it runs without a config file); stop it, or give the bus another address (--md-url)",
+            md.url()
+        )),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

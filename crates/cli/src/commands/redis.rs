@@ -110,6 +110,37 @@ fn conf(port: u16, dir: &Path, name: &str, up: &UpArgs) -> String {
     )
 }
 
+/// The config file of the Redis server at `host:port` (`INFO server`, `config_file`; empty
+/// when it runs without one); `None` when it does not answer that (a password, not Redis).
+fn config_file(host: &str, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((host, port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // A bulk string: `$len\r\n` then the text; read until all of it is here.
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let (head, body) = text.split_once("\r\n")?;
+        let len: usize = head.strip_prefix('$')?.parse().ok()?;
+        if body.len() >= len {
+            return body[..len]
+                .lines()
+                .find_map(|l| l.strip_prefix("config_file:"))
+                .map(|f| f.trim().to_string());
+        }
+        if reply.len() > 1 << 20 {
+            return None;
+        }
+    }
+}
+
 fn ping(host: &str, port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect((host, port)) else {
@@ -136,12 +167,30 @@ fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
             bail!("the {name} bus is at {shown}, which is not on this machine; `dualbus redis up` only starts local servers");
         }
         let short = bus.as_str();
+        let conf_path = dir.join(format!("{short}.conf"));
         if ping(&host, port) {
-            println!("{name} bus: {shown} already running");
-            continue;
+            // Only a server `redis up` started (its config file is one of ours) is taken as
+            // this bus's: another one on the port has its own settings (eviction,
+            // persistence, memory), which this command would otherwise seem to vouch for.
+            match config_file(&host, port) {
+                Some(file) if file.ends_with(&format!("/{short}.conf")) => {
+                    println!("{name} bus: {shown} already running (config {file})");
+                    continue;
+                }
+                found => bail!(
+                    "the {name} bus's address {shown} is taken by a Redis server that `dualbus \
+                     redis up` did not start ({}); stop it, or give the bus another address \
+                     (--{}-url)",
+                    match found {
+                        Some(f) if f.is_empty() => "it runs without a config file".to_string(),
+                        Some(f) => format!("its config file is {f}"),
+                        None => "it does not say how it was started".to_string(),
+                    },
+                    if short == "md" { "md" } else { "logic" }
+                ),
+            }
         }
         std::fs::create_dir_all(dir.join(format!("{short}-data")))?;
-        let conf_path = dir.join(format!("{short}.conf"));
         std::fs::write(&conf_path, conf(port, &dir, short, up))?;
         let status = Command::new("redis-server")
             .arg(&conf_path)
