@@ -789,6 +789,18 @@ impl Config {
                 bad(key, &v, &format!("must be at least {min}"));
             }
         }
+        if d.dedup_window > dualbus_core::dedup::MAX_WINDOW {
+            bad(
+                "delivery.dedup_window",
+                &d.dedup_window,
+                &format!(
+                    "must be at most {} (each source's window takes dedup_window/8 bytes, and a \
+                     subscription keeps at most {} MiB of them)",
+                    dualbus_core::dedup::MAX_WINDOW,
+                    dualbus_core::dedup::MAX_BYTES >> 20
+                ),
+            );
+        }
         for (name, b) in [("md", &self.md), ("logic", &self.logic)] {
             if d.queue_bound > b.maxlen {
                 bad(
@@ -944,6 +956,13 @@ mod tests {
         assert!(!err.contains("s3cret"), "{err}");
         assert!(
             err.contains("logic.url") && err.contains("unix sockets are not supported"),
+            "{err}"
+        );
+        let err = parse("[delivery]\ndedup_window = 100000000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("delivery.dedup_window") && err.contains("must be at most 8388608"),
             "{err}"
         );
     }

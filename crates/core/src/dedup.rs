@@ -91,9 +91,18 @@ impl Window {
 /// duplicates can then no longer be recognised).
 pub const MAX_SOURCES: usize = 4096;
 
+/// Most memory one filter's windows take: with a large window, fewer sources are tracked
+/// ([`SourceDedup::max_sources`]), so messages from many (possibly forged) sources cannot make a
+/// subscription hold `MAX_SOURCES` windows of the largest size (512 MiB at the default window).
+pub const MAX_BYTES: usize = 64 << 20;
+
+/// The largest window: at least 64 sources fit in [`MAX_BYTES`].
+pub const MAX_WINDOW: u64 = ((MAX_BYTES / 64) * 8) as u64;
+
 /// Per-source duplicate filter. Not thread-safe; one per subscription.
 pub struct SourceDedup {
     words: usize,
+    max_sources: usize,
     clock: u64,
     index: HashMap<(Arc<str>, Arc<str>), usize>,
     windows: Vec<Window>,
@@ -102,16 +111,25 @@ pub struct SourceDedup {
 }
 
 impl SourceDedup {
-    /// A filter remembering `window` sequence numbers per source (rounded up to a multiple of 64).
+    /// A filter remembering `window` sequence numbers per source (rounded up to a multiple of
+    /// 64, at most [`MAX_WINDOW`]).
     pub fn new(window: u64) -> SourceDedup {
+        let words = window.clamp(1, MAX_WINDOW).div_ceil(64) as usize;
         SourceDedup {
-            words: window.div_ceil(64).max(1) as usize,
+            words,
+            max_sources: (MAX_BYTES / (words * 8)).clamp(1, MAX_SOURCES),
             clock: 0,
             index: HashMap::new(),
             windows: Vec::new(),
             last: None,
             too_old: 0,
         }
+    }
+
+    /// How many sources this filter tracks at most: [`MAX_SOURCES`], fewer for a window so
+    /// large that they would take more than [`MAX_BYTES`].
+    pub fn max_sources(&self) -> usize {
+        self.max_sources
     }
 
     /// Messages let through because they were older than the window.
@@ -160,7 +178,7 @@ impl SourceDedup {
     fn insert(&mut self, src: &Arc<str>, inst: &Arc<str>, seq: u64) -> usize {
         self.clock += 1;
         let key = (src.clone(), inst.clone());
-        if self.windows.len() < MAX_SOURCES {
+        if self.windows.len() < self.max_sources {
             let slot = self.windows.len();
             let mut w = Window::new(self.words, seq);
             w.last_seen = self.clock;
@@ -228,6 +246,26 @@ mod tests {
         assert_eq!(d.check(&names[0], &inst, 1), Verdict::Duplicate);
         // The evicted source is new again.
         assert_eq!(d.check(&names[1], &inst, 1), Verdict::New);
+    }
+
+    /// Many sources with the default window (2^20 numbers, 128 KiB each) stay within the
+    /// memory budget: 512 are tracked, not 4,096 (which took 512 MiB).
+    #[test]
+    fn large_windows_track_fewer_sources_within_the_budget() {
+        let mut d = SourceDedup::new(1 << 20);
+        assert_eq!(d.max_sources(), 512);
+        let inst: Arc<str> = Arc::from("i");
+        for n in 0..2000 {
+            assert_eq!(
+                d.check(&Arc::from(format!("forged{n}")), &inst, n),
+                Verdict::New
+            );
+        }
+        assert_eq!(d.windows.len(), 512);
+        let bytes: usize = d.windows.iter().map(|w| w.bits.len() * 8).sum();
+        assert!(bytes <= MAX_BYTES, "{bytes}");
+        assert_eq!(SourceDedup::new(64).max_sources(), MAX_SOURCES);
+        assert_eq!(SourceDedup::new(u64::MAX).max_sources(), 64);
     }
 
     #[test]
