@@ -110,35 +110,17 @@ fn conf(port: u16, dir: &Path, name: &str, up: &UpArgs) -> String {
     )
 }
 
-/// The config file of the Redis server at `host:port` (`INFO server`, `config_file`; empty
-/// when it runs without one); `None` when it does not answer that (a password, not Redis).
-fn config_file(host: &str, port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect((host, port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    s.write_all(b"INFO server\r\n").ok()?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    // A bulk string: `$len\r\n` then the text; read until all of it is here.
-    loop {
-        let n = s.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        reply.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&reply);
-        let (head, body) = text.split_once("\r\n")?;
-        let len: usize = head.strip_prefix('$')?.parse().ok()?;
-        if body.len() >= len {
-            return body[..len]
-                .lines()
-                .find_map(|l| l.strip_prefix("config_file:"))
-                .map(|f| f.trim().to_string());
-        }
-        if reply.len() > 1 << 20 {
-            return None;
-        }
-    }
+/// The config file of the Redis server at `url` (`INFO server`, `config_file`; empty when it
+/// runs without one); `None` when it does not answer that (a password, not Redis).
+fn config_file(url: &str) -> Option<String> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("config_file:"))
+        .map(|f| f.trim().to_string())
 }
 
 fn ping(host: &str, port: u16) -> bool {
@@ -172,7 +154,7 @@ fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
             // Only a server `redis up` started (its config file is one of ours) is taken as
             // this bus's: another one on the port has its own settings (eviction,
             // persistence, memory), which this command would otherwise seem to vouch for.
-            match config_file(&host, port) {
+            match config_file(url) {
                 Some(file) if file.ends_with(&format!("/{short}.conf")) => {
                     println!("{name} bus: {shown} already running (config {file})");
                     continue;

@@ -270,6 +270,11 @@ impl Cursor<'_> {
         }
     }
 
+    /// The header of a two-element array (a stream and its entries, an id and its fields).
+    fn pair(&mut self) -> Option<()> {
+        (self.header(b'*')? == 2).then_some(())
+    }
+
     /// A bulk string, as a slice of the frame (no copy).
     fn bulk(&mut self) -> Option<Bytes> {
         let len = usize::try_from(self.header(b'$')?).ok()?;
@@ -291,16 +296,12 @@ pub(crate) fn parse_read(frame: &Bytes, pos: usize) -> Option<Vec<StreamEntries>
     let streams = c.array_or_nil()?;
     let mut out = Vec::with_capacity(streams.max(0) as usize);
     for _ in 0..streams {
-        if c.header(b'*')? != 2 {
-            return None;
-        }
+        c.pair()?;
         let key = c.bulk()?;
         let n = c.array_or_nil()?;
         let mut entries = Vec::with_capacity(n.max(0) as usize);
         for _ in 0..n {
-            if c.header(b'*')? != 2 {
-                return None;
-            }
+            c.pair()?;
             let raw_id = c.bulk()?;
             let id = reply::parse_id(&raw_id)?;
             let k = c.array_or_nil()?;
@@ -459,8 +460,8 @@ async fn exchange(
     let mut starts = Vec::with_capacity(replies);
     let mut pos = 0;
     let mut scanner = Scanner::default();
+    let protocol = |why: String| RedisError::from((ErrorKind::Parse, "RESP reply", why));
     while starts.len() < replies {
-        let protocol = |why: String| RedisError::from((ErrorKind::Parse, "RESP reply", why));
         if let Some(next) = scanner.complete(buf, pos).map_err(protocol)? {
             starts.push(pos);
             pos = next;
