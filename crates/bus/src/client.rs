@@ -87,6 +87,19 @@ pub enum BusError {
         /// The stream it named.
         stream: String,
     },
+    /// A client restricted to the kinds its engine declares published another kind.
+    #[error(
+        "{src} published {kind}, a kind it does not declare (it publishes {declared}); \
+         nothing was sent"
+    )]
+    Undeclared {
+        /// The publishing engine.
+        src: String,
+        /// The kind it published.
+        kind: String,
+        /// The kinds it declares, comma-separated (`nothing` when none).
+        declared: String,
+    },
 }
 
 /// Why a request got no reply.
@@ -421,6 +434,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct DualBus {
     inner: Arc<Inner>,
+    /// The kinds this client may publish ([`DualBus::restricted_to`]); `None`: any.
+    publishes: Option<Arc<[EventKind]>>,
 }
 
 /// Builds a [`DualBus`].
@@ -511,6 +526,7 @@ impl DualBusBuilder {
             }
         };
         Ok(DualBus {
+            publishes: None,
             inner: Arc::new(Inner {
                 router: Router::new(&self.cfg),
                 enc: self.cfg.encoding(),
@@ -759,10 +775,51 @@ impl DualBus {
         self.send(envs, Confirm::Queued).await
     }
 
+    /// This client, allowed to publish (and send requests of) `kinds` only: any other kind is
+    /// [`BusError::Undeclared`] before anything is sent. Engines get such a client for the
+    /// kinds they declare, the same lists the Redis ACLs of `dualbus redis up` are made from,
+    /// so a publication missing from a declaration fails in every transport, not only where a
+    /// broker enforces it. Replies are not restricted ([`DualBus::reply`] writes only to reply
+    /// streams).
+    pub fn restricted_to(&self, kinds: &[EventKind]) -> DualBus {
+        DualBus {
+            inner: self.inner.clone(),
+            publishes: Some(Arc::from(kinds)),
+        }
+    }
+
+    /// The kinds this client may publish, when restricted ([`DualBus::restricted_to`]).
+    pub fn publications(&self) -> Option<&[EventKind]> {
+        self.publishes.as_deref()
+    }
+
+    fn check_declared(&self, envs: &[Envelope]) -> Result<(), BusError> {
+        let Some(allowed) = &self.publishes else {
+            return Ok(());
+        };
+        match envs.iter().find(|e| !allowed.contains(&e.kind)) {
+            None => Ok(()),
+            Some(e) => Err(BusError::Undeclared {
+                src: self.inner.src.to_string(),
+                kind: e.kind.to_string(),
+                declared: if allowed.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    allowed
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            }),
+        }
+    }
+
     async fn send(&self, envs: Vec<Envelope>, confirm: Confirm) -> Result<(), BusError> {
         let Some(first) = envs.first() else {
             return Ok(());
         };
+        self.check_declared(&envs)?;
         let lane = is_priority(&first.kind, first.prio);
         if envs
             .iter()

@@ -505,6 +505,10 @@ impl Engine for AnalyticsEngine {
         "analytics"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::AnalyticsResult]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         vec![Interest::reliable(&[
             "portfolio_update.>",

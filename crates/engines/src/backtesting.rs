@@ -69,7 +69,7 @@ use crate::analytics::{Performance, PerformanceTracker};
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use crate::factor::FactorModel;
 use crate::features::{FeatureCalculator, FeatureVector};
-use crate::hub::{HistoryQuery, HubClient};
+use crate::hub::{hub_request_kind, HistoryQuery, HubClient};
 use crate::market::{Bar, Quote, Side};
 use crate::ml::{MlParams, SymbolModel};
 use crate::portfolio::{Book, PortfolioParams};
@@ -798,6 +798,10 @@ async fn rerun(
 impl Engine for BacktestingEngine {
     fn name(&self) -> &'static str {
         "backtesting"
+    }
+
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::AnalyticsResult, hub_request_kind()]
     }
 
     fn subscriptions(&self) -> Vec<Interest> {

@@ -370,6 +370,10 @@ impl Engine for CollateralEngine {
         "collateral"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::MarginCall]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         vec![Interest::reliable(&[
             "portfolio_update.>",

@@ -104,6 +104,14 @@ pub trait Engine: Send + 'static {
         Vec::new()
     }
 
+    /// The kinds it publishes, and the kinds of the requests it sends (nothing by default;
+    /// heartbeats, replies and dead letters need no declaration). Publishing another kind
+    /// through its context fails with [`BusError::Undeclared`], and `dualbus redis up` gives
+    /// the engine's Redis user the right to append these kinds only.
+    fn publishes(&self) -> Vec<EventKind> {
+        Vec::new()
+    }
+
     /// Its periodic timers (none by default).
     fn timers(&self) -> Vec<Timer> {
         Vec::new()
@@ -525,8 +533,12 @@ impl EngineHost {
             Some(m) => m.engine(name),
             None => Arc::new(EngineTimes::new(name, Instant::now(), WARMUP)),
         };
+        // The engine may publish what it declares, and its heartbeats: nothing else, in every
+        // transport (`dualbus redis up` makes the Redis ACLs from the same declarations).
+        let mut allowed = engine.publishes();
+        allowed.push(EventKind::EngineHealth);
         let ctx = EngineContext {
-            bus: bus.clone(),
+            bus: bus.restricted_to(&allowed),
             name,
             counts: Default::default(),
             config: Arc::new(opts.config.clone()),

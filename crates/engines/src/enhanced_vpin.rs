@@ -448,6 +448,10 @@ impl Engine for EnhancedVpinEngine {
         "enhanced_vpin"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::FlashCrashAlert]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         // VPIN values come over the Engine Logic bus, prices and spreads over the MarketData
         // bus: two streams with no common order, so a rule is checked on every input.

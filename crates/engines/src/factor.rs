@@ -325,6 +325,10 @@ impl Engine for FactorEngine {
         "factor"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::FactorCalculation]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         vec![Interest::reliable(&["feature_vector.>"])]
     }

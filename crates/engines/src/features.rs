@@ -607,6 +607,10 @@ impl Engine for FeaturesEngine {
         "features"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::FeatureVector]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         // One interest: one consumer group reading one stream, so a quote stays in order with
         // the trade that closes its bar.

@@ -809,7 +809,11 @@ impl prometheus_client::collector::Collector for HubCollector {
             (
                 "dualbus_venue_orders",
                 "Orders the hub's paper venue handled, by result",
-                vec![("filled", s.venue.fills), ("rejected", s.venue.rejects)],
+                vec![
+                    ("filled", s.venue.fills),
+                    ("rejected", s.venue.rejects),
+                    ("refused_sender", s.venue.foreign),
+                ],
             ),
         ];
         for (name, help, rows) in families {
@@ -826,6 +830,10 @@ impl prometheus_client::collector::Collector for HubCollector {
 impl Engine for MarketDataHub {
     fn name(&self) -> &'static str {
         "marketdata"
+    }
+
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::MarketData, EventKind::TradeExecution]
     }
 
     fn subscriptions(&self) -> Vec<Interest> {
@@ -850,6 +858,13 @@ impl Engine for MarketDataHub {
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
         if msg.kind == EventKind::OrderRequest {
+            // Only the order senders' orders reach the venue (a refused one is dead-lettered
+            // with the reason, like an unreadable one).
+            let refused = self.shared.venue.lock().check_sender(&msg.src, &msg.id());
+            if let Err(reason) = refused {
+                tracing::warn!(%reason, "order refused");
+                return Err(HandlerError(reason));
+            }
             let order: OrderRequest = match msg.enc.decode(&msg.payload) {
                 Ok(o) => o,
                 Err(e) => {

@@ -443,6 +443,10 @@ impl Engine for MlEngine {
         "ml"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::MlPrediction]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         vec![Interest::reliable(&["feature_vector.>"])]
     }

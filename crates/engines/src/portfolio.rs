@@ -579,6 +579,10 @@ impl Engine for PortfolioEngine {
         "portfolio"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::PortfolioUpdate, EventKind::PositionChange]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         vec![Interest::reliable(&[
             "trade_execution.>",

@@ -1147,6 +1147,10 @@ impl Engine for RiskEngine {
         "risk"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::RiskAlert, EventKind::OrderRequest]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         vec![Interest::reliable(&[
             "strategy_signal.>",

@@ -468,6 +468,10 @@ impl Engine for StrategyEngine {
         "strategy"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::StrategySignal]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         vec![Interest::reliable(&[
             "ml_prediction.>",

@@ -88,11 +88,18 @@ pub struct Execution {
 pub struct VenueOptions {
     /// Slippage of market orders, basis points against the trader.
     pub slippage_bps: f64,
+    /// The engines whose `order_request`s the venue takes (the envelope's `src`); an order
+    /// from any other is refused and dead-lettered. On Redis with `dualbus redis up`'s ACLs
+    /// only these engines' users can write the `order_request` stream at all.
+    pub order_senders: Vec<String>,
 }
 
 impl Default for VenueOptions {
     fn default() -> Self {
-        VenueOptions { slippage_bps: 1.0 }
+        VenueOptions {
+            slippage_bps: 1.0,
+            order_senders: vec!["risk".to_string()],
+        }
     }
 }
 
@@ -107,6 +114,9 @@ pub struct VenueCounts {
     pub rejects: u64,
     /// Limit orders resting now.
     pub resting: u64,
+    /// Orders refused because their sender is not one of `order_senders` (each message
+    /// once, however often it is redelivered).
+    pub foreign: u64,
 }
 
 /// A simulated venue: the latest quote per symbol and the resting limit orders.
@@ -118,7 +128,12 @@ pub struct PaperVenue {
     resting: Vec<OrderRequest>,
     counts: VenueCounts,
     last_ts: u64,
+    /// Ids of the foreign orders counted (bounded: cleared past `MAX_REMEMBERED`).
+    foreign_ids: HashSet<String>,
 }
+
+/// Foreign order ids remembered so that a redelivery is not counted twice.
+const MAX_REMEMBERED: usize = 4096;
 
 impl PaperVenue {
     /// A venue trading `symbols`.
@@ -173,6 +188,24 @@ impl PaperVenue {
             liquidity: Some(liquidity.to_string()),
             ts,
         }
+    }
+
+    /// Whether `src` may send orders (`order_senders`); when not, counts the message `id`
+    /// once and returns the reason to refuse it with.
+    pub fn check_sender(&mut self, src: &str, id: &str) -> Result<(), String> {
+        if self.opts.order_senders.iter().any(|s| s == src) {
+            return Ok(());
+        }
+        if self.foreign_ids.len() >= MAX_REMEMBERED {
+            self.foreign_ids.clear();
+        }
+        if self.foreign_ids.insert(id.to_string()) {
+            self.counts.foreign += 1;
+        }
+        Err(format!(
+            "order_request {id} from {src:?} refused: only {:?} may send orders",
+            self.opts.order_senders
+        ))
     }
 
     /// Takes an order: returns its execution (fill or rejection), or `None` when a limit
@@ -275,7 +308,10 @@ mod tests {
 
     fn venue() -> PaperVenue {
         let mut v = PaperVenue::new(
-            VenueOptions { slippage_bps: 10.0 },
+            VenueOptions {
+                slippage_bps: 10.0,
+                ..VenueOptions::default()
+            },
             ["BTCUSDT".to_string(), "ETHUSDT".to_string()],
         );
         v.on_quote(&Quote {

@@ -407,6 +407,10 @@ impl Engine for VpinEngine {
         "vpin"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::VpinCalculation, EventKind::ToxicityAlert]
+    }
+
     fn subscriptions(&self) -> Vec<Interest> {
         vec![Interest::reliable(&["market_data.trade.>"])]
     }

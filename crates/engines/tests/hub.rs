@@ -877,7 +877,10 @@ async fn order_requests_on_the_bus_are_filled_or_rejected_by_the_paper_venue() {
     guarded(async {
         let (provider, feed) = ScriptedProvider::live(&["BTCUSDT", "ETHUSDT"]);
         let opts = HubOptions {
-            venue: VenueOptions { slippage_bps: 10.0 },
+            venue: VenueOptions {
+                slippage_bps: 10.0,
+                ..VenueOptions::default()
+            },
             ..HubOptions::default()
         };
         let hub = RunningHub::embedded(provider, opts).await;
@@ -1209,6 +1212,76 @@ async fn an_unreadable_order_request_is_dead_lettered_and_later_orders_fill() {
         let counts = hub.engine.stop().await;
         assert_eq!(counts.received.get("order_request"), Some(&3), "{counts:?}");
         assert_eq!(fills.len(), 1);
+    })
+    .await;
+}
+
+/// Only the Risk engine's orders reach the paper venue: an order from another engine is
+/// refused (no execution), dead-lettered with the reason and counted once; Risk's next order
+/// fills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_request_from_another_engine_than_risk_is_refused_and_dead_lettered() {
+    guarded(async {
+        let mut cfg = dualbus_bus::Config::default();
+        cfg.delivery.idle_timeout_ms = 50;
+        cfg.delivery.max_deliveries = 2;
+        let bus = DualBus::builder("marketdata")
+            .instance("marketdata-1")
+            .config(cfg)
+            .build()
+            .expect("embedded bus");
+        let q = quote_of("BTCUSDT", T0 + S, 100.0, 101.0);
+        let provider = ScriptedProvider::fixed(&["BTCUSDT"], vec![MarketEvent::Quote(q)]);
+        let (_sub, fills) = listen(&bus, "portfolio", &["trade_execution.>"]).await;
+        let hub =
+            RunningHub::start(bus, provider, HubOptions::default(), HostOptions::default()).await;
+        hub.feed_done().await;
+        let strategy = hub.bus.sibling("strategy", "strategy-1").expect("client");
+        strategy
+            .publish(
+                EventKind::OrderRequest,
+                "order_request.BTCUSDT",
+                &order("forged", "BTCUSDT", Side::Buy, 5.0, None),
+            )
+            .await
+            .expect("published");
+        let risk = hub.bus.sibling("risk", "risk-1").expect("risk client");
+        risk.publish(
+            EventKind::OrderRequest,
+            "order_request.BTCUSDT",
+            &order("good", "BTCUSDT", Side::Buy, 1.0, None),
+        )
+        .await
+        .expect("published");
+        wait_until("the good order filled", WAIT, || fills.len() == 1).await;
+        let bus = hub.bus.clone();
+        let dead = loop {
+            let dead = bus
+                .dead_letters(dualbus_bus::BusId::Logic, 10)
+                .await
+                .expect("dead letters");
+            if !dead.is_empty() {
+                break dead;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert!(
+            dead[0]
+                .reason
+                .contains("from \"strategy\" refused: only [\"risk\"] may send orders"),
+            "{}",
+            dead[0].reason
+        );
+        let stats = hub.handle.stats();
+        assert_eq!(stats.venue.foreign, 1, "{stats:?}");
+        assert_eq!(stats.venue.orders, 1, "{stats:?}");
+        let counts = hub.engine.stop().await;
+        // Delivered twice (max_deliveries), counted once.
+        assert_eq!(counts.received.get("order_request"), Some(&3), "{counts:?}");
+        let execs = fills.decoded::<Execution>();
+        assert_eq!(execs.len(), 1);
+        assert_eq!(execs[0].order_id, "good");
     })
     .await;
 }

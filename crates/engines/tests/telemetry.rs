@@ -28,6 +28,10 @@ impl Engine for Source {
         "source"
     }
 
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![EventKind::MarketData, EventKind::RiskAlert]
+    }
+
     async fn ready(
         &mut self,
         ctx: &EngineContext,
