@@ -199,6 +199,8 @@ pub struct BusCounters {
     pub dead_lettered: u64,
     /// Messages dropped by a `drop_oldest` policy or a stream trim.
     pub dropped: u64,
+    /// Messages the broker refused to store (a Redis ACL, memory); their publish failed.
+    pub refused: u64,
     /// Fast-mode messages skipped by consumers that fell behind.
     pub skipped: u64,
     /// Duplicates suppressed by (`src`, `inst`, `seq`).
@@ -1282,6 +1284,7 @@ impl DualBus {
             redelivered: t.redelivered,
             dead_lettered: t.dead_lettered,
             dropped: t.dropped,
+            refused: t.refused,
             skipped: c.skipped.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),

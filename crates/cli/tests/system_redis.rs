@@ -66,7 +66,8 @@ impl Procs {
         }
     }
 
-    /// Starts `dualbus engine NAME` on the two buses, with `extra` arguments.
+    /// Starts `dualbus engine NAME` on the two buses, as its own Redis user (the passwords of
+    /// `self.dir/acl/secrets`), with `extra` arguments.
     fn spawn(&mut self, name: &'static str, md: &str, logic: &str, duration: &str, extra: &[&str]) {
         let stdout = self.dir.join(format!("{name}.out"));
         let stderr = self.dir.join(format!("{name}.err"));
@@ -86,7 +87,9 @@ impl Procs {
                 "--duration",
                 duration,
                 "--json",
+                "--redis-secrets",
             ])
+            .arg(self.dir.join("acl").join("secrets"))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create a stdout file"))
@@ -195,10 +198,36 @@ fn count(v: &Value, side: &str, kind: &str) -> u64 {
     v[side][kind].as_u64().unwrap_or(0)
 }
 
+/// Writes the ACL file and passwords of `dualbus redis up` into `dir`; returns the ACL file.
+fn write_acl(dir: &std::path::Path) -> PathBuf {
+    let out = Command::new(env!("CARGO_BIN_EXE_dualbus"))
+        .args(["redis", "acl", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run dualbus redis acl");
+    assert!(out.status.success(), "{out:?}");
+    dir.join("users.acl")
+}
+
+/// `url` as the operator (`admin`, whose password `redis acl` wrote into `dir/secrets`).
+fn as_admin(url: &str, dir: &std::path::Path) -> String {
+    let password = std::fs::read_to_string(dir.join("secrets").join("admin")).expect("admin");
+    url.replace("redis://", &format!("redis://admin:{}@", password.trim()))
+}
+
+/// The whole system with the Redis ACLs of `dualbus redis up` on: each engine process
+/// connects as its own user, and the default user is off.
 #[test]
 fn thirteen_engine_processes_trade_over_the_redis_buses() {
+    let mut procs = Procs::new();
+    let acl_dir = procs.dir.join("acl");
+    let acl = write_acl(&acl_dir);
+    let acl = acl.to_str().expect("a UTF-8 path");
     let servers = || -> std::io::Result<(RedisServer, RedisServer)> {
-        Ok((RedisServer::start()?, RedisServer::start()?))
+        Ok((
+            RedisServer::start_with(&["--aclfile", acl])?,
+            RedisServer::start_with(&["--aclfile", acl])?,
+        ))
     };
     let (md_server, logic_server) = servers().unwrap_or_else(|e| {
         panic!(
@@ -207,7 +236,7 @@ fn thirteen_engine_processes_trade_over_the_redis_buses() {
         )
     });
     let (md, logic) = (md_server.url(), logic_server.url());
-    let mut procs = Procs::new();
+    let admin_logic = as_admin(&logic, &acl_dir);
 
     // Consumers first, each subscribing from the newest entry, then the hub, so nobody misses
     // the first market data (the order `dualbus run` starts them in).
@@ -228,7 +257,7 @@ fn thirteen_engine_processes_trade_over_the_redis_buses() {
     let start = Instant::now();
     let mut conn = None;
     loop {
-        let up = heartbeats(&mut conn, &logic);
+        let up = heartbeats(&mut conn, &admin_logic);
         let waiting: Vec<&str> = consumers
             .iter()
             .copied()

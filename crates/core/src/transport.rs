@@ -218,6 +218,9 @@ pub struct TransportStats {
     pub redelivered: u64,
     /// Fast-mode messages skipped by consumers that fell behind.
     pub skipped: u64,
+    /// Messages the broker refused to store (no permission for the stream, out of memory);
+    /// their publish failed, with the broker's reason.
+    pub refused: u64,
 }
 
 /// One consumer group of a stream, as `/metrics` shows it.

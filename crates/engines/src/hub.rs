@@ -826,6 +826,18 @@ impl prometheus_client::collector::Collector for HubCollector {
     }
 }
 
+impl MarketDataHub {
+    /// What the hub publishes ([`Engine::publishes`]), known without a provider.
+    pub fn declared_publications() -> Vec<EventKind> {
+        vec![EventKind::MarketData, EventKind::TradeExecution]
+    }
+
+    /// What the hub listens to ([`Engine::subscriptions`]), known without a provider.
+    pub fn declared_subscriptions() -> Vec<Interest> {
+        vec![Interest::reliable(&["hub_request.>", "order_request.>"])]
+    }
+}
+
 #[async_trait]
 impl Engine for MarketDataHub {
     fn name(&self) -> &'static str {
@@ -833,11 +845,11 @@ impl Engine for MarketDataHub {
     }
 
     fn publishes(&self) -> Vec<EventKind> {
-        vec![EventKind::MarketData, EventKind::TradeExecution]
+        MarketDataHub::declared_publications()
     }
 
     fn subscriptions(&self) -> Vec<Interest> {
-        vec![Interest::reliable(&["hub_request.>", "order_request.>"])]
+        MarketDataHub::declared_subscriptions()
     }
 
     async fn ready(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {

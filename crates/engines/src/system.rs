@@ -8,7 +8,8 @@ use crate::analytics::AnalyticsEngine;
 use crate::backtesting::BacktestingEngine;
 use crate::collateral::CollateralEngine;
 use crate::engine::{
-    Engine, EngineCounts, EngineError, EngineHost, EngineThread, HostOptions, RunningEngine,
+    Engine, EngineCounts, EngineError, EngineHost, EngineThread, HostOptions, Interest,
+    RunningEngine,
 };
 use crate::enhanced_vpin::EnhancedVpinEngine;
 use crate::factor::FactorEngine;
@@ -24,6 +25,7 @@ use crate::vpin::VpinEngine;
 use crate::websocket::WebSocketEngine;
 use async_trait::async_trait;
 use dualbus_bus::DualBus;
+use dualbus_core::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +140,52 @@ pub fn backtesting_settings(config: &BTreeMap<String, serde_json::Value>) -> ser
         }
     }
     bt
+}
+
+/// What one engine reads and writes, as it declares it ([`Engine::subscriptions`],
+/// [`Engine::publishes`]): what `dualbus redis up` makes each engine's Redis user from.
+#[derive(Clone, Debug)]
+pub struct Declaration {
+    /// The engine's name (its Redis user's name).
+    pub engine: &'static str,
+    /// What it listens to.
+    pub subscriptions: Vec<Interest>,
+    /// The kinds it publishes and requests.
+    pub publishes: Vec<EventKind>,
+}
+
+/// The declarations of every engine of [`ENGINES`], in that order.
+pub fn declarations() -> Vec<Declaration> {
+    fn of<E: Engine>(e: E) -> Declaration {
+        Declaration {
+            engine: e.name(),
+            subscriptions: e.subscriptions(),
+            publishes: e.publishes(),
+        }
+    }
+    ENGINES
+        .iter()
+        .map(|name| match *name {
+            "marketdata" => Declaration {
+                engine: "marketdata",
+                subscriptions: MarketDataHub::declared_subscriptions(),
+                publishes: MarketDataHub::declared_publications(),
+            },
+            "features" => of(FeaturesEngine::default()),
+            "factor" => of(FactorEngine::default()),
+            "ml" => of(MlEngine::default()),
+            "vpin" => of(VpinEngine::default()),
+            "enhanced_vpin" => of(EnhancedVpinEngine::default()),
+            "strategy" => of(StrategyEngine::default()),
+            "risk" => of(RiskEngine::default()),
+            "portfolio" => of(PortfolioEngine::default()),
+            "collateral" => of(CollateralEngine::default()),
+            "analytics" => of(AnalyticsEngine::default()),
+            "websocket" => of(WebSocketEngine::default()),
+            "backtesting" => of(BacktestingEngine::default()),
+            other => unreachable!("engine {other} has no declaration"),
+        })
+        .collect()
 }
 
 /// What [`start_engine`] needs besides the bus.

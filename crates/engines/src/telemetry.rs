@@ -532,6 +532,12 @@ impl Collector for EngineCollector {
                 "Messages dropped by a drop_oldest policy or a stream trim",
                 per_bus(|c| c.dropped),
             )?;
+            counters(
+                &mut enc,
+                "dualbus_refused",
+                "Messages the broker refused to store (a Redis ACL, memory); their publish failed",
+                per_bus(|c| c.refused),
+            )?;
             let fo = [BusId::MarketData, BusId::Logic].map(|b| (b, a.bus.failover_counters(b)));
             gauges(
                 &mut enc,

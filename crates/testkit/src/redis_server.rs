@@ -12,6 +12,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Further `redis-server` arguments (`--aclfile PATH`).
+    extra: Vec<String>,
 }
 
 /// Ports the user's own buses use by default; tests never take them.
@@ -35,7 +37,8 @@ fn ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 7];
-    matches!(s.read(&mut buf), Ok(n) if n >= 5 && &buf[..5] == b"+PONG")
+    // A server whose default user is off answers -NOAUTH: it is up.
+    matches!(s.read(&mut buf), Ok(n) if n >= 5 && (&buf[..5] == b"+PONG" || &buf[..5] == b"-NOAU"))
 }
 
 impl RedisServer {
@@ -44,10 +47,19 @@ impl RedisServer {
     /// # Errors
     /// When `redis-server` is missing or does not come up.
     pub fn start() -> std::io::Result<RedisServer> {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server on a free port with further `redis-server` arguments (e.g.
+    /// `["--aclfile", path]`), and waits until it answers.
+    ///
+    /// # Errors
+    /// When `redis-server` is missing or does not come up.
+    pub fn start_with(args: &[&str]) -> std::io::Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            match RedisServer::start_on(port) {
+            match RedisServer::start_on_with(port, args) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = Some(e),
             }
@@ -60,12 +72,17 @@ impl RedisServer {
     /// # Errors
     /// When `redis-server` is missing or does not answer within 10 s.
     pub fn start_on(port: u16) -> std::io::Result<RedisServer> {
+        RedisServer::start_on_with(port, &[])
+    }
+
+    fn start_on_with(port: u16, args: &[&str]) -> std::io::Result<RedisServer> {
         let dir = std::env::temp_dir().join(format!("dualbus-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut server = RedisServer {
             child: None,
             port,
             dir,
+            extra: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -87,6 +104,7 @@ impl RedisServer {
                 "--dir",
             ])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

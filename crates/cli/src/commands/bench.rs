@@ -372,7 +372,11 @@ impl Rig {
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs, global: &Global) -> anyhow::Result<()> {
-    let cfg = global.config()?;
+    let mut cfg = global.config()?;
+    if args.backend == Backend::Redis {
+        // A benchmark makes and deletes streams of its own: the operator's user.
+        global.authenticate(&mut cfg, super::acl::ADMIN)?;
+    }
     if args.messages == 0 {
         bail!("--messages must be at least 1");
     }

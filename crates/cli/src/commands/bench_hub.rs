@@ -14,11 +14,11 @@ use super::parse_duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{now_unix_nanos, Envelope};
+use dualbus_core::{now_unix_nanos, Envelope, EventKind};
 use dualbus_engines::engine::{
     Engine, EngineContext, EngineError, EngineHost, HostOptions, Interest, Timer,
 };
-use dualbus_engines::hub::{HistoryQuery, HubClient, HubOptions, MarketDataHub};
+use dualbus_engines::hub::{hub_request_kind, HistoryQuery, HubClient, HubOptions, MarketDataHub};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
 use dualbus_engines::provider::{Provider, SlowHistory, Speed};
 use hdrhistogram::Histogram;
@@ -101,6 +101,10 @@ impl Client {
 impl Engine for Client {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn publishes(&self) -> Vec<EventKind> {
+        vec![hub_request_kind()]
     }
 
     fn subscriptions(&self) -> Vec<Interest> {

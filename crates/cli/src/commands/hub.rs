@@ -196,7 +196,10 @@ pub struct HubArgs {
 
 /// Runs `dualbus hub`.
 pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
-    let cfg = global.config()?;
+    let mut cfg = global.config()?;
+    if cfg.transport == "redis" {
+        global.authenticate(&mut cfg, "marketdata")?;
+    }
     let duration = args
         .duration
         .as_deref()

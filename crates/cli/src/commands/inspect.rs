@@ -84,8 +84,27 @@ pub async fn connect(
     )
     .await
     .map_err(|_| anyhow::anyhow!("cannot reach the {bus} bus at {shown} within {timeout:?}"))?
-    .with_context(|| format!("cannot reach the {bus} bus at {shown}"))?;
+    .map_err(|e| refused_or(e, bus, &shown))?;
+    let mut conn = conn;
+    // A server with users answers the first command, not the connection, with NOAUTH.
+    redis::cmd("PING")
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(|e| refused_or(e, bus, &shown))?;
     Ok(conn)
+}
+
+/// `e`, from reaching the bus at `shown`, as the verbs print it; a refusal of the
+/// credentials says where they come from.
+fn refused_or(e: redis::RedisError, bus: &str, shown: &str) -> anyhow::Error {
+    if dualbus_redis::is_auth_error(&e) {
+        anyhow::anyhow!(
+            "the {bus} bus at {shown} refused the credentials: {e}; {}",
+            super::AUTH_HINT
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("cannot reach the {bus} bus at {shown}"))
+    }
 }
 
 /// Every stream whose key starts with `{prefix}:`, with its groups.

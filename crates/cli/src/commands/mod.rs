@@ -1,5 +1,6 @@
 //! One module per verb, plus what they share: global flags and the configuration.
 
+pub mod acl;
 pub mod backtest;
 pub mod backtest_html;
 pub mod bench;
@@ -37,6 +38,11 @@ pub struct Global {
     /// Engine Logic bus address (also DUALBUS_LOGIC_URL or `[logic] url`; default redis://127.0.0.1:6381).
     #[arg(long, global = true, value_name = "URL")]
     pub logic_url: Option<String>,
+    /// Where the Redis passwords are, one file per user (also DUALBUS_REDIS_SECRETS; default
+    /// .dualbus/redis/secrets when it exists, as `dualbus redis up` writes them). Used when a
+    /// bus URL names no user and DUALBUS_REDIS_PASSWORD is not set.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub redis_secrets: Option<PathBuf>,
 }
 
 impl Global {
@@ -63,11 +69,88 @@ impl Global {
         Ok(cfg)
     }
 
-    /// The configuration with the Redis transport (for the verbs that talk to running buses).
+    /// The configuration with the Redis transport, as the operator (`admin`), for the verbs
+    /// that inspect or drive running buses.
     pub fn redis_config(&self) -> anyhow::Result<Config> {
         let mut cfg = self.config()?;
         cfg.transport = "redis".into();
+        self.authenticate(&mut cfg, acl::ADMIN)?;
         Ok(cfg)
+    }
+
+    /// The directory of the Redis passwords: `--redis-secrets`, else DUALBUS_REDIS_SECRETS
+    /// (either must exist), else `.dualbus/redis/secrets` when it exists.
+    fn secrets_dir(&self) -> anyhow::Result<Option<PathBuf>> {
+        let given = self.redis_secrets.clone().or_else(|| {
+            std::env::var_os("DUALBUS_REDIS_SECRETS")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        match given {
+            Some(dir) if dir.is_dir() => Ok(Some(dir)),
+            Some(dir) => bail!(
+                "the Redis secrets directory {} does not exist (--redis-secrets or \
+                 DUALBUS_REDIS_SECRETS); `dualbus redis up --dir D` writes D/secrets",
+                dir.display()
+            ),
+            None => {
+                let default = PathBuf::from(".dualbus/redis").join(acl::SECRETS);
+                Ok(default.is_dir().then_some(default))
+            }
+        }
+    }
+
+    /// Puts Redis credentials for `user` into the bus URLs of `cfg` (for a verb about to use
+    /// the Redis transport): a URL that names a user or password keeps it; else DUALBUS_REDIS_PASSWORD (as
+    /// DUALBUS_REDIS_USER, default `user`); else the password file `user` of the secrets
+    /// directory; else none (a server without ACLs).
+    ///
+    /// # Errors
+    /// A secrets directory without a file for `user`, naming both.
+    pub fn authenticate(&self, cfg: &mut Config, user: &str) -> anyhow::Result<()> {
+        let from_env = std::env::var("DUALBUS_REDIS_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty());
+        let credentials = match from_env {
+            Some(password) => {
+                let name = std::env::var("DUALBUS_REDIS_USER")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| user.to_string());
+                Some((name, password))
+            }
+            None => match self.secrets_dir()? {
+                None => None,
+                Some(dir) => {
+                    let path = dir.join(user);
+                    let password = std::fs::read_to_string(&path).map_err(|e| {
+                        anyhow::anyhow!(
+                            "no Redis password for user {user:?}: cannot read {} ({e}); \
+                             `dualbus redis up` writes one file per engine, `system` and `admin`",
+                            path.display()
+                        )
+                    })?;
+                    Some((user.to_string(), password.trim().to_string()))
+                }
+            },
+        };
+        let Some((name, password)) = credentials else {
+            return Ok(());
+        };
+        for url in [&mut cfg.md.url, &mut cfg.logic.url] {
+            let shown = dualbus_core::redact_url(url);
+            let mut parsed = url::Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("bad bus address {shown}: {e}"))?;
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                continue;
+            }
+            parsed
+                .set_username(&name)
+                .and_then(|()| parsed.set_password(Some(&password)))
+                .map_err(|()| anyhow::anyhow!("bus address {shown} cannot take a user"))?;
+            *url = parsed.to_string();
+        }
+        Ok(())
     }
 }
 
@@ -158,17 +241,26 @@ pub const START_HINT: &str =
 
 /// `e`, from reaching a Redis bus, as the verbs print it: what failed, then [`START_HINT`].
 pub fn unreachable(e: impl Into<anyhow::Error>) -> anyhow::Error {
-    anyhow::anyhow!(
-        "the Redis buses are not reachable: {}; {START_HINT}",
-        error_line(&e.into())
-    )
+    let line = error_line(&e.into());
+    if line.contains(AUTH_HINT) {
+        // The server is there: it refused the credentials, and the line says so.
+        return anyhow::anyhow!("{line}");
+    }
+    anyhow::anyhow!("the Redis buses are not reachable: {line}; {START_HINT}")
 }
 
+/// How every verb ends its error when a Redis bus refuses its credentials.
+pub const AUTH_HINT: &str = "the dualbus commands take a Redis user and password from the bus \
+     URL (redis://USER:PASSWORD@host:port), else DUALBUS_REDIS_PASSWORD (and DUALBUS_REDIS_USER), \
+     else the password files `dualbus redis up` writes (.dualbus/redis/secrets, found from the \
+     directory it ran in; elsewhere --redis-secrets DIR or DUALBUS_REDIS_SECRETS)";
+
 /// Connects the buses of `cfg` as engine `src`; a Redis bus that does not answer is
-/// [`unreachable`].
+/// [`unreachable`], one that refuses the credentials says where they come from.
 pub async fn connect_buses(src: &str, cfg: Config) -> anyhow::Result<DualBus> {
     DualBus::connect(src, cfg).await.map_err(|e| match e {
         BusError::Connect(ConnectError::Unreachable { .. }) => unreachable(e),
+        BusError::Connect(ConnectError::Refused { .. }) => anyhow::anyhow!("{e}; {AUTH_HINT}"),
         other => other.into(),
     })
 }

@@ -1,6 +1,6 @@
 //! `dualbus redis up|down|status`: two local Redis servers, one per bus.
 
-use super::{inspect, runtime, Global, BUSES};
+use super::{acl, inspect, runtime, Global, BUSES};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use dualbus_bus::Config;
@@ -18,12 +18,26 @@ pub struct RedisArgs {
 #[derive(Subcommand, Debug)]
 enum Action {
     /// Start both servers (loopback only, `maxmemory-policy noeviction` so streams are never
-    /// evicted), from configs generated in --dir.
+    /// evicted, one Redis user per engine), from configs generated in --dir.
     Up(UpArgs),
-    /// Stop both servers.
-    Down,
+    /// Stop both servers (as `admin`, with the password in --dir/secrets).
+    Down(DownArgs),
     /// Per bus: reachable, memory, streams with length, groups with lag and pending.
     Status,
+    /// Write the ACL file and the passwords only, for servers you run yourself: put
+    /// `aclfile DIR/users.acl` in their redis.conf and give the engines DIR/secrets (or each
+    /// engine its own password, in its URL or DUALBUS_REDIS_PASSWORD).
+    Acl(AclArgs),
+}
+
+#[derive(Args, Debug)]
+struct AclArgs {
+    /// Where users.acl and secrets/ go.
+    #[arg(long, default_value = ".dualbus/redis")]
+    dir: PathBuf,
+    /// Make new passwords for every user (servers load them on restart, or with `ACL LOAD`).
+    #[arg(long)]
+    rotate_passwords: bool,
 }
 
 #[derive(Args, Debug)]
@@ -40,6 +54,21 @@ struct UpArgs {
     /// fail rather than evict.
     #[arg(long, default_value = "0")]
     maxmemory: String,
+    /// Start the servers without users and passwords: anyone who reaches the ports may read,
+    /// write or delete every stream (the behaviour before per-engine users).
+    #[arg(long)]
+    no_acl: bool,
+    /// Make new passwords for every user (the servers must be restarted to use them: `redis
+    /// down`, then `redis up --rotate-passwords`).
+    #[arg(long)]
+    rotate_passwords: bool,
+}
+
+#[derive(Args, Debug)]
+struct DownArgs {
+    /// The directory `redis up` used (its secrets/admin password stops the servers).
+    #[arg(long, default_value = ".dualbus/redis")]
+    dir: PathBuf,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,11 +80,24 @@ enum Persistence {
 
 /// Runs `dualbus redis ...`.
 pub fn run(args: RedisArgs, global: &Global) -> anyhow::Result<()> {
-    let cfg = global.redis_config()?;
     match args.action {
-        Action::Up(up) => start(&cfg, &up),
-        Action::Down => runtime(1)?.block_on(stop(&cfg)),
-        Action::Status => runtime(1)?.block_on(status(&cfg)),
+        Action::Up(up) => start(global, &up),
+        Action::Down(down) => {
+            let cfg = in_dir(global, &down.dir).redis_config()?;
+            runtime(1)?.block_on(stop(&cfg))
+        }
+        Action::Status => runtime(1)?.block_on(status(&global.redis_config()?)),
+        Action::Acl(a) => {
+            std::fs::create_dir_all(&a.dir)
+                .with_context(|| format!("cannot create {}", a.dir.display()))?;
+            let file = acl::write(&a.dir, &global.config()?, a.rotate_passwords)?;
+            println!(
+                "ACL file {} (aclfile in each server's redis.conf); passwords in {} (mode 0600)",
+                file.display(),
+                a.dir.join(acl::SECRETS).display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -80,7 +122,7 @@ fn is_local(host: &str) -> bool {
 }
 
 /// The redis.conf of one bus.
-fn conf(port: u16, dir: &Path, name: &str, up: &UpArgs) -> String {
+fn conf(port: u16, dir: &Path, name: &str, up: &UpArgs, acl_file: Option<&Path>) -> String {
     let data = dir.join(format!("{name}-data"));
     let (save, aof) = match up.persistence {
         Persistence::None => ("save \"\"", "appendonly no"),
@@ -101,12 +143,20 @@ fn conf(port: u16, dir: &Path, name: &str, up: &UpArgs) -> String {
          maxmemory-policy noeviction\n\
          # Persistence: {persistence}\n\
          {save}\n\
-         {aof}\n",
+         {aof}\n\
+         {acl}\n",
         pid = dir.join(format!("{name}.pid")).display(),
         log = dir.join(format!("{name}.log")).display(),
         data = data.display(),
         maxmemory = up.maxmemory,
         persistence = format!("{:?}", up.persistence).to_lowercase(),
+        acl = match acl_file {
+            Some(f) => format!(
+                "# Users: one per engine, system and admin; the default user is off.\naclfile {}",
+                f.display()
+            ),
+            None => "# No users (--no-acl): the default user may do anything.".to_string(),
+        },
     )
 }
 
@@ -137,10 +187,40 @@ fn ping(host: &str, port: u16) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n > 0)
 }
 
-fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
+/// `global`, taking the passwords from `dir/secrets` unless told where they are.
+fn in_dir(global: &Global, dir: &Path) -> Global {
+    let mut g = global.clone();
+    let secrets = dir.join(acl::SECRETS);
+    if g.redis_secrets.is_none() && secrets.is_dir() {
+        g.redis_secrets = Some(secrets);
+    }
+    g
+}
+
+fn start(global: &Global, up: &UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&up.dir)
         .with_context(|| format!("cannot create {}", up.dir.display()))?;
     let dir = std::fs::canonicalize(&up.dir)?;
+    let cfg = &global.config()?;
+    if up.rotate_passwords {
+        for (bus, name) in BUSES {
+            let (host, port) = host_port(&cfg.bus(bus).url)?;
+            if ping(&host, port) {
+                bail!(
+                    "--rotate-passwords: the {name} bus is running; stop the servers first \
+                     (`dualbus redis down`), then `dualbus redis up --rotate-passwords`, and \
+                     restart the engines (they hold the old passwords)"
+                );
+            }
+        }
+    }
+    let acl_file = if up.no_acl {
+        None
+    } else {
+        Some(acl::write(&dir, cfg, up.rotate_passwords)?)
+    };
+    // As the operator, for a server that asks for a password.
+    let admin = in_dir(global, &dir).redis_config()?;
     for (bus, name) in BUSES {
         let url = &cfg.bus(bus).url;
         let shown = dualbus_core::redact_url(url);
@@ -154,7 +234,9 @@ fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
             // Only a server `redis up` started (its config file is one of ours) is taken as
             // this bus's: another one on the port has its own settings (eviction,
             // persistence, memory), which this command would otherwise seem to vouch for.
-            match config_file(url) {
+            // Asked without credentials first: a server that is not ours never sees the
+            // admin password unless it demands one.
+            match config_file(url).or_else(|| config_file(&admin.bus(bus).url)) {
                 Some(file) if file.ends_with(&format!("/{short}.conf")) => {
                     println!("{name} bus: {shown} already running (config {file})");
                     continue;
@@ -173,7 +255,7 @@ fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
             }
         }
         std::fs::create_dir_all(dir.join(format!("{short}-data")))?;
-        std::fs::write(&conf_path, conf(port, &dir, short, up))?;
+        std::fs::write(&conf_path, conf(port, &dir, short, up, acl_file.as_deref()))?;
         let status = Command::new("redis-server")
             .arg(&conf_path)
             .status()
@@ -202,6 +284,19 @@ fn start(cfg: &Config, up: &UpArgs) -> anyhow::Result<()> {
             conf_path.display(),
             format!("{:?}", up.persistence).to_lowercase()
         );
+    }
+    match &acl_file {
+        Some(file) => println!(
+            "users: one per engine, `system` (dualbus run) and `admin`; the default user is \
+             off (ACL file {}); passwords in {} (mode 0600), found there by the dualbus \
+             commands run from this directory (elsewhere: --redis-secrets)",
+            file.display(),
+            dir.join(acl::SECRETS).display()
+        ),
+        None => println!(
+            "no users and no passwords (--no-acl): anyone who reaches the ports may read, \
+             write or delete every stream"
+        ),
     }
     Ok(())
 }

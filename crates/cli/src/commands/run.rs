@@ -239,9 +239,18 @@ pub(crate) fn bus_json(f: &BusFigures, secs: f64) -> Value {
 }
 
 /// The buses for `backend`, with a clear message when Redis is not there.
-async fn connect(global: &Global, backend: Backend, src: &str) -> anyhow::Result<DualBus> {
+/// On Redis, connects as Redis user `user` (see [`Global::authenticate`]).
+async fn connect(
+    global: &Global,
+    backend: Backend,
+    src: &str,
+    user: &str,
+) -> anyhow::Result<DualBus> {
     let mut cfg = global.config()?;
     cfg.transport = backend.transport().into();
+    if backend == Backend::Redis {
+        global.authenticate(&mut cfg, user)?;
+    }
     // The engines share the cores, each on a thread of its own: an idle reader parks at once
     // rather than spin on a core another engine needs (unless the config sets a spin).
     cfg.memory.spin_us.get_or_insert(0);
@@ -271,7 +280,8 @@ async fn earlier_groups(
         .collect();
     let start = &bus.config().delivery.start;
     if fresh {
-        let cfg = global.config()?;
+        // Dropping groups is the operator's right: an engine's own Redis user may not.
+        let cfg = global.redis_config()?;
         let mut dropped = 0;
         for b in [BusId::MarketData, BusId::Logic] {
             let url = &cfg.bus(b).url;
@@ -408,7 +418,7 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
     let rt = runtime(threads)?;
     rt.block_on(async move {
         let provider = args.provider.build()?;
-        let root = connect(global, backend, "dualbus-run").await?;
+        let root = connect(global, backend, "dualbus-run", super::acl::SYSTEM).await?;
         if backend == Backend::Redis {
             let mut groups = engines.clone();
             groups.push("dualbus-run".into());
@@ -741,7 +751,7 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
             .instance
             .clone()
             .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
-        let root = connect(global, backend, &name).await?;
+        let root = connect(global, backend, &name, &name).await?;
         if backend == Backend::Redis {
             earlier_groups(&root, global, std::slice::from_ref(&name), args.fresh, args.json)
                 .await?;

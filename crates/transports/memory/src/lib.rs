@@ -590,6 +590,8 @@ impl Transport for MemoryTransport {
             dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
             redelivered: s.redelivered.load(Ordering::Relaxed),
             skipped: s.skipped.load(Ordering::Relaxed),
+            // In-process streams refuse nothing they are given.
+            refused: 0,
         }
     }
 }

@@ -79,6 +79,10 @@ pub(crate) enum Admit {
 }
 
 fn broker(t: &RedisTransport, e: redis::RedisError) -> PublishError {
+    if crate::writer::is_noperm(&e.to_string()) {
+        // The server is there and refuses this user the stream: no failover can help.
+        return PublishError::Broker(e.to_string());
+    }
     PublishError::Unavailable(t.inner.describe(&e))
 }
 

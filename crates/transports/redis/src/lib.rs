@@ -93,11 +93,32 @@ pub enum ConnectError {
         /// What failed.
         reason: String,
     },
+    /// The server answered and refused this connection's credentials (none given to a server
+    /// that requires them, a wrong password, an unknown user).
+    #[error("the {bus} bus at {url} refused the credentials: {reason}")]
+    Refused {
+        /// The bus.
+        bus: String,
+        /// The URL (password redacted).
+        url: String,
+        /// The server's answer.
+        reason: String,
+    },
+}
+
+/// Whether `e` is the server refusing credentials: `NOAUTH` (none given), `WRONGPASS`, a
+/// failed `AUTH`.
+pub fn is_auth_error(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+        || e.to_string().contains("NOAUTH")
 }
 
 #[derive(Default)]
 pub(crate) struct Stats {
     pub dropped: AtomicU64,
+    /// Entries the broker refused (`NOPERM`, `OOM`, ...).
+    pub refused: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub redelivered: AtomicU64,
     pub skipped: AtomicU64,
@@ -239,6 +260,12 @@ impl RedisTransport {
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info).map_err(bad_url)?;
         let (bus, url, after) = (opts.bus.clone(), opts.url.clone(), opts.connect_timeout);
+        let (bus2, url2) = (bus.clone(), url.clone());
+        let refused = move |e: &redis::RedisError| ConnectError::Refused {
+            bus: bus2.clone(),
+            url: url2.clone(),
+            reason: e.to_string(),
+        };
         let unreachable = move |reason: String| ConnectError::Unreachable {
             bus: bus.clone(),
             url: url.clone(),
@@ -266,6 +293,7 @@ impl RedisTransport {
             |r: Result<Result<ConnectionManager, redis::RedisError>, tokio::task::JoinError>| {
                 match r {
                     Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) if is_auth_error(&e) => Err(refused(&e)),
                     Ok(Err(e)) => Err(unreachable(e.to_string())),
                     Err(e) => Err(unreachable(format!("the connecting task ended: {e}"))),
                 }
@@ -391,7 +419,22 @@ impl Transport for RedisTransport {
         if batch.is_empty() {
             return Ok(());
         }
-        match admission::admit(self, stream, batch.len()).await? {
+        // A stream this process's Redis user may not use is refused before anything is sent.
+        let refused = |e: PublishError, batch: &[Envelope]| match e {
+            PublishError::Broker(why) if writer::is_noperm(&why) => {
+                let n = batch.len() as u64;
+                self.inner.stats.refused.fetch_add(n, Ordering::Relaxed);
+                let why = writer::refusal(&self.inner.opts.bus, stream, &batch[0], &why);
+                tracing::error!(error = %why, "the broker refused entries; they are counted as refused");
+                PublishError::Broker(why)
+            }
+            other => other,
+        };
+        let admitted = match admission::admit(self, stream, batch.len()).await {
+            Ok(a) => a,
+            Err(e) => return Err(refused(e, &batch)),
+        };
+        match admitted {
             admission::Admit::Queued => self.publish_inner(stream, batch, confirm).await,
             admission::Admit::Split(chunk) => {
                 // Larger than a blocking group's bound: admit it piece by piece.
@@ -399,7 +442,9 @@ impl Transport for RedisTransport {
                 while !batch.is_empty() {
                     let rest = batch.split_off(batch.len().min(chunk.max(1)));
                     let piece = std::mem::replace(&mut batch, rest);
-                    admission::admit(self, stream, piece.len()).await?;
+                    if let Err(e) = admission::admit(self, stream, piece.len()).await {
+                        return Err(refused(e, &piece));
+                    }
                     self.publish_inner(stream, piece, confirm).await?;
                 }
                 Ok(())
@@ -551,6 +596,7 @@ impl Transport for RedisTransport {
         let s = &self.inner.stats;
         TransportStats {
             dropped: s.dropped.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
             dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
             redelivered: s.redelivered.load(Ordering::Relaxed),
             skipped: s.skipped.load(Ordering::Relaxed),

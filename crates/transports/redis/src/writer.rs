@@ -93,6 +93,29 @@ fn pipeline(jobs: &[Job], maxlen: u64) -> (redis::Pipeline, usize) {
     (pipe, n)
 }
 
+/// Whether a Redis error is a refusal by an ACL (`NOPERM`).
+pub(crate) fn is_noperm(error: &str) -> bool {
+    error.to_ascii_uppercase().starts_with("NOPERM")
+}
+
+/// Why the broker refused `env` on `stream`, naming the publisher and the kind; a refusal by a
+/// Redis ACL (`NOPERM`) also says which rule.
+pub(crate) fn refusal(bus: &str, stream: &str, env: &Envelope, error: &str) -> String {
+    let rule = if is_noperm(error) {
+        format!(
+            " (the Redis user of {} may not append to {stream}: with `dualbus redis up`'s users \
+             an engine appends only the kinds it declares, see docs/security.md)",
+            env.src
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "the {bus} bus refused {} from {} ({}) on {stream}: {error}{rule}",
+        env.kind, env.src, env.inst
+    )
+}
+
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
     mut conn: ConnectionManager,
@@ -134,23 +157,22 @@ pub(crate) async fn run(
                     let mut k = 0;
                     for job in jobs.drain(..) {
                         let mut failed = None;
-                        for _ in 0..job.batch.len() {
+                        for env in &job.batch {
                             if let Some(redis::Value::ServerError(e)) = results.get(k) {
-                                failed.get_or_insert_with(|| e.to_string());
-                                shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                                failed.get_or_insert_with(|| {
+                                    refusal(&shared.opts.bus, &job.stream, env, &e.to_string())
+                                });
+                                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
                             }
                             k += 1;
                         }
                         if let Some(why) = &failed {
-                            tracing::error!(stream = %job.stream, error = %why, "the broker refused entries; they are counted as dropped");
+                            tracing::error!(error = %why, "the broker refused entries; they are counted as refused");
                         }
                         if let Some(done) = job.done {
                             let _ = done.send(match failed {
                                 None => Ok(()),
-                                Some(why) => Err(PublishError::Broker(format!(
-                                    "{} bus refused an entry of {}: {why}",
-                                    shared.opts.bus, job.stream
-                                ))),
+                                Some(why) => Err(PublishError::Broker(why)),
                             });
                         }
                     }
