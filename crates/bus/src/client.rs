@@ -1531,6 +1531,7 @@ fn priority_runtime(realtime: bool) -> Result<&'static tokio::runtime::Runtime, 
 /// docs/latency.md). Its handlers are short; a real-time thread that computed for long would
 /// starve the other threads of its core (the kernel's real-time throttling leaves them 5%).
 /// Without the right (`CAP_SYS_NICE` or `RLIMIT_RTPRIO`) the thread stays as it was.
+#[allow(unsafe_code)]
 fn make_realtime() {
     #[cfg(target_os = "linux")]
     {

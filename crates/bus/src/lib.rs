@@ -32,6 +32,9 @@
 //! * [`client`]: [`DualBus`], publish, subscribe (with duplicate suppression), request/reply,
 //!   counters.
 
+// Unsafe code only where a system call needs it, each allowed where it stands.
+#![deny(unsafe_code)]
+
 pub mod client;
 pub mod config;
 pub mod failover;

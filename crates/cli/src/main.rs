@@ -2,6 +2,9 @@
 //!
 //! Each verb lives in `commands/<verb>.rs`.
 
+// Unsafe code only where a system call needs it, each allowed where it stands.
+#![deny(unsafe_code)]
+
 mod commands;
 mod logs;
 
@@ -63,6 +66,7 @@ enum Command {
     Hub(commands::hub::HubArgs),
 }
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
     // Output piped into `head` and the like: end quietly on a closed pipe, as Unix tools do,
     // instead of panicking in println!.

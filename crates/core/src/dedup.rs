@@ -23,16 +23,19 @@ pub enum Verdict {
 struct Window {
     max: u64,
     bits: Box<[u64]>,
-    /// When this source was last seen (the filter's message counter), for eviction.
-    last_seen: u64,
+    /// The source (`src`, `inst`), to unindex it when its slot is reused.
+    key: (Arc<str>, Arc<str>),
+    /// Seen again since the eviction hand last passed (a second chance).
+    referenced: bool,
 }
 
 impl Window {
-    fn new(words: usize, seq: u64) -> Window {
+    fn new(words: usize, seq: u64, key: (Arc<str>, Arc<str>)) -> Window {
         let mut w = Window {
             max: seq,
             bits: vec![0; words].into_boxed_slice(),
-            last_seen: 0,
+            key,
+            referenced: false,
         };
         w.set(seq);
         w
@@ -87,8 +90,8 @@ impl Window {
     }
 }
 
-/// Most sources a filter tracks; beyond it the least recently seen one is forgotten (its
-/// duplicates can then no longer be recognised).
+/// Most sources a filter tracks; beyond it one not seen again lately is forgotten (the clock
+/// rule of `SourceDedup::insert`; its duplicates can then no longer be recognised).
 pub const MAX_SOURCES: usize = 4096;
 
 /// Most memory one filter's windows take: with a large window, fewer sources are tracked
@@ -103,7 +106,8 @@ pub const MAX_WINDOW: u64 = ((MAX_BYTES / 64) * 8) as u64;
 pub struct SourceDedup {
     words: usize,
     max_sources: usize,
-    clock: u64,
+    /// The eviction hand: the next slot considered for reuse at the cap.
+    hand: usize,
     index: HashMap<(Arc<str>, Arc<str>), usize>,
     windows: Vec<Window>,
     last: Option<(Arc<str>, Arc<str>, usize)>,
@@ -118,7 +122,7 @@ impl SourceDedup {
         SourceDedup {
             words,
             max_sources: (MAX_BYTES / (words * 8)).clamp(1, MAX_SOURCES),
-            clock: 0,
+            hand: 0,
             index: HashMap::new(),
             windows: Vec::new(),
             last: None,
@@ -165,8 +169,7 @@ impl SourceDedup {
                 slot
             }
         };
-        self.clock += 1;
-        self.windows[slot].last_seen = self.clock;
+        self.windows[slot].referenced = true;
         let verdict = self.windows[slot].check(seq);
         if verdict == Verdict::TooOld {
             self.too_old += 1;
@@ -174,25 +177,32 @@ impl SourceDedup {
         verdict
     }
 
-    /// Starts tracking a source, reusing the least recently seen one's slot at the cap.
+    /// Starts tracking a source. At the cap it reuses a slot by the clock (second chance)
+    /// rule: the hand passes over sources seen again since its last pass, clearing their
+    /// mark, and takes the first one not seen again. A source seen once (a forged or a
+    /// finished one) goes before a source still sending, and each message costs O(1)
+    /// amortized, however many sources there are (each step of the hand clears a mark that
+    /// a message set).
     fn insert(&mut self, src: &Arc<str>, inst: &Arc<str>, seq: u64) -> usize {
-        self.clock += 1;
         let key = (src.clone(), inst.clone());
         if self.windows.len() < self.max_sources {
             let slot = self.windows.len();
-            let mut w = Window::new(self.words, seq);
-            w.last_seen = self.clock;
-            self.windows.push(w);
+            self.windows.push(Window::new(self.words, seq, key.clone()));
             self.index.insert(key, slot);
             return slot;
         }
-        let slot = (0..self.windows.len())
-            .min_by_key(|&i| self.windows[i].last_seen)
-            .expect("at the cap, so not empty");
-        self.index.retain(|_, v| *v != slot);
-        let mut w = Window::new(self.words, seq);
-        w.last_seen = self.clock;
-        self.windows[slot] = w;
+        let n = self.windows.len();
+        while self.windows[self.hand].referenced {
+            self.windows[self.hand].referenced = false;
+            self.hand = (self.hand + 1) % n;
+        }
+        let slot = self.hand;
+        self.hand = (self.hand + 1) % n;
+        let old = std::mem::replace(
+            &mut self.windows[slot],
+            Window::new(self.words, seq, key.clone()),
+        );
+        self.index.remove(&old.key);
         self.index.insert(key, slot);
         slot
     }
@@ -231,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn sources_beyond_the_cap_evict_the_least_recent() {
+    fn sources_beyond_the_cap_evict_one_not_seen_again() {
         let mut d = SourceDedup::new(64);
         let inst: Arc<str> = Arc::from("i");
         let names: Vec<Arc<str>> = (0..=MAX_SOURCES)
@@ -240,12 +250,38 @@ mod tests {
         for n in &names[..MAX_SOURCES] {
             assert_eq!(d.check(n, &inst, 1), Verdict::New);
         }
-        // Touch the first source so the second is the least recent.
+        // Touch the first source: the hand passes over it and takes the second.
         assert_eq!(d.check(&names[0], &inst, 1), Verdict::Duplicate);
         assert_eq!(d.check(&names[MAX_SOURCES], &inst, 1), Verdict::New);
         assert_eq!(d.check(&names[0], &inst, 1), Verdict::Duplicate);
         // The evicted source is new again.
         assert_eq!(d.check(&names[1], &inst, 1), Verdict::New);
+        assert_eq!(d.index.len(), MAX_SOURCES);
+    }
+
+    /// A flood of one-off (forged) sources does not push out the sources that keep sending.
+    #[test]
+    fn one_off_sources_do_not_evict_the_sources_still_sending() {
+        let mut d = SourceDedup::new(64);
+        let inst: Arc<str> = Arc::from("i");
+        let live: Vec<Arc<str>> = (0..8).map(|n| Arc::from(format!("live{n}"))).collect();
+        let mut seq = 0;
+        for n in 0..(3 * MAX_SOURCES) {
+            seq += 1;
+            for l in &live {
+                d.check(l, &inst, seq);
+            }
+            assert_eq!(
+                d.check(&Arc::from(format!("forged{n}")), &inst, 1),
+                Verdict::New
+            );
+            assert!(d.windows.len() <= MAX_SOURCES);
+        }
+        // The live sources are still tracked: a repeat of their last message is a duplicate.
+        for l in &live {
+            assert_eq!(d.check(l, &inst, seq), Verdict::Duplicate, "{l}");
+        }
+        assert_eq!(d.index.len(), d.windows.len());
     }
 
     /// Many sources with the default window (2^20 numbers, 128 KiB each) stay within the

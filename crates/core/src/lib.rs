@@ -14,6 +14,8 @@
 //!   error enums of each operation.
 //! * [`dedup`]: [`dedup::SourceDedup`], duplicate suppression by (`src`, `inst`, `seq`).
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod dedup;
 pub mod envelope;

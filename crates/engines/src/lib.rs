@@ -52,6 +52,8 @@
 //! * [`websocket`]: the WebSocket engine: HTTP on port 8600 with a live page, a WebSocket
 //!   feed of chosen kinds (quotes coalesced per symbol), `/health` and `/api/state`.
 
+#![forbid(unsafe_code)]
+
 pub mod analytics;
 pub mod backtesting;
 pub mod collateral;

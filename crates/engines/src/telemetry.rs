@@ -27,6 +27,7 @@
 //! | `dualbus_redelivered_total` | counter | bus | deliveries after the first |
 //! | `dualbus_dead_letters_total` | counter | bus | messages moved to the dead-letter stream |
 //! | `dualbus_dropped_total` | counter | bus | messages dropped by `drop_oldest` or a stream trim |
+//! | `dualbus_refused_total` | counter | bus | messages the broker refused to store (a Redis ACL, memory); their publish failed |
 //! | `dualbus_group_lag_messages` | gauge | bus, stream, group | entries of the stream not yet delivered to the group |
 //! | `dualbus_pending_messages` | gauge | bus, stream, group | entries delivered to the group and not yet acknowledged |
 //! | `dualbus_bus_up` | gauge | bus | 1 while the bus carries its own traffic (0: failed over) |
@@ -37,7 +38,9 @@
 //! | `dualbus_hub_requests_total` | counter | result (`hit`, `miss`, `bad`) | snapshot and history requests the hub answered |
 //! | `dualbus_hub_upstream_calls_total` | counter | result (`ok`, `error`) | history calls to the provider |
 //! | `dualbus_hub_market_data_total` | counter | result (`accepted`, `rejected`) | market data through the hub's validator |
-//! | `dualbus_venue_orders_total` | counter | result (`filled`, `rejected`) | orders the paper venue handled |
+//! | `dualbus_venue_orders_total` | counter | result (`filled`, `rejected`, `refused_sender`) | orders the paper venue handled (`refused_sender`: not from `venue.order_senders`) |
+//! | `dualbus_dashboard_refused_total` | counter | reason (`max_clients`, `token`, `origin`, `body`) | requests the dashboard refused |
+//! | `dualbus_dashboard_frames_total` | counter | result (`sent`, `dropped`) | WebSocket frames sent, and dropped from slow clients' queues |
 //! | `dualbus_alerts_total` | counter | kind, rule | alerts the engines of this process raised |
 //! | `dualbus_equity` | gauge | | the portfolio's equity, quote currency |
 //!

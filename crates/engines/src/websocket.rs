@@ -41,8 +41,9 @@
 //! clients at once; one more is answered 503 naming the setting. With
 //! [`WebSocketParams::token`], every request but the probes must carry the token (401
 //! otherwise); a browser page from another origin than the dashboard's own or
-//! [`WebSocketParams::allowed_origins`] cannot open `/ws` (403). Refusals are counted in
-//! `/health`.
+//! [`WebSocketParams::allowed_origins`] cannot open `/ws` (403); a request with a body is
+//! answered 413 (the dashboard serves GETs only). Refusals are counted in `/health` and in
+//! `/metrics` (`dualbus_dashboard_refused{reason}`).
 //!
 //! On [`Engine::stop`] the server stops accepting, open requests finish, WebSocket clients get
 //! a close frame (`1001 going away`), and stop waits until every client's task has finished.
@@ -707,10 +708,12 @@ struct Feed {
     started: Instant,
     frames_sent: AtomicU64,
     frames_dropped: AtomicU64,
-    /// Requests refused: over `max_clients`, without the token, from another origin.
+    /// Requests refused: over `max_clients`, without the token, from another origin, with a
+    /// body.
     refused_clients: AtomicU64,
     refused_token: AtomicU64,
     refused_origin: AtomicU64,
+    refused_body: AtomicU64,
 }
 
 impl Feed {
@@ -742,7 +745,18 @@ impl Feed {
             refused_clients: AtomicU64::new(0),
             refused_token: AtomicU64::new(0),
             refused_origin: AtomicU64::new(0),
+            refused_body: AtomicU64::new(0),
         })
+    }
+
+    /// Refusals by reason, as `/health` and `/metrics` show them.
+    fn refusals(&self) -> [(&'static str, u64); 4] {
+        [
+            ("max_clients", self.refused_clients.load(Ordering::Relaxed)),
+            ("token", self.refused_token.load(Ordering::Relaxed)),
+            ("origin", self.refused_origin.load(Ordering::Relaxed)),
+            ("body", self.refused_body.load(Ordering::Relaxed)),
+        ]
     }
 
     fn uptime_s(&self) -> f64 {
@@ -957,6 +971,7 @@ impl Feed {
                 "max_clients": self.refused_clients.load(Ordering::Relaxed),
                 "token": self.refused_token.load(Ordering::Relaxed),
                 "origin": self.refused_origin.load(Ordering::Relaxed),
+                "body": self.refused_body.load(Ordering::Relaxed),
             },
         })
     }
@@ -1041,6 +1056,78 @@ fn presented(headers: &HeaderMap, query: Option<&str>, token: &str) -> Option<Pr
         .filter_map(|kv| kv.strip_prefix("token="))
         .any(|v| same_secret(v.as_bytes(), t));
     query.then_some(Presented::Query)
+}
+
+/// Refuses (413) a request that carries a body: the dashboard only serves GETs, so a body is
+/// never read, and a client sending one is told at once rather than left writing into a
+/// connection nobody reads.
+async fn refuse_body(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let h = req.headers();
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || h.contains_key(header::TRANSFER_ENCODING);
+    if !declared {
+        return next.run(req).await;
+    }
+    app.feed.refused_body.fetch_add(1, Ordering::Relaxed);
+    let mut r = (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the dashboard takes no request bodies\n",
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// The dashboard's refusals and frames in `/metrics`.
+struct DashboardCollector(Arc<Feed>);
+
+impl std::fmt::Debug for DashboardCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DashboardCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for DashboardCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::MetricType;
+        let feed = &self.0;
+        let mut m = enc.encode_descriptor(
+            "dualbus_dashboard_refused",
+            "Dashboard requests refused, by reason (max_clients, token, origin, body)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in feed.refusals() {
+            ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "dualbus_dashboard_frames",
+            "WebSocket frames the dashboard sent, and dropped from slow clients' queues",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in [
+            ("sent", feed.frames_sent.load(Ordering::Relaxed)),
+            ("dropped", feed.frames_dropped.load(Ordering::Relaxed)),
+        ] {
+            ConstCounter::new(n).encode(m.encode_family(&[("result", result)])?)?;
+        }
+        Ok(())
+    }
 }
 
 /// With a token configured, refuses (401) a request that does not carry it, except the
@@ -1277,7 +1364,11 @@ fn routes(app: App, metrics: Option<Arc<BusMetrics>>) -> axum::Router {
     };
     router
         .fallback(telemetry::not_found)
-        .layer(axum::middleware::from_fn_with_state(app, require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(app, refuse_body))
 }
 
 /// Sends a client its queued frames until it leaves or the server stops.
@@ -1451,6 +1542,9 @@ impl Engine for WebSocketEngine {
                 "the dashboard is open to anyone who can reach {addr}: set websocket.token or \
                  DUALBUS_DASHBOARD_TOKEN"
             );
+        }
+        if let Some(m) = ctx.metrics() {
+            m.add_collector(Arc::new(DashboardCollector(feed.clone())));
         }
         let router = routes(app, ctx.metrics().cloned());
         let task = tokio::spawn(telemetry::serve(listener, router, rx));

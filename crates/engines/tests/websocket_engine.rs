@@ -435,3 +435,78 @@ async fn allowed_origins_and_bad_tokens() {
         .await
         .expect("test timed out");
 }
+
+/// A request with a body is refused (413) before anything else, and every refusal is counted
+/// in `/health` and in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_is_refused_and_refusals_are_in_the_metrics() {
+    let run = async {
+        let root = DualBus::builder("test").build().unwrap();
+        let engine = EngineHost::start(
+            WebSocketEngine::default(),
+            root.sibling("websocket", "websocket-1").unwrap(),
+            HostOptions {
+                config: json!({"bind": "127.0.0.1:0", "token": "0123456789abcdef0123"}),
+                metrics: Some(std::sync::Arc::new(
+                    dualbus_engines::metrics::BusMetrics::default(),
+                )),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let addr = engine.with(|e| e.local_addr()).await.unwrap();
+        let auth = "Authorization: Bearer 0123456789abcdef0123\r\n";
+        for request in [
+            format!(
+                "POST /health HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 5\r\n\
+                 Connection: close\r\n\r\nhello"
+            ),
+            format!(
+                "GET / HTTP/1.1\r\nHost: test\r\n{auth}Transfer-Encoding: chunked\r\n\
+                 Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        ] {
+            let (status, _, body) = http(addr, &request).await;
+            assert!(status.contains("413"), "{status}");
+            assert!(body.contains("no request bodies"), "{body}");
+        }
+        // Without the token: refused too (counted once, as a body).
+        let (status, _, _) = http(
+            addr,
+            "POST /health HTTP/1.1\r\nHost: test\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+        )
+        .await;
+        assert!(status.contains("413"), "{status}");
+        let (status, _, _) = get(addr, "/health").await;
+        assert!(status.contains("401"), "{status}");
+        let (_, _, body) = http(
+            addr,
+            &format!("GET /health HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"),
+        )
+        .await;
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["refused"]["body"], 3, "{health}");
+        assert_eq!(health["refused"]["token"], 1, "{health}");
+        let (status, _, metrics) = http(
+            addr,
+            &format!("GET /metrics HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(status.contains("200"), "{status}");
+        for line in [
+            "dualbus_dashboard_refused_total{reason=\"body\"} 3",
+            "dualbus_dashboard_refused_total{reason=\"token\"} 1",
+            "dualbus_dashboard_refused_total{reason=\"origin\"} 0",
+            "dualbus_dashboard_refused_total{reason=\"max_clients\"} 0",
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{line} not in\n{metrics}"
+            );
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("test timed out");
+}

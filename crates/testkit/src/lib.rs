@@ -16,6 +16,8 @@
 //! dualbus_testkit::conformance_suite!(dualbus_testkit::MemoryFactory);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod conformance;
 pub mod redis_server;
 pub mod stress;

@@ -677,6 +677,7 @@ async fn publish_batched(
 /// most of each gap, then spins until the message's time (so pacing does not depend on timer
 /// resolution), with a 1 µs timer slack on this thread. Our paced publisher and the floors are
 /// paced by this same code. Call it on a thread of its own (the timer slack stays set).
+#[allow(unsafe_code)]
 fn pace(n: u64, rate: u64, mut send: impl FnMut(u64) -> anyhow::Result<()>) -> anyhow::Result<()> {
     // A 1 µs timer slack (the default is 50 µs) makes short sleeps end on time.
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.

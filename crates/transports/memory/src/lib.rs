@@ -17,6 +17,8 @@
 //! costs a reference count per delivery, never a copy. Segments are dropped once every group has
 //! acknowledged (reliable) or passed (fast) them, or when the stream exceeds its `maxlen`.
 
+#![forbid(unsafe_code)]
+
 use async_trait::async_trait;
 use dualbus_core::transport::{GroupBacklog, StreamKey};
 use dualbus_core::{

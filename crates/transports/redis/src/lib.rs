@@ -18,6 +18,8 @@
 //! stream, `{stream}#groups`, where each reliable group records its queue bound and policy so
 //! that publishers in other processes can honour them.
 
+#![forbid(unsafe_code)]
+
 mod admission;
 mod reply;
 mod resp;
