@@ -571,14 +571,34 @@ pub fn default_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusEr
 }
 
 /// The Redis options of one bus from the config.
-pub fn redis_options(cfg: &Config, bus: BusId) -> RedisOptions {
+pub fn redis_options(cfg: &Config, bus: BusId) -> Result<RedisOptions, BusError> {
     let b = cfg.bus(bus);
-    RedisOptions {
+    Ok(RedisOptions {
         maxlen: b.maxlen,
         connect_timeout: Duration::from_millis(b.connect_timeout_ms),
         max_payload: b.max_payload_bytes as usize,
+        tls: tls_config(cfg)?,
         ..RedisOptions::new(bus.as_str(), &b.url)
+    })
+}
+
+/// The certificates of the config's `[tls]` section, read from their files (`None` when it
+/// names none).
+///
+/// # Errors
+/// [`BusError::Config`] naming a file that cannot be read or holds no PEM of its kind.
+pub fn tls_config(cfg: &Config) -> Result<Option<dualbus_redis::TlsConfig>, BusError> {
+    let t = &cfg.tls;
+    if t.ca_file.is_none() && t.cert_file.is_none() && t.key_file.is_none() {
+        return Ok(None);
     }
+    dualbus_redis::TlsConfig::load(
+        t.ca_file.as_deref(),
+        t.cert_file.as_deref(),
+        t.key_file.as_deref(),
+    )
+    .map(Some)
+    .map_err(|e| BusError::Config(format!("[tls]: {e}")))
 }
 
 /// Creates the transports the config asks for: embedded ones, or connections to both Redis
@@ -588,8 +608,8 @@ pub fn redis_options(cfg: &Config, bus: BusId) -> RedisOptions {
 /// [`BusError::Connect`] naming the bus and address that could not be reached.
 pub async fn connect_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusError> {
     if cfg.transport == "redis" {
-        let md = RedisTransport::connect(redis_options(cfg, BusId::MarketData)).await?;
-        let logic = RedisTransport::connect(redis_options(cfg, BusId::Logic)).await?;
+        let md = RedisTransport::connect(redis_options(cfg, BusId::MarketData)?).await?;
+        let logic = RedisTransport::connect(redis_options(cfg, BusId::Logic)?).await?;
         Ok([Arc::new(md), Arc::new(logic)])
     } else {
         default_transports(cfg)

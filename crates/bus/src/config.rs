@@ -47,6 +47,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DUALBUS_MODE", "delivery.mode"),
     ("DUALBUS_BACKPRESSURE", "delivery.backpressure"),
     ("DUALBUS_QUEUE_BOUND", "delivery.queue_bound"),
+    ("DUALBUS_TLS_CA_FILE", "tls.ca_file"),
+    ("DUALBUS_TLS_CERT_FILE", "tls.cert_file"),
+    ("DUALBUS_TLS_KEY_FILE", "tls.key_file"),
 ];
 
 /// The keys of the file's top level and of each section, for "unknown key" messages.
@@ -65,8 +68,10 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "memory",
             "failover",
             "routes",
+            "tls",
         ],
     ),
+    ("tls", &["ca_file", "cert_file", "key_file"]),
     ("md", BUS_KEYS),
     ("logic", BUS_KEYS),
     (
@@ -274,6 +279,20 @@ impl MemorySection {
     }
 }
 
+/// TLS of `rediss://` bus addresses (docs/security.md): PEM files.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TlsSection {
+    /// The CA that signed the servers' certificates (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate, for servers that ask for one (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key_file: Option<PathBuf>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
 /// Failover between the buses (docs/architecture.md, "Failover between the buses").
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -331,6 +350,8 @@ pub struct Config {
     pub failover: FailoverSection,
     /// Route overrides: kind name -> `md` or `logic`.
     pub routes: BTreeMap<String, String>,
+    /// TLS of `rediss://` addresses.
+    pub tls: TlsSection,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
     /// Keys set from the environment, for error messages.
@@ -355,6 +376,7 @@ impl Default for Config {
             memory: MemorySection::default(),
             failover: FailoverSection::default(),
             routes: BTreeMap::new(),
+            tls: TlsSection::default(),
             unknown: BTreeMap::new(),
             from_env: BTreeMap::new(),
             transport_set: false,
@@ -712,14 +734,14 @@ impl Config {
             bad("request_timeout_ms", &0, "must be at least 1");
         }
         for (name, b) in [("md", &self.md), ("logic", &self.logic)] {
-            // Only what the transport serves end to end (its read path speaks plain TCP):
-            // TLS and unix sockets used to pass here and fail later.
+            // Only what the transport serves end to end: unix sockets used to pass here and
+            // fail later, and a TLS address that skips verification protects nothing.
             let why = if b.url.starts_with("redis://") {
                 None
             } else if b.url.starts_with("rediss://") {
-                Some(
-                    "TLS (rediss://) is not supported yet: use redis://host:port on a network only \
-                     the system reaches (docs/security.md)",
+                b.url.contains("insecure").then_some(
+                    "TLS without verifying the server (#insecure) is refused: give the CA that \
+                     signed its certificate in [tls] ca_file (docs/security.md)",
                 )
             } else if b.url.starts_with("unix://") || b.url.starts_with("redis+unix://") {
                 Some("unix sockets are not supported: use redis://host:port")
@@ -938,21 +960,22 @@ mod tests {
         Config::from_toml_with_env(text, Path::new("test.toml"), env)
     }
 
-    /// TLS and unix-socket addresses are refused up front, saying why, and a password in a
-    /// refused address is not repeated.
+    /// Unix-socket and unverified TLS addresses are refused up front, saying why, and a
+    /// password in a refused address is not repeated; a TLS address is taken.
     #[test]
     fn addresses_the_transport_cannot_serve_are_refused_without_their_password() {
         let err = parse(
-            "[md]\nurl = \"rediss://u:s3cret@h:6380\"\n[logic]\nurl = \"unix:///tmp/r.sock\"\n",
+            "[md]\nurl = \"rediss://u:s3cret@h:6380/#insecure\"\n[logic]\nurl = \"unix:///tmp/r.sock\"\n",
             &[],
         )
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("md.url") && err.contains("TLS (rediss://) is not supported yet"),
+            err.contains("md.url") && err.contains("without verifying the server"),
             "{err}"
         );
-        assert!(err.contains("rediss://u:***@h:6380"), "{err}");
+        assert!(parse("[md]\nurl = \"rediss://h:6380\"\n", &[]).is_ok());
+        assert!(err.contains("rediss://u:***@h:6380/#insecure"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
         assert!(
             err.contains("logic.url") && err.contains("unix sockets are not supported"),

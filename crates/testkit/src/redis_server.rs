@@ -14,6 +14,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Further `redis-server` arguments (`--aclfile PATH`).
     extra: Vec<String>,
+    /// TLS only ([`RedisServer::start_tls`]): `port` is the TLS port.
+    tls: bool,
 }
 
 /// Ports the user's own buses use by default; tests never take them.
@@ -56,10 +58,43 @@ impl RedisServer {
     /// # Errors
     /// When `redis-server` is missing or does not come up.
     pub fn start_with(args: &[&str]) -> std::io::Result<RedisServer> {
+        RedisServer::start_any(args, false)
+    }
+
+    /// Starts a server on a free port that speaks TLS only (`rediss://`), with the server
+    /// certificate and key given, requiring clients to present a certificate signed by `ca`,
+    /// and further arguments.
+    ///
+    /// # Errors
+    /// When `redis-server` is missing or does not come up.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        args: &[&str],
+    ) -> std::io::Result<RedisServer> {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let mut all: Vec<String> = [
+            "--tls-cert-file".to_string(),
+            path(cert),
+            "--tls-key-file".to_string(),
+            path(key),
+            "--tls-ca-cert-file".to_string(),
+            path(ca),
+            "--tls-auth-clients".to_string(),
+            "yes".to_string(),
+        ]
+        .into();
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        RedisServer::start_any(&all, true)
+    }
+
+    fn start_any(args: &[&str], tls: bool) -> std::io::Result<RedisServer> {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            match RedisServer::start_on_with(port, args) {
+            match RedisServer::start_on_with(port, args, tls) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = Some(e),
             }
@@ -72,10 +107,10 @@ impl RedisServer {
     /// # Errors
     /// When `redis-server` is missing or does not answer within 10 s.
     pub fn start_on(port: u16) -> std::io::Result<RedisServer> {
-        RedisServer::start_on_with(port, &[])
+        RedisServer::start_on_with(port, &[], false)
     }
 
-    fn start_on_with(port: u16, args: &[&str]) -> std::io::Result<RedisServer> {
+    fn start_on_with(port: u16, args: &[&str], tls: bool) -> std::io::Result<RedisServer> {
         let dir = std::env::temp_dir().join(format!("dualbus-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut server = RedisServer {
@@ -83,6 +118,7 @@ impl RedisServer {
             port,
             dir,
             extra: args.iter().map(|a| a.to_string()).collect(),
+            tls,
         };
         server.spawn()?;
         Ok(server)
@@ -90,8 +126,16 @@ impl RedisServer {
 
     fn spawn(&mut self) -> std::io::Result<()> {
         let child = Command::new("redis-server")
+            .args(if self.tls {
+                vec![
+                    "--port".to_string(),
+                    "0".to_string(),
+                    "--tls-port".to_string(),
+                ]
+            } else {
+                vec!["--port".to_string()]
+            })
             .args([
-                "--port",
                 &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
@@ -118,7 +162,7 @@ impl RedisServer {
             })?;
         self.child = Some(child);
         let start = Instant::now();
-        while !ping(self.port) {
+        while !self.answers() {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     return Err(std::io::Error::other(format!(
@@ -139,14 +183,23 @@ impl RedisServer {
         Ok(())
     }
 
+    /// Whether it is up: it answers `PING` (TLS: it accepts a connection).
+    fn answers(&self) -> bool {
+        if self.tls {
+            return TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        }
+        ping(self.port)
+    }
+
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Its URL, `redis://127.0.0.1:{port}`.
+    /// Its URL, `redis://127.0.0.1:{port}` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The server's process id, while it runs.

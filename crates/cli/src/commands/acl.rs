@@ -182,7 +182,7 @@ fn new_password() -> anyhow::Result<String> {
 }
 
 /// Writes `path` readable by its owner only (0600), whatever the umask.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

@@ -278,12 +278,12 @@ impl Rig {
                 // A private prefix: a run never meets another run's streams or groups.
                 cfg.prefix = format!("bench{}", std::process::id());
                 cfg.transport = "redis".into();
-                let md = RedisTransport::connect(redis_options(&cfg, BusId::MarketData))
+                let md = RedisTransport::connect(redis_options(&cfg, BusId::MarketData)?)
                     .await
                     .context(
                         "the redis backend needs both buses (start them with `dualbus redis up`)",
                     )?;
-                let logic = RedisTransport::connect(redis_options(&cfg, BusId::Logic))
+                let logic = RedisTransport::connect(redis_options(&cfg, BusId::Logic)?)
                     .await
                     .context(
                         "the redis backend needs both buses (start them with `dualbus redis up`)",
@@ -316,9 +316,7 @@ impl Rig {
         if let Some(m) = &self.memory_md {
             return Ok(m.stream_len(&key) as u64);
         }
-        let mut conn =
-            super::inspect::connect(bus.as_str(), &self.cfg.bus(bus).url, Duration::from_secs(2))
-                .await?;
+        let mut conn = super::inspect::connect(&self.cfg, bus, Duration::from_secs(2)).await?;
         Ok(redis::cmd("XLEN").arg(&key).query_async(&mut conn).await?)
     }
 
@@ -333,12 +331,8 @@ impl Rig {
             let _ = tokio::time::timeout(Duration::from_secs(10), t.flush()).await;
         }
         for bus in BusId::ALL {
-            let Ok(mut conn) = super::inspect::connect(
-                bus.as_str(),
-                &self.cfg.bus(bus).url,
-                Duration::from_secs(2),
-            )
-            .await
+            let Ok(mut conn) =
+                super::inspect::connect(&self.cfg, bus, Duration::from_secs(2)).await
             else {
                 continue;
             };
@@ -779,7 +773,10 @@ fn channel_floor(n: u64, rate: u64, bound: usize) -> anyhow::Result<(Histogram<u
 /// The raw Redis baseline of the isolation scenario: a bare `redis` client (no dualbus code in
 /// the path) on the Engine Logic server.
 struct RawRedis {
-    url: String,
+    /// A client of the Engine Logic server (its credentials and TLS are the bus's).
+    client: redis::Client,
+    /// Its address, password redacted.
+    shown: String,
     prefix: String,
     /// The fields of an entry like ours (built once from a stamped envelope); `ts` is
     /// rewritten for every entry.
@@ -797,10 +794,10 @@ impl RawRedis {
     fn phase(&self, phase: &str, n: u64, rate: u64) -> anyhow::Result<(Histogram<u64>, u64)> {
         let key = format!("{}:raw:{phase}", self.prefix);
         let group = "raw";
-        let client = redis::Client::open(self.url.as_str())?;
+        let client = self.client.clone();
         let mut reader = client
             .get_connection()
-            .with_context(|| format!("cannot connect to the Engine Logic server {}", self.url))?;
+            .with_context(|| format!("cannot connect to the Engine Logic server {}", self.shown))?;
         reader.set_read_timeout(Some(Duration::from_secs(5)))?;
         redis::cmd("XGROUP")
             .arg("CREATE")
@@ -1127,14 +1124,39 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
 fn xadd_ceiling(args: &BenchArgs, rig: &Rig, sample: &Envelope, n: u64) -> anyhow::Result<f64> {
     let url = &rig.cfg.md.url;
     let client = redis::Client::open(url.as_str())?;
-    let (host, port) = match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
-        other => bail!("the ceiling needs a TCP address, not {other:?}"),
-    };
-    let key = format!("{}:ceiling", rig.cfg.prefix);
+    let info = client.get_connection_info();
     let mut cmd = std::process::Command::new("redis-benchmark");
-    cmd.args(["-h", &host, "-p", &port.to_string()])
-        .args(["-n", &n.to_string()])
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(h, p) => {
+            cmd.args(["-h", h, "-p", &p.to_string()]);
+        }
+        redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            // The same TLS as the bus's connections: the CA and client certificate of [tls].
+            cmd.args(["-h", host, "-p", &port.to_string(), "--tls"]);
+            let t = &rig.cfg.tls;
+            for (flag, file) in [
+                ("--cacert", &t.ca_file),
+                ("--cert", &t.cert_file),
+                ("--key", &t.key_file),
+            ] {
+                if let Some(f) = file {
+                    cmd.arg(flag).arg(f);
+                }
+            }
+        }
+        other => bail!("the ceiling needs a TCP address, not {other:?}"),
+    }
+    let settings = info.redis_settings();
+    if let Some(password) = settings.password() {
+        // As the bus's user (the `admin` of `redis up`'s users); the password goes in the
+        // environment (REDISCLI_AUTH), not on a command line others can list.
+        cmd.env("REDISCLI_AUTH", password);
+        if let Some(user) = settings.username() {
+            cmd.args(["--user", user]);
+        }
+    }
+    let key = format!("{}:ceiling", rig.cfg.prefix);
+    cmd.args(["-n", &n.to_string()])
         .args(["-P", &args.ceiling_pipeline.to_string()])
         .args(["-c", &args.ceiling_clients.to_string()])
         .arg("--csv")
@@ -1186,7 +1208,8 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
             Bytes::copy_from_slice(&payload),
         )?;
         Some(Arc::new(RawRedis {
-            url: rig.cfg.logic.url.clone(),
+            client: super::redis_client(&rig.cfg, &rig.cfg.logic.url)?,
+            shown: dualbus_core::redact_url(&rig.cfg.logic.url),
             prefix: rig.cfg.prefix.clone(),
             fields: sample.to_wire_fields(),
             maxlen: rig.cfg.logic.maxlen,

@@ -68,12 +68,15 @@ fn list(v: &Value) -> Vec<&Value> {
 
 /// Connects to one bus, failing within `timeout` with the bus and address named.
 pub async fn connect(
-    bus: &str,
-    url: &str,
+    cfg: &dualbus_bus::Config,
+    bus: dualbus_bus::BusId,
     timeout: Duration,
 ) -> anyhow::Result<MultiplexedConnection> {
+    let url = &cfg.bus(bus).url;
+    let name = super::bus_name(bus);
+    let bus = name;
     let shown = dualbus_core::redact_url(url);
-    let client = redis::Client::open(url)
+    let client = super::redis_client(cfg, url)
         .with_context(|| format!("the {bus} bus URL {shown:?} is invalid"))?;
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))

@@ -5,6 +5,7 @@ pub mod backtest;
 pub mod backtest_html;
 pub mod bench;
 pub mod bench_hub;
+pub mod certs;
 pub mod hub;
 pub mod inspect;
 pub(crate) mod plot;
@@ -78,6 +79,30 @@ impl Global {
         Ok(cfg)
     }
 
+    /// For `rediss://` buses with no `[tls]` files: the certificates `dualbus redis up --tls`
+    /// made, in the directory of the secrets (`.dualbus/redis/tls/` by default) when they are
+    /// there.
+    fn find_tls(&self, cfg: &mut Config) -> anyhow::Result<()> {
+        let tls_urls = [&cfg.md.url, &cfg.logic.url]
+            .iter()
+            .any(|u| u.starts_with("rediss://"));
+        let t = &cfg.tls;
+        if !tls_urls || t.ca_file.is_some() || t.cert_file.is_some() || t.key_file.is_some() {
+            return Ok(());
+        }
+        let dir = match self.secrets_dir()? {
+            Some(secrets) => secrets.parent().map(PathBuf::from).unwrap_or_default(),
+            None => PathBuf::from(".dualbus/redis"),
+        };
+        let files = certs::TlsFiles::in_dir(&dir);
+        if files.exist() {
+            cfg.tls.ca_file = Some(files.ca);
+            cfg.tls.cert_file = Some(files.client_cert);
+            cfg.tls.key_file = Some(files.client_key);
+        }
+        Ok(())
+    }
+
     /// The directory of the Redis passwords: `--redis-secrets`, else DUALBUS_REDIS_SECRETS
     /// (either must exist), else `.dualbus/redis/secrets` when it exists.
     fn secrets_dir(&self) -> anyhow::Result<Option<PathBuf>> {
@@ -108,6 +133,7 @@ impl Global {
     /// # Errors
     /// A secrets directory without a file for `user`, naming both.
     pub fn authenticate(&self, cfg: &mut Config, user: &str) -> anyhow::Result<()> {
+        self.find_tls(cfg)?;
         let from_env = std::env::var("DUALBUS_REDIS_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty());
@@ -292,6 +318,25 @@ pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Both buses with their names, for loops.
+/// A redis-rs client for `url`, one of `cfg`'s buses, with the `[tls]` certificates when it is
+/// a `rediss://` address.
+///
+/// # Errors
+/// A bad URL or certificate file.
+pub fn redis_client(cfg: &Config, url: &str) -> anyhow::Result<::redis::Client> {
+    let info = ::redis::IntoConnectionInfo::into_connection_info(url)?;
+    let tls = dualbus_bus::client::tls_config(cfg)?;
+    Ok(dualbus_redis::client(info, tls.as_ref())?)
+}
+
+/// The name of `bus` people read (`MarketData`, `Engine Logic`).
+pub fn bus_name(bus: BusId) -> &'static str {
+    BUSES
+        .iter()
+        .find(|(b, _)| *b == bus)
+        .map_or("?", |(_, n)| n)
+}
+
 pub const BUSES: [(BusId, &str); 2] = [
     (BusId::MarketData, "MarketData"),
     (BusId::Logic, "Engine Logic"),

@@ -286,7 +286,7 @@ async fn earlier_groups(
         for b in [BusId::MarketData, BusId::Logic] {
             let url = &cfg.bus(b).url;
             let shown = dualbus_core::redact_url(url);
-            let client = redis::Client::open(url.as_str())
+            let client = super::redis_client(&cfg, url)
                 .with_context(|| format!("--fresh: bad bus address {shown}"))?;
             let mut conn = client
                 .get_multiplexed_async_connection()

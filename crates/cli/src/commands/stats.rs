@@ -33,10 +33,9 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                 "bus", "stream", "published", "group", "delivered", "pending", "lag", "dead"
             ));
         }
-        for (bus, name) in BUSES {
-            let url = &cfg.bus(bus).url;
+        for (bus, _) in BUSES {
             let timeout = Duration::from_millis(cfg.bus(bus).connect_timeout_ms);
-            let mut conn = inspect::connect(name, url, timeout)
+            let mut conn = inspect::connect(&cfg, bus, timeout)
                 .await
                 .map_err(super::unreachable)?;
             let streams = inspect::streams(&mut conn, &cfg.prefix).await?;

@@ -129,9 +129,8 @@ pub fn run(args: TailArgs, global: &Global) -> anyhow::Result<()> {
 
 /// Removes a private group from every stream of both buses (best effort).
 async fn remove_group(cfg: &dualbus_bus::Config, group: &str) {
-    for (bus, name) in BUSES {
-        let url = &cfg.bus(bus).url;
-        let Ok(mut conn) = inspect::connect(name, url, Duration::from_secs(2)).await else {
+    for (bus, _) in BUSES {
+        let Ok(mut conn) = inspect::connect(cfg, bus, Duration::from_secs(2)).await else {
             continue;
         };
         let Ok(streams) = inspect::streams(&mut conn, &cfg.prefix).await else {

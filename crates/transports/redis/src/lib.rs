@@ -24,7 +24,10 @@ mod admission;
 mod reply;
 mod resp;
 mod subscriber;
+mod tls;
 mod writer;
+
+pub use tls::{client, TlsConfig};
 
 use async_trait::async_trait;
 use dualbus_core::transport::{GroupBacklog, StreamKey};
@@ -43,8 +46,11 @@ use tokio::sync::{mpsc, Semaphore};
 pub struct RedisOptions {
     /// The bus name, for messages (`md`, `logic`).
     pub bus: String,
-    /// Server address, `redis://host:port`.
+    /// Server address, `redis://host:port` or `rediss://host:port` (TLS).
     pub url: String,
+    /// Certificates for a `rediss://` address (`None`: the system's roots, no client
+    /// certificate).
+    pub tls: Option<TlsConfig>,
     /// `XADD ... MAXLEN ~ maxlen`.
     pub maxlen: u64,
     /// How long connecting may take.
@@ -62,6 +68,7 @@ impl RedisOptions {
         RedisOptions {
             bus: bus.to_string(),
             url: url.to_string(),
+            tls: None,
             maxlen: 1_000_000,
             connect_timeout: Duration::from_secs(2),
             max_payload: dualbus_core::envelope::DEFAULT_MAX_PAYLOAD,
@@ -129,6 +136,8 @@ pub(crate) struct Stats {
 pub(crate) struct Inner {
     pub opts: RedisOptions,
     pub client: redis::Client,
+    /// The TLS configuration of the read connections (`rediss://` only).
+    pub read_tls: Option<Arc<rustls::ClientConfig>>,
     /// For everything but publishing, reading and heartbeats: admission checks, dead letters.
     pub conn: ConnectionManager,
     /// Heartbeats only, so a PING never waits behind other commands.
@@ -260,7 +269,13 @@ impl RedisTransport {
         let info = redis::IntoConnectionInfo::into_connection_info(secret_url.as_str())
             .map_err(bad_url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(bad_url)?;
+        let client = tls::client(info, opts.tls.as_ref()).map_err(bad_url)?;
+        let read_tls = match client.get_connection_info().addr() {
+            redis::ConnectionAddr::TcpTls { .. } => {
+                Some(tls::rustls_config(opts.tls.as_ref()).map_err(bad_url)?)
+            }
+            _ => None,
+        };
         let (bus, url, after) = (opts.bus.clone(), opts.url.clone(), opts.connect_timeout);
         let (bus2, url2) = (bus.clone(), url.clone());
         let refused = move |e: &redis::RedisError| ConnectError::Refused {
@@ -314,6 +329,7 @@ impl RedisTransport {
             permits: Arc::new(Semaphore::new(opts.outgoing_bound.max(1))),
             opts,
             client,
+            read_tls,
             conn,
             health_conn,
             writer: tx,

@@ -16,9 +16,14 @@
 use crate::reply::{self, Entry, StreamEntries};
 use bytes::{Bytes, BytesMut};
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, Value};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// Offset of the `\r\n` ending the line that starts at `pos`.
 fn line_end(buf: &[u8], pos: usize) -> Option<usize> {
@@ -329,7 +334,9 @@ pub(crate) fn parse_read(frame: &Bytes, pos: usize) -> Option<Vec<StreamEntries>
 /// A plain connection that sends packed commands and parses their replies.
 pub(crate) struct RawConnection {
     info: ConnectionInfo,
-    stream: Option<TcpStream>,
+    /// For `rediss://` addresses.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    stream: Option<Box<dyn Stream>>,
     buf: BytesMut,
     timeout: Duration,
 }
@@ -339,9 +346,16 @@ fn io_err(e: std::io::Error) -> RedisError {
 }
 
 impl RawConnection {
-    pub(crate) fn new(info: ConnectionInfo, timeout: Duration) -> RawConnection {
+    /// A connection to `info`'s server, with `tls` for a `rediss://` address (built once by
+    /// the transport).
+    pub(crate) fn new(
+        info: ConnectionInfo,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> RawConnection {
         RawConnection {
             info,
+            tls,
             stream: None,
             buf: BytesMut::with_capacity(1 << 16),
             timeout,
@@ -349,25 +363,48 @@ impl RawConnection {
     }
 
     async fn connect(&mut self) -> Result<(), RedisError> {
-        let (host, port) = match self.info.addr() {
-            ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
-            other => {
-                return Err(RedisError::from((
+        let (host, port, tls) =
+            match self.info.addr() {
+                ConnectionAddr::Tcp(h, p) => (h.clone(), *p, None),
+                ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: false,
+                    ..
+                } => {
+                    let Some(config) = self.tls.clone() else {
+                        return Err(RedisError::from((
+                            ErrorKind::InvalidClientConfig,
+                            "a rediss:// address without a TLS configuration",
+                        )));
+                    };
+                    let name = crate::tls::server_name(host)?;
+                    (host.clone(), *port, Some((config, name)))
+                }
+                other => return Err(RedisError::from((
                     ErrorKind::InvalidClientConfig,
-                    "the read connection supports redis://host:port only",
+                    "the read connection supports redis://host:port and rediss://host:port only",
                     format!("{other:?}"),
-                )))
-            }
-        };
+                ))),
+            };
         let settings = self.info.redis_settings().clone();
         self.buf.clear();
         let buf = &mut self.buf;
         // Connect and authenticate within the timeout; keep the socket only once it is usable.
         let setup = async {
-            let mut stream = TcpStream::connect((host.as_str(), port))
+            let tcp = TcpStream::connect((host.as_str(), port))
                 .await
                 .map_err(io_err)?;
-            stream.set_nodelay(true).map_err(io_err)?;
+            tcp.set_nodelay(true).map_err(io_err)?;
+            let mut stream: Box<dyn Stream> = match tls {
+                None => Box::new(tcp),
+                Some((config, name)) => Box::new(
+                    tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await
+                        .map_err(io_err)?,
+                ),
+            };
             let mut setup_cmds = Vec::new();
             if let Some(pw) = settings.password() {
                 let mut auth = redis::cmd("AUTH");
@@ -449,8 +486,8 @@ impl RawConnection {
 /// `buf`, which keeps whatever arrived after them) and where each starts. Bytes that are not
 /// RESP, or more than `max_reply` of them without the replies completing, are an error (the
 /// caller drops the connection).
-async fn exchange(
-    stream: &mut TcpStream,
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
     buf: &mut BytesMut,
     packed: &[u8],
     replies: usize,

@@ -65,6 +65,7 @@ impl RedisSubscriber {
         let n = spec.streams.len();
         let raw = RawConnection::new(
             inner.client.get_connection_info().clone(),
+            inner.read_tls.clone(),
             inner.opts.connect_timeout,
         );
         let mut sub = RedisSubscriber {
