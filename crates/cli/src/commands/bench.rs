@@ -1148,12 +1148,13 @@ fn xadd_ceiling(args: &BenchArgs, rig: &Rig, sample: &Envelope, n: u64) -> anyho
     }
     let settings = info.redis_settings();
     if let Some(password) = settings.password() {
-        // As the bus's user (the `admin` of `redis up`'s users); the password goes in the
-        // environment (REDISCLI_AUTH), not on a command line others can list.
-        cmd.env("REDISCLI_AUTH", password);
+        // As the bus's user (the `admin` of `redis up`'s users). redis-benchmark takes the
+        // password on its command line only (it reads no environment variable for it), so it
+        // is visible to `ps` on this machine while the ceiling runs (a few seconds).
         if let Some(user) = settings.username() {
             cmd.args(["--user", user]);
         }
+        cmd.args(["-a", password]);
     }
     let key = format!("{}:ceiling", rig.cfg.prefix);
     cmd.args(["-n", &n.to_string()])
