@@ -1201,6 +1201,7 @@ where
         }
     };
     let mut body = buf.split_off(head_len);
+    let mut chunks = Dechunker::default();
     loop {
         match length {
             BodyLength::Exact(n) if body.len() >= n => {
@@ -1208,8 +1209,8 @@ where
                 return Ok((status, body));
             }
             BodyLength::Chunked => {
-                if let Some(decoded) = dechunk(&body)? {
-                    return Ok((status, decoded));
+                if chunks.advance(&body)? {
+                    return Ok((status, chunks.out));
                 }
             }
             _ => {}
@@ -1260,30 +1261,53 @@ async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> Resul
     }
 }
 
-/// Decodes a chunked body; `None` while it is incomplete.
-fn dechunk(mut raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut out = Vec::with_capacity(raw.len());
-    loop {
-        let (start, size) = match httparse::parse_chunk_size(raw) {
-            Ok(httparse::Status::Complete(v)) => v,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err("malformed chunked body".to_string()),
-        };
-        let size = usize::try_from(size).map_err(|_| "chunk too large".to_string())?;
-        if size == 0 {
-            // Trailers are not used by Binance; the last chunk is enough.
-            return Ok(Some(out));
+/// Decodes a chunked body as it arrives: each call goes on from the last complete chunk, so
+/// a body read in many pieces is parsed once in all (not again from its start per piece).
+#[derive(Debug, Default)]
+struct Dechunker {
+    /// The decoded body so far.
+    out: Vec<u8>,
+    /// Where the next chunk starts in the raw body.
+    pos: usize,
+}
+
+impl Dechunker {
+    /// Decodes the complete chunks of `raw` (the whole raw body so far) past the last call's;
+    /// `true` once the last chunk arrived.
+    fn advance(&mut self, raw: &[u8]) -> Result<bool, String> {
+        loop {
+            let rest = &raw[self.pos..];
+            let (start, size) = match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete(v)) => v,
+                Ok(httparse::Status::Partial) => return Ok(false),
+                Err(_) => return Err("malformed chunked body".to_string()),
+            };
+            let size = usize::try_from(size).map_err(|_| "chunk too large".to_string())?;
+            if size == 0 {
+                // Trailers are not used by Binance; the last chunk is enough.
+                return Ok(true);
+            }
+            let end = start
+                .checked_add(size)
+                .filter(|_| self.out.len().saturating_add(size) <= MAX_HTTP_BODY)
+                .ok_or("chunk too large")?;
+            if rest.len() < end + 2 {
+                return Ok(false);
+            }
+            if &rest[end..end + 2] != b"\r\n" {
+                return Err("malformed chunked body: no CRLF after a chunk's data".to_string());
+            }
+            self.out.extend_from_slice(&rest[start..end]);
+            self.pos += end + 2;
         }
-        let end = start
-            .checked_add(size)
-            .filter(|&e| e <= MAX_HTTP_BODY)
-            .ok_or("chunk too large")?;
-        if raw.len() < end + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&raw[start..end]);
-        raw = &raw[end + 2..];
     }
+}
+
+/// Decodes a whole chunked body; `None` while it is incomplete.
+#[cfg(test)]
+fn dechunk(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut d = Dechunker::default();
+    Ok(d.advance(raw)?.then_some(d.out))
 }
 
 #[cfg(test)]
@@ -1364,6 +1388,19 @@ mod tests {
         assert_eq!(dechunk(raw), Ok(Some(b"Wikipedia".to_vec())));
         assert_eq!(dechunk(&raw[..12]), Ok(None));
         assert!(dechunk(b"zz\r\n").is_err());
+        // The CRLF after a chunk's data is checked, not skipped.
+        assert!(dechunk(b"4\r\nWikiXY5\r\npedia\r\n0\r\n\r\n").is_err());
+        // Fed piece by piece, the same body, each byte parsed once past the last chunk.
+        let mut d = Dechunker::default();
+        let mut done = false;
+        for n in 1..=raw.len() {
+            done = d.advance(&raw[..n]).unwrap();
+            if done {
+                break;
+            }
+        }
+        assert!(done);
+        assert_eq!(d.out, b"Wikipedia");
     }
 
     #[test]
