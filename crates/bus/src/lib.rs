@@ -38,6 +38,8 @@
 pub mod client;
 pub mod config;
 pub mod failover;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod route;
 
 pub use client::{

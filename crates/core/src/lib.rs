@@ -19,6 +19,8 @@
 pub mod codec;
 pub mod dedup;
 pub mod envelope;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kind;
 pub mod topic;
 pub mod transport;

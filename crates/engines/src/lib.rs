@@ -61,6 +61,8 @@ pub mod engine;
 pub mod enhanced_vpin;
 pub mod factor;
 pub mod features;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod market;
 pub mod metrics;

@@ -284,14 +284,16 @@ impl WebSocketParams {
 
 /// The kinds one client receives as `message` frames.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct KindFilter(BTreeSet<&'static str>);
+pub(crate) struct KindFilter(BTreeSet<&'static str>);
 
 impl KindFilter {
     fn includes(&self, kind: &str) -> bool {
         self.0.contains(kind)
     }
 
-    fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<KindFilter, String> {
+    pub(crate) fn from_names<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<KindFilter, String> {
         let mut kinds = BTreeSet::new();
         let mut unknown = Vec::new();
         for name in names {
@@ -316,7 +318,7 @@ impl KindFilter {
 
 /// The kind filter of a `/ws` query string: `kinds=a,b` (percent-encoded commas allowed);
 /// no `kinds`, or an empty one, gives `default`. The error is the 400 response's text.
-fn parse_kinds(query: Option<&str>, default: &KindFilter) -> Result<KindFilter, String> {
+pub(crate) fn parse_kinds(query: Option<&str>, default: &KindFilter) -> Result<KindFilter, String> {
     let value = query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -1023,14 +1025,18 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// How a request presented the token, if it did.
 #[derive(Debug, PartialEq, Eq)]
-enum Presented {
+pub(crate) enum Presented {
     Header,
     Cookie,
     Query,
 }
 
 /// Where `req` carries `token`: the `Authorization: Bearer` header, the cookie or the query.
-fn presented(headers: &HeaderMap, query: Option<&str>, token: &str) -> Option<Presented> {
+pub(crate) fn presented(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    token: &str,
+) -> Option<Presented> {
     let t = token.as_bytes();
     let bearer = headers
         .get_all(header::AUTHORIZATION)
@@ -1169,7 +1175,7 @@ async fn require_token(
 
 /// Whether a browser page from `origin` may open `/ws` on a server reached as `host`: its own
 /// origin (`http://host` or `https://host`) or one of `allowed`.
-fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
     let own = host.is_some_and(|h| {
         origin
             .strip_prefix("http://")
@@ -1181,7 +1187,7 @@ fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool 
 
 /// Checks a `/ws` request: the kinds it asks for and the WebSocket handshake. On success the
 /// `Sec-WebSocket-Accept` value and the filter; else the status and text to answer with.
-fn check_upgrade(
+pub(crate) fn check_upgrade(
     headers: &HeaderMap,
     query: Option<&str>,
     default: &KindFilter,

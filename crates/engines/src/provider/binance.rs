@@ -864,7 +864,7 @@ impl Connection {
 
 /// What one text frame was.
 #[derive(Debug, PartialEq)]
-enum Decoded {
+pub(crate) enum Decoded {
     Event(MarketEvent),
     /// `{"result":..,"id":N}`
     Ack {
@@ -959,7 +959,7 @@ impl<'de> Deserialize<'de> for Num {
 
 /// Decodes one text frame; `now` stamps quotes that carry no time. `Err` says why the frame
 /// is unusable.
-fn decode(text: &str, now: fn() -> u64) -> Result<Decoded, String> {
+pub(crate) fn decode(text: &str, now: fn() -> u64) -> Result<Decoded, String> {
     let wire: Wire = serde_json::from_str(text).map_err(|e| format!("unreadable: {e}"))?;
     if let Some(id) = wire.id {
         return Ok(match wire.error {
@@ -1208,10 +1208,8 @@ where
                 body.truncate(n);
                 return Ok((status, body));
             }
-            BodyLength::Chunked => {
-                if chunks.advance(&body)? {
-                    return Ok((status, chunks.out));
-                }
+            BodyLength::Chunked if chunks.advance(&body)? => {
+                return Ok((status, chunks.out));
             }
             _ => {}
         }
@@ -1264,9 +1262,9 @@ async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) -> Resul
 /// Decodes a chunked body as it arrives: each call goes on from the last complete chunk, so
 /// a body read in many pieces is parsed once in all (not again from its start per piece).
 #[derive(Debug, Default)]
-struct Dechunker {
+pub(crate) struct Dechunker {
     /// The decoded body so far.
-    out: Vec<u8>,
+    pub(crate) out: Vec<u8>,
     /// Where the next chunk starts in the raw body.
     pos: usize,
 }
@@ -1274,7 +1272,7 @@ struct Dechunker {
 impl Dechunker {
     /// Decodes the complete chunks of `raw` (the whole raw body so far) past the last call's;
     /// `true` once the last chunk arrived.
-    fn advance(&mut self, raw: &[u8]) -> Result<bool, String> {
+    pub(crate) fn advance(&mut self, raw: &[u8]) -> Result<bool, String> {
         loop {
             let rest = &raw[self.pos..];
             let (start, size) = match httparse::parse_chunk_size(rest) {

@@ -29,6 +29,10 @@ mod writer;
 
 pub use tls::{client, TlsConfig};
 
+/// For the fuzz targets (`fuzz/`) and the property tests only: not a stable API.
+#[doc(hidden)]
+pub use resp::fuzzing;
+
 use async_trait::async_trait;
 use dualbus_core::transport::{GroupBacklog, StreamKey};
 use dualbus_core::{

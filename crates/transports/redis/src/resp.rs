@@ -255,6 +255,12 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
+    /// Room for `n` elements, but no more than the rest of the frame could hold (each takes
+    /// at least 4 bytes): a header claiming billions of elements allocates nothing up front.
+    fn capacity(&self, n: i64) -> usize {
+        (n.max(0) as usize).min(self.frame.len().saturating_sub(self.pos) / 4)
+    }
+
     /// The number in the header line of an element of type `tag`.
     fn header(&mut self, tag: u8) -> Option<i64> {
         if *self.frame.get(self.pos)? != tag {
@@ -299,18 +305,18 @@ impl Cursor<'_> {
 pub(crate) fn parse_read(frame: &Bytes, pos: usize) -> Option<Vec<StreamEntries>> {
     let mut c = Cursor { frame, pos };
     let streams = c.array_or_nil()?;
-    let mut out = Vec::with_capacity(streams.max(0) as usize);
+    let mut out = Vec::with_capacity(c.capacity(streams));
     for _ in 0..streams {
         c.pair()?;
         let key = c.bulk()?;
         let n = c.array_or_nil()?;
-        let mut entries = Vec::with_capacity(n.max(0) as usize);
+        let mut entries = Vec::with_capacity(c.capacity(n));
         for _ in 0..n {
             c.pair()?;
             let raw_id = c.bulk()?;
             let id = reply::parse_id(&raw_id)?;
             let k = c.array_or_nil()?;
-            let mut fields = Vec::with_capacity((k.max(0) / 2) as usize);
+            let mut fields = Vec::with_capacity(c.capacity(k / 2));
             for _ in 0..k / 2 {
                 let f = c.bulk()?;
                 let v = c.bulk()?;
@@ -639,6 +645,15 @@ mod tests {
         out.extend_from_slice(b"\r\n");
     }
 
+    /// Found by fuzzing: a header claiming 244,444,444,441 streams made the direct parser
+    /// allocate for all of them before reading one (an abort); it now gives up on the frame.
+    #[test]
+    fn a_huge_count_allocates_nothing_up_front() {
+        let frame = Bytes::from_static(b"*244444444441\r\n*2\r\n$22\r\ndualbus:t_dat");
+        assert!(parse_read(&frame, 0).is_none());
+        fuzzing::reply_readers(&frame);
+    }
+
     /// The direct parser gives what the generic one gives, for replies with several streams,
     /// entries deleted while pending (nil fields), empty values and binary payloads; and gives
     /// up (so the generic path runs) on anything of another shape.
@@ -696,5 +711,46 @@ mod tests {
                 "{other:?}"
             );
         }
+    }
+}
+
+/// The properties the fuzz targets and the property tests check on the reply readers.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// On any bytes: the generic parser, the scanner that delimits replies and the direct
+    /// `XREADGROUP` parser never panic; a complete reply ends within the input, where the
+    /// scanner says it ends; and when the direct parser reads entries, the generic path reads
+    /// the same ones.
+    pub fn reply_readers(data: &[u8]) {
+        let parsed = parse_value(data, 0);
+        let scanned = Scanner::default().complete(data, 0);
+        if let Ok(Some((v, end))) = &parsed {
+            assert!(*end <= data.len(), "a reply ends past the input");
+            assert_eq!(
+                scanned,
+                Ok(Some(*end)),
+                "the scanner and the parser disagree"
+            );
+            let frame = Bytes::copy_from_slice(&data[..*end]);
+            if let Some(direct) = parse_read(&frame, 0) {
+                let generic = reply::read_reply(v.clone())
+                    .expect("what the direct parser reads, the generic one reads");
+                assert_eq!(direct.len(), generic.len());
+                for ((dk, de), (gk, ge)) in direct.iter().zip(&generic) {
+                    assert_eq!(dk, gk);
+                    assert_eq!(de.len(), ge.len());
+                    for (d, g) in de.iter().zip(ge) {
+                        assert_eq!(
+                            (d.id, &d.raw_id, &d.fields, d.deleted),
+                            (g.id, &g.raw_id, &g.fields, g.deleted)
+                        );
+                    }
+                }
+            }
+        }
+        // The direct parser alone, on whatever the input is.
+        let _ = parse_read(&Bytes::copy_from_slice(data), 0);
     }
 }
