@@ -39,7 +39,7 @@
 //! | `dualbus_hub_upstream_calls_total` | counter | result (`ok`, `error`) | history calls to the provider |
 //! | `dualbus_hub_market_data_total` | counter | result (`accepted`, `rejected`) | market data through the hub's validator |
 //! | `dualbus_venue_orders_total` | counter | result (`filled`, `rejected`, `refused_sender`) | orders the paper venue handled (`refused_sender`: not from `venue.order_senders`) |
-//! | `dualbus_dashboard_refused_total` | counter | reason (`max_clients`, `token`, `origin`, `body`) | requests the dashboard refused |
+//! | `dualbus_dashboard_refused_total` | counter | reason (`max_clients`, `token`, `origin`, `body`, `head_too_large`, `head_timeout`) | requests the dashboard refused |
 //! | `dualbus_dashboard_frames_total` | counter | result (`sent`, `dropped`) | WebSocket frames sent, and dropped from slow clients' queues |
 //! | `dualbus_alerts_total` | counter | kind, rule | alerts the engines of this process raised |
 //! | `dualbus_equity` | gauge | | the portfolio's equity, quote currency |
@@ -71,7 +71,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -691,11 +691,25 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
         .into_response()
 }
 
+/// Connections the HTTP server ended before a request reached the router, by why.
+#[derive(Debug, Default)]
+pub struct HttpRefusals {
+    /// A request head larger than 16 KiB (answered 431).
+    pub head_too_large: AtomicU64,
+    /// A request head not sent within 10 s (the connection is closed).
+    pub head_timeout: AtomicU64,
+}
+
 /// Serves `app` on `listener` (HTTP/1.1 on hyper, a task per connection, upgrades allowed)
 /// until `shutdown` turns true; then stops accepting, lets each connection finish its request
 /// and waits until every connection has ended. Connections upgraded to another protocol
 /// (WebSocket) leave this server: whoever took them tracks them.
-pub async fn serve(listener: TcpListener, app: axum::Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+    refusals: Arc<HttpRefusals>,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let mut conns = JoinSet::new();
     loop {
@@ -706,6 +720,7 @@ pub async fn serve(listener: TcpListener, app: axum::Router, mut shutdown: watch
                 Ok((stream, _peer)) => {
                     let svc = hyper_util::service::TowerToHyperService::new(app.clone());
                     let mut stop = shutdown.clone();
+                    let refusals = refusals.clone();
                     conns.spawn(async move {
                         let conn = hyper::server::conn::http1::Builder::new()
                             .timer(TokioTimer::new())
@@ -722,6 +737,11 @@ pub async fn serve(listener: TcpListener, app: axum::Router, mut shutdown: watch
                             }
                         };
                         if let Err(e) = res {
+                            if e.is_parse_too_large() {
+                                refusals.head_too_large.fetch_add(1, Ordering::Relaxed);
+                            } else if e.is_timeout() {
+                                refusals.head_timeout.fetch_add(1, Ordering::Relaxed);
+                            }
                             tracing::debug!(error = %e, "http connection ended with an error");
                         }
                     });
@@ -769,7 +789,7 @@ impl MetricsServer {
             .map_err(|e| format!("metrics address {bind}: {e}"))?;
         let app = routes(metrics).fallback(not_found);
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, app, rx));
+        let task = tokio::spawn(serve(listener, app, rx, Arc::default()));
         Ok(MetricsServer {
             addr,
             shutdown,

@@ -716,6 +716,8 @@ struct Feed {
     refused_token: AtomicU64,
     refused_origin: AtomicU64,
     refused_body: AtomicU64,
+    /// Requests the HTTP server refused before the router (head too large, too slow).
+    http_refusals: Arc<telemetry::HttpRefusals>,
 }
 
 impl Feed {
@@ -748,16 +750,23 @@ impl Feed {
             refused_token: AtomicU64::new(0),
             refused_origin: AtomicU64::new(0),
             refused_body: AtomicU64::new(0),
+            http_refusals: Arc::default(),
         })
     }
 
     /// Refusals by reason, as `/health` and `/metrics` show them.
-    fn refusals(&self) -> [(&'static str, u64); 4] {
+    fn refusals(&self) -> [(&'static str, u64); 6] {
+        let http = &self.http_refusals;
         [
             ("max_clients", self.refused_clients.load(Ordering::Relaxed)),
             ("token", self.refused_token.load(Ordering::Relaxed)),
             ("origin", self.refused_origin.load(Ordering::Relaxed)),
             ("body", self.refused_body.load(Ordering::Relaxed)),
+            (
+                "head_too_large",
+                http.head_too_large.load(Ordering::Relaxed),
+            ),
+            ("head_timeout", http.head_timeout.load(Ordering::Relaxed)),
         ]
     }
 
@@ -969,12 +978,7 @@ impl Feed {
             "engines": engines,
             "frames_sent": self.frames_sent.load(Ordering::Relaxed),
             "frames_dropped": self.frames_dropped.load(Ordering::Relaxed),
-            "refused": {
-                "max_clients": self.refused_clients.load(Ordering::Relaxed),
-                "token": self.refused_token.load(Ordering::Relaxed),
-                "origin": self.refused_origin.load(Ordering::Relaxed),
-                "body": self.refused_body.load(Ordering::Relaxed),
-            },
+            "refused": self.refusals().into_iter().collect::<BTreeMap<_, _>>(),
         })
     }
 
@@ -1113,7 +1117,7 @@ impl prometheus_client::collector::Collector for DashboardCollector {
         let feed = &self.0;
         let mut m = enc.encode_descriptor(
             "dualbus_dashboard_refused",
-            "Dashboard requests refused, by reason (max_clients, token, origin, body)",
+            "Dashboard requests refused, by reason (max_clients, token, origin, body, head_too_large, head_timeout)",
             None,
             MetricType::Counter,
         )?;
@@ -1553,7 +1557,12 @@ impl Engine for WebSocketEngine {
             m.add_collector(Arc::new(DashboardCollector(feed.clone())));
         }
         let router = routes(app, ctx.metrics().cloned());
-        let task = tokio::spawn(telemetry::serve(listener, router, rx));
+        let task = tokio::spawn(telemetry::serve(
+            listener,
+            router,
+            rx,
+            feed.http_refusals.clone(),
+        ));
         tracing::info!(%addr, "websocket engine listening");
         self.feed = Some(feed);
         self.server = Some(Server {

@@ -1155,25 +1155,45 @@ async fn a_history_ttl_too_large_for_a_duration_means_never_expire() {
     .await;
 }
 
+/// A hub that has fed one BTCUSDT quote (100 / 101), on a bus that redelivers after 50 ms and
+/// dead-letters at the second delivery, and a `portfolio` listener of its executions.
+async fn hub_for_orders() -> (RunningHub, Subscription, Inbox) {
+    let mut cfg = dualbus_bus::Config::default();
+    cfg.delivery.idle_timeout_ms = 50;
+    cfg.delivery.max_deliveries = 2;
+    let bus = DualBus::builder("marketdata")
+        .instance("marketdata-1")
+        .config(cfg)
+        .build()
+        .expect("embedded bus");
+    let q = quote_of("BTCUSDT", T0 + S, 100.0, 101.0);
+    let provider = ScriptedProvider::fixed(&["BTCUSDT"], vec![MarketEvent::Quote(q)]);
+    let (sub, fills) = listen(&bus, "portfolio", &["trade_execution.>"]).await;
+    let hub = RunningHub::start(bus, provider, HubOptions::default(), HostOptions::default()).await;
+    hub.feed_done().await;
+    (hub, sub, fills)
+}
+
+/// The Engine Logic bus's dead letters, once there is one.
+async fn logic_dead_letters(bus: &DualBus) -> Vec<dualbus_core::DeadLetter> {
+    loop {
+        let dead = bus
+            .dead_letters(dualbus_bus::BusId::Logic, 10)
+            .await
+            .expect("dead letters");
+        if !dead.is_empty() {
+            return dead;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An order request that does not decode is retried, then dead-lettered with the reason; the
 /// orders behind it are filled meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_order_request_is_dead_lettered_and_later_orders_fill() {
     guarded(async {
-        let mut cfg = dualbus_bus::Config::default();
-        cfg.delivery.idle_timeout_ms = 50;
-        cfg.delivery.max_deliveries = 2;
-        let bus = DualBus::builder("marketdata")
-            .instance("marketdata-1")
-            .config(cfg)
-            .build()
-            .expect("embedded bus");
-        let q = quote_of("BTCUSDT", T0 + S, 100.0, 101.0);
-        let provider = ScriptedProvider::fixed(&["BTCUSDT"], vec![MarketEvent::Quote(q)]);
-        let (_sub, fills) = listen(&bus, "portfolio", &["trade_execution.>"]).await;
-        let hub =
-            RunningHub::start(bus, provider, HubOptions::default(), HostOptions::default()).await;
-        hub.feed_done().await;
+        let (hub, _sub, fills) = hub_for_orders().await;
         let risk = hub.bus.sibling("risk", "risk-1").expect("risk client");
         risk.publish(
             EventKind::OrderRequest,
@@ -1191,17 +1211,7 @@ async fn an_unreadable_order_request_is_dead_lettered_and_later_orders_fill() {
         .expect("published");
         wait_until("the good order filled", WAIT, || fills.len() == 1).await;
         assert_eq!(fills.decoded::<Execution>()[0].order_id, "good");
-        let bus = hub.bus.clone();
-        let dead = loop {
-            let dead = bus
-                .dead_letters(dualbus_bus::BusId::Logic, 10)
-                .await
-                .expect("dead letters");
-            if !dead.is_empty() {
-                break dead;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let dead = logic_dead_letters(&hub.bus).await;
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert!(
             dead[0].reason.contains("order_request does not decode"),
@@ -1222,20 +1232,7 @@ async fn an_unreadable_order_request_is_dead_lettered_and_later_orders_fill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_request_from_another_engine_than_risk_is_refused_and_dead_lettered() {
     guarded(async {
-        let mut cfg = dualbus_bus::Config::default();
-        cfg.delivery.idle_timeout_ms = 50;
-        cfg.delivery.max_deliveries = 2;
-        let bus = DualBus::builder("marketdata")
-            .instance("marketdata-1")
-            .config(cfg)
-            .build()
-            .expect("embedded bus");
-        let q = quote_of("BTCUSDT", T0 + S, 100.0, 101.0);
-        let provider = ScriptedProvider::fixed(&["BTCUSDT"], vec![MarketEvent::Quote(q)]);
-        let (_sub, fills) = listen(&bus, "portfolio", &["trade_execution.>"]).await;
-        let hub =
-            RunningHub::start(bus, provider, HubOptions::default(), HostOptions::default()).await;
-        hub.feed_done().await;
+        let (hub, _sub, fills) = hub_for_orders().await;
         let strategy = hub.bus.sibling("strategy", "strategy-1").expect("client");
         strategy
             .publish(
@@ -1254,17 +1251,7 @@ async fn an_order_request_from_another_engine_than_risk_is_refused_and_dead_lett
         .await
         .expect("published");
         wait_until("the good order filled", WAIT, || fills.len() == 1).await;
-        let bus = hub.bus.clone();
-        let dead = loop {
-            let dead = bus
-                .dead_letters(dualbus_bus::BusId::Logic, 10)
-                .await
-                .expect("dead letters");
-            if !dead.is_empty() {
-                break dead;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let dead = logic_dead_letters(&hub.bus).await;
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert!(
             dead[0]

@@ -471,6 +471,16 @@ async fn a_request_body_is_refused_and_refusals_are_in_the_metrics() {
             assert!(status.contains("413"), "{status}");
             assert!(body.contains("no request bodies"), "{body}");
         }
+        // A head over 16 KiB: refused by the HTTP server before any route, and counted.
+        let (status, _, _) = http(
+            addr,
+            &format!(
+                "GET / HTTP/1.1\r\nHost: test\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+                "x".repeat(20 * 1024)
+            ),
+        )
+        .await;
+        assert!(status.contains("431"), "{status}");
         // Without the token: refused too (counted once, as a body).
         let (status, _, _) = http(
             addr,
@@ -488,6 +498,7 @@ async fn a_request_body_is_refused_and_refusals_are_in_the_metrics() {
         let health: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(health["refused"]["body"], 3, "{health}");
         assert_eq!(health["refused"]["token"], 1, "{health}");
+        assert_eq!(health["refused"]["head_too_large"], 1, "{health}");
         let (status, _, metrics) = http(
             addr,
             &format!("GET /metrics HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n"),
@@ -499,6 +510,7 @@ async fn a_request_body_is_refused_and_refusals_are_in_the_metrics() {
             "dualbus_dashboard_refused_total{reason=\"token\"} 1",
             "dualbus_dashboard_refused_total{reason=\"origin\"} 0",
             "dualbus_dashboard_refused_total{reason=\"max_clients\"} 0",
+            "dualbus_dashboard_refused_total{reason=\"head_too_large\"} 1",
         ] {
             assert!(
                 metrics.lines().any(|l| l == line),

@@ -683,17 +683,7 @@ mod tests {
         assert_eq!(used, r.len());
         let generic = reply::read_reply(v).unwrap();
         assert_eq!(direct.len(), 2);
-        assert_eq!(direct.len(), generic.len());
-        for ((dk, de), (gk, ge)) in direct.iter().zip(&generic) {
-            assert_eq!(dk, gk);
-            assert_eq!(de.len(), ge.len());
-            for (d, g) in de.iter().zip(ge) {
-                assert_eq!(
-                    (d.id, &d.raw_id, &d.fields, d.deleted),
-                    (g.id, &g.raw_id, &g.fields, g.deleted)
-                );
-            }
-        }
+        fuzzing::assert_same_entries(&direct, &generic);
         assert_eq!(direct[0].1[2].fields[1].1, &b"\r\n\x00\xff"[..]);
         assert!(direct[1].1[0].deleted);
         // A timeout's nil reply: nothing read.
@@ -737,20 +727,26 @@ pub mod fuzzing {
             if let Some(direct) = parse_read(&frame, 0) {
                 let generic = reply::read_reply(v.clone())
                     .expect("what the direct parser reads, the generic one reads");
-                assert_eq!(direct.len(), generic.len());
-                for ((dk, de), (gk, ge)) in direct.iter().zip(&generic) {
-                    assert_eq!(dk, gk);
-                    assert_eq!(de.len(), ge.len());
-                    for (d, g) in de.iter().zip(ge) {
-                        assert_eq!(
-                            (d.id, &d.raw_id, &d.fields, d.deleted),
-                            (g.id, &g.raw_id, &g.fields, g.deleted)
-                        );
-                    }
-                }
+                assert_same_entries(&direct, &generic);
             }
         }
         // The direct parser alone, on whatever the input is.
         let _ = parse_read(&Bytes::copy_from_slice(data), 0);
+    }
+
+    /// The direct parser's entries are the generic path's: the same streams, ids, fields and
+    /// deleted markers, in the same order.
+    pub(crate) fn assert_same_entries(direct: &[StreamEntries], generic: &[StreamEntries]) {
+        assert_eq!(direct.len(), generic.len());
+        for ((dk, de), (gk, ge)) in direct.iter().zip(generic) {
+            assert_eq!(dk, gk);
+            assert_eq!(de.len(), ge.len());
+            for (d, g) in de.iter().zip(ge) {
+                assert_eq!(
+                    (d.id, &d.raw_id, &d.fields, d.deleted),
+                    (g.id, &g.raw_id, &g.fields, g.deleted)
+                );
+            }
+        }
     }
 }
