@@ -872,7 +872,7 @@ impl Engine for MarketDataHub {
         if msg.kind == EventKind::OrderRequest {
             // Only the order senders' orders reach the venue (a refused one is dead-lettered
             // with the reason, like an unreadable one).
-            let refused = self.shared.venue.lock().check_sender(&msg.src, &msg.id());
+            let refused = self.shared.venue.lock().check_sender(&msg.src, || msg.id());
             if let Err(reason) = refused {
                 tracing::warn!(%reason, "order refused");
                 return Err(HandlerError(reason));

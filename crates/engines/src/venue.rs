@@ -190,16 +190,17 @@ impl PaperVenue {
         }
     }
 
-    /// Whether `src` may send orders (`order_senders`); when not, counts the message `id`
-    /// once and returns the reason to refuse it with.
-    pub fn check_sender(&mut self, src: &str, id: &str) -> Result<(), String> {
+    /// Whether `src` may send orders (`order_senders`); when not, counts the message (`id`,
+    /// made only then) once and returns the reason to refuse it with.
+    pub fn check_sender(&mut self, src: &str, id: impl FnOnce() -> String) -> Result<(), String> {
         if self.opts.order_senders.iter().any(|s| s == src) {
             return Ok(());
         }
+        let id = id();
         if self.foreign_ids.len() >= MAX_REMEMBERED {
             self.foreign_ids.clear();
         }
-        if self.foreign_ids.insert(id.to_string()) {
+        if self.foreign_ids.insert(id.clone()) {
             self.counts.foreign += 1;
         }
         Err(format!(

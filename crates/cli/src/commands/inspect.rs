@@ -73,8 +73,8 @@ pub async fn connect(
     timeout: Duration,
 ) -> anyhow::Result<MultiplexedConnection> {
     let url = &cfg.bus(bus).url;
-    let name = super::bus_name(bus);
-    let bus = name;
+    // The bus as people read it, for the messages below.
+    let bus = super::bus_name(bus);
     let shown = dualbus_core::redact_url(url);
     let client = super::redis_client(cfg, url)
         .with_context(|| format!("the {bus} bus URL {shown:?} is invalid"))?;
