@@ -438,6 +438,9 @@ pub struct DualBus {
     inner: Arc<Inner>,
     /// The kinds this client may publish ([`DualBus::restricted_to`]); `None`: any.
     publishes: Option<Arc<[EventKind]>>,
+    /// The MarketData partitions this client's subscriptions read
+    /// ([`DualBus::reading_partitions`]); `None`: all.
+    reads: Option<Arc<[u32]>>,
 }
 
 /// Builds a [`DualBus`].
@@ -529,6 +532,7 @@ impl DualBusBuilder {
         };
         Ok(DualBus {
             publishes: None,
+            reads: None,
             inner: Arc::new(Inner {
                 router: Router::new(&self.cfg),
                 enc: self.cfg.encoding(),
@@ -704,9 +708,15 @@ impl DualBus {
         &self.inner.transports[bus.index()]
     }
 
-    /// Where a message of this kind and priority goes.
+    /// Where a message of this kind and priority goes (on a partitioned MarketData bus, the
+    /// bus and lane; the stream is partition 0's: see [`DualBus::route_topic`]).
     pub fn route(&self, kind: &EventKind, prio: Priority) -> Route {
         self.inner.router.route(kind, prio)
+    }
+
+    /// Where a message of this kind, priority and topic goes.
+    pub fn route_topic(&self, kind: &EventKind, prio: Priority, topic: &str) -> Route {
+        self.inner.router.route_topic(kind, prio, topic)
     }
 
     /// Builds an envelope from this client: next sequence number, current time.
@@ -807,7 +817,40 @@ impl DualBus {
         DualBus {
             inner: self.inner.clone(),
             publishes: Some(Arc::from(kinds)),
+            reads: self.reads.clone(),
         }
+    }
+
+    /// This client, reading only the given partitions of the MarketData bus's partitioned
+    /// streams (`dualbus engine NAME --partition K/N` or `--symbols`): instances of a per-symbol
+    /// engine share the symbols, each symbol handled by one instance and in order. Streams of
+    /// the Engine Logic bus and the priority lanes are read as before.
+    ///
+    /// # Errors
+    /// [`BusError::Config`] when a partition is not below the bus's `[md] partitions`.
+    pub fn reading_partitions(&self, parts: &[u32]) -> Result<DualBus, BusError> {
+        let n = self.inner.router.partitions();
+        if let Some(p) = parts.iter().find(|&&p| p >= n) {
+            return Err(BusError::Config(format!(
+                "partition {p} does not exist: the MarketData bus has {n} partition{} \
+                 ([md] partitions)",
+                if n == 1 { "" } else { "s" }
+            )));
+        }
+        let mut parts = parts.to_vec();
+        parts.sort_unstable();
+        parts.dedup();
+        Ok(DualBus {
+            inner: self.inner.clone(),
+            publishes: self.publishes.clone(),
+            reads: Some(Arc::from(parts)),
+        })
+    }
+
+    /// The MarketData partitions this client reads, when restricted
+    /// ([`DualBus::reading_partitions`]).
+    pub fn read_partitions(&self) -> Option<&[u32]> {
+        self.reads.as_deref()
     }
 
     /// The kinds this client may publish, when restricted ([`DualBus::restricted_to`]).
@@ -842,40 +885,32 @@ impl DualBus {
             return Ok(());
         };
         self.check_declared(&envs)?;
+        let router = &self.inner.router;
         let lane = is_priority(&first.kind, first.prio);
         if envs
             .iter()
             .all(|e| e.kind == first.kind && is_priority(&e.kind, e.prio) == lane)
+            && (lane || !router.is_partitioned(&first.kind))
         {
             // One stream: hand the batch over as it is.
-            let route = self.inner.router.route(&first.kind, first.prio);
+            let route = router.route(&first.kind, first.prio);
             return self.send_run(&route, envs, confirm).await;
         }
-        let mut run: Vec<Envelope> = Vec::new();
-        let mut run_route: Option<Route> = None;
-        let mut last_key: Option<(EventKind, bool)> = None;
-        let n = envs.len();
+        // Several streams (kinds, lanes, partitions): one run per stream, each in the batch's
+        // order, sent in the order the streams first appear.
+        let mut runs: Vec<(Route, Vec<Envelope>)> = Vec::new();
         for env in envs {
-            let prio_lane = is_priority(&env.kind, env.prio);
-            let same = last_key
-                .as_ref()
-                .is_some_and(|(k, p)| *p == prio_lane && *k == env.kind);
-            if !same {
-                let route = self.inner.router.route(&env.kind, env.prio);
-                if run_route.as_ref().is_some_and(|r| r.stream != route.stream) {
-                    let r = run_route.take().expect("checked");
-                    self.send_run(&r, std::mem::take(&mut run), confirm).await?;
-                }
-                last_key = Some((env.kind.clone(), prio_lane));
-                run_route = Some(route);
+            let route = router.route_topic(&env.kind, env.prio, env.topic.as_str());
+            match runs
+                .iter_mut()
+                .find(|(r, _)| Arc::ptr_eq(&r.stream, &route.stream) || r.stream == route.stream)
+            {
+                Some((_, run)) => run.push(env),
+                None => runs.push((route, vec![env])),
             }
-            if run.is_empty() {
-                run.reserve(n);
-            }
-            run.push(env);
         }
-        if let Some(r) = run_route {
-            self.send_run(&r, run, confirm).await?;
+        for (route, run) in runs {
+            self.send_run(&route, run, confirm).await?;
         }
         Ok(())
     }
@@ -1007,12 +1042,16 @@ impl DualBus {
         });
         let mut plan: Vec<ReaderPlan> = Vec::new();
         for bus in BusId::ALL {
+            let router = &self.inner.router;
             let mut streams: Vec<StreamKey> = kinds
                 .iter()
-                .filter(|k| self.inner.router.bus_of(k) == bus)
+                .filter(|k| router.bus_of(k) == bus)
                 // Critical kinds travel on the priority lane, but their own streams are read
                 // too: a client that is not a DualBus (redis-cli, Python) may XADD there.
-                .map(|k| self.inner.router.kind_stream(bus, k))
+                .flat_map(|k| match &self.reads {
+                    Some(parts) => router.kind_streams_in(bus, k, parts),
+                    None => router.kind_streams(bus, k),
+                })
                 .collect();
             let on_bus = kinds.iter().any(|k| self.inner.router.bus_of(k) == bus);
             if !on_bus {

@@ -8,8 +8,9 @@
 //! request_timeout_ms = 5000
 //!
 //! [md]                          # the MarketData bus
-//! url = "redis://127.0.0.1:6380"
+//! url = "redis://127.0.0.1:6380"  # or redis+cluster://host:port,host:port (a Redis Cluster)
 //! maxlen = 1000000
+//! partitions = 1                # > 1: each stream split by symbol (docs/scaling.md)
 //!
 //! [logic]                       # the Engine Logic bus
 //! url = "redis://127.0.0.1:6381"
@@ -42,6 +43,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DUALBUS_REQUEST_TIMEOUT_MS", "request_timeout_ms"),
     ("DUALBUS_MD_URL", "md.url"),
     ("DUALBUS_MD_MAXLEN", "md.maxlen"),
+    ("DUALBUS_MD_PARTITIONS", "md.partitions"),
     ("DUALBUS_LOGIC_URL", "logic.url"),
     ("DUALBUS_LOGIC_MAXLEN", "logic.maxlen"),
     ("DUALBUS_MODE", "delivery.mode"),
@@ -103,7 +105,13 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
 ];
 
-const BUS_KEYS: &[&str] = &["url", "maxlen", "connect_timeout_ms", "max_payload_bytes"];
+const BUS_KEYS: &[&str] = &[
+    "url",
+    "maxlen",
+    "connect_timeout_ms",
+    "max_payload_bytes",
+    "partitions",
+];
 
 /// The sections whose keys are checked one by one (`routes` takes any kind name).
 const SECTIONS: [&str; 6] = ["md", "logic", "delivery", "memory", "failover", "routes"];
@@ -180,6 +188,10 @@ pub struct BusSection {
     pub connect_timeout_ms: u64,
     /// Largest payload accepted from the wire; larger entries are dead-lettered.
     pub max_payload_bytes: u64,
+    /// Partitions by symbol (MarketData bus only): each stream of the bus becomes this many
+    /// streams, `{prefix}:md:{pN}:{kind}`, and a message goes to the partition of its topic's
+    /// last segment ([`dualbus_core::partition`]). 1: one stream per kind.
+    pub partitions: u32,
     #[serde(flatten)]
     unknown: BTreeMap<String, toml::Value>,
 }
@@ -191,6 +203,7 @@ impl BusSection {
             maxlen: 1_000_000,
             connect_timeout_ms: 2_000,
             max_payload_bytes: 1 << 20,
+            partitions: 1,
             unknown: BTreeMap::new(),
         }
     }
@@ -776,6 +789,21 @@ impl Config {
                     "must be at least 1",
                 );
             }
+        }
+        let max = dualbus_core::partition::MAX_PARTITIONS;
+        if !(1..=max).contains(&self.md.partitions) {
+            bad(
+                "md.partitions",
+                &self.md.partitions,
+                &format!("expected 1 to {max}"),
+            );
+        }
+        if self.logic.partitions != 1 {
+            bad(
+                "logic.partitions",
+                &self.logic.partitions,
+                "only the MarketData bus is partitioned (by symbol): remove it or set 1",
+            );
         }
         let d = &self.delivery;
         if parse_mode(&d.mode).is_none() {

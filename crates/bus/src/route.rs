@@ -1,6 +1,7 @@
 //! The router: which bus and which stream a message travels on.
 
 use crate::config::{BusId, Config};
+use dualbus_core::partition::{partition_of, symbol_of};
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{EventKind, Priority};
 use parking_lot::RwLock;
@@ -44,11 +45,17 @@ pub fn is_priority(kind: &EventKind, prio: Priority) -> bool {
     kind.is_critical() || prio == Priority::Critical
 }
 
-/// Maps kinds to buses and stream keys (`{prefix}:{bus}:{kind}`), caching the keys.
+/// Maps kinds to buses and stream keys (`{prefix}:{bus}:{kind}`, and with partitions
+/// `{prefix}:md:{pN}:{kind}` on the MarketData bus), caching the keys.
 pub struct Router {
     prefix: Arc<str>,
     overrides: HashMap<EventKind, BusId>,
     known: Vec<[StreamKey; 2]>,
+    /// MarketData bus partitions (1: none).
+    partitions: u32,
+    /// With partitions: the keys of each known kind on the MarketData bus, per partition.
+    known_parts: Vec<Arc<[StreamKey]>>,
+    custom_parts: RwLock<HashMap<Arc<str>, Arc<[StreamKey]>>>,
     priority: [StreamKey; 2],
     dead: [StreamKey; 2],
     custom: RwLock<HashMap<Arc<str>, [StreamKey; 2]>>,
@@ -61,6 +68,7 @@ impl Router {
         let key = |bus: BusId, name: &str| -> StreamKey {
             Arc::from(format!("{prefix}:{}:{name}", bus.as_str()))
         };
+        let partitions = cfg.md.partitions.max(1);
         let overrides = cfg
             .routes
             .iter()
@@ -82,6 +90,16 @@ impl Router {
             ],
             dead: [key(BusId::MarketData, "dead"), key(BusId::Logic, "dead")],
             custom: RwLock::new(HashMap::new()),
+            known_parts: if partitions > 1 {
+                EventKind::KNOWN
+                    .iter()
+                    .map(|k| Arc::from(part_keys(&prefix, k.as_str(), partitions)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            custom_parts: RwLock::new(HashMap::new()),
+            partitions,
             overrides,
             prefix,
         }
@@ -121,6 +139,66 @@ impl Router {
         out
     }
 
+    /// How many partitions the MarketData bus has (1: none).
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// Whether `kind`'s normal lane is split by symbol: kinds on a partitioned MarketData bus.
+    pub fn is_partitioned(&self, kind: &EventKind) -> bool {
+        self.partitions > 1 && self.bus_of(kind) == BusId::MarketData
+    }
+
+    /// Every stream of `kind`'s normal lane on `bus`: one, or one per partition.
+    pub fn kind_streams(&self, bus: BusId, kind: &EventKind) -> Vec<StreamKey> {
+        if bus == BusId::MarketData && self.partitions > 1 {
+            self.partition_keys(kind).to_vec()
+        } else {
+            vec![self.kind_stream(bus, kind)]
+        }
+    }
+
+    /// The streams of `kind`'s normal lane on `bus` for the given partitions (all of them when
+    /// the bus has none).
+    pub fn kind_streams_in(&self, bus: BusId, kind: &EventKind, parts: &[u32]) -> Vec<StreamKey> {
+        if bus == BusId::MarketData && self.partitions > 1 {
+            let keys = self.partition_keys(kind);
+            parts
+                .iter()
+                .filter_map(|&p| keys.get(p as usize).cloned())
+                .collect()
+        } else {
+            vec![self.kind_stream(bus, kind)]
+        }
+    }
+
+    /// The stream of `kind` on `bus` for a message with this topic: its partition's stream when
+    /// the bus is partitioned.
+    pub fn kind_stream_for(&self, bus: BusId, kind: &EventKind, topic: &str) -> StreamKey {
+        if bus == BusId::MarketData && self.partitions > 1 {
+            let p = partition_of(symbol_of(topic), self.partitions) as usize;
+            if let Some(i) = EventKind::KNOWN.iter().position(|k| k == kind) {
+                return self.known_parts[i][p].clone();
+            }
+            self.partition_keys(kind)[p].clone()
+        } else {
+            self.kind_stream(bus, kind)
+        }
+    }
+
+    fn partition_keys(&self, kind: &EventKind) -> Arc<[StreamKey]> {
+        if let Some(i) = EventKind::KNOWN.iter().position(|k| k == kind) {
+            return self.known_parts[i].clone();
+        }
+        let name: Arc<str> = Arc::from(kind.as_str());
+        if let Some(keys) = self.custom_parts.read().get(&name) {
+            return keys.clone();
+        }
+        let keys: Arc<[StreamKey]> = Arc::from(part_keys(&self.prefix, &name, self.partitions));
+        self.custom_parts.write().insert(name, keys.clone());
+        keys
+    }
+
     /// The priority-lane stream of a bus.
     pub fn priority_stream(&self, bus: BusId) -> StreamKey {
         self.priority[bus.index()].clone()
@@ -156,7 +234,27 @@ impl Router {
         })
     }
 
-    /// Where a message of this kind and priority goes.
+    /// Where a message of this kind, priority and topic goes: as [`Router::route`], and on a
+    /// partitioned bus to its symbol's partition.
+    pub fn route_topic(&self, kind: &EventKind, prio: Priority, topic: &str) -> Route {
+        let bus = self.bus_of(kind);
+        if is_priority(kind, prio) {
+            Route {
+                bus,
+                lane: Lane::Priority,
+                stream: self.priority_stream(bus),
+            }
+        } else {
+            Route {
+                bus,
+                lane: Lane::Normal,
+                stream: self.kind_stream_for(bus, kind, topic),
+            }
+        }
+    }
+
+    /// Where a message of this kind and priority goes (on a partitioned bus, the stream of
+    /// partition 0: use [`Router::route_topic`] for messages).
     pub fn route(&self, kind: &EventKind, prio: Priority) -> Route {
         let bus = self.bus_of(kind);
         if is_priority(kind, prio) {
@@ -173,6 +271,14 @@ impl Router {
             }
         }
     }
+}
+
+/// The keys of a kind's stream on the MarketData bus, one per partition, each with its
+/// partition as the hash tag (`{prefix}:md:{p3}:{kind}`).
+fn part_keys(prefix: &str, kind: &str, partitions: u32) -> Vec<StreamKey> {
+    (0..partitions)
+        .map(|p| Arc::from(format!("{prefix}:md:{{p{p}}}:{kind}")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -217,5 +323,46 @@ mod tests {
             "dualbus:md:my_quotes"
         );
         assert_eq!(r.bus_of(&EventKind::PriceUpdate), BusId::Logic);
+    }
+
+    #[test]
+    fn partitions_split_the_market_data_streams_by_symbol() {
+        let mut cfg = Config::default();
+        cfg.md.partitions = 4;
+        let r = Router::new(&cfg);
+        let md = EventKind::MarketData;
+        let keys = r.kind_streams(BusId::MarketData, &md);
+        assert_eq!(
+            keys.iter().map(|k| &**k).collect::<Vec<_>>(),
+            [
+                "dualbus:md:{p0}:market_data",
+                "dualbus:md:{p1}:market_data",
+                "dualbus:md:{p2}:market_data",
+                "dualbus:md:{p3}:market_data"
+            ]
+        );
+        let p = partition_of("BTCUSDT", 4) as usize;
+        let route = r.route_topic(&md, Priority::Normal, "market_data.trade.BTCUSDT");
+        assert_eq!(route.stream, keys[p]);
+        // A custom kind on the MarketData bus is partitioned too; the Engine Logic bus never is.
+        cfg.routes.insert("my_quotes".into(), "md".into());
+        let r = Router::new(&cfg);
+        let q = EventKind::parse("my_quotes").unwrap();
+        assert_eq!(
+            &*r.route_topic(&q, Priority::Normal, "my_quotes.ETHUSDT")
+                .stream,
+            format!("dualbus:md:{{p{}}}:my_quotes", partition_of("ETHUSDT", 4))
+        );
+        assert!(r.is_partitioned(&q));
+        assert!(!r.is_partitioned(&EventKind::FeatureVector));
+        assert_eq!(
+            r.kind_streams(BusId::Logic, &EventKind::FeatureVector)
+                .len(),
+            1
+        );
+        assert_eq!(
+            &*r.kind_streams_in(BusId::MarketData, &md, &[1, 3])[1],
+            "dualbus:md:{p3}:market_data"
+        );
     }
 }

@@ -13,6 +13,7 @@
 //! * [`transport`]: the [`Transport`] and [`Subscriber`] traits, subscription options and the
 //!   error enums of each operation.
 //! * [`dedup`]: [`dedup::SourceDedup`], duplicate suppression by (`src`, `inst`, `seq`).
+//! * [`partition`]: the partition of a symbol and the Redis Cluster slot of a key.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kind;
+pub mod partition;
 pub mod topic;
 pub mod transport;
 

@@ -501,16 +501,18 @@ pub const WARM_MINUTE_WAIT: Duration = Duration::from_millis(100);
 async fn drained(
     ctx: &EngineContext,
     bus: dualbus_bus::BusId,
-    stream: &dualbus_core::transport::StreamKey,
+    streams: &[dualbus_core::transport::StreamKey],
     within: Duration,
 ) {
     let until = Instant::now() + within;
     let transport = ctx.bus().transport(bus);
-    while Instant::now() < until {
-        match transport.unread(stream).await {
-            Ok(0) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_micros(500)).await,
-            Err(_) => return,
+    for stream in streams {
+        while Instant::now() < until {
+            match transport.unread(stream).await {
+                Ok(0) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_micros(500)).await,
+                Err(_) => return,
+            }
         }
     }
 }
@@ -553,6 +555,8 @@ async fn warm(shared: &Shared, ctx: &EngineContext) {
     // One minute (bars of one start time) per batch; in lockstep (a gate) the gate paces.
     let paced = shared.opts.gate.is_none();
     let route = bus.route(&EventKind::MarketData, Priority::Normal);
+    // Every partition's stream (one without `[md] partitions`).
+    let streams = bus.router().kind_streams(route.bus, &EventKind::MarketData);
     let mut rest = envs.into_iter().peekable();
     while let Some((ts, first)) = rest.next() {
         let mut minute = vec![first];
@@ -568,7 +572,7 @@ async fn warm(shared: &Shared, ctx: &EngineContext) {
             Err(e) => tracing::warn!(error = %e, "warm-up bars not published"),
         }
         if paced && rest.peek().is_some() {
-            drained(ctx, route.bus, &route.stream, WARM_MINUTE_WAIT).await;
+            drained(ctx, route.bus, &streams, WARM_MINUTE_WAIT).await;
             tokio::time::sleep_until((sent + WARM_MINUTE_GAP).into()).await;
         }
     }

@@ -205,6 +205,13 @@ pub struct EngineSetup {
     pub thread: EngineThread,
 }
 
+/// Engines whose state is per symbol and whose every input is on the MarketData bus, so
+/// instances may share the symbols (`dualbus engine NAME --partition K/N`): each instance reads
+/// some partitions of a partitioned MarketData bus. The others need every symbol (factor,
+/// strategy, risk, portfolio, ...) or read Engine Logic streams that are not partitioned
+/// (ml, enhanced_vpin), and read everything.
+pub const PER_SYMBOL: &[&str] = &["features", "vpin"];
+
 /// Starts the engine called `name` on `bus` (whose `src` should be `name`). The MarketData hub
 /// also returns its handle.
 ///

@@ -217,7 +217,7 @@ pub async fn bus_group_rows(bus: &DualBus) -> Vec<GroupRow> {
         let router = bus.router();
         let mut streams: Vec<StreamKey> = EventKind::KNOWN
             .iter()
-            .map(|k| router.kind_stream(b, k))
+            .flat_map(|k| router.kind_streams(b, k))
             .collect();
         streams.push(router.priority_stream(b));
         let transport = bus.transport(b).clone();

@@ -897,3 +897,131 @@ pub async fn new_group_starts_at_newest_or_oldest(f: &dyn TransportFactory) {
     assert_eq!(oldest.ns(), vec![0, 1, 2, 3]);
     assert_eq!(newest.ns(), vec![3]);
 }
+
+/// `[md] partitions = 4`: the hub's market data goes to one stream per partition, each
+/// symbol's messages to its partition's stream; two instances of one group reading two
+/// partitions each handle every message exactly once between them, each symbol in one instance
+/// and in order; a group reading every partition gets everything, in order per symbol.
+pub async fn partitions_split_symbols_between_instances(f: &dyn TransportFactory) {
+    use dualbus_core::partition::partition_of;
+    let pair = f.pair().await;
+    let mut cfg = pair.config();
+    cfg.md.partitions = 4;
+    let hub = pair.bus_with("hub", "hub-1", cfg.clone());
+    let symbols: Vec<String> = (0..12).map(|i| format!("SYM{i}USDT")).collect();
+    let mut instances = Vec::new();
+    let mut subs = Vec::new();
+    for (k, parts) in [(1, vec![0, 2]), (2, vec![1, 3])] {
+        let rec = Recorder::default();
+        let bus = pair
+            .bus_with("features", &format!("features-{k}"), cfg.clone())
+            .reading_partitions(&parts)
+            .unwrap();
+        subs.push(
+            bus.subscribe(opts("features", &["market_data.>"]), rec.handler())
+                .await
+                .unwrap(),
+        );
+        instances.push((parts, rec));
+    }
+    let all = Recorder::default();
+    let risk = pair.bus_with("risk", "risk-1", cfg.clone());
+    subs.push(
+        risk.subscribe(opts("risk", &["market_data.>"]), all.handler())
+            .await
+            .unwrap(),
+    );
+    // A probe group on each partition's stream: it holds its symbols only.
+    let mut probes = Vec::new();
+    for p in 0..4usize {
+        let stream = hub
+            .router()
+            .kind_streams(BusId::MarketData, &EventKind::MarketData)[p]
+            .clone();
+        assert_eq!(
+            &*stream,
+            format!("{}:md:{{p{p}}}:market_data", hub.config().prefix)
+        );
+        let spec = SubscribeSpec::new(
+            format!("probe-{p}"),
+            "probe-1",
+            vec![stream],
+            hub.router().dead_stream(BusId::MarketData),
+        );
+        probes.push(pair.md.subscribe(spec).await.unwrap());
+    }
+    settle().await;
+    // Batches that mix every symbol, as the hub publishes them.
+    const PER_SYMBOL: u64 = 40;
+    for n in 0..PER_SYMBOL {
+        let batch = symbols
+            .iter()
+            .map(|s| {
+                hub.envelope(
+                    EventKind::MarketData,
+                    &format!("market_data.trade.{s}"),
+                    Priority::Normal,
+                    &json!({ "n": n }),
+                )
+                .unwrap()
+            })
+            .collect();
+        hub.publish_batch(batch).await.unwrap();
+    }
+    let total = PER_SYMBOL as usize * symbols.len();
+    wait_until("both instances and risk have every message", LIMIT, || {
+        instances.iter().map(|(_, r)| r.len()).sum::<usize>() >= total && all.len() >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let per_symbol = |msgs: &[Envelope]| -> HashMap<String, Vec<u64>> {
+        let mut m: HashMap<String, Vec<u64>> = HashMap::new();
+        for e in msgs {
+            let sym = e.topic.as_str().rsplit('.').next().unwrap().to_string();
+            m.entry(sym).or_default().push(n_of(e));
+        }
+        m
+    };
+    let in_order: Vec<u64> = (0..PER_SYMBOL).collect();
+    let mut seen = HashSet::new();
+    for (parts, rec) in &instances {
+        let got = per_symbol(&rec.all());
+        for (sym, ns) in &got {
+            assert!(
+                parts.contains(&partition_of(sym, 4)),
+                "{sym} (partition {}) reached the instance of partitions {parts:?}",
+                partition_of(sym, 4)
+            );
+            assert_eq!(ns, &in_order, "{sym}: every message once, in order");
+            assert!(seen.insert(sym.clone()), "{sym} handled by two instances");
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        symbols.len(),
+        "every symbol handled by one instance"
+    );
+    let got = per_symbol(&all.all());
+    assert_eq!(got.len(), symbols.len());
+    for (sym, ns) in got {
+        assert_eq!(
+            ns, in_order,
+            "{sym}: the group reading everything, in order"
+        );
+    }
+    for (p, sub) in probes.iter_mut().enumerate() {
+        let expected = symbols
+            .iter()
+            .filter(|s| partition_of(s, 4) == p as u32)
+            .count()
+            * PER_SYMBOL as usize;
+        let got = read_n(sub, expected).await;
+        assert!(got.iter().all(|d| {
+            partition_of(d.envelope.topic.as_str().rsplit('.').next().unwrap(), 4) == p as u32
+        }));
+    }
+    assert!(
+        hub.reading_partitions(&[4]).is_err(),
+        "partition 4 of 4 refused"
+    );
+}

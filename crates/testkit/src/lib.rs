@@ -171,7 +171,8 @@ macro_rules! conformance_suite {
             request_reply,
             request_timeout,
             msgpack_and_json_decode_by_envelope,
-            new_group_starts_at_newest_or_oldest
+            new_group_starts_at_newest_or_oldest,
+            partitions_split_symbols_between_instances
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {

@@ -105,7 +105,16 @@ fn pattern_kind(pattern: &str) -> Option<EventKind> {
 fn engine_rules(d: &Declaration, router: &Router) -> String {
     let prefix = glob_escape(router.prefix());
     let buses = [BusId::MarketData, BusId::Logic];
-    let stream = |k: &EventKind| glob_escape(&router.kind_stream(router.bus_of(k), k));
+    // A kind's stream, and on the MarketData bus its partitions' streams (`[md] partitions`,
+    // `{prefix}:md:{pN}:{kind}`), whatever the partitions the servers are later used with.
+    let streams = |k: &EventKind| -> Vec<String> {
+        let bus = router.bus_of(k);
+        let mut out = vec![glob_escape(&router.kind_stream(bus, k))];
+        if bus == BusId::MarketData {
+            out.push(format!("{prefix}:md:{{p*}}:{}", glob_escape(k.as_str())));
+        }
+        out
+    };
     // Read: the subscribed kinds' streams, both priority lanes, its own reply streams.
     let mut read = BTreeSet::new();
     let mut takes_requests = false;
@@ -114,7 +123,7 @@ fn engine_rules(d: &Declaration, router: &Router) -> String {
             Some(k) => {
                 takes_requests |=
                     matches!(k, EventKind::Custom(_)) && k.as_str().ends_with("_request");
-                read.insert(stream(&k));
+                read.extend(streams(&k));
             }
             None => {
                 read.insert(format!("{prefix}:*"));
@@ -135,7 +144,7 @@ fn engine_rules(d: &Declaration, router: &Router) -> String {
     let mut kinds = d.publishes.clone();
     kinds.push(EventKind::EngineHealth);
     for k in &kinds {
-        write.insert(stream(k));
+        write.extend(streams(k));
         if k.is_critical() {
             for b in buses {
                 write.insert(glob_escape(&router.priority_stream(b)));

@@ -761,7 +761,7 @@ fn streams(root: &DualBus) -> Vec<(BusId, StreamKey)> {
     let mut out = Vec::new();
     for bus in [BusId::MarketData, BusId::Logic] {
         for kind in EventKind::KNOWN.iter() {
-            out.push((bus, router.kind_stream(bus, kind)));
+            out.extend(router.kind_streams(bus, kind).into_iter().map(|s| (bus, s)));
         }
         out.push((bus, router.priority_stream(bus)));
     }

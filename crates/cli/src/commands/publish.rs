@@ -84,7 +84,7 @@ pub fn run(args: PublishArgs, global: &Global) -> anyhow::Result<()> {
     );
     runtime(1)?.block_on(async move {
         let bus = super::connect_buses(&args.src, cfg).await?;
-        let route = bus.route(&kind, prio);
+        let route = bus.route_topic(&kind, prio, topic.as_str());
         let n = args.count.unwrap_or(1);
         let start = Instant::now();
         let mut last_report = Instant::now();

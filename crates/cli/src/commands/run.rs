@@ -715,8 +715,70 @@ pub struct EngineArgs {
     /// Print the final counts as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Take only partitions K, K+N, K+2N, ... (counting from 1) of the MarketData bus's
+    /// `[md] partitions`: N instances started with 1/N .. N/N share the symbols, each symbol
+    /// handled by one of them and in order. Per-symbol engines only (features, vpin).
+    #[arg(long, value_name = "K/N", conflicts_with = "symbols")]
+    pub partition: Option<String>,
+    /// Take only the partitions of these symbols (comma-separated); other symbols that share
+    /// those partitions come too (the command lists the partitions it reads).
+    #[arg(long, value_name = "SYMBOLS", value_delimiter = ',')]
+    pub symbols: Option<Vec<String>>,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// The MarketData partitions `--partition K/N` or `--symbols` select, among `partitions`.
+pub fn selected_partitions(
+    name: &str,
+    partition: Option<&str>,
+    symbols: Option<&[String]>,
+    partitions: u32,
+) -> anyhow::Result<Option<Vec<u32>>> {
+    use dualbus_core::partition::{partition_of, partitions_of_instance};
+    if partition.is_none() && symbols.is_none() {
+        return Ok(None);
+    }
+    if !system::PER_SYMBOL.contains(&name) {
+        bail!(
+            "engine {name} reads every symbol, so it cannot take a share of them; --partition \
+             and --symbols apply to {}",
+            system::PER_SYMBOL.join(", ")
+        );
+    }
+    if partitions < 2 {
+        bail!(
+            "the MarketData bus is not partitioned ([md] partitions = {partitions}): set \
+             [md] partitions in dualbus.toml (or DUALBUS_MD_PARTITIONS) to 2 or more, the same \
+             for every process, before sharing symbols between instances"
+        );
+    }
+    if let Some(spec) = partition {
+        let parsed = spec.split_once('/').and_then(|(k, n)| {
+            Some((k.trim().parse::<u32>().ok()?, n.trim().parse::<u32>().ok()?))
+        });
+        let Some((k, n)) = parsed.filter(|(k, n)| *n >= 1 && (1..=*n).contains(k)) else {
+            bail!("--partition {spec:?}: expected K/N with 1 <= K <= N, as in 2/4");
+        };
+        if n > partitions {
+            bail!(
+                "--partition {spec}: {n} instances for {partitions} partitions would leave \
+                 some instances nothing; use at most {partitions} instances or raise [md] partitions"
+            );
+        }
+        return Ok(Some(partitions_of_instance(k, n, partitions)));
+    }
+    let symbols = symbols.unwrap_or_default();
+    if let Some(bad) = symbols.iter().find(|s| s.trim().is_empty()) {
+        bail!("--symbols: empty symbol in {bad:?}");
+    }
+    let mut parts: Vec<u32> = symbols
+        .iter()
+        .map(|s| partition_of(s.trim(), partitions))
+        .collect();
+    parts.sort_unstable();
+    parts.dedup();
+    Ok(Some(parts))
 }
 
 /// Runs `dualbus engine NAME`.
@@ -756,7 +818,22 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
             earlier_groups(&root, global, std::slice::from_ref(&name), args.fresh, args.json)
                 .await?;
         }
-        let bus = root.sibling(&name, &inst)?;
+        let mut bus = root.sibling(&name, &inst)?;
+        let parts = selected_partitions(
+            &name,
+            args.partition.as_deref(),
+            args.symbols.as_deref(),
+            bus.config().md.partitions,
+        )?;
+        if let Some(parts) = &parts {
+            bus = bus.reading_partitions(parts)?;
+            if !args.json {
+                eprintln!(
+                    "{inst} reads MarketData partitions {parts:?} of {}",
+                    bus.config().md.partitions
+                );
+            }
+        }
         let metrics = Arc::new(BusMetrics::default());
         let (running, hub) = system::start_engine(
             &name,
@@ -798,7 +875,7 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
         if args.json {
             println!(
                 "{}",
-                json!({"engine": name, "instance": inst, "stopped": why, "received": counts.received, "published": counts.published})
+                json!({"engine": name, "instance": inst, "partitions": parts, "stopped": why, "received": counts.received, "published": counts.published})
             );
         } else {
             println!("engine {name} stopped ({why})");
@@ -807,4 +884,41 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::selected_partitions;
+
+    #[test]
+    fn partition_flags_select_partitions_or_say_what_is_wrong() {
+        assert_eq!(
+            selected_partitions("features", None, None, 8).unwrap(),
+            None
+        );
+        assert_eq!(
+            selected_partitions("features", Some("2/4"), None, 8).unwrap(),
+            Some(vec![1, 5])
+        );
+        let btc = dualbus_core::partition::partition_of("BTCUSDT", 8);
+        assert_eq!(
+            selected_partitions("vpin", None, Some(&["BTCUSDT".into(), "BTCUSDT".into()]), 8)
+                .unwrap(),
+            Some(vec![btc])
+        );
+        let err = |r: anyhow::Result<Option<Vec<u32>>>| r.unwrap_err().to_string();
+        assert!(err(selected_partitions("risk", Some("1/2"), None, 8))
+            .contains("engine risk reads every symbol"));
+        assert!(err(selected_partitions("features", Some("1/2"), None, 1))
+            .contains("[md] partitions = 1"));
+        for bad in ["0/2", "3/2", "x/2", "2", "1/0"] {
+            assert!(
+                err(selected_partitions("features", Some(bad), None, 8))
+                    .contains(&format!("--partition {bad:?}: expected K/N")),
+                "{bad}"
+            );
+        }
+        assert!(err(selected_partitions("features", Some("1/9"), None, 8))
+            .contains("9 instances for 8 partitions"));
+    }
 }
