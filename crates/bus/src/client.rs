@@ -612,9 +612,19 @@ pub fn tls_config(cfg: &Config) -> Result<Option<dualbus_redis::TlsConfig>, BusE
 /// [`BusError::Connect`] naming the bus and address that could not be reached.
 pub async fn connect_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusError> {
     if cfg.transport == "redis" {
-        let md = RedisTransport::connect(redis_options(cfg, BusId::MarketData)?).await?;
-        let logic = RedisTransport::connect(redis_options(cfg, BusId::Logic)?).await?;
-        Ok([Arc::new(md), Arc::new(logic)])
+        // A single server (`redis://`) or a Redis Cluster (`redis+cluster://`) per bus.
+        async fn one(cfg: &Config, bus: BusId) -> Result<Arc<dyn Transport>, BusError> {
+            let opts = redis_options(cfg, bus)?;
+            Ok(if dualbus_redis::is_cluster_url(&opts.url) {
+                Arc::new(dualbus_redis::ClusterTransport::connect(opts).await?)
+            } else {
+                Arc::new(RedisTransport::connect(opts).await?)
+            })
+        }
+        Ok([
+            one(cfg, BusId::MarketData).await?,
+            one(cfg, BusId::Logic).await?,
+        ])
     } else {
         default_transports(cfg)
     }

@@ -751,6 +751,15 @@ impl Config {
             // fail later, and a TLS address that skips verification protects nothing.
             let why = if b.url.starts_with("redis://") {
                 None
+            } else if dualbus_redis::is_cluster_url(&b.url) {
+                match dualbus_redis::cluster::seed_urls(&b.url) {
+                    Ok(_) if b.url.contains("insecure") => Some(
+                        "TLS without verifying the server (#insecure) is refused: give the CA \
+                         that signed its certificate in [tls] ca_file (docs/security.md)",
+                    ),
+                    Ok(_) => None,
+                    Err(_) => Some("expected redis+cluster://host:port,host:port"),
+                }
             } else if b.url.starts_with("rediss://") {
                 b.url.contains("insecure").then_some(
                     "TLS without verifying the server (#insecure) is refused: give the CA that \
@@ -759,7 +768,7 @@ impl Config {
             } else if b.url.starts_with("unix://") || b.url.starts_with("redis+unix://") {
                 Some("unix sockets are not supported: use redis://host:port")
             } else {
-                Some("expected redis://host:port")
+                Some("expected redis://host:port (or redis+cluster://host:port,host:port)")
             };
             if let Some(why) = why {
                 bad(

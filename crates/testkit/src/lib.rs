@@ -22,7 +22,7 @@ pub mod conformance;
 pub mod redis_server;
 pub mod stress;
 
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisCluster, RedisServer};
 
 use async_trait::async_trait;
 use dualbus_bus::{Config, DualBus};

@@ -111,7 +111,7 @@ impl RedisServer {
     }
 
     fn start_on_with(port: u16, args: &[&str], tls: bool) -> std::io::Result<RedisServer> {
-        let dir = std::env::temp_dir().join(format!("dualbus-redis-{}-{port}", std::process::id()));
+        let dir = node_dir(port);
         std::fs::create_dir_all(&dir)?;
         let mut server = RedisServer {
             child: None,
@@ -247,4 +247,187 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A local Redis Cluster for tests: `masters` masters, each with one replica, on free loopback
+/// ports (each node's cluster bus on its port + 10000), every node killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    masters: usize,
+}
+
+/// A port that is free, and whose cluster bus port (+10000) is free too.
+fn free_cluster_port(taken: &[u16]) -> std::io::Result<u16> {
+    for _ in 0..1000 {
+        let port = free_port()?;
+        if port > 55_000 || taken.contains(&port) || taken.contains(&(port + 10_000)) {
+            // An ephemeral port high enough that its bus port does not exist: pick from a
+            // range below instead.
+            let alt = 20_000 + (port % 30_000);
+            if !taken.contains(&alt)
+                && TcpListener::bind(("127.0.0.1", alt)).is_ok()
+                && TcpListener::bind(("127.0.0.1", alt + 10_000)).is_ok()
+                && !RESERVED.contains(&alt)
+            {
+                return Ok(alt);
+            }
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free pair of ports for a cluster node",
+    ))
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters and as many replicas (`cluster-node-timeout` 1000 ms), forms
+    /// the cluster with `redis-cli --cluster create`, and waits until every node reports
+    /// `cluster_state:ok`.
+    ///
+    /// # Errors
+    /// When a node does not start or the cluster does not form within 30 s.
+    pub fn start(masters: usize) -> std::io::Result<RedisCluster> {
+        let mut nodes: Vec<RedisServer> = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..2 * masters {
+            let port = free_cluster_port(&ports)?;
+            ports.push(port);
+            let log = node_dir(port).join("redis.log");
+            std::fs::create_dir_all(node_dir(port))?;
+            nodes.push(RedisServer::start_on_with(
+                port,
+                &[
+                    "--logfile",
+                    &log.to_string_lossy(),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                    // Replicas copy their master at once (the default waits 5 s for others).
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ],
+                false,
+            )?);
+        }
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        let cluster = RedisCluster { nodes, masters };
+        cluster.wait_ready(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` and every running replica has
+    /// copied its master (`master_link_status:up`): before that a replica cannot take over.
+    ///
+    /// # Errors
+    /// When they do not within `within`.
+    pub fn wait_ready(&self, within: Duration) -> std::io::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                cluster_info(n.port).is_some_and(|i| i.contains("cluster_state:ok"))
+                    && replication(n.port).is_some_and(|r| {
+                        r.contains("role:master") || r.contains("master_link_status:up")
+                    })
+            });
+            if ok {
+                return Ok(());
+            }
+            if t0.elapsed() > within {
+                return Err(std::io::Error::other(format!(
+                    "the cluster is not ready after {within:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The URL of the cluster for the bus: `redis+cluster://` and the first masters' addresses.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self.nodes[..self.masters]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// Every node's port, masters first as created.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// The port of the master now serving `slot` (asked of a running node).
+    pub fn master_of(&self, slot: u16) -> Option<u16> {
+        let n = self.nodes.iter().find(|n| n.child.is_some())?;
+        let out = Command::new("redis-cli")
+            .args(["-p", &n.port.to_string(), "CLUSTER", "SLOTS"])
+            .output()
+            .ok()?;
+        // Lines: first, last, ip, port, id, (replicas)... per range.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let mut i = 0;
+        while i + 3 < lines.len() {
+            if let (Ok(first), Ok(last)) = (lines[i].parse::<u16>(), lines[i + 1].parse::<u16>()) {
+                if (first..=last).contains(&slot) {
+                    return lines[i + 3].parse().ok();
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The log of the node on `port`.
+    pub fn log(&self, port: u16) -> String {
+        std::fs::read_to_string(node_dir(port).join("redis.log")).unwrap_or_default()
+    }
+
+    /// Kills the node on `port` at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            n.kill();
+        }
+    }
+}
+
+/// The working directory of the test server on `port`.
+fn node_dir(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("dualbus-redis-{}-{port}", std::process::id()))
+}
+
+/// `INFO replication` of the node on `port`.
+fn replication(port: u16) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "replication"])
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `CLUSTER INFO` of the node on `port`.
+fn cluster_info(port: u16) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }

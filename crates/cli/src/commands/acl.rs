@@ -49,8 +49,9 @@ pub const ACL_FILE: &str = "users.acl";
 /// The passwords' directory in `redis up --dir` (one file per user, mode 0600).
 pub const SECRETS: &str = "secrets";
 
-/// Commands every user needs to connect and stay connected.
-const CONNECTION: &str = "+ping +hello +auth +select +client|setname";
+/// Commands every user needs to connect and stay connected (and, on a Redis Cluster, to learn
+/// which node serves which slot).
+const CONNECTION: &str = "+ping +hello +auth +select +client|setname +cluster|slots";
 /// What a reader does on the streams it reads.
 const READ: &str = "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create \
                     +xgroup|createconsumer +xgroup|setid +xrange +xrevrange";
@@ -65,7 +66,9 @@ pub fn rules(cfg: &Config) -> Vec<(String, String)> {
     for d in declarations() {
         out.push((d.engine.to_string(), engine_rules(&d, &router)));
     }
-    let all = format!("~{}:*", glob_escape(router.prefix()));
+    // Every stream, and the bounds hashes beside them (`{stream}#groups`).
+    let prefix = glob_escape(router.prefix());
+    let all = format!("~{prefix}:* ~{{{prefix}:*");
     out.push((
         SYSTEM.to_string(),
         format!(
@@ -159,18 +162,24 @@ fn engine_rules(d: &Declaration, router: &Router) -> String {
         // A replier enforces the reply streams' queue bounds like any publisher.
         write.insert(format!("{prefix}:*:reply:*"));
     }
-    let keys = |set: &mut dyn Iterator<Item = &String>, suffix: &str| -> String {
+    let keys = |set: &mut dyn Iterator<Item = &String>, bounds: bool| -> String {
         let mut s = String::new();
         for k in set {
-            let _ = write!(s, "~{k}{suffix} ");
+            // A stream's bounds hash is in its hash slot: `{stream}#groups` for a key without a
+            // hash tag, `stream#groups` for one with (the partitions' `{pN}`).
+            let _ = match (bounds, k.contains('{')) {
+                (false, _) => write!(s, "~{k} "),
+                (true, true) => write!(s, "~{k}#groups "),
+                (true, false) => write!(s, "~{{{k}}}#groups "),
+            };
         }
         s
     };
-    let read_keys = keys(&mut read.iter().chain(own_replies.iter()), "");
-    let read_bounds = keys(&mut read.iter().chain(own_replies.iter()), "#groups");
-    let write_keys = keys(&mut write.iter(), "");
-    let write_bounds = keys(&mut write.iter(), "#groups");
-    let append_keys = keys(&mut append_only.iter(), "");
+    let read_keys = keys(&mut read.iter().chain(own_replies.iter()), false);
+    let read_bounds = keys(&mut read.iter().chain(own_replies.iter()), true);
+    let write_keys = keys(&mut write.iter(), false);
+    let write_bounds = keys(&mut write.iter(), true);
+    let append_keys = keys(&mut append_only.iter(), false);
     format!(
         "on resetkeys resetchannels -@all {CONNECTION} \
          (~{prefix}:* +xinfo|groups +xlen) \

@@ -55,7 +55,8 @@ pub struct ProviderArgs {
     /// synthetic: inject a flash crash this long into the data (data time), e.g. `30m`.
     #[arg(long, value_name = "AT")]
     pub flash_crash: Option<String>,
-    /// synthetic: only these symbols; binance: the symbols to stream (comma-separated).
+    /// synthetic: only these symbols; binance: the symbols to stream (comma-separated). For
+    /// `dualbus engine features|vpin`: take only these symbols' partitions (see --partition).
     #[arg(long, value_delimiter = ',')]
     pub symbols: Vec<String>,
 }

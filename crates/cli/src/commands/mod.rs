@@ -12,6 +12,7 @@ pub(crate) mod plot;
 pub mod progress;
 pub mod publish;
 pub mod redis;
+pub mod redis_cluster;
 pub mod run;
 pub mod stats;
 pub mod stress;
@@ -165,6 +166,26 @@ impl Global {
         };
         for url in [&mut cfg.md.url, &mut cfg.logic.url] {
             let shown = dualbus_core::redact_url(url);
+            if dualbus_redis::is_cluster_url(url) {
+                // `redis+cluster://a:1,b:2` is no URL a parser takes: insert the credentials,
+                // percent-encoded as in any URL, before the node list.
+                let (scheme, rest) = url.split_once("://").expect("a cluster URL");
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+                if authority.contains('@') {
+                    continue;
+                }
+                let mut probe = url::Url::parse("redis://h").expect("a valid URL");
+                probe
+                    .set_username(&name)
+                    .and_then(|()| probe.set_password(Some(&password)))
+                    .map_err(|()| anyhow::anyhow!("bus address {shown} cannot take a user"))?;
+                *url = format!(
+                    "{scheme}://{}:{}@{rest}",
+                    probe.username(),
+                    probe.password().unwrap_or("")
+                );
+                continue;
+            }
             let mut parsed = url::Url::parse(url)
                 .map_err(|e| anyhow::anyhow!("bad bus address {shown}: {e}"))?;
             if !parsed.username().is_empty() || parsed.password().is_some() {

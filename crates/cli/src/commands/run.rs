@@ -718,12 +718,10 @@ pub struct EngineArgs {
     /// Take only partitions K, K+N, K+2N, ... (counting from 1) of the MarketData bus's
     /// `[md] partitions`: N instances started with 1/N .. N/N share the symbols, each symbol
     /// handled by one of them and in order. Per-symbol engines only (features, vpin).
-    #[arg(long, value_name = "K/N", conflicts_with = "symbols")]
+    /// (`--symbols A,B` instead: take only the partitions of these symbols; other symbols that
+    /// share those partitions come too, and the command lists the partitions it reads.)
+    #[arg(long, value_name = "K/N")]
     pub partition: Option<String>,
-    /// Take only the partitions of these symbols (comma-separated); other symbols that share
-    /// those partitions come too (the command lists the partitions it reads).
-    #[arg(long, value_name = "SYMBOLS", value_delimiter = ',')]
-    pub symbols: Option<Vec<String>>,
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
@@ -819,10 +817,16 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
                 .await?;
         }
         let mut bus = root.sibling(&name, &inst)?;
+        // `--symbols` names the hub's universe for marketdata, a share of it for the others.
+        let symbols = (name != "marketdata" && !args.provider.symbols.is_empty())
+            .then_some(args.provider.symbols.as_slice());
+        if args.partition.is_some() && symbols.is_some() {
+            bail!("give --partition or --symbols, not both");
+        }
         let parts = selected_partitions(
             &name,
             args.partition.as_deref(),
-            args.symbols.as_deref(),
+            symbols,
             bus.config().md.partitions,
         )?;
         if let Some(parts) = &parts {

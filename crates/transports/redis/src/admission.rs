@@ -23,9 +23,23 @@ use std::time::{Duration, Instant};
 /// How long a publisher trusts its copy of a stream's group bounds.
 const POLICY_TTL: Duration = Duration::from_millis(500);
 
-/// The hash holding the bounds of a stream's groups.
+/// The hash holding the bounds of a stream's groups, in the stream's Redis Cluster hash slot
+/// (admission reads both in one round trip to the stream's node): `{stream}#groups` for a key
+/// with a hash tag (`dualbus:md:{p3}:market_data#groups`), else the stream as the tag
+/// (`{dualbus:md:market_data}#groups`).
 pub(crate) fn bounds_key(stream: &str) -> String {
-    format!("{stream}#groups")
+    if has_hash_tag(stream) {
+        format!("{stream}#groups")
+    } else {
+        format!("{{{stream}}}#groups")
+    }
+}
+
+/// Whether a key has a Redis Cluster hash tag (a non-empty `{...}`).
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|close| close > 0)
 }
 
 /// Encodes a bound for the hash: `{bound} {policy}`.
@@ -288,4 +302,23 @@ async fn drop_oldest(
         );
     }
     Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_live_in_their_streams_slot() {
+        use dualbus_core::partition::slot_of;
+        for stream in ["dualbus:md:market_data", "dualbus:md:{p3}:market_data"] {
+            let key = bounds_key(stream);
+            assert!(key.ends_with("#groups"), "{key}");
+            assert_eq!(slot_of(key.as_bytes()), slot_of(stream.as_bytes()), "{key}");
+        }
+        assert_eq!(
+            bounds_key("dualbus:md:market_data"),
+            "{dualbus:md:market_data}#groups"
+        );
+    }
 }

@@ -15,18 +15,24 @@
 //! # Keys
 //!
 //! The bus chooses stream keys (`{prefix}:{bus}:{kind}`); this transport adds one hash per
-//! stream, `{stream}#groups`, where each reliable group records its queue bound and policy so
-//! that publishers in other processes can honour them.
+//! stream, `{stream}#groups` (in the stream's hash slot: see `admission::bounds_key`), where
+//! each reliable group records its queue bound and policy so that publishers in other processes
+//! can honour them.
+//!
+//! [`ClusterTransport`] (`redis+cluster://`) runs one [`RedisTransport`] per master of a Redis
+//! Cluster and sends each stream's commands to the master of its hash slot.
 
 #![forbid(unsafe_code)]
 
 mod admission;
+pub mod cluster;
 mod reply;
 mod resp;
 mod subscriber;
 mod tls;
 mod writer;
 
+pub use cluster::{is_cluster_url, ClusterTransport};
 pub use tls::{client, TlsConfig};
 
 /// For the fuzz targets (`fuzz/`) and the property tests only: not a stable API.
