@@ -605,6 +605,20 @@ pub fn tls_config(cfg: &Config) -> Result<Option<dualbus_redis::TlsConfig>, BusE
     .map_err(|e| BusError::Config(format!("[tls]: {e}")))
 }
 
+/// Connects the Redis transport of one bus: a single server (`redis://`) or a Redis Cluster
+/// (`redis+cluster://`).
+///
+/// # Errors
+/// [`BusError::Connect`] naming the bus and address that could not be reached.
+pub async fn connect_transport(cfg: &Config, bus: BusId) -> Result<Arc<dyn Transport>, BusError> {
+    let opts = redis_options(cfg, bus)?;
+    Ok(if dualbus_redis::is_cluster_url(&opts.url) {
+        Arc::new(dualbus_redis::ClusterTransport::connect(opts).await?)
+    } else {
+        Arc::new(RedisTransport::connect(opts).await?)
+    })
+}
+
 /// Creates the transports the config asks for: embedded ones, or connections to both Redis
 /// servers.
 ///
@@ -612,18 +626,9 @@ pub fn tls_config(cfg: &Config) -> Result<Option<dualbus_redis::TlsConfig>, BusE
 /// [`BusError::Connect`] naming the bus and address that could not be reached.
 pub async fn connect_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusError> {
     if cfg.transport == "redis" {
-        // A single server (`redis://`) or a Redis Cluster (`redis+cluster://`) per bus.
-        async fn one(cfg: &Config, bus: BusId) -> Result<Arc<dyn Transport>, BusError> {
-            let opts = redis_options(cfg, bus)?;
-            Ok(if dualbus_redis::is_cluster_url(&opts.url) {
-                Arc::new(dualbus_redis::ClusterTransport::connect(opts).await?)
-            } else {
-                Arc::new(RedisTransport::connect(opts).await?)
-            })
-        }
         Ok([
-            one(cfg, BusId::MarketData).await?,
-            one(cfg, BusId::Logic).await?,
+            connect_transport(cfg, BusId::MarketData).await?,
+            connect_transport(cfg, BusId::Logic).await?,
         ])
     } else {
         default_transports(cfg)

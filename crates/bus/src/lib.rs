@@ -43,9 +43,9 @@ pub mod fuzzing;
 pub mod route;
 
 pub use client::{
-    connect_transports, default_transports, handler_fn, redis_options, BusCounters, BusError,
-    DualBus, DualBusBuilder, FnHandler, Handler, HandlerError, RequestError, SubscribeOptions,
-    Subscription, SubscriptionStats,
+    connect_transport, connect_transports, default_transports, handler_fn, redis_options,
+    BusCounters, BusError, DualBus, DualBusBuilder, FnHandler, Handler, HandlerError, RequestError,
+    SubscribeOptions, Subscription, SubscriptionStats,
 };
 pub use config::{BusId, Config, ConfigError};
 pub use failover::{FailoverCounters, FailoverSettings};

@@ -400,6 +400,17 @@ pub trait Subscriber: Send {
     /// [`ReceiveError`] when the transport is closed or the broker fails.
     async fn next_batch(&mut self, max: usize) -> Result<Batch, ReceiveError>;
 
+    /// One read: as [`Subscriber::next_batch`], but may return an empty batch when nothing
+    /// arrived within the transport's own wait (at most about a second), so that a caller that
+    /// owns the subscriber in a task of its own can apply acknowledgements between reads. The
+    /// default waits for a message.
+    ///
+    /// # Errors
+    /// As [`Subscriber::next_batch`].
+    async fn read_once(&mut self, max: usize) -> Result<Batch, ReceiveError> {
+        self.next_batch(max).await
+    }
+
     /// Acknowledges handled messages (`(stream index, id)`). A transport may batch
     /// acknowledgements and send them with its next read (see [`Subscriber::close`]).
     ///

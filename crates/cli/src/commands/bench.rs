@@ -11,14 +11,11 @@ use super::Global;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use dualbus_bus::{
-    redis_options, BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions, Subscription,
-};
+use dualbus_bus::{BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
 use dualbus_core::{
     now_unix_nanos, Backpressure, Encoding, Envelope, EventKind, Mode, Priority, Topic, Transport,
 };
 use dualbus_memory::{MemoryOptions, MemoryTransport};
-use dualbus_redis::RedisTransport;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -278,18 +275,16 @@ impl Rig {
                 // A private prefix: a run never meets another run's streams or groups.
                 cfg.prefix = format!("bench{}", std::process::id());
                 cfg.transport = "redis".into();
-                let md = RedisTransport::connect(redis_options(&cfg, BusId::MarketData)?)
+                let md_t = dualbus_bus::connect_transport(&cfg, BusId::MarketData)
                     .await
                     .context(
                         "the redis backend needs both buses (start them with `dualbus redis up`)",
                     )?;
-                let logic = RedisTransport::connect(redis_options(&cfg, BusId::Logic)?)
+                let logic_t = dualbus_bus::connect_transport(&cfg, BusId::Logic)
                     .await
                     .context(
                         "the redis backend needs both buses (start them with `dualbus redis up`)",
                     )?;
-                let md_t: Arc<dyn Transport> = Arc::new(md);
-                let logic_t: Arc<dyn Transport> = Arc::new(logic);
                 Ok(Rig {
                     root: DualBus::builder("bench-rig")
                         .config(cfg.clone())
@@ -316,6 +311,9 @@ impl Rig {
         if let Some(m) = &self.memory_md {
             return Ok(m.stream_len(&key) as u64);
         }
+        if dualbus_redis::is_cluster_url(&self.cfg.bus(bus).url) {
+            bail!("the stall scenario reads one stream's length: run it on a single server");
+        }
         let mut conn = super::inspect::connect(&self.cfg, bus, Duration::from_secs(2)).await?;
         Ok(redis::cmd("XLEN").arg(&key).query_async(&mut conn).await?)
     }
@@ -331,33 +329,35 @@ impl Rig {
             let _ = tokio::time::timeout(Duration::from_secs(10), t.flush()).await;
         }
         for bus in BusId::ALL {
-            let Ok(mut conn) =
-                super::inspect::connect(&self.cfg, bus, Duration::from_secs(2)).await
+            let Ok(conns) =
+                super::inspect::connect_nodes(&self.cfg, bus, Duration::from_secs(2)).await
             else {
                 continue;
             };
-            let mut cursor = "0".to_string();
-            loop {
-                let Ok((next, keys)): Result<(String, Vec<String>), _> = redis::cmd("SCAN")
-                    .arg(&cursor)
-                    .arg("MATCH")
-                    .arg(format!("{}:*", self.cfg.prefix))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                else {
-                    break;
-                };
-                if !keys.is_empty() {
-                    let _ = redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<()>(&mut conn)
-                        .await;
-                }
-                cursor = next;
-                if cursor == "0" {
-                    break;
+            for mut conn in conns {
+                let mut cursor = "0".to_string();
+                loop {
+                    let Ok((next, keys)): Result<(String, Vec<String>), _> = redis::cmd("SCAN")
+                        .arg(&cursor)
+                        .arg("MATCH")
+                        .arg(format!("{}:*", self.cfg.prefix))
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                    else {
+                        break;
+                    };
+                    if !keys.is_empty() {
+                        let _ = redis::cmd("UNLINK")
+                            .arg(&keys)
+                            .query_async::<()>(&mut conn)
+                            .await;
+                    }
+                    cursor = next;
+                    if cursor == "0" {
+                        break;
+                    }
                 }
             }
         }
@@ -635,7 +635,7 @@ pub(super) fn percentile_line(h: &Histogram<u64>) -> String {
 async fn publish_batched(
     bus: DualBus,
     kind: EventKind,
-    topic: Topic,
+    topics: Vec<Topic>,
     n: u64,
     batch: usize,
     payload: Vec<u8>,
@@ -649,7 +649,9 @@ async fn publish_batched(
         }
         let k = (batch as u64).min(n - i) as usize;
         let mut envs = Vec::with_capacity(k);
-        for _ in 0..k {
+        for j in 0..k {
+            // Round robin over the topics (one per partition of a partitioned bus).
+            let topic = &topics[(i as usize + j) % topics.len()];
             envs.push(bus.stamp(
                 kind.clone(),
                 topic.clone(),
@@ -898,6 +900,24 @@ fn json_payload(size: usize) -> Vec<u8> {
 }
 
 const MD_TOPIC: &str = "market_data.trade.BENCH";
+
+/// The topics the full-speed scenarios publish: [`MD_TOPIC`], or on a partitioned MarketData
+/// bus one symbol per partition (`BENCH{i}`, the first `i` falling in each), so every
+/// partition (and every master of a cluster) gets an equal share.
+fn partition_topics(cfg: &Config) -> anyhow::Result<Vec<Topic>> {
+    let n = cfg.md.partitions;
+    if n <= 1 {
+        return Ok(vec![Topic::new(MD_TOPIC)?]);
+    }
+    let mut out = Vec::new();
+    for p in 0..n {
+        let i = (0u64..)
+            .find(|i| dualbus_core::partition::partition_of(&format!("BENCH{i}"), n) == p)
+            .expect("every partition has a symbol");
+        out.push(Topic::new(&format!("market_data.trade.BENCH{i}"))?);
+    }
+    Ok(out)
+}
 const LOGIC_TOPIC: &str = "strategy_signal.BENCH";
 
 async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
@@ -928,6 +948,7 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     let publisher = rig.client("bench", "bench-1")?;
     let payload = json_payload(args.payload_bytes);
     let topic = Topic::new(MD_TOPIC)?;
+    let topics = partition_topics(&rig.cfg)?;
     // The latency scenario also measures the floor, after ours (see `channel_floor`).
     let floor = args.scenario == Scenario::Latency;
     let floor_method = format!(
@@ -949,6 +970,13 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         args.mode_name(),
         if latency {
             format!("paced at {} msgs/s; latency of every message", args.rate())
+        } else if topics.len() > 1 {
+            format!(
+                "batches of {}, round robin over {} symbols, one per partition of [md] \
+                 partitions; latency of every 16th message",
+                args.batch,
+                topics.len()
+            )
         } else {
             format!("batches of {}; latency of every 16th message", args.batch)
         },
@@ -978,7 +1006,7 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         let batch = args.batch;
         let p = payload.clone();
         tokio::spawn(async move {
-            publish_batched(bus, EventKind::MarketData, topic, n, batch, p, None, None)
+            publish_batched(bus, EventKind::MarketData, topics, n, batch, p, None, None)
                 .await
                 .map(|_| ())
         })
@@ -1071,11 +1099,16 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
         out["ceiling_msgs_per_s"] = json!(ceiling);
         out["ratio_to_ceiling"] = json!(throughput / ceiling);
         out["ceiling_method"] = json!(format!(
-            "redis-benchmark -P {} -c {} XADD MAXLEN ~ {} with the same {} fields, on the MarketData server",
+            "redis-benchmark -P {} -c {} XADD MAXLEN ~ {} with the same {} fields, on {}",
             args.ceiling_pipeline,
             args.ceiling_clients,
             rig.cfg.md.maxlen,
-            sample.to_wire_fields().len()
+            sample.to_wire_fields().len(),
+            if dualbus_redis::is_cluster_url(&rig.cfg.md.url) {
+                "every master of the MarketData cluster (--cluster, a key per master)"
+            } else {
+                "the MarketData server"
+            }
         ));
         ceiling_line = Some(format!(
             "ceiling    : {ceiling:.0} XADD/s raw (redis-benchmark -P {} -c {}, same entry); ours = {:.1}% of it",
@@ -1122,10 +1155,21 @@ async fn delivery_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
 /// The raw rate of pipelined `XADD`s of an entry like ours, measured with `redis-benchmark`
 /// against the MarketData server.
 fn xadd_ceiling(args: &BenchArgs, rig: &Rig, sample: &Envelope, n: u64) -> anyhow::Result<f64> {
-    let url = &rig.cfg.md.url;
+    let cluster = dualbus_redis::is_cluster_url(&rig.cfg.md.url);
+    let url = if cluster {
+        // Its first node; redis-benchmark --cluster finds the others.
+        dualbus_redis::cluster::seed_urls(&rig.cfg.md.url)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .remove(0)
+    } else {
+        rig.cfg.md.url.clone()
+    };
     let client = redis::Client::open(url.as_str())?;
     let info = client.get_connection_info();
     let mut cmd = std::process::Command::new("redis-benchmark");
+    if cluster {
+        cmd.arg("--cluster");
+    }
     match info.addr() {
         redis::ConnectionAddr::Tcp(h, p) => {
             cmd.args(["-h", h, "-p", &p.to_string()]);
@@ -1156,7 +1200,13 @@ fn xadd_ceiling(args: &BenchArgs, rig: &Rig, sample: &Envelope, n: u64) -> anyho
         }
         cmd.args(["-a", password]);
     }
-    let key = format!("{}:ceiling", rig.cfg.prefix);
+    // On a cluster, redis-benchmark puts each client on a master and replaces `{tag}` with a
+    // hash tag of that master's slots: the ceiling of all the masters together.
+    let key = if cluster {
+        format!("{}:ceiling:{{tag}}", rig.cfg.prefix)
+    } else {
+        format!("{}:ceiling", rig.cfg.prefix)
+    };
     cmd.args(["-n", &n.to_string()])
         .args(["-P", &args.ceiling_pipeline.to_string()])
         .args(["-c", &args.ceiling_clients.to_string()])
@@ -1307,7 +1357,7 @@ async fn isolation_bench(args: &BenchArgs, rig: &Rig) -> anyhow::Result<()> {
     let flood = tokio::spawn(publish_batched(
         flood_bus,
         EventKind::MarketData,
-        Topic::new(MD_TOPIC)?,
+        vec![Topic::new(MD_TOPIC)?],
         u64::MAX,
         args.batch,
         payload.clone(),

@@ -97,6 +97,35 @@ pub async fn connect(
     Ok(conn)
 }
 
+/// Connections to every server of a bus: the one server, or each master of a Redis Cluster
+/// (`redis+cluster://`), where each holds the streams of its hash slots.
+///
+/// # Errors
+/// As [`connect`], for the first server that cannot be reached.
+pub async fn connect_nodes(
+    cfg: &dualbus_bus::Config,
+    bus: dualbus_bus::BusId,
+    timeout: Duration,
+) -> anyhow::Result<Vec<MultiplexedConnection>> {
+    let url = &cfg.bus(bus).url;
+    if !dualbus_redis::is_cluster_url(url) {
+        return Ok(vec![connect(cfg, bus, timeout).await?]);
+    }
+    let masters = dualbus_redis::cluster::master_urls(dualbus_bus::redis_options(cfg, bus)?)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = Vec::new();
+    for m in masters {
+        let mut one = cfg.clone();
+        match bus {
+            dualbus_bus::BusId::MarketData => one.md.url = m,
+            dualbus_bus::BusId::Logic => one.logic.url = m,
+        }
+        out.push(connect(&one, bus, timeout).await?);
+    }
+    Ok(out)
+}
+
 /// `e`, from reaching the bus at `shown`, as the verbs print it; a refusal of the
 /// credentials says where they come from.
 fn refused_or(e: redis::RedisError, bus: &str, shown: &str) -> anyhow::Error {
@@ -211,14 +240,20 @@ pub async fn dead_counts(
     let mut out = BTreeMap::new();
     let mut start = "-".to_string();
     loop {
-        let v: Value = redis::cmd("XRANGE")
+        let v: Value = match redis::cmd("XRANGE")
             .arg(dead_key)
             .arg(&start)
             .arg("+")
             .arg("COUNT")
             .arg(1000)
             .query_async(conn)
-            .await?;
+            .await
+        {
+            Ok(v) => v,
+            // A cluster master that does not hold the key: another one counts it.
+            Err(e) if e.code() == Some("MOVED") => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
         let entries = list(&v);
         if entries.is_empty() {
             break;

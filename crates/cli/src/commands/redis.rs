@@ -494,13 +494,14 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
         let url = &cfg.bus(bus).url;
         let shown = dualbus_core::redact_url(url);
         let t0 = Instant::now();
-        let conn = inspect::connect(
+        // The bus's server, or each master of its cluster.
+        let conns = inspect::connect_nodes(
             cfg,
             bus,
             Duration::from_millis(cfg.bus(bus).connect_timeout_ms),
         )
         .await;
-        let mut conn = match conn {
+        let conns = match conns {
             Ok(c) => c,
             Err(e) => {
                 all_up = false;
@@ -511,37 +512,51 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        let rtt = t0.elapsed();
-        let info = inspect::server_info(&mut conn).await?;
-        let get = |k: &str| info.get(k).cloned().unwrap_or_else(|| "?".into());
-        println!(
-            "{name} bus ({shown}): reachable (connect+PING {:.1} ms), redis {}, memory {} ({}), maxmemory-policy {}, aof {}",
-            rtt.as_secs_f64() * 1e3,
-            get("redis_version"),
-            get("used_memory_human"),
-            // `maxmemory 0` means the server may use all the host's memory.
-            match info.get("maxmemory").map(String::as_str) {
-                Some("0") => "no limit".to_string(),
-                _ => format!("limit {}", get("maxmemory_human")),
-            },
-            get("maxmemory_policy"),
-            if get("aof_enabled") == "1" { "on" } else { "off" },
-        );
-        let streams = inspect::streams(&mut conn, &cfg.prefix).await?;
-        if streams.is_empty() {
-            println!("  no streams under {}:*", cfg.prefix);
+        let cluster = dualbus_redis::is_cluster_url(url);
+        if cluster {
+            println!(
+                "{name} bus ({shown}): Redis Cluster, {} masters",
+                conns.len()
+            );
         }
-        for s in streams {
-            println!("  stream {}  length {}", s.key, s.length);
-            for g in s.groups {
-                println!(
-                    "    group {:<20} consumers {:<3} pending {:<8} lag {}",
-                    g.name,
-                    g.consumers,
-                    g.pending,
-                    g.lag.map_or("unknown".to_string(), |l| l.to_string())
-                );
+        for (i, mut conn) in conns.into_iter().enumerate() {
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            let rtt = t0.elapsed();
+            let info = inspect::server_info(&mut conn).await?;
+            let get = |k: &str| info.get(k).cloned().unwrap_or_else(|| "?".into());
+            let label = if cluster {
+                format!("  master {} (port {})", i + 1, get("tcp_port"))
+            } else {
+                format!("{name} bus ({shown})")
+            };
+            println!(
+                "{label}: reachable (connect+PING {:.1} ms), redis {}, memory {} ({}), maxmemory-policy {}, aof {}",
+                rtt.as_secs_f64() * 1e3,
+                get("redis_version"),
+                get("used_memory_human"),
+                // `maxmemory 0` means the server may use all the host's memory.
+                match info.get("maxmemory").map(String::as_str) {
+                    Some("0") => "no limit".to_string(),
+                    _ => format!("limit {}", get("maxmemory_human")),
+                },
+                get("maxmemory_policy"),
+                if get("aof_enabled") == "1" { "on" } else { "off" },
+            );
+            let streams = inspect::streams(&mut conn, &cfg.prefix).await?;
+            if streams.is_empty() {
+                println!("  no streams under {}:*", cfg.prefix);
+            }
+            for s in streams {
+                println!("  stream {}  length {}", s.key, s.length);
+                for g in s.groups {
+                    println!(
+                        "    group {:<20} consumers {:<3} pending {:<8} lag {}",
+                        g.name,
+                        g.consumers,
+                        g.pending,
+                        g.lag.map_or("unknown".to_string(), |l| l.to_string())
+                    );
+                }
             }
         }
     }

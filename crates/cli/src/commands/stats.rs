@@ -35,12 +35,18 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
         }
         for (bus, _) in BUSES {
             let timeout = Duration::from_millis(cfg.bus(bus).connect_timeout_ms);
-            let mut conn = inspect::connect(&cfg, bus, timeout)
+            let conns = inspect::connect_nodes(&cfg, bus, timeout)
                 .await
                 .map_err(super::unreachable)?;
-            let streams = inspect::streams(&mut conn, &cfg.prefix).await?;
             let dead_key = format!("{}:{}:dead", cfg.prefix, bus.as_str());
-            let dead = inspect::dead_counts(&mut conn, &dead_key).await?;
+            // Every server of the bus (the masters of a cluster each hold some streams).
+            let mut streams = Vec::new();
+            let mut dead = std::collections::BTreeMap::new();
+            for mut conn in conns {
+                streams.extend(inspect::streams(&mut conn, &cfg.prefix).await?);
+                dead.extend(inspect::dead_counts(&mut conn, &dead_key).await?);
+            }
+            streams.sort_by(|a, b| a.key.cmp(&b.key));
             // A stream of the other bus (`PREFIX:logic:...` on the MarketData server, and
             // the reverse): the failover mirror.
             let own = format!("{}:{}:", cfg.prefix, bus.as_str());

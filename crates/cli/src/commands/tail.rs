@@ -130,22 +130,24 @@ pub fn run(args: TailArgs, global: &Global) -> anyhow::Result<()> {
 /// Removes a private group from every stream of both buses (best effort).
 async fn remove_group(cfg: &dualbus_bus::Config, group: &str) {
     for (bus, _) in BUSES {
-        let Ok(mut conn) = inspect::connect(cfg, bus, Duration::from_secs(2)).await else {
+        let Ok(conns) = inspect::connect_nodes(cfg, bus, Duration::from_secs(2)).await else {
             continue;
         };
-        let Ok(streams) = inspect::streams(&mut conn, &cfg.prefix).await else {
-            continue;
-        };
-        for s in streams
-            .iter()
-            .filter(|s| s.groups.iter().any(|g| g.name == group))
-        {
-            let _ = redis::cmd("XGROUP")
-                .arg("DESTROY")
-                .arg(&s.key)
-                .arg(group)
-                .query_async::<()>(&mut conn)
-                .await;
+        for mut conn in conns {
+            let Ok(streams) = inspect::streams(&mut conn, &cfg.prefix).await else {
+                continue;
+            };
+            for s in streams
+                .iter()
+                .filter(|s| s.groups.iter().any(|g| g.name == group))
+            {
+                let _ = redis::cmd("XGROUP")
+                    .arg("DESTROY")
+                    .arg(&s.key)
+                    .arg(group)
+                    .query_async::<()>(&mut conn)
+                    .await;
+            }
         }
     }
 }

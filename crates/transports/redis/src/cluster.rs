@@ -128,24 +128,7 @@ impl ClusterTransport {
     /// cluster node (a single server is `redis://`); `Refused` for credentials;
     /// `Unreachable` when no node answers.
     pub async fn connect(opts: RedisOptions) -> Result<ClusterTransport, ConnectError> {
-        let shown = dualbus_core::redact_url(&opts.url);
-        let bad = |reason: String| ConnectError::BadUrl {
-            bus: opts.bus.clone(),
-            url: shown.clone(),
-            reason,
-        };
-        let seeds = seed_urls(&opts.url).map_err(bad)?;
-        let (scheme, addrs) = split_seeds(&seeds);
-        let mut node_opts = opts.clone();
-        node_opts.url = shown;
-        let shared = Arc::new(Shared {
-            opts: node_opts,
-            scheme,
-            seeds: addrs,
-            topo: RwLock::new(Topology::default()),
-            refresh: tokio::sync::Mutex::new(None),
-            retired: Mutex::new(TransportStats::default()),
-        });
+        let shared = Arc::new(Shared::new(opts)?);
         shared.load(true).await?;
         Ok(ClusterTransport { shared })
     }
@@ -221,7 +204,53 @@ fn parse_slots(v: &Value, asked: &str) -> Option<Vec<(u16, u16, String)>> {
     Some(out)
 }
 
+/// The single-server URLs (with the cluster URL's credentials) of the masters of the cluster
+/// at `opts.url`, from the first node that answers: for tools that look at every master
+/// (`dualbus stats`, `redis status`).
+///
+/// # Errors
+/// As [`ClusterTransport::connect`].
+pub async fn master_urls(opts: RedisOptions) -> Result<Vec<String>, ConnectError> {
+    let shared = Shared::new(opts)?;
+    let mut first_error = None;
+    for addr in &shared.seeds {
+        match shared.ask_slots(addr).await {
+            Ok(ranges) => {
+                let mut addrs: Vec<String> = ranges.into_iter().map(|(_, _, a)| a).collect();
+                addrs.sort();
+                addrs.dedup();
+                return Ok(addrs.iter().map(|a| shared.node_url(a)).collect());
+            }
+            Err(e @ (ConnectError::BadUrl { .. } | ConnectError::Refused { .. })) => return Err(e),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.expect("a cluster URL names at least one node"))
+}
+
 impl Shared {
+    fn new(opts: RedisOptions) -> Result<Shared, ConnectError> {
+        let shown = dualbus_core::redact_url(&opts.url);
+        let seeds = seed_urls(&opts.url).map_err(|reason| ConnectError::BadUrl {
+            bus: opts.bus.clone(),
+            url: shown.clone(),
+            reason,
+        })?;
+        let (scheme, addrs) = split_seeds(&seeds);
+        let mut node_opts = opts;
+        node_opts.url = shown;
+        Ok(Shared {
+            opts: node_opts,
+            scheme,
+            seeds: addrs,
+            topo: RwLock::new(Topology::default()),
+            refresh: tokio::sync::Mutex::new(None),
+            retired: Mutex::new(TransportStats::default()),
+        })
+    }
+
     fn node_url(&self, addr: &str) -> String {
         format!("{}{addr}", self.scheme)
     }
@@ -669,8 +698,13 @@ async fn run_child(mut c: Child) {
                 }
             }
         }
-        let res = sub.next_batch(c.max.load(Ordering::Relaxed)).await;
+        // One read at a time (at most about a second when nothing comes), so queued
+        // acknowledgements and a close are applied between reads.
+        let res = sub.read_once(c.max.load(Ordering::Relaxed)).await;
         match res {
+            Ok(b) if b.deliveries.is_empty() && b.skipped == 0 && b.dead_lettered == 0 => {
+                backoff = Duration::from_millis(50);
+            }
             Ok(b) => {
                 backoff = Duration::from_millis(50);
                 if c.tx.send((c.index, Ok(b))).await.is_err() {

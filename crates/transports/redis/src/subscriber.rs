@@ -603,26 +603,32 @@ impl RedisSubscriber {
 #[async_trait]
 impl Subscriber for RedisSubscriber {
     async fn next_batch(&mut self, max: usize) -> Result<Batch, ReceiveError> {
-        let max = max.max(1);
         loop {
-            match self.poll(max).await {
-                Ok(batch) => {
-                    self.inner.mark(true);
-                    self.recovering = false;
-                    if batch.skipped > 0 {
-                        self.inner
-                            .stats
-                            .skipped
-                            .fetch_add(batch.skipped, Ordering::Relaxed);
-                    }
-                    if !batch.deliveries.is_empty() || batch.skipped > 0 || batch.dead_lettered > 0
-                    {
-                        return Ok(batch);
-                    }
-                }
-                Err(e) if is_nogroup(&e) => self.recover_nogroup().await?,
-                Err(e) => return Err(self.err(&e)),
+            let batch = self.read_once(max).await?;
+            if !batch.deliveries.is_empty() || batch.skipped > 0 || batch.dead_lettered > 0 {
+                return Ok(batch);
             }
+        }
+    }
+
+    async fn read_once(&mut self, max: usize) -> Result<Batch, ReceiveError> {
+        match self.poll(max.max(1)).await {
+            Ok(batch) => {
+                self.inner.mark(true);
+                self.recovering = false;
+                if batch.skipped > 0 {
+                    self.inner
+                        .stats
+                        .skipped
+                        .fetch_add(batch.skipped, Ordering::Relaxed);
+                }
+                Ok(batch)
+            }
+            Err(e) if is_nogroup(&e) => {
+                self.recover_nogroup().await?;
+                Ok(Batch::default())
+            }
+            Err(e) => Err(self.err(&e)),
         }
     }
 
