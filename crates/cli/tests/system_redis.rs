@@ -4,12 +4,14 @@
 //! of the hub's paper venue must reach the portfolio. Needs `redis-server` on the PATH (CI
 //! installs it).
 
+mod common;
+
+use common::{count, heartbeats, Procs};
 use dualbus_testkit::RedisServer;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The thirteen engines of the system (a copy of `dualbus_engines::system::ENGINES`: a name
@@ -40,162 +42,31 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 /// Upper bound on the whole system's run: past it the test fails and kills the processes.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
-/// One engine process, its output going to files (no pipe to fill up and block it).
-struct Proc {
-    name: &'static str,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    status: Option<ExitStatus>,
-}
-
-/// The engine processes and their output directory; dropping it kills those still running
-/// (so a failing or timed-out test leaves nothing behind) and removes the directory.
-struct Procs {
-    dir: PathBuf,
-    all: Vec<Proc>,
-}
-
-impl Procs {
-    fn new() -> Procs {
-        let dir = std::env::temp_dir().join(format!("dualbus-system-redis-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the output directory");
-        Procs {
-            dir,
-            all: Vec::new(),
-        }
-    }
-
-    /// Starts `dualbus engine NAME` on the two buses, as its own Redis user (the passwords of
-    /// `self.dir/acl/secrets`), with `extra` arguments.
-    fn spawn(&mut self, name: &'static str, md: &str, logic: &str, duration: &str, extra: &[&str]) {
-        let stdout = self.dir.join(format!("{name}.out"));
-        let stderr = self.dir.join(format!("{name}.err"));
-        let instance = format!("{name}-1");
-        let child = Command::new(env!("CARGO_BIN_EXE_dualbus"))
-            .args([
-                "engine",
-                name,
-                "--backend",
-                "redis",
-                "--md-url",
-                md,
-                "--logic-url",
-                logic,
-                "--instance",
-                &instance,
-                "--duration",
-                duration,
-                "--json",
-                "--redis-secrets",
-            ])
-            .arg(self.dir.join("acl").join("secrets"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("create a stdout file"))
-            .stderr(File::create(&stderr).expect("create a stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `dualbus engine {name}`: {e}"));
-        self.all.push(Proc {
-            name,
-            child,
-            stdout,
-            stderr,
-            status: None,
-        });
-    }
-
-    /// Whether `name`'s process has exited (recording its status).
-    fn exited(&mut self, name: &str) -> bool {
-        let p = self
-            .all
-            .iter_mut()
-            .find(|p| p.name == name)
-            .expect("a started engine");
-        if p.status.is_none() {
-            p.status = p.child.try_wait().expect("try_wait");
-        }
-        p.status.is_some()
-    }
-
-    /// Waits until every process has exited; false if `limit` passed first.
-    fn wait_all(&mut self, limit: Duration) -> bool {
-        let start = Instant::now();
-        loop {
-            let names: Vec<&'static str> = self.all.iter().map(|p| p.name).collect();
-            let running = names.iter().filter(|n| !self.exited(n)).count();
-            if running == 0 {
-                return true;
-            }
-            if start.elapsed() > limit {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Every process's stderr, for a failure message.
-    fn stderrs(&self) -> String {
-        let mut s = String::new();
-        for p in &self.all {
-            let err = std::fs::read_to_string(&p.stderr).unwrap_or_default();
-            s += &format!(
-                "\n----- {} (exit {}) stderr -----\n{}",
-                p.name,
-                p.status
-                    .map(|st| st.to_string())
-                    .unwrap_or_else(|| "still running".into()),
-                err.trim_end()
-            );
-        }
-        s
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for p in &mut self.all {
-            if p.status.is_none() {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The engines whose heartbeat is on the Engine Logic bus so far. An engine host subscribes
-/// first and sends its first heartbeat after, so a heartbeat means its groups exist. The
-/// stream key is the bus's `{prefix}:{bus}:{kind}` with the default prefix.
-fn heartbeats(conn: &mut Option<redis::Connection>, url: &str) -> BTreeSet<String> {
-    if conn.is_none() {
-        *conn = redis::Client::open(url)
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-            .ok();
-    }
-    let Some(c) = conn.as_mut() else {
-        return BTreeSet::new();
-    };
-    let reply: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
-        .arg("dualbus:logic:engine_health")
-        .arg("-")
-        .arg("+")
-        .query(c);
-    match reply {
-        Ok(r) => r
-            .ids
-            .iter()
-            .filter_map(|id| id.get::<String>("src"))
-            .collect(),
-        Err(_) => {
-            *conn = None;
-            BTreeSet::new()
-        }
-    }
-}
-
-fn count(v: &Value, side: &str, kind: &str) -> u64 {
-    v[side][kind].as_u64().unwrap_or(0)
+/// Starts `dualbus engine NAME` on the two buses, as its own Redis user (the passwords of
+/// `procs.dir/acl/secrets`), with `extra` arguments.
+fn spawn(procs: &mut Procs, name: &str, md: &str, logic: &str, duration: &str, extra: &[&str]) {
+    let mut args: Vec<String> = [
+        "engine",
+        name,
+        "--backend",
+        "redis",
+        "--md-url",
+        md,
+        "--logic-url",
+        logic,
+        "--instance",
+        &format!("{name}-1"),
+        "--duration",
+        duration,
+        "--json",
+        "--redis-secrets",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(procs.dir.join("acl").join("secrets").display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    procs.spawn(name, &args, &[]);
 }
 
 /// Writes the ACL file and passwords of `dualbus redis up` into `dir`; returns the ACL file.
@@ -219,7 +90,7 @@ fn as_admin(url: &str, dir: &std::path::Path) -> String {
 /// connects as its own user, and the default user is off.
 #[test]
 fn thirteen_engine_processes_trade_over_the_redis_buses() {
-    let mut procs = Procs::new();
+    let mut procs = Procs::new("system-redis");
     let acl_dir = procs.dir.join("acl");
     let acl = write_acl(&acl_dir);
     let acl = acl.to_str().expect("a UTF-8 path");
@@ -252,12 +123,12 @@ fn thirteen_engine_processes_trade_over_the_redis_buses() {
         } else {
             &[]
         };
-        procs.spawn(name, &md, &logic, CONSUMERS_RUN, extra);
+        spawn(&mut procs, name, &md, &logic, CONSUMERS_RUN, extra);
     }
     let start = Instant::now();
     let mut conn = None;
     loop {
-        let up = heartbeats(&mut conn, &admin_logic);
+        let up = heartbeats(&mut conn, &admin_logic, "src");
         let waiting: Vec<&str> = consumers
             .iter()
             .copied()
@@ -277,7 +148,8 @@ fn thirteen_engine_processes_trade_over_the_redis_buses() {
     drop(conn);
     // 3000x: fifty minutes of market a second; three symbols; the hub's default settings
     // publish 60 warm-up bars first, so features and ML have full windows at once.
-    procs.spawn(
+    spawn(
+        &mut procs,
         "marketdata",
         &md,
         &logic,
@@ -304,7 +176,7 @@ fn thirteen_engine_processes_trade_over_the_redis_buses() {
             .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok());
         match report {
             Some(v) if status.success() => {
-                reports.insert(p.name, v);
+                reports.insert(p.name.as_str(), v);
             }
             _ => failures.push(format!(
                 "{}: exited {status} without its counts (stdout: {:?})",

@@ -327,13 +327,19 @@ impl EngineContext {
     /// # Errors
     /// [`BusError`] from the publish.
     pub async fn publish_batch(&self, envs: Vec<Envelope>) -> Result<(), BusError> {
-        self.count_published(envs.iter().map(|e| &e.kind));
+        // Counted once published: a publish that fails (or is given up) is not.
+        let kinds: Vec<(EventKind, dualbus_bus::BusId)> = envs
+            .iter()
+            .map(|e| (e.kind.clone(), self.bus.route(&e.kind, e.prio).bus))
+            .collect();
+        self.bus.publish_batch(envs).await?;
+        self.count_published(kinds.iter().map(|(k, _)| k));
         if let Some(m) = &self.metrics {
-            for e in &envs {
-                m.published(self.bus.route(&e.kind, e.prio).bus, 1);
+            for (_, bus) in &kinds {
+                m.published(*bus, 1);
             }
         }
-        self.bus.publish_batch(envs).await
+        Ok(())
     }
 
     /// Answers a request (counted as a publish of the request's kind).

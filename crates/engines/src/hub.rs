@@ -489,6 +489,9 @@ impl MarketDataHub {
     }
 }
 
+/// How long a stop waits for a market-data batch being published before giving it up.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Least time between two minutes of warm-up bars ([`HubOptions::warm_bars`]): what the engines
 /// downstream of the bars (features, then ML, factor, strategy) take to handle one minute.
 pub const WARM_MINUTE_GAP: Duration = Duration::from_millis(4);
@@ -727,10 +730,30 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
         let n = envs.len() as u64;
         if !envs.is_empty() {
             // A publish can wait a long time (a group at its bound with the `block` policy):
-            // stopping must not wait for it.
+            // stopping waits for it a moment, then gives it up (and says so), so what a stop
+            // interrupts is either published and counted or neither.
+            let publish = ctx.publish_batch(envs);
+            tokio::pin!(publish);
             let res = tokio::select! {
-                _ = stop.notified() => return,
-                r = ctx.publish_batch(envs) => r,
+                r = &mut publish => r,
+                _ = stop.notified() => {
+                    match tokio::time::timeout(STOP_GRACE, &mut publish).await {
+                        Ok(Ok(())) => shared.counters.published.fetch_add(n, Ordering::Relaxed),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "publishing market data failed");
+                            0
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                messages = n,
+                                "stopping: a market-data batch still waited for room after \
+                                 {STOP_GRACE:?} and was not published"
+                            );
+                            0
+                        }
+                    };
+                    return;
+                }
             };
             if let Err(e) = res {
                 tracing::warn!(error = %e, "publishing market data failed");

@@ -33,7 +33,7 @@ use dualbus_core::{
 use parking_lot::{Mutex, RwLock};
 use redis::Value;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -91,6 +91,9 @@ fn is_redirect(text: &str) -> bool {
 /// Least time between two reloads of the slot map.
 const REFRESH_EVERY: Duration = Duration::from_millis(200);
 
+/// How often the health check reloads the slot map (in the background).
+const RELOAD_EVERY: Duration = Duration::from_millis(500);
+
 struct Node {
     addr: String,
     transport: Arc<RedisTransport>,
@@ -112,6 +115,8 @@ struct Shared {
     refresh: tokio::sync::Mutex<Option<Instant>>,
     /// Counts of masters no longer in the slot map.
     retired: Mutex<TransportStats>,
+    /// A background reload is running.
+    reloading: AtomicBool,
 }
 
 /// The transport of a bus on a Redis Cluster (see the module documentation).
@@ -248,6 +253,7 @@ impl Shared {
             topo: RwLock::new(Topology::default()),
             refresh: tokio::sync::Mutex::new(None),
             retired: Mutex::new(TransportStats::default()),
+            reloading: AtomicBool::new(false),
         })
     }
 
@@ -424,6 +430,24 @@ impl Shared {
         Ok(())
     }
 
+    /// Reloads the slot map in a task of its own (unless one is running or the map is fresh):
+    /// a master that failed is replaced in it once the cluster has promoted its replica.
+    fn reload_in_background(self: &Arc<Self>) {
+        let fresh = self
+            .refresh
+            .try_lock()
+            .map(|last| last.is_some_and(|t| t.elapsed() < RELOAD_EVERY))
+            .unwrap_or(true);
+        if fresh || self.reloading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.reload().await;
+            me.reloading.store(false, Ordering::Release);
+        });
+    }
+
     /// Reloads the slot map, logging instead of failing.
     async fn reload(&self) {
         if let Err(e) = self.load(false).await {
@@ -467,6 +491,7 @@ impl Transport for ClusterTransport {
         let node = s
             .node_for(stream)
             .ok_or_else(|| PublishError::Unavailable(s.no_master(stream)))?;
+        // A copy for a retry after a redirect (a reference count per envelope payload).
         let copy = batch.clone();
         match node.publish(stream, batch, confirm).await {
             Err(PublishError::Broker(e)) if is_redirect(&e) => {
@@ -477,7 +502,7 @@ impl Transport for ClusterTransport {
                 node.publish(stream, copy, confirm).await
             }
             Err(e @ PublishError::Unavailable(_)) => {
-                s.reload().await;
+                self.shared.reload_in_background();
                 Err(e)
             }
             r => r,
@@ -535,12 +560,15 @@ impl Transport for ClusterTransport {
     }
 
     async fn health(&self) -> Health {
+        // Cheap, as a heartbeat must be: a PING to each known master. The slot map is reloaded
+        // beside it, never within the heartbeat's time (that would take new connections).
         let s = &self.shared;
-        if let Err(e) = s.load(false).await {
+        if s.topo.read().nodes.is_empty() {
             return Health::Down {
-                reason: e.to_string(),
+                reason: "no slot map yet".into(),
             };
         }
+        s.reload_in_background();
         let (uncovered, nodes): (usize, Vec<(String, Arc<RedisTransport>)>) = {
             let topo = s.topo.read();
             (
