@@ -98,7 +98,8 @@ pub async fn connect(
 }
 
 /// Connections to every server of a bus: the one server, or each master of a Redis Cluster
-/// (`redis+cluster://`), where each holds the streams of its hash slots.
+/// (`redis+cluster://`), where each holds the streams of its hash slots. See
+/// [`connect_nodes_named`] for their addresses.
 ///
 /// # Errors
 /// As [`connect`], for the first server that cannot be reached.
@@ -107,9 +108,28 @@ pub async fn connect_nodes(
     bus: dualbus_bus::BusId,
     timeout: Duration,
 ) -> anyhow::Result<Vec<MultiplexedConnection>> {
+    Ok(connect_nodes_named(cfg, bus, timeout)
+        .await?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect())
+}
+
+/// [`connect_nodes`], each connection with its server's address (redacted URL).
+///
+/// # Errors
+/// As [`connect`], for the first server that cannot be reached.
+pub async fn connect_nodes_named(
+    cfg: &dualbus_bus::Config,
+    bus: dualbus_bus::BusId,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, MultiplexedConnection)>> {
     let url = &cfg.bus(bus).url;
     if !dualbus_redis::is_cluster_url(url) {
-        return Ok(vec![connect(cfg, bus, timeout).await?]);
+        return Ok(vec![(
+            dualbus_core::redact_url(url),
+            connect(cfg, bus, timeout).await?,
+        )]);
     }
     let masters = dualbus_redis::cluster::master_urls(dualbus_bus::redis_options(cfg, bus)?)
         .await
@@ -117,11 +137,12 @@ pub async fn connect_nodes(
     let mut out = Vec::new();
     for m in masters {
         let mut one = cfg.clone();
+        let shown = dualbus_core::redact_url(&m);
         match bus {
             dualbus_bus::BusId::MarketData => one.md.url = m,
             dualbus_bus::BusId::Logic => one.logic.url = m,
         }
-        out.push(connect(&one, bus, timeout).await?);
+        out.push((shown, connect(&one, bus, timeout).await?));
     }
     Ok(out)
 }

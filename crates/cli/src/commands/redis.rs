@@ -495,7 +495,7 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
         let shown = dualbus_core::redact_url(url);
         let t0 = Instant::now();
         // The bus's server, or each master of its cluster.
-        let conns = inspect::connect_nodes(
+        let conns = inspect::connect_nodes_named(
             cfg,
             bus,
             Duration::from_millis(cfg.bus(bus).connect_timeout_ms),
@@ -519,13 +519,13 @@ async fn status(cfg: &Config) -> anyhow::Result<()> {
                 conns.len()
             );
         }
-        for (i, mut conn) in conns.into_iter().enumerate() {
+        for (i, (node, mut conn)) in conns.into_iter().enumerate() {
             let _: String = redis::cmd("PING").query_async(&mut conn).await?;
             let rtt = t0.elapsed();
             let info = inspect::server_info(&mut conn).await?;
             let get = |k: &str| info.get(k).cloned().unwrap_or_else(|| "?".into());
             let label = if cluster {
-                format!("  master {} (port {})", i + 1, get("tcp_port"))
+                format!("  master {} ({node})", i + 1)
             } else {
                 format!("{name} bus ({shown})")
             };
