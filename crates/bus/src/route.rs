@@ -256,20 +256,7 @@ impl Router {
     /// Where a message of this kind and priority goes (on a partitioned bus, the stream of
     /// partition 0: use [`Router::route_topic`] for messages).
     pub fn route(&self, kind: &EventKind, prio: Priority) -> Route {
-        let bus = self.bus_of(kind);
-        if is_priority(kind, prio) {
-            Route {
-                bus,
-                lane: Lane::Priority,
-                stream: self.priority_stream(bus),
-            }
-        } else {
-            Route {
-                bus,
-                lane: Lane::Normal,
-                stream: self.kind_stream(bus, kind),
-            }
-        }
+        self.route_topic(kind, prio, "")
     }
 }
 

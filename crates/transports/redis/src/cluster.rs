@@ -417,13 +417,7 @@ impl Shared {
         for old in &topo.nodes {
             if !addrs.contains(&old.addr) {
                 tracing::warn!(bus = %self.opts.bus, node = %old.addr, "no longer a master of the cluster");
-                let s = old.transport.stats();
-                let mut r = self.retired.lock();
-                r.dropped += s.dropped;
-                r.refused += s.refused;
-                r.dead_lettered += s.dead_lettered;
-                r.redelivered += s.redelivered;
-                r.skipped += s.skipped;
+                add_stats(&mut self.retired.lock(), old.transport.stats());
             }
         }
         *topo = Topology { slots, nodes };
@@ -609,12 +603,7 @@ impl Transport for ClusterTransport {
     fn stats(&self) -> TransportStats {
         let mut out = *self.shared.retired.lock();
         for n in &self.shared.topo.read().nodes {
-            let s = n.transport.stats();
-            out.dropped += s.dropped;
-            out.refused += s.refused;
-            out.dead_lettered += s.dead_lettered;
-            out.redelivered += s.redelivered;
-            out.skipped += s.skipped;
+            add_stats(&mut out, n.transport.stats());
         }
         out
     }
@@ -667,6 +656,14 @@ impl Transport for ClusterTransport {
             .ok_or_else(|| ReceiveError::Unavailable(self.shared.no_master(stream)))?;
         node.groups(stream).await
     }
+}
+
+fn add_stats(into: &mut TransportStats, s: TransportStats) {
+    into.dropped += s.dropped;
+    into.refused += s.refused;
+    into.dead_lettered += s.dead_lettered;
+    into.redelivered += s.redelivered;
+    into.skipped += s.skipped;
 }
 
 enum Cmd {
