@@ -16,6 +16,7 @@ Dependencies: ``msgpack`` (only for ``enc="msgpack"``).
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
 import time
@@ -295,20 +296,43 @@ def reply_stream(bus: str, inst: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:{bus}:reply:{inst}"
 
 
+def partition_of(symbol: str, partitions: int) -> int:
+    """The partition of a symbol on a MarketData bus with `[md] partitions = partitions`:
+    CRC16 (XMODEM, the Redis Cluster key checksum) of the symbol, modulo the partitions."""
+    if partitions <= 1:
+        return 0
+    return binascii.crc_hqx(symbol.encode(), 0) % partitions
+
+
+def partition_stream(kind: str, partition: int, prefix: str = DEFAULT_PREFIX) -> str:
+    """`{prefix}:md:{pK}:{kind}`, partition K of a MarketData kind's normal lane."""
+    return f"{prefix}:{BUS_MD}:{{p{partition}}}:{kind}"
+
+
 def stream_for(kind: str, prio: str = "normal", prefix: str = DEFAULT_PREFIX,
-               routes: Optional[Mapping[str, str]] = None) -> str:
-    """The one stream a message of this kind and priority is published to."""
+               routes: Optional[Mapping[str, str]] = None, topic: str = "",
+               partitions: int = 1) -> str:
+    """The one stream a message of this kind and priority is published to. With
+    `[md] partitions` above 1, give the message's topic: its last segment (the symbol) picks
+    the partition of a MarketData kind."""
     bus = bus_of(kind, routes)
     if is_priority(kind, prio):
         return priority_stream(bus, prefix)
+    if bus == BUS_MD and partitions > 1:
+        return partition_stream(kind, partition_of(topic.rsplit(".", 1)[-1], partitions), prefix)
     return kind_stream(kind, bus, prefix)
 
 
 def streams_to_read(kind: str, prefix: str = DEFAULT_PREFIX,
-                    routes: Optional[Mapping[str, str]] = None) -> Tuple[str, ...]:
-    """The streams a subscriber of `kind` reads (its lane, if any, and its bus's priority lane);
-    filter the entries of the priority lane on `kind`."""
+                    routes: Optional[Mapping[str, str]] = None,
+                    partitions: int = 1) -> Tuple[str, ...]:
+    """The streams a subscriber of `kind` reads (its lane, if any, and its bus's priority lane;
+    every partition of a partitioned MarketData kind); filter the entries of the priority lane
+    on `kind`."""
     bus = bus_of(kind, routes)
     if kind in CRITICAL_KINDS:
         return (priority_stream(bus, prefix),)
+    if bus == BUS_MD and partitions > 1:
+        lanes = tuple(partition_stream(kind, p, prefix) for p in range(partitions))
+        return lanes + (priority_stream(bus, prefix),)
     return (kind_stream(kind, bus, prefix), priority_stream(bus, prefix))

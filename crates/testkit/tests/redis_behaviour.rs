@@ -506,3 +506,38 @@ async fn rust_publishers_to_python_consumer() {
     })
     .await;
 }
+
+/// The Python helper (`dualbus_wire.py`) picks the same partition and stream as the bus for
+/// every symbol: a Python producer's market data reaches the Rust readers of its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_agree_on_partitions() {
+    let symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "X", "A-B_C", "123456789"];
+    let script = format!(
+        "import sys; sys.path.insert(0, {PYTHON_DIR:?}); import dualbus_wire as w\n\
+         for s in {symbols:?}:\n    \
+         print(w.partition_of(s, 12), w.stream_for('market_data', topic='market_data.trade.' + s, partitions=12))"
+    );
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .await
+        .expect("python3 is required for the interop tests");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut cfg = Config::default();
+    cfg.md.partitions = 12;
+    let router = dualbus_bus::Router::new(&cfg);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), symbols.len(), "{text}");
+    for (s, line) in symbols.iter().zip(lines) {
+        let p = dualbus_core::partition::partition_of(s, 12);
+        let stream = router
+            .route_topic(
+                &EventKind::MarketData,
+                Priority::Normal,
+                &format!("market_data.trade.{s}"),
+            )
+            .stream;
+        assert_eq!(line, format!("{p} {stream}"), "{s}");
+    }
+}
