@@ -327,16 +327,37 @@ impl EngineContext {
     /// # Errors
     /// [`BusError`] from the publish.
     pub async fn publish_batch(&self, envs: Vec<Envelope>) -> Result<(), BusError> {
-        // Counted once published: a publish that fails (or is given up) is not.
-        let kinds: Vec<(EventKind, dualbus_bus::BusId)> = envs
-            .iter()
-            .map(|e| (e.kind.clone(), self.bus.route(&e.kind, e.prio).bus))
-            .collect();
+        // Counted once published: a publish that fails (or is given up) is not. A batch of one
+        // kind (nearly all) is remembered as (kind, bus, count), without an allocation.
+        let Some(first) = envs.first() else {
+            return Ok(());
+        };
+        let one = (
+            first.kind.clone(),
+            self.bus.route(&first.kind, first.prio).bus,
+        );
+        let n = envs.len() as u64;
+        let mixed: Option<Vec<(EventKind, dualbus_bus::BusId)>> =
+            envs.iter().any(|e| e.kind != one.0).then(|| {
+                envs.iter()
+                    .map(|e| (e.kind.clone(), self.bus.route(&e.kind, e.prio).bus))
+                    .collect()
+            });
         self.bus.publish_batch(envs).await?;
-        self.count_published(kinds.iter().map(|(k, _)| k));
-        if let Some(m) = &self.metrics {
-            for (_, bus) in &kinds {
-                m.published(*bus, 1);
+        match &mixed {
+            None => {
+                self.count_published(std::iter::repeat_n(&one.0, n as usize));
+                if let Some(m) = &self.metrics {
+                    m.published(one.1, n);
+                }
+            }
+            Some(kinds) => {
+                self.count_published(kinds.iter().map(|(k, _)| k));
+                if let Some(m) = &self.metrics {
+                    for (_, bus) in kinds {
+                        m.published(*bus, 1);
+                    }
+                }
             }
         }
         Ok(())
