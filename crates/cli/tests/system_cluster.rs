@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{count, heartbeats, Procs};
+use common::{count, engine_args, heartbeats, Procs};
 use dualbus_core::partition::{partition_of, slot_of};
 use dualbus_testkit::{RedisCluster, RedisServer};
 use serde_json::Value;
@@ -17,27 +17,6 @@ use std::time::{Duration, Instant};
 const PARTITIONS: &str = "12";
 const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 const RUN_LIMIT: Duration = Duration::from_secs(180);
-
-fn engine_args(name: &str, inst: &str, md: &str, logic: &str, duration: &str) -> Vec<String> {
-    [
-        "engine",
-        name,
-        "--backend",
-        "redis",
-        "--md-url",
-        md,
-        "--logic-url",
-        logic,
-        "--instance",
-        inst,
-        "--duration",
-        duration,
-        "--json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 #[test]
 fn engines_share_symbols_on_a_cluster_and_survive_a_killed_master() {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{count, heartbeats, Procs};
+use common::{count, engine_args, heartbeats, Procs};
 use dualbus_testkit::RedisServer;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -45,25 +45,8 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 /// Starts `dualbus engine NAME` on the two buses, as its own Redis user (the passwords of
 /// `procs.dir/acl/secrets`), with `extra` arguments.
 fn spawn(procs: &mut Procs, name: &str, md: &str, logic: &str, duration: &str, extra: &[&str]) {
-    let mut args: Vec<String> = [
-        "engine",
-        name,
-        "--backend",
-        "redis",
-        "--md-url",
-        md,
-        "--logic-url",
-        logic,
-        "--instance",
-        &format!("{name}-1"),
-        "--duration",
-        duration,
-        "--json",
-        "--redis-secrets",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = engine_args(name, &format!("{name}-1"), md, logic, duration);
+    args.push("--redis-secrets".to_string());
     args.push(procs.dir.join("acl").join("secrets").display().to_string());
     args.extend(extra.iter().map(|s| s.to_string()));
     procs.spawn(name, &args, &[]);

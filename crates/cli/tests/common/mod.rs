@@ -156,3 +156,26 @@ pub fn heartbeats(
 pub fn count(v: &Value, side: &str, kind: &str) -> u64 {
     v[side][kind].as_u64().unwrap_or(0)
 }
+
+/// `engine NAME --backend redis` on the two buses, as instance `inst`, stopping after
+/// `duration`, reporting its counts as JSON.
+pub fn engine_args(name: &str, inst: &str, md: &str, logic: &str, duration: &str) -> Vec<String> {
+    [
+        "engine",
+        name,
+        "--backend",
+        "redis",
+        "--md-url",
+        md,
+        "--logic-url",
+        logic,
+        "--instance",
+        inst,
+        "--duration",
+        duration,
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}

@@ -485,21 +485,25 @@ impl Transport for ClusterTransport {
         let node = s
             .node_for(stream)
             .ok_or_else(|| PublishError::Unavailable(s.no_master(stream)))?;
-        // A copy for a retry after a redirect (a reference count per envelope payload).
-        let copy = batch.clone();
-        match node.publish(stream, batch, confirm).await {
-            Err(PublishError::Broker(e)) if is_redirect(&e) => {
+        // A redirect at the admission check gives the batch back; a confirmed publish may meet
+        // one in the writer too, after the batch was taken: only it keeps a copy.
+        let copy = (confirm == Confirm::Broker).then(|| batch.clone());
+        match node.publish_or_return(stream, batch, confirm).await {
+            Err((PublishError::Broker(e), back))
+                if is_redirect(&e) && (back.is_some() || copy.is_some()) =>
+            {
+                let copy = back.or(copy).expect("checked");
                 let _ = s.load(true).await;
                 let node = s
                     .node_for(stream)
                     .ok_or_else(|| PublishError::Unavailable(s.no_master(stream)))?;
                 node.publish(stream, copy, confirm).await
             }
-            Err(e @ PublishError::Unavailable(_)) => {
+            Err((e @ PublishError::Unavailable(_), _)) => {
                 self.shared.reload_in_background();
                 Err(e)
             }
-            r => r,
+            r => r.map_err(|(e, _)| e),
         }
     }
 

@@ -427,6 +427,60 @@ impl RedisTransport {
     }
 
     /// Waits until everything queued before this call has been written (or failed).
+    /// [`Transport::publish`], giving the batch back when it failed before any of it was
+    /// queued (an admission check the broker refused), so that a caller may send it elsewhere
+    /// (the cluster transport after a redirect) without keeping a copy.
+    pub(crate) async fn publish_or_return(
+        &self,
+        stream: &StreamKey,
+        batch: Vec<Envelope>,
+        confirm: Confirm,
+    ) -> Result<(), (PublishError, Option<Vec<Envelope>>)> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // A stream this process's Redis user may not use is refused before anything is sent.
+        let refused = |e: PublishError, batch: &[Envelope]| match e {
+            PublishError::Broker(why) if writer::is_noperm(&why) => {
+                let n = batch.len() as u64;
+                self.inner.stats.refused.fetch_add(n, Ordering::Relaxed);
+                let why = writer::refusal(&self.inner.opts.bus, stream, &batch[0], &why);
+                tracing::error!(error = %why, "the broker refused entries; they are counted as refused");
+                PublishError::Broker(why)
+            }
+            other => other,
+        };
+        let admitted = match admission::admit(self, stream, batch.len()).await {
+            Ok(a) => a,
+            // Nothing was queued: the caller gets its batch back.
+            Err(e) => {
+                let e = refused(e, &batch);
+                return Err((e, Some(batch)));
+            }
+        };
+        match admitted {
+            admission::Admit::Queued => self
+                .publish_inner(stream, batch, confirm)
+                .await
+                .map_err(|e| (e, None)),
+            admission::Admit::Split(chunk) => {
+                // Larger than a blocking group's bound: admit it piece by piece.
+                let mut batch = batch;
+                while !batch.is_empty() {
+                    let rest = batch.split_off(batch.len().min(chunk.max(1)));
+                    let piece = std::mem::replace(&mut batch, rest);
+                    if let Err(e) = admission::admit(self, stream, piece.len()).await {
+                        return Err((refused(e, &piece), None));
+                    }
+                    self.publish_inner(stream, piece, confirm)
+                        .await
+                        .map_err(|e| (e, None))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub(crate) async fn flush(&self) -> Result<(), PublishError> {
         writer::flush(&self.inner).await
     }
@@ -444,40 +498,9 @@ impl Transport for RedisTransport {
         batch: Vec<Envelope>,
         confirm: Confirm,
     ) -> Result<(), PublishError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // A stream this process's Redis user may not use is refused before anything is sent.
-        let refused = |e: PublishError, batch: &[Envelope]| match e {
-            PublishError::Broker(why) if writer::is_noperm(&why) => {
-                let n = batch.len() as u64;
-                self.inner.stats.refused.fetch_add(n, Ordering::Relaxed);
-                let why = writer::refusal(&self.inner.opts.bus, stream, &batch[0], &why);
-                tracing::error!(error = %why, "the broker refused entries; they are counted as refused");
-                PublishError::Broker(why)
-            }
-            other => other,
-        };
-        let admitted = match admission::admit(self, stream, batch.len()).await {
-            Ok(a) => a,
-            Err(e) => return Err(refused(e, &batch)),
-        };
-        match admitted {
-            admission::Admit::Queued => self.publish_inner(stream, batch, confirm).await,
-            admission::Admit::Split(chunk) => {
-                // Larger than a blocking group's bound: admit it piece by piece.
-                let mut batch = batch;
-                while !batch.is_empty() {
-                    let rest = batch.split_off(batch.len().min(chunk.max(1)));
-                    let piece = std::mem::replace(&mut batch, rest);
-                    if let Err(e) = admission::admit(self, stream, piece.len()).await {
-                        return Err(refused(e, &piece));
-                    }
-                    self.publish_inner(stream, piece, confirm).await?;
-                }
-                Ok(())
-            }
-        }
+        self.publish_or_return(stream, batch, confirm)
+            .await
+            .map_err(|(e, _)| e)
     }
 
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Subscriber>, SubscribeError> {
