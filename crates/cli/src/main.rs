@@ -64,6 +64,8 @@ enum Command {
     StressConsumer(commands::stress::ConsumerArgs),
     /// Run the MarketData hub alone: provider in, market data out, snapshots, history, paper venue.
     Hub(commands::hub::HubArgs),
+    /// The JSON Schema of a payload (`dualbus schema risk_alert`), or every one (--list, --write).
+    Schema(commands::schema::SchemaArgs),
 }
 
 #[allow(unsafe_code)]
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Hub(args) => commands::hub::run(args, &cli.global),
         Command::StressConsumer(args) => commands::stress::run_consumer(args),
         Command::Vpin(args) => commands::vpin::run(args),
+        Command::Schema(args) => commands::schema::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -65,19 +65,27 @@
 //! the process dies before it answers, the requester's timeout tells it. Stopping the engine
 //! waits for the tasks in flight (each bounded by the hub client's timeout).
 
-use crate::analytics::{Performance, PerformanceTracker};
+use crate::analytics::PerformanceTracker;
+use dualbus_model::backtest::{
+    backtest_request_kind, BacktestParams, BacktestReply, BacktestReport, BacktestRequest,
+    BacktestResult, BACKTEST_TOPIC,
+};
+
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use crate::factor::FactorModel;
-use crate::features::{FeatureCalculator, FeatureVector};
-use crate::hub::{hub_request_kind, HistoryQuery, HubClient};
-use crate::market::{Bar, Quote, Side};
-use crate::ml::{MlParams, SymbolModel};
+use crate::features::FeatureCalculator;
+use crate::hub::HubClient;
+use crate::ml::SymbolModel;
 use crate::portfolio::{Book, PortfolioParams};
-use crate::strategy::{StrategyParams, StrategySignal, StrategyState};
-use crate::venue::{ExecStatus, Execution};
+use crate::strategy::StrategyState;
 use async_trait::async_trait;
 use dualbus_bus::{DualBus, HandlerError, RequestError};
 use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_model::features::FeatureVector;
+use dualbus_model::hub::{hub_request_kind, HistoryQuery};
+use dualbus_model::market::{Bar, Quote, Side};
+use dualbus_model::orders::{ExecStatus, Execution};
+use dualbus_model::strategy::StrategySignal;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,76 +93,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const NS: u64 = 1_000_000_000;
-
-/// The kind of backtest requests.
-pub const BACKTEST_REQUEST: &str = "backtest_request";
-
-/// The topic [`BacktestClient`] sends requests on (the engine answers any
-/// `backtest_request.>` topic).
-pub const BACKTEST_TOPIC: &str = "backtest_request.run";
-
-/// The [`EventKind`] of backtest requests (a custom kind: it routes to the Engine Logic bus).
-pub fn backtest_request_kind() -> EventKind {
-    EventKind::Custom(BACKTEST_REQUEST.into())
-}
-
-/// What a backtest runs: the strategy, its model and the account.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BacktestParams {
-    /// The Strategy engine's parameters.
-    pub strategy: StrategyParams,
-    /// The ML engine's parameters.
-    pub ml: MlParams,
-    /// Fee per fill, basis points of its notional (default 1).
-    pub fee_bps: f64,
-    /// Cash at the start, quote currency (default 100,000).
-    pub initial_cash: f64,
-    /// Bar length in seconds (default 60).
-    pub bar_secs: u32,
-}
-
-impl Default for BacktestParams {
-    fn default() -> Self {
-        BacktestParams {
-            strategy: StrategyParams::default(),
-            ml: MlParams::default(),
-            fee_bps: 1.0,
-            initial_cash: 100_000.0,
-            bar_secs: 60,
-        }
-    }
-}
-
-impl BacktestParams {
-    /// Every problem with these parameters (empty when valid), each naming the value; those of
-    /// the strategy and the model are prefixed `strategy.` and `ml.`.
-    pub fn problems(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .strategy
-            .problems()
-            .into_iter()
-            .map(|p| format!("strategy.{p}"))
-            .chain(self.ml.problems().into_iter().map(|p| format!("ml.{p}")))
-            .collect();
-        if !(self.fee_bps.is_finite() && self.fee_bps >= 0.0) {
-            out.push(format!(
-                "fee_bps {} must be a number at least 0",
-                self.fee_bps
-            ));
-        }
-        if !(self.initial_cash.is_finite() && self.initial_cash > 0.0) {
-            out.push(format!(
-                "initial_cash {} must be a positive number",
-                self.initial_cash
-            ));
-        }
-        if self.bar_secs == 0 {
-            out.push("bar_secs 0 must be at least 1".to_string());
-        }
-        out
-    }
-}
 
 /// One fill of a backtest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,42 +116,6 @@ pub struct BacktestFill {
     pub realized_pnl: f64,
     /// Position after the fill.
     pub position: f64,
-}
-
-/// The outcome of a backtest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BacktestReport {
-    /// The symbols given, in order.
-    pub symbols: Vec<String>,
-    /// Bars used, all symbols.
-    pub bars: u64,
-    /// Bars skipped: of another length, with a bad price, or not after the symbol's previous
-    /// bar.
-    pub bars_skipped: u64,
-    /// Start of the first bar used, Unix ns (0 without bars).
-    pub from_ts: u64,
-    /// End of the last bar used, Unix ns (0 without bars).
-    pub to_ts: u64,
-    /// Fills.
-    pub fills: u64,
-    /// Strategy signals made, all of them: only a symbol's latest one before its next bar is
-    /// traded, and none made on its last bar.
-    pub signals: u64,
-    /// Fees paid.
-    pub fees: f64,
-    /// Realized P&L (before fees).
-    pub realized_pnl: f64,
-    /// Unrealized P&L at the last closes.
-    pub unrealized_pnl: f64,
-    /// Final position of every symbol traded (flat ones too).
-    pub positions: BTreeMap<String, f64>,
-    /// `initial_cash + realized_pnl + unrealized_pnl - fees`.
-    pub final_equity: f64,
-    /// Sharpe ratio, drawdown, turnover, hit rate, P&L by symbol (the Analytics engine's
-    /// figures over the backtest's equity and fills).
-    pub performance: Performance,
-    /// The parameters it ran with.
-    pub params: BacktestParams,
 }
 
 /// A backtest's report and its fills, oldest first.
@@ -384,55 +286,6 @@ pub fn bar_backtest_fills(bars: &BTreeMap<String, Vec<Bar>>, p: &BacktestParams)
         params: p.clone(),
     };
     BacktestRun { report, fills }
-}
-
-/// A backtest request (the payload of `backtest_request.run`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BacktestRequest {
-    /// The symbols to trade together (at least one).
-    pub symbols: Vec<String>,
-    /// Bars per symbol: the latest this many (default 500).
-    pub limit: u32,
-    /// Only bars ending at or before this Unix ns time; `None` for the latest.
-    pub end_ts: Option<u64>,
-    /// The parameters; `None` for the live parameters the engine was configured with.
-    pub params: Option<BacktestParams>,
-}
-
-impl Default for BacktestRequest {
-    fn default() -> Self {
-        BacktestRequest {
-            symbols: Vec::new(),
-            limit: 500,
-            end_ts: None,
-            params: None,
-        }
-    }
-}
-
-/// The answer to a [`BacktestRequest`]: a report, or the error naming what was wrong.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BacktestReply {
-    /// The report (when it ran).
-    pub report: Option<BacktestReport>,
-    /// Why it did not run.
-    pub error: Option<String>,
-}
-
-/// The payload of `analytics_result.backtest`: a periodic re-run's report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BacktestResult {
-    /// `backtest`.
-    pub report: String,
-    /// Data time of the re-run (the bars end at or before it), Unix ns.
-    pub ts: u64,
-    /// Symbols left out, each with the reason (the hub had no bars, or did not answer).
-    #[serde(default)]
-    pub problems: Vec<String>,
-    /// The backtest.
-    #[serde(flatten)]
-    pub backtest: BacktestReport,
 }
 
 /// Backtesting engine settings.
@@ -953,6 +806,7 @@ impl BacktestClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dualbus_model::strategy::StrategyParams;
 
     const MIN: u64 = 60 * NS;
     /// A minute boundary.

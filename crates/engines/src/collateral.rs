@@ -30,16 +30,14 @@
 //! next update on.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
-use crate::features::{FeatureVector, REALIZED_VOL_20};
-use crate::portfolio::PortfolioUpdate;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
 use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_model::collateral::{unbounded_as_null, MarginCall, MarginPosition, REDUCE_POSITIONS};
+use dualbus_model::features::{FeatureVector, REALIZED_VOL_20};
+use dualbus_model::portfolio::PortfolioUpdate;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// The `action` of every margin call.
-pub const REDUCE_POSITIONS: &str = "reduce_positions";
 
 /// Collateral settings (all configurable in the engine's configuration section).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,37 +89,6 @@ impl CollateralParams {
     }
 }
 
-/// An unbounded utilization (`f64::INFINITY`) is `null` on the wire, and `null` reads back as
-/// `f64::INFINITY`.
-mod unbounded_as_null {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_finite() {
-            s.serialize_some(v)
-        } else {
-            s.serialize_none()
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
-    }
-}
-
-/// The margin of one position.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MarginPosition {
-    /// Instrument.
-    pub symbol: String,
-    /// Signed notional `qty x mark` (negative for a short).
-    pub notional: f64,
-    /// `base_rate + vol_multiplier x vol`.
-    pub rate: f64,
-    /// `|notional| x rate`.
-    pub margin: f64,
-}
-
 /// An account's margin at one `portfolio_update`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MarginState {
@@ -138,30 +105,6 @@ pub struct MarginState {
     pub utilization: f64,
     /// The open positions, as in the update.
     pub positions: Vec<MarginPosition>,
-}
-
-/// The payload of a `margin_call`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MarginCall {
-    /// The account.
-    pub account: String,
-    /// Timestamp of the `portfolio_update` that crossed, Unix ns.
-    pub ts: u64,
-    /// `margin / equity`; `null` in JSON (`f64::INFINITY` in Rust) when equity is not positive.
-    #[serde(with = "unbounded_as_null")]
-    pub margin_utilization: f64,
-    /// The threshold it reached.
-    pub threshold: f64,
-    /// The account's equity.
-    pub equity: f64,
-    /// Margin of all positions.
-    pub margin: f64,
-    /// The open positions and their margins.
-    pub positions: Vec<MarginPosition>,
-    /// What to do: always [`REDUCE_POSITIONS`].
-    pub action: String,
-    /// The numbers in words.
-    pub reason: String,
 }
 
 /// `margin / equity`: 0 when `margin` is 0, `f64::INFINITY` when margin is positive and
@@ -446,7 +389,7 @@ impl Engine for CollateralEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::portfolio::PositionView;
+    use dualbus_model::portfolio::PositionView;
 
     fn position(symbol: &str, qty: f64, mark: f64) -> PositionView {
         PositionView {

@@ -11,12 +11,15 @@
 //! The host only uses [`DualBus`], so an engine runs unchanged on the embedded and the Redis
 //! transport.
 
-use crate::metrics::{BusMetrics, DeliveryTimes, EngineLatency, EngineTimes, LaneId, WARMUP};
+use crate::metrics::{BusMetrics, DeliveryTimes, EngineTimes, LaneId, WARMUP};
+use dualbus_model::health::EngineCounts;
+use dualbus_model::health::EngineHealth;
+
 use async_trait::async_trait;
 use dualbus_bus::{BusError, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
 use dualbus_core::{Envelope, EventKind, Mode, Priority};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,15 +167,6 @@ pub trait Engine: Send + 'static {
     fn health(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
-}
-
-/// Messages received and published by one engine, by kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineCounts {
-    /// Messages handed to the engine, by kind.
-    pub received: BTreeMap<String, u64>,
-    /// Messages the engine published, by kind.
-    pub published: BTreeMap<String, u64>,
 }
 
 /// Adds `n` to a per-kind count, allocating the key only the first time a kind is seen.
@@ -415,28 +409,6 @@ pub enum EngineThread {
     /// The runtime of the caller of [`EngineHost::start`] (`dualbus backtest` runs every
     /// engine on one thread, so the same input is handled in the same order).
     Caller,
-}
-
-/// The payload of an `engine_health` heartbeat.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EngineHealth {
-    /// The engine's name.
-    pub engine: String,
-    /// Its instance id.
-    pub instance: String,
-    /// `running` or `stopped`.
-    pub status: String,
-    /// Seconds since it started.
-    pub uptime_s: f64,
-    /// Messages received and published, by kind.
-    #[serde(flatten)]
-    pub counts: EngineCounts,
-    /// Engine-specific details.
-    #[serde(default)]
-    pub details: serde_json::Value,
-    /// Handler time, queue wait and delivery latency since the previous heartbeat.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency: Option<EngineLatency>,
 }
 
 /// Runs engines on a bus.

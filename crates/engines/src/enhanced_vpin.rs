@@ -31,11 +31,12 @@
 //! time. Every alert names its rule, the values and the thresholds, and says why in words.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
-use crate::market::{Quote, Trade};
-use crate::vpin::VpinBucket;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
 use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_model::market::{Quote, Trade};
+use dualbus_model::vpin::VpinBucket;
+use dualbus_model::vpin::{CrashRule, FlashCrashAlert};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -137,53 +138,6 @@ impl EnhancedVpinParams {
         }
         out
     }
-}
-
-/// The rule behind a [`FlashCrashAlert`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CrashRule {
-    /// Extreme VPIN and a price fall of several standard deviations.
-    VpinPriceDrop,
-    /// A spread blow-out with high VPIN.
-    SpreadWidening,
-}
-
-impl CrashRule {
-    /// The rule's wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CrashRule::VpinPriceDrop => "vpin_price_drop",
-            CrashRule::SpreadWidening => "spread_widening",
-        }
-    }
-}
-
-/// The payload of a `flash_crash_alert`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FlashCrashAlert {
-    /// Instrument.
-    pub symbol: String,
-    /// Event time of the data that completed the rule, Unix ns.
-    pub ts: u64,
-    /// The rule that held.
-    pub rule: CrashRule,
-    /// The latest VPIN.
-    pub vpin: f64,
-    /// Its percentile among the symbol's VPIN values so far.
-    pub vpin_percentile: f64,
-    /// The latest trade price.
-    pub price: f64,
-    /// The close `drop_bars` bars back (`None` before there is one).
-    pub reference_price: Option<f64>,
-    /// The move from the reference in standard deviations of a `drop_bars`-bar move.
-    pub move_sigmas: Option<f64>,
-    /// The latest quoted spread, basis points.
-    pub spread_bps: Option<f64>,
-    /// The median bar spread it is compared with, basis points.
-    pub spread_median_bps: Option<f64>,
-    /// The rule and its values in words.
-    pub reason: String,
 }
 
 #[derive(Clone, Debug)]

@@ -29,46 +29,16 @@
 //! `bar_secs` are ignored (counted).
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
-use crate::features::FeatureVector as FeatureInput;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
 use dualbus_core::{Envelope, EventKind, Priority};
-use serde::{Deserialize, Serialize};
+use dualbus_model::factor::FactorScores;
+use dualbus_model::factor::{FactorCalculation, METHOD};
+use dualbus_model::features::FeatureVector as FeatureInput;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Bars per symbol the raw factors need (20 returns).
 pub const HISTORY: usize = 21;
-
-/// The method in [`FactorCalculation::method`].
-pub const METHOD: &str = "cross_sectional_zscore";
-
-/// One symbol's scores in a cross-section.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FactorScores {
-    /// z-score of the 20-bar log return.
-    pub momentum: f64,
-    /// z-score of minus the 1-bar log return.
-    pub reversal: f64,
-    /// z-score of minus the 20-bar realized volatility.
-    pub low_volatility: f64,
-    /// z-score of the volume's z-score against the symbol's previous 20 bars.
-    pub liquidity: f64,
-    /// Mean of the four z-scores.
-    pub composite: f64,
-}
-
-/// The cross-section of one bar (the payload of `factor_calculation`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FactorCalculation {
-    /// Bar start, Unix ns.
-    pub ts: u64,
-    /// Bar length in seconds.
-    pub bar_secs: u32,
-    /// [`METHOD`].
-    pub method: String,
-    /// Scores by symbol.
-    pub scores: BTreeMap<String, FactorScores>,
-}
 
 /// A symbol's raw (not yet cross-sectionally scored) factors for one bar.
 #[derive(Clone, Copy, Debug, PartialEq)]

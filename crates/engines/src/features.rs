@@ -24,7 +24,7 @@
 //! volume. Its `features` map holds only the features whose window is full. Bar `n` is the
 //! symbol's `n`-th bar (from 1) and `c_n` its close.
 //!
-//! | name ([constant](ALL)) | definition | from bar |
+//! | name ([constant](dualbus_model::features::ALL)) | definition | from bar |
 //! |---|---|---|
 //! | `ret_1`, `ret_5`, `ret_15` | `ln(c_n / c_(n-k))` for k = 1, 5, 15 | k + 1 |
 //! | `realized_vol_20` | sample standard deviation (n - 1) of the last 20 values of `ret_1` (per bar, not annualized) | 21 |
@@ -42,53 +42,16 @@
 //! price `(high + low + close) / 3` times its volume.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
-use crate::market::{Bar, Quote, Side, Trade};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
 use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_model::features::{
+    FeatureVector, BOLLINGER_B, MACD, MACD_HIST, MACD_SIGNAL, ORDER_IMBALANCE, REALIZED_VOL_20,
+    RET_1, RET_15, RET_5, RSI_14, SPREAD_BPS, VWAP_DEVIATION,
+};
+use dualbus_model::market::{Bar, Quote, Side, Trade};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-
-/// `ln(c_n / c_(n-1))`.
-pub const RET_1: &str = "ret_1";
-/// `ln(c_n / c_(n-5))`.
-pub const RET_5: &str = "ret_5";
-/// `ln(c_n / c_(n-15))`.
-pub const RET_15: &str = "ret_15";
-/// Sample standard deviation of the last 20 one-bar log returns.
-pub const REALIZED_VOL_20: &str = "realized_vol_20";
-/// RSI over 14 bars with Wilder smoothing.
-pub const RSI_14: &str = "rsi_14";
-/// MACD line (EMA12 - EMA26).
-pub const MACD: &str = "macd";
-/// MACD signal line (EMA9 of the line).
-pub const MACD_SIGNAL: &str = "macd_signal";
-/// MACD histogram (line - signal).
-pub const MACD_HIST: &str = "macd_hist";
-/// Bollinger %b over 20 closes, 2 standard deviations.
-pub const BOLLINGER_B: &str = "bollinger_pct_b";
-/// Mean quoted spread of the bar, in basis points of the mid.
-pub const SPREAD_BPS: &str = "spread_bps";
-/// Buy minus sell volume over the bar's volume.
-pub const ORDER_IMBALANCE: &str = "order_imbalance";
-/// Close over the 20-bar VWAP, minus 1.
-pub const VWAP_DEVIATION: &str = "vwap_deviation";
-
-/// Every feature name, in the order of the table in the module documentation.
-pub const ALL: [&str; 12] = [
-    RET_1,
-    RET_5,
-    RET_15,
-    REALIZED_VOL_20,
-    RSI_14,
-    MACD,
-    MACD_SIGNAL,
-    MACD_HIST,
-    BOLLINGER_B,
-    SPREAD_BPS,
-    ORDER_IMBALANCE,
-    VWAP_DEVIATION,
-];
 
 /// The symbol's bar (from 1) whose vector first holds the feature `name` (the "from bar" column
 /// of the module's table); `None` for an unknown name. `spread_bps` needs only a bar with a
@@ -139,23 +102,6 @@ impl FeaturesParams {
         }
         out
     }
-}
-
-/// The features of one symbol at one bar close (the payload of `feature_vector`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FeatureVector {
-    /// Instrument.
-    pub symbol: String,
-    /// Start of the bar, Unix ns.
-    pub ts: u64,
-    /// Bar length in seconds.
-    pub bar_secs: u32,
-    /// The bar's close.
-    pub close: f64,
-    /// The bar's volume.
-    pub volume: f64,
-    /// The features whose window is full, by name ([`ALL`]).
-    pub features: BTreeMap<String, f64>,
 }
 
 /// An exponential moving average seeded with the simple mean of its first `n` values.
@@ -679,6 +625,7 @@ impl Engine for FeaturesEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dualbus_model::features::ALL;
 
     const S: u64 = 1_000_000_000;
     const MIN: u64 = 60 * S;

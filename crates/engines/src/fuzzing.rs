@@ -105,10 +105,10 @@ pub fn engine_payloads(data: &[u8]) {
         }
     }
     for enc in [Encoding::Json, Encoding::Msgpack] {
-        one::<crate::venue::OrderRequest>(enc, data);
-        one::<crate::venue::Execution>(enc, data);
-        one::<crate::market::Quote>(enc, data);
-        one::<crate::market::Trade>(enc, data);
-        one::<crate::hub::HistoryQuery>(enc, data);
+        one::<dualbus_model::orders::OrderRequest>(enc, data);
+        one::<dualbus_model::orders::Execution>(enc, data);
+        one::<dualbus_model::market::Quote>(enc, data);
+        one::<dualbus_model::market::Trade>(enc, data);
+        one::<dualbus_model::hub::HistoryQuery>(enc, data);
     }
 }

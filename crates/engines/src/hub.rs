@@ -5,8 +5,9 @@
 //!
 //! * validates what the provider sends ([`Validator`]: rejected data is counted by reason,
 //!   never published) and publishes it on the MarketData bus as
-//!   `market_data.{trade,quote,bar,book}.{SYMBOL}`, the payload being the [`Trade`], [`Quote`],
-//!   [`Bar`] or [`BookSnapshot`](crate::market::BookSnapshot) as JSON or MessagePack;
+//!   `market_data.{trade,quote,bar,book}.{SYMBOL}`, the payload being the
+//!   [`Trade`](dualbus_model::market::Trade), [`Quote`](dualbus_model::market::Quote),
+//!   [`Bar`](dualbus_model::market::Bar) or [`BookSnapshot`](dualbus_model::market::BookSnapshot) as JSON or MessagePack;
 //! * keeps a snapshot cache (latest trade, quote and bar per symbol) and a history cache of
 //!   bars with a time-to-live per data type;
 //! * coalesces concurrent identical history requests into one upstream call;
@@ -22,27 +23,21 @@
 //! miss; a miss either makes the upstream call or joins one already in flight (coalesced).
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
-use crate::market::{Bar, DataType, MarketEvent, Quote, Reject, SymbolMap, Trade, Validator};
+use crate::market::{Reject, SymbolMap, Validator};
 use crate::provider::{HistoryRequest, Provider, ProviderError};
-use crate::venue::{Execution, OrderRequest, PaperVenue, VenueCounts, VenueOptions};
+use crate::venue::{PaperVenue, VenueCounts, VenueOptions};
 use async_trait::async_trait;
 use dualbus_bus::{DualBus, HandlerError, RequestError};
 use dualbus_core::{Envelope, EventKind, Priority, Topic};
+use dualbus_model::hub::{hub_request_kind, HistoryQuery, HubReply, Snapshot, HUB_REQUEST};
+use dualbus_model::market::{Bar, DataType, MarketEvent, Quote};
+use dualbus_model::orders::{Execution, OrderRequest};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The kind of requests to the hub (`hub_request.snapshot.{SYMBOL}`,
-/// `hub_request.history.{SYMBOL}`).
-pub const HUB_REQUEST: &str = "hub_request";
-
-/// The [`EventKind`] of hub requests.
-pub fn hub_request_kind() -> EventKind {
-    EventKind::Custom(HUB_REQUEST.into())
-}
 
 /// Hub settings (`dualbus hub` uses the defaults).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -138,63 +133,6 @@ impl HubOptions {
         // panic inside the task answering the request.
         Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
     }
-}
-
-/// The latest market data of one symbol.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Instrument.
-    pub symbol: String,
-    /// Latest trade.
-    pub trade: Option<Trade>,
-    /// Latest quote.
-    pub quote: Option<Quote>,
-    /// Latest closed bar.
-    pub bar: Option<Bar>,
-}
-
-/// A history request's body (the symbol is the topic's last segment).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HistoryQuery {
-    /// Bar length in seconds.
-    #[serde(default = "default_bar_secs")]
-    pub bar_secs: u32,
-    /// Most bars (the latest).
-    #[serde(default = "default_limit")]
-    pub limit: u32,
-    /// Bars ending at or before this Unix ns time; `None` for the latest.
-    #[serde(default)]
-    pub end_ts: Option<u64>,
-}
-
-fn default_bar_secs() -> u32 {
-    60
-}
-
-fn default_limit() -> u32 {
-    500
-}
-
-/// The hub's answer to a request.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum HubReply {
-    /// A snapshot.
-    Snapshot(Snapshot),
-    /// Bars, oldest first.
-    History {
-        /// Instrument.
-        symbol: String,
-        /// Bar length.
-        bar_secs: u32,
-        /// The bars.
-        bars: Vec<Bar>,
-    },
-    /// The request failed.
-    Error {
-        /// Why.
-        reason: String,
-    },
 }
 
 /// Counters of the hub (cheap to read while it runs).

@@ -3,8 +3,10 @@
 //! An engine is a component of the trading system that consumes messages from the buses and
 //! publishes its own (docs/architecture.md, "Engines and their messages"). This crate holds
 //! the [`Engine`](engine::Engine) trait and the host that runs one on either transport, the
-//! market data model, the upstream providers, and the MarketData hub: the centre of the
-//! MarketData bus's star, the only component that talks to data providers.
+//! market data validator, the upstream providers, and the MarketData hub: the centre of the
+//! MarketData bus's star, the only component that talks to data providers. The payloads the
+//! engines exchange live in the `dualbus-model` crate: an engine depends on the model, never on
+//! another engine (the Backtesting engine re-runs the others' calculators).
 //!
 //! # Layout
 //! * [`analytics`]: the Analytics engine: Sharpe ratio, drawdown, turnover, hit rate, P&L by
@@ -17,8 +19,7 @@
 //! * [`features`]: per-symbol indicators on time bars (returns, realized volatility, RSI,
 //!   MACD, Bollinger %b, spread, order-flow imbalance, VWAP deviation) and the Features engine
 //!   (`feature_vector`).
-//! * [`market`]: `Trade`, `Quote`, `Bar`, `BookSnapshot`, `Instrument`; the validator; bars
-//!   built from trades.
+//! * [`market`]: the validator of market data; bars built from trades; maps keyed by symbol.
 //! * [`metrics`]: per-bus traffic and delivery latency of the engines of a run.
 //! * [`provider`]: the `Provider` trait; `synthetic`, `replay` and `binance` providers.
 //! * [`hub`]: the MarketData hub: normalizes and publishes provider data, snapshot and

@@ -30,6 +30,7 @@
 use dualbus_bus::route::is_priority;
 use dualbus_bus::BusId;
 use dualbus_core::{Envelope, EventKind};
+use dualbus_model::health::{EngineLatency, HandlerFigures, Percentiles};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -186,66 +187,22 @@ impl LaneId {
     }
 }
 
-/// Percentiles of one histogram of microseconds.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Percentiles {
-    /// Median, microseconds.
-    pub p50_us: Option<f64>,
-    /// 99th percentile.
-    pub p99_us: Option<f64>,
-    /// 99.9th percentile.
-    pub p999_us: Option<f64>,
-    /// Largest.
-    pub max_us: Option<f64>,
-    /// Messages recorded.
-    pub count: u64,
-}
-
 /// Rounds to 0.1 µs (handler and queue times are recorded in ns): the figures are read by
 /// people, and the histograms keep 2 significant digits.
 fn tenth(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-impl Percentiles {
-    /// From a histogram of (whole) microseconds.
-    fn of(h: &Histogram<u64>) -> Percentiles {
-        let q = |p: f64| (!h.is_empty()).then(|| h.value_at_quantile(p) as f64);
-        Percentiles {
-            p50_us: q(0.5),
-            p99_us: q(0.99),
-            p999_us: q(0.999),
-            max_us: (!h.is_empty()).then(|| h.max() as f64),
-            count: h.len(),
-        }
+/// Percentiles of a histogram of (whole) microseconds.
+fn percentiles_of(h: &Histogram<u64>) -> Percentiles {
+    let q = |p: f64| (!h.is_empty()).then(|| h.value_at_quantile(p) as f64);
+    Percentiles {
+        p50_us: q(0.5),
+        p99_us: q(0.99),
+        p999_us: q(0.999),
+        max_us: (!h.is_empty()).then(|| h.max() as f64),
+        count: h.len(),
     }
-}
-
-/// One engine's figures: handler time, queue wait, messages handled.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct HandlerFigures {
-    /// 99th percentile of the handler's time per message, microseconds.
-    pub handler_p99_us: Option<f64>,
-    /// Longest handler time, microseconds.
-    pub handler_max_us: Option<f64>,
-    /// 99th percentile of the queue wait, microseconds.
-    pub queue_p99_us: Option<f64>,
-    /// Longest queue wait, microseconds.
-    pub queue_max_us: Option<f64>,
-    /// Messages handled.
-    pub handled: u64,
-    /// Longest timer callback, microseconds (timers hold the engine like a handler does).
-    pub timer_max_us: Option<f64>,
-}
-
-/// What one engine's heartbeat says about its latency, over the time since the previous one.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct EngineLatency {
-    /// Handler time and queue wait.
-    #[serde(flatten)]
-    pub handler: HandlerFigures,
-    /// Delivery latency to this engine, per lane that carried messages to it.
-    pub delivery: BTreeMap<String, Percentiles>,
 }
 
 /// Handler time, queue wait and timer time over a window.
@@ -476,7 +433,7 @@ impl EngineTimes {
             delivery: LaneId::ALL
                 .iter()
                 .filter(|l| !w.lanes[l.index()].is_empty())
-                .map(|l| (l.as_str().to_string(), Percentiles::of(&w.lanes[l.index()])))
+                .map(|l| (l.as_str().to_string(), percentiles_of(&w.lanes[l.index()])))
                 .collect(),
         }
     }
@@ -682,7 +639,7 @@ impl BusMetrics {
                     delivered[b],
                 )
             }),
-            lanes: [0, 1, 2].map(|l| Percentiles::of(&lanes[l])),
+            lanes: [0, 1, 2].map(|l| percentiles_of(&lanes[l])),
             engines,
         }
     }
@@ -724,7 +681,7 @@ impl BusMetrics {
         let lanes = |hs: &[Histogram<u64>; 3]| {
             LaneId::ALL
                 .iter()
-                .map(|l| (l.as_str().to_string(), Percentiles::of(&hs[l.index()])))
+                .map(|l| (l.as_str().to_string(), percentiles_of(&hs[l.index()])))
                 .collect()
         };
         LatencyReport {
@@ -733,7 +690,7 @@ impl BusMetrics {
             by_kind: kinds
                 .into_iter()
                 .map(|(k, h)| {
-                    let p = Percentiles::of(&h);
+                    let p = percentiles_of(&h);
                     (
                         k,
                         KindFigures {

@@ -10,7 +10,7 @@
 //! alert (the target is already held, give or take rounding). Otherwise the order gets the next
 //! id, `{instance}-{n:06}` from 1 (every order built gets one, sent or rejected, so a rejection
 //! can name it; the ids depend only on the input), and goes through the checks. A passing order
-//! is published as a market order (`dualbus_engines::venue::OrderRequest`) on
+//! is published as a market order (`dualbus_model::orders::OrderRequest`) on
 //! `order_request.{SYMBOL}` at high priority; a rejected one becomes a `risk_alert` naming the
 //! rule, the value and the limit. A rejected signal is not retried: the next signal is.
 //!
@@ -65,14 +65,15 @@
 //! never the wall clock, so a replay gives the same orders and alerts as the live run.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
-use crate::enhanced_vpin::FlashCrashAlert;
-use crate::market::{Quote, Side};
-use crate::strategy::StrategySignal;
-use crate::venue::{ExecStatus, Execution, OrderRequest, OrderType};
-use crate::vpin::ToxicityAlert;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
 use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_model::market::{Quote, Side};
+use dualbus_model::orders::{ExecStatus, Execution, OrderRequest, OrderType};
+use dualbus_model::risk::{RiskAction, RiskAlert};
+use dualbus_model::strategy::StrategySignal;
+use dualbus_model::vpin::FlashCrashAlert;
+use dualbus_model::vpin::ToxicityAlert;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
@@ -246,40 +247,6 @@ impl RiskRule {
             RiskRule::VarLimit => "var_limit",
         }
     }
-}
-
-/// What a `risk_alert` reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RiskAction {
-    /// An order was rejected by a pre-trade rule.
-    RejectOrder,
-    /// A flash crash alert tripped (or re-armed) the circuit breaker.
-    CircuitBreakerTripped,
-    /// The book's VaR crossed its limit from below.
-    VarBreach,
-}
-
-/// The payload of a `risk_alert`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RiskAlert {
-    /// The rule ([`RiskRule::as_str`]; other publishers may use their own names).
-    pub rule: String,
-    /// Instrument (`None` for the whole book).
-    pub symbol: Option<String>,
-    /// Data time, Unix ns.
-    pub ts: u64,
-    /// The value the rule measured.
-    pub value: f64,
-    /// The rule's limit.
-    pub limit: f64,
-    /// What happened.
-    pub action: RiskAction,
-    /// The rejected order's id.
-    #[serde(default)]
-    pub order_id: Option<String>,
-    /// The rule, the values and the consequence in words.
-    pub reason: String,
 }
 
 /// An order before the checks: `qty` signed (positive buys), valued at `price`.
@@ -1270,7 +1237,7 @@ impl Engine for RiskEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::enhanced_vpin::CrashRule;
+    use dualbus_model::vpin::CrashRule;
 
     const S: u64 = NS;
     const T0: u64 = 1_717_171_200 * S;

@@ -8,8 +8,7 @@ use crate::analytics::AnalyticsEngine;
 use crate::backtesting::BacktestingEngine;
 use crate::collateral::CollateralEngine;
 use crate::engine::{
-    Engine, EngineCounts, EngineError, EngineHost, EngineThread, HostOptions, Interest,
-    RunningEngine,
+    Engine, EngineError, EngineHost, EngineThread, HostOptions, Interest, RunningEngine,
 };
 use crate::enhanced_vpin::EnhancedVpinEngine;
 use crate::factor::FactorEngine;
@@ -26,6 +25,7 @@ use crate::websocket::WebSocketEngine;
 use async_trait::async_trait;
 use dualbus_bus::DualBus;
 use dualbus_core::EventKind;
+use dualbus_model::health::EngineCounts;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -22,7 +22,7 @@
 //!   the benchmark: the equal-weight mean of those returns over the symbols the strategy
 //!   traded (over every symbol of the data when it traded none).
 
-use crate::portfolio::PositionChange;
+use dualbus_model::portfolio::PositionChange;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

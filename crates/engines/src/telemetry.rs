@@ -53,7 +53,6 @@
 //! the process sent a heartbeat within three heartbeat periods; otherwise 503. Both answers
 //! carry a JSON body saying which bus or engine is the reason.
 
-use crate::engine::EngineCounts;
 use crate::metrics::{BusMetrics, EngineTimes, LaneId};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +60,7 @@ use axum::routing::get;
 use dualbus_bus::{BusId, DualBus};
 use dualbus_core::transport::{GroupBacklog, Health, StreamKey};
 use dualbus_core::{EventKind, Priority};
+use dualbus_model::health::EngineCounts;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};

@@ -25,10 +25,12 @@
 //! fit, fractional error below 1.2e-7), so results agree with an exact CDF to about 7 digits.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
-use crate::market::Trade;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
 use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_model::market::Trade;
+use dualbus_model::vpin::ToxicityAlert;
+use dualbus_model::vpin::VpinBucket;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -105,27 +107,6 @@ impl VpinParams {
         }
         out
     }
-}
-
-/// One completed bucket with its VPIN (the payload of `vpin_calculation`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VpinBucket {
-    /// Instrument.
-    pub symbol: String,
-    /// Bucket index, from 1.
-    pub bucket: u64,
-    /// VPIN over the last `window` buckets.
-    pub vpin: f64,
-    /// The bucket's buy volume.
-    pub buy_volume: f64,
-    /// The bucket's sell volume.
-    pub sell_volume: f64,
-    /// Unix ns of the last trade of the bar that completed the bucket.
-    pub ts: u64,
-    /// The VPIN's percentile among all VPIN values so far for the symbol.
-    pub percentile: f64,
-    /// Whether this value crossed the alert threshold from below.
-    pub toxic: bool,
 }
 
 /// The standard normal CDF.
@@ -320,25 +301,6 @@ impl VpinCalculator {
             toxic,
         });
     }
-}
-
-/// The payload of a `toxicity_alert`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ToxicityAlert {
-    /// Instrument.
-    pub symbol: String,
-    /// The bucket whose VPIN crossed the threshold.
-    pub bucket: u64,
-    /// That VPIN.
-    pub vpin: f64,
-    /// Its percentile among all VPIN values so far for the symbol.
-    pub percentile: f64,
-    /// The threshold it crossed from below.
-    pub threshold: f64,
-    /// Unix ns of the last trade of the bar that completed the bucket.
-    pub ts: u64,
-    /// The rule, in words.
-    pub reason: String,
 }
 
 /// The VPIN engine (`vpin`): reads every trade (`market_data.trade.>`), publishes one

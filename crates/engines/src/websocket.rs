@@ -48,8 +48,8 @@
 //! On [`Engine::stop`] the server stops accepting, open requests finish, WebSocket clients get
 //! a close frame (`1001 going away`), and stop waits until every client's task has finished.
 
-use crate::engine::{Engine, EngineContext, EngineError, EngineHealth, Interest, Timer};
-use crate::market::Quote;
+use crate::engine::{Engine, EngineContext, EngineError, Interest, Timer};
+
 use crate::metrics::BusMetrics;
 use crate::telemetry::{self, stopping};
 use async_trait::async_trait;
@@ -59,6 +59,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dualbus_bus::{BusId, HandlerError};
 use dualbus_core::Envelope;
+use dualbus_model::health::EngineHealth;
+use dualbus_model::market::Quote;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -552,7 +554,7 @@ struct EngineSeen {
     published: u64,
     /// Handler time, queue wait and delivery latency over the engine's last heartbeat period.
     #[serde(skip_serializing_if = "Option::is_none")]
-    latency: Option<crate::metrics::EngineLatency>,
+    latency: Option<dualbus_model::health::EngineLatency>,
 }
 
 impl From<EngineHealth> for EngineSeen {

@@ -4,11 +4,13 @@
 
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, Priority, StartFrom};
-use dualbus_engines::analytics::{AnalyticsEngine, AnalyticsResult, PerformanceTracker};
+use dualbus_engines::analytics::{AnalyticsEngine, PerformanceTracker};
 use dualbus_engines::engine::{EngineHost, HostOptions};
-use dualbus_engines::market::{Quote, Side};
-use dualbus_engines::portfolio::{PortfolioEngine, PortfolioUpdate, PositionChange};
-use dualbus_engines::venue::{ExecStatus, Execution};
+use dualbus_engines::portfolio::PortfolioEngine;
+use dualbus_model::analytics::AnalyticsResult;
+use dualbus_model::market::{Quote, Side};
+use dualbus_model::orders::{ExecStatus, Execution};
+use dualbus_model::portfolio::{PortfolioUpdate, PositionChange};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;

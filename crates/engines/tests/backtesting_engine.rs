@@ -6,15 +6,13 @@
 
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, StartFrom};
-use dualbus_engines::backtesting::{
-    BacktestClient, BacktestError, BacktestParams, BacktestRequest, BacktestResult,
-    BacktestingEngine,
-};
+use dualbus_engines::backtesting::{BacktestClient, BacktestError, BacktestingEngine};
 use dualbus_engines::engine::{EngineHost, HostOptions};
 use dualbus_engines::features::FeaturesEngine;
 use dualbus_engines::hub::{HubOptions, MarketDataHub};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
 use dualbus_engines::provider::Speed;
+use dualbus_model::backtest::{BacktestParams, BacktestRequest, BacktestResult};
 use dualbus_testkit::wait_until;
 use parking_lot::Mutex;
 use std::collections::BTreeSet;

@@ -2,9 +2,9 @@
 //! on `127.0.0.1:0` for the live stream and a plain HTTP server for klines. Nothing here
 //! touches the real Binance.
 
-use dualbus_engines::market::{Bar, MarketEvent, Quote, Side, Trade};
 use dualbus_engines::provider::binance::{BinanceOptions, BinanceProvider, BinanceStream};
 use dualbus_engines::provider::{HistoryRequest, MarketStream, Provider, ProviderError};
+use dualbus_model::market::{Bar, MarketEvent, Quote, Side, Trade};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::future::Future;

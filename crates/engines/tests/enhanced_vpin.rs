@@ -5,14 +5,13 @@
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::StartFrom;
 use dualbus_engines::engine::{EngineHost, HostOptions};
-use dualbus_engines::enhanced_vpin::{
-    CrashDetector, EnhancedVpinEngine, EnhancedVpinParams, FlashCrashAlert,
-};
+use dualbus_engines::enhanced_vpin::{CrashDetector, EnhancedVpinEngine, EnhancedVpinParams};
 use dualbus_engines::hub::{HubOptions, MarketDataHub};
-use dualbus_engines::market::MarketEvent;
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
 use dualbus_engines::provider::{Provider, Speed};
 use dualbus_engines::vpin::{VolumeUnit, VpinCalculator, VpinEngine, VpinParams};
+use dualbus_model::market::MarketEvent;
+use dualbus_model::vpin::FlashCrashAlert;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -146,10 +145,7 @@ fn flash_crash_alert_example_is_an_alert() {
     let end = start + rest[start..].find("```").unwrap();
     let entry: serde_json::Value = serde_json::from_str(&rest[start..end]).unwrap();
     let a: FlashCrashAlert = serde_json::from_value(entry["payload"].clone()).unwrap();
-    assert_eq!(
-        a.rule,
-        dualbus_engines::enhanced_vpin::CrashRule::SpreadWidening
-    );
+    assert_eq!(a.rule, dualbus_model::vpin::CrashRule::SpreadWidening);
 }
 
 /// The chain on the bus: the hub plays a crash at 600x, the VPIN engine computes VPIN, the

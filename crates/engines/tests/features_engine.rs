@@ -6,11 +6,13 @@
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::StartFrom;
 use dualbus_engines::engine::{EngineHost, HostOptions};
-use dualbus_engines::features::{self, FeatureCalculator, FeatureVector, FeaturesEngine};
+use dualbus_engines::features::{FeatureCalculator, FeaturesEngine};
 use dualbus_engines::hub::{HubOptions, MarketDataHub};
-use dualbus_engines::market::{MarketEvent, Validator};
+use dualbus_engines::market::Validator;
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
 use dualbus_engines::provider::Provider;
+use dualbus_model::features::FeatureVector;
+use dualbus_model::market::MarketEvent;
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
@@ -132,16 +134,18 @@ async fn the_engine_publishes_what_the_calculator_computes() {
         assert_eq!(got[0].ts, 1_610_064_000_000_000_000);
         // The trade-based features are all there from the 34th bar (the MACD signal), and not
         // before; a trade file has no quotes, so no spread.
-        let trade_based: Vec<&str> = features::ALL
+        let trade_based: Vec<&str> = dualbus_model::features::ALL
             .iter()
             .copied()
-            .filter(|n| *n != features::SPREAD_BPS)
+            .filter(|n| *n != dualbus_model::features::SPREAD_BPS)
             .collect();
         let full = |v: &FeatureVector| trade_based.iter().all(|n| v.features.contains_key(*n));
         assert!(got[..33].iter().all(|v| !full(v)));
         assert!(got[33..].iter().all(full), "{:?}", got[33]);
         assert!(got.iter().all(|v| v.features.len() <= trade_based.len()));
-        assert!(got[0].features.contains_key(features::ORDER_IMBALANCE));
+        assert!(got[0]
+            .features
+            .contains_key(dualbus_model::features::ORDER_IMBALANCE));
     };
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
@@ -188,8 +192,12 @@ fn feature_vector_example_in_the_wire_format_is_a_feature_vector() {
     assert_eq!(v.ts % 60_000_000_000, 0, "a bar start");
     assert!(v.close > 0.0 && v.volume > 0.0);
     // A full vector: every feature, and nothing else.
-    assert!(v.features.keys().map(String::as_str).eq(features::ALL
-        .iter()
-        .copied()
-        .collect::<std::collections::BTreeSet<_>>()));
+    assert!(v
+        .features
+        .keys()
+        .map(String::as_str)
+        .eq(dualbus_model::features::ALL
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>()));
 }

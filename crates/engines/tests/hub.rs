@@ -8,19 +8,19 @@
 use async_trait::async_trait;
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions, Subscription};
 use dualbus_core::{Envelope, EventKind, StartFrom};
-use dualbus_engines::engine::{EngineHealth, EngineHost, HostOptions, RunningEngine};
-use dualbus_engines::hub::{
-    hub_request_kind, HistoryQuery, HubClient, HubError, HubHandle, HubOptions, HubReply,
-    MarketDataHub, Snapshot,
-};
-use dualbus_engines::market::{
-    Bar, BookSnapshot, DataType, Instrument, MarketEvent, Quote, Side, Trade,
-};
+use dualbus_engines::engine::{EngineHost, HostOptions, RunningEngine};
+use dualbus_engines::hub::{HubClient, HubError, HubHandle, HubOptions, MarketDataHub};
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
 use dualbus_engines::provider::{
     HistoryRequest, MarketStream, Provider, ProviderError, SlowHistory,
 };
-use dualbus_engines::venue::{ExecStatus, Execution, OrderRequest, OrderType, VenueOptions};
+use dualbus_engines::venue::VenueOptions;
+use dualbus_model::health::EngineHealth;
+use dualbus_model::hub::{hub_request_kind, HistoryQuery, HubReply, Snapshot};
+use dualbus_model::market::{
+    Bar, BookSnapshot, DataType, Instrument, MarketEvent, Quote, Side, Trade,
+};
+use dualbus_model::orders::{ExecStatus, Execution, OrderRequest, OrderType};
 use dualbus_testkit::{wait_until, RedisFactory, TransportFactory};
 use parking_lot::Mutex;
 use std::collections::HashMap;

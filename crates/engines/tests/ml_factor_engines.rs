@@ -5,8 +5,10 @@
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, Priority, StartFrom};
 use dualbus_engines::engine::{EngineHost, HostOptions};
-use dualbus_engines::factor::{FactorCalculation, FactorEngine, FactorModel, FactorScores, METHOD};
-use dualbus_engines::ml::{MlEngine, MlParams, MlPrediction, SymbolModel, MODEL_NAME};
+use dualbus_engines::factor::{FactorEngine, FactorModel};
+use dualbus_engines::ml::{MlEngine, SymbolModel};
+use dualbus_model::factor::{FactorCalculation, FactorScores, METHOD};
+use dualbus_model::ml::{MlParams, MlPrediction, MODEL_NAME};
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -205,7 +207,7 @@ async fn the_engines_publish_what_the_models_compute() {
                 .unwrap();
             features.publish_envelope(env).await.unwrap();
         }
-        let received = |c: dualbus_engines::engine::EngineCounts| {
+        let received = |c: dualbus_model::health::EngineCounts| {
             c.received.get("feature_vector").copied().unwrap_or(0)
         };
         while received(ml.counts()) < input.len() as u64

@@ -6,16 +6,15 @@
 
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, Priority, StartFrom};
-use dualbus_engines::collateral::{
-    CollateralEngine, CollateralParams, MarginCall, MarginModel, REDUCE_POSITIONS,
-};
-use dualbus_engines::engine::{EngineCounts, EngineHost, HostOptions};
-use dualbus_engines::features::FeatureVector;
-use dualbus_engines::market::{Quote, Side};
-use dualbus_engines::portfolio::{
-    Book, PortfolioEngine, PortfolioParams, PortfolioUpdate, PositionChange,
-};
-use dualbus_engines::venue::{ExecStatus, Execution};
+use dualbus_engines::collateral::{CollateralEngine, CollateralParams, MarginModel};
+use dualbus_engines::engine::{EngineHost, HostOptions};
+use dualbus_engines::portfolio::{Book, PortfolioEngine, PortfolioParams};
+use dualbus_model::collateral::{MarginCall, REDUCE_POSITIONS};
+use dualbus_model::features::FeatureVector;
+use dualbus_model::health::EngineCounts;
+use dualbus_model::market::{Quote, Side};
+use dualbus_model::orders::{ExecStatus, Execution};
+use dualbus_model::portfolio::{PortfolioUpdate, PositionChange};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -544,7 +543,7 @@ fn margin_call_example_is_a_call_that_adds_up() {
         positions: c
             .positions
             .iter()
-            .map(|p| dualbus_engines::portfolio::PositionView {
+            .map(|p| dualbus_model::portfolio::PositionView {
                 symbol: p.symbol.clone(),
                 qty: p.notional,
                 avg_price: 1.0,

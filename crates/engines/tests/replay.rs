@@ -1,11 +1,11 @@
 //! The replay provider on the real samples in `tests/data` (see its README) and on
 //! small files written here for the edge cases.
 
-use dualbus_engines::market::{Bar, MarketEvent, Quote, Side, Trade};
 use dualbus_engines::provider::replay::{
     FileFormat, ReplayOptions, ReplayProvider, RowError, SkippedRow, MAX_BATCH,
 };
 use dualbus_engines::provider::{HistoryRequest, MarketStream, Provider, ProviderError, Speed};
+use dualbus_model::market::{Bar, MarketEvent, Quote, Side, Trade};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -5,14 +5,17 @@
 
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, Priority, StartFrom};
-use dualbus_engines::engine::{EngineCounts, EngineHost, HostOptions};
-use dualbus_engines::enhanced_vpin::{CrashRule, FlashCrashAlert};
-use dualbus_engines::factor::{FactorCalculation, FactorScores};
-use dualbus_engines::market::{Quote, Side};
-use dualbus_engines::ml::MlPrediction;
-use dualbus_engines::risk::{RiskAction, RiskAlert, RiskEngine, RiskParams};
-use dualbus_engines::strategy::{StrategyEngine, StrategyParams, StrategySignal};
-use dualbus_engines::venue::{ExecStatus, Execution, OrderRequest, OrderType};
+use dualbus_engines::engine::{EngineHost, HostOptions};
+use dualbus_engines::risk::{RiskEngine, RiskParams};
+use dualbus_engines::strategy::StrategyEngine;
+use dualbus_model::factor::{FactorCalculation, FactorScores};
+use dualbus_model::health::EngineCounts;
+use dualbus_model::market::{Quote, Side};
+use dualbus_model::ml::MlPrediction;
+use dualbus_model::orders::{ExecStatus, Execution, OrderRequest, OrderType};
+use dualbus_model::risk::{RiskAction, RiskAlert};
+use dualbus_model::strategy::{StrategyParams, StrategySignal};
+use dualbus_model::vpin::{CrashRule, FlashCrashAlert};
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::sync::Arc;

@@ -8,7 +8,8 @@ use dualbus_engines::engine::{EngineHost, HostOptions};
 use dualbus_engines::hub::{HubOptions, MarketDataHub};
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
 use dualbus_engines::provider::Provider;
-use dualbus_engines::vpin::{ToxicityAlert, VpinBucket, VpinCalculator, VpinEngine, VpinParams};
+use dualbus_engines::vpin::{VpinCalculator, VpinEngine, VpinParams};
+use dualbus_model::vpin::{ToxicityAlert, VpinBucket};
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ async fn the_engine_publishes_what_the_calculator_computes() {
             while s.next_batch(&mut evs).await.unwrap() {}
             let mut c = VpinCalculator::new("BTCUSDT", params());
             for e in &evs {
-                if let dualbus_engines::market::MarketEvent::Trade(t) = e {
+                if let dualbus_model::market::MarketEvent::Trade(t) = e {
                     c.on_trade(t.ts, t.price, t.size, &mut expected);
                 }
             }

@@ -4,8 +4,8 @@
 use dualbus_bus::DualBus;
 use dualbus_core::{EventKind, Priority};
 use dualbus_engines::engine::{EngineError, EngineHost, HostOptions, RunningEngine};
-use dualbus_engines::market::Quote;
 use dualbus_engines::websocket::WebSocketEngine;
+use dualbus_model::market::Quote;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;

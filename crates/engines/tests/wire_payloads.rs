@@ -1,8 +1,8 @@
 //! The payload examples of `docs/wire-format.md` for the kinds the engines publish or consume
 //! decode into the engines' own types, so the document cannot drift from the code.
 
-use dualbus_engines::market::Trade;
-use dualbus_engines::venue::{ExecStatus, Execution, OrderRequest};
+use dualbus_model::market::Trade;
+use dualbus_model::orders::{ExecStatus, Execution, OrderRequest};
 
 const DOC: &str = include_str!("../../../docs/wire-format.md");
 

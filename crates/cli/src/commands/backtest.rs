@@ -26,12 +26,9 @@ use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{EventKind, Mode, Priority, StartFrom};
 use dualbus_engines::engine::EngineThread;
-use dualbus_engines::features::{first_bar, FeatureVector};
+use dualbus_engines::features::first_bar;
 use dualbus_engines::hub::FeedGate;
-use dualbus_engines::market::{Bar, Instrument, MarketEvent};
 use dualbus_engines::metrics::BusMetrics;
-use dualbus_engines::ml::DEFAULT_FEATURES;
-use dualbus_engines::portfolio::{PortfolioUpdate, PositionChange};
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
 use dualbus_engines::provider::{HistoryRequest, MarketStream, Provider, ProviderError, Speed};
@@ -39,6 +36,10 @@ use dualbus_engines::system::{System, SystemOptions, AVAILABLE};
 use dualbus_engines::tearsheet::{
     buy_and_hold, exposure, iso8601, RoundTripTracker, TradeLogEntry,
 };
+use dualbus_model::features::FeatureVector;
+use dualbus_model::market::{Bar, Instrument, MarketEvent};
+use dualbus_model::ml::DEFAULT_FEATURES;
+use dualbus_model::portfolio::{PortfolioUpdate, PositionChange};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;

@@ -18,9 +18,10 @@ use dualbus_core::{now_unix_nanos, Envelope, EventKind};
 use dualbus_engines::engine::{
     Engine, EngineContext, EngineError, EngineHost, HostOptions, Interest, Timer,
 };
-use dualbus_engines::hub::{hub_request_kind, HistoryQuery, HubClient, HubOptions, MarketDataHub};
+use dualbus_engines::hub::{HubClient, HubOptions, MarketDataHub};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
 use dualbus_engines::provider::{Provider, SlowHistory, Speed};
+use dualbus_model::hub::{hub_request_kind, HistoryQuery};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde_json::json;

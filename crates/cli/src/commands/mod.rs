@@ -14,6 +14,7 @@ pub mod publish;
 pub mod redis;
 pub mod redis_cluster;
 pub mod run;
+pub mod schema;
 pub mod stats;
 pub mod stress;
 pub mod tail;

@@ -3,10 +3,11 @@
 use super::runtime;
 use anyhow::bail;
 use clap::Args;
-use dualbus_engines::market::MarketEvent;
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions};
 use dualbus_engines::provider::{Provider, Speed};
-use dualbus_engines::vpin::{VpinBucket, VpinCalculator, VpinParams};
+use dualbus_engines::vpin::{VpinCalculator, VpinParams};
+use dualbus_model::market::MarketEvent;
+use dualbus_model::vpin::VpinBucket;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

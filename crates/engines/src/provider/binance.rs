@@ -22,8 +22,8 @@
 //! time, so a quote is stamped with its local receive time unless the frame has `T` or `E`.
 
 use super::{HistoryRequest, MarketStream, Provider, ProviderError};
-use crate::market::{Bar, Instrument, MarketEvent, Quote, Side, Trade};
 use async_trait::async_trait;
+use dualbus_model::market::{Bar, Instrument, MarketEvent, Quote, Side, Trade};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};

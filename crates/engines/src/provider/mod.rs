@@ -13,8 +13,8 @@ pub mod binance;
 pub mod replay;
 pub mod synthetic;
 
-use crate::market::{Bar, Instrument, MarketEvent};
 use async_trait::async_trait;
+use dualbus_model::market::{Bar, Instrument, MarketEvent};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

@@ -68,9 +68,11 @@
 //!
 //! [`Validator`]: crate::market::Validator
 
-use crate::market::{Bar, BarBuilder, Instrument, MarketEvent, Quote, Side, Trade};
+use crate::market::BarBuilder;
+
 use crate::provider::{HistoryRequest, MarketStream, Pacer, Provider, ProviderError, Speed};
 use async_trait::async_trait;
+use dualbus_model::market::{Bar, Instrument, MarketEvent, Quote, Side, Trade};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;

@@ -20,8 +20,9 @@
 //! bars the stream has closed so far. So history never looks ahead of the stream.
 
 use super::{HistoryRequest, MarketStream, Pacer, Provider, ProviderError, Speed};
-use crate::market::{Bar, BarBuilder, Instrument, MarketEvent, Quote, Side, Trade};
+use crate::market::BarBuilder;
 use async_trait::async_trait;
+use dualbus_model::market::{Bar, Instrument, MarketEvent, Quote, Side, Trade};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
