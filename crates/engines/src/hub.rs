@@ -6,8 +6,8 @@
 //! * validates what the provider sends ([`Validator`]: rejected data is counted by reason,
 //!   never published) and publishes it on the MarketData bus as
 //!   `market_data.{trade,quote,bar,book}.{SYMBOL}`, the payload being the
-//!   [`Trade`](dualbus_model::market::Trade), [`Quote`](dualbus_model::market::Quote),
-//!   [`Bar`](dualbus_model::market::Bar) or [`BookSnapshot`](dualbus_model::market::BookSnapshot) as JSON or MessagePack;
+//!   [`Trade`](dualbus_model::market::Trade), [`Quote`],
+//!   [`Bar`] or [`BookSnapshot`](dualbus_model::market::BookSnapshot) as JSON or MessagePack;
 //! * keeps a snapshot cache (latest trade, quote and bar per symbol) and a history cache of
 //!   bars with a time-to-live per data type;
 //! * coalesces concurrent identical history requests into one upstream call;
