@@ -10,8 +10,12 @@ prints it as one JSON object per line: every wire field as a string, except `seq
 (integers) and `payload` (the decoded value); `corr` and `reply` only when present.
 
 Entries that are not valid envelopes are reported on stderr and acknowledged, but not counted.
+With --schemas DIR (docs/schemas), each payload is also checked against the JSON Schema of its
+kind (generated from the Rust types; needs the `jsonschema` package): a payload that does not
+follow it is printed and counted like the others, reported on stderr with the reason, and the
+exit status is 3. Kinds without a schema (custom kinds) are not checked.
 Exits 0 after N messages; exits 1 if --timeout seconds pass first (saying how many arrived),
-2 on bad arguments or a Redis error.
+2 on bad arguments or a Redis error, 3 when a payload broke its schema.
 """
 
 from __future__ import annotations
@@ -58,9 +62,22 @@ def main(argv=None) -> int:
                     help="seconds to wait for all messages (default 10)")
     ap.add_argument("--max-payload", type=int, default=wire.DEFAULT_MAX_PAYLOAD,
                     help="largest accepted payload in bytes (default 1 MiB)")
+    ap.add_argument("--schemas", metavar="DIR",
+                    help="check each payload against its schema in DIR (docs/schemas)")
     args = ap.parse_args(argv)
     if args.count < 0:
         ap.error("--count must be >= 0")
+    schemas = None
+    if args.schemas:
+        try:
+            import jsonschema  # noqa: F401
+        except ImportError:
+            ap.error("--schemas needs the jsonschema package (pip install jsonschema)")
+        try:
+            schemas = wire.load_schemas(args.schemas)
+        except (OSError, ValueError) as e:
+            ap.error(f"--schemas {args.schemas}: {e}")
+    broken = 0
 
     import redis
 
@@ -104,6 +121,13 @@ def main(argv=None) -> int:
                           file=sys.stderr, flush=True)
                     r.xack(args.stream, args.group, entry_id)
                     continue
+                if schemas is not None:
+                    problem = wire.schema_problem(msg["payload"], msg["kind"], msg["topic"],
+                                                  schemas)
+                    if problem is not None:
+                        broken += 1
+                        print(f"consumer: entry {eid} ({msg['id']}) breaks its schema: {problem}",
+                              file=sys.stderr, flush=True)
                 print(to_line(msg), flush=True)
                 r.xack(args.stream, args.group, entry_id)
                 received += 1
@@ -120,6 +144,9 @@ def main(argv=None) -> int:
         print(f"consumer: timeout after {args.timeout:g}s: {received} of {args.count} "
               f"messages received on {args.stream}", file=sys.stderr)
         return 1
+    if broken:
+        print(f"consumer: {broken} of {received} payloads broke their schema", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import os
 import re
 import time
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
@@ -336,3 +337,48 @@ def streams_to_read(kind: str, prefix: str = DEFAULT_PREFIX,
         lanes = tuple(partition_stream(kind, p, prefix) for p in range(partitions))
         return lanes + (priority_stream(bus, prefix),)
     return (kind_stream(kind, bus, prefix), priority_stream(bus, prefix))
+
+
+# --- Payload schemas (docs/schemas/, generated from the Rust types of dualbus-model) ---
+
+# Kinds whose payload type depends on the topic's second segment (`market_data.quote.BTCUSDT`
+# is a `market_data.quote`); every other kind has one schema, named after the kind.
+TYPED_BY_TOPIC = frozenset({"market_data", "analytics_result"})
+
+
+def schema_name(kind: str, topic: str) -> str:
+    """The schema name of a payload: `risk_alert`, or `market_data.quote` for a quote."""
+    if kind in TYPED_BY_TOPIC:
+        parts = topic.split(".")
+        if len(parts) > 1:
+            return f"{kind}.{parts[1]}"
+    return kind
+
+
+def load_schemas(directory: str) -> dict:
+    """Every `NAME.json` schema of a directory (docs/schemas), by name."""
+    schemas = {}
+    for entry in sorted(os.listdir(directory)):
+        if entry.endswith(".json"):
+            with open(os.path.join(directory, entry), encoding="utf-8") as f:
+                schemas[entry[:-len(".json")]] = json.load(f)
+    if not schemas:
+        raise ValueError(f"no schema (*.json) in {directory}")
+    return schemas
+
+
+def schema_problem(payload: Any, kind: str, topic: str, schemas: Mapping[str, Any]) -> Optional[str]:
+    """Why a decoded payload does not follow its schema, or None when it does (or when its kind
+    has no schema, like a custom kind). Needs the `jsonschema` package."""
+    import jsonschema
+
+    schema = schemas.get(schema_name(kind, topic))
+    if schema is None:
+        return None
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(payload), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return None
+    e = errors[0]
+    where = "/".join(str(p) for p in e.absolute_path) or "(the payload)"
+    return f"{schema_name(kind, topic)} schema: at {where}: {e.message}"

@@ -139,6 +139,14 @@ impl From<String> for HandlerError {
     }
 }
 
+/// A payload that does not decode fails its handler with the reason
+/// (`order_request does not decode: ...`): redelivered, then dead-lettered.
+impl From<dualbus_core::PayloadError> for HandlerError {
+    fn from(e: dualbus_core::PayloadError) -> Self {
+        HandlerError(e.to_string())
+    }
+}
+
 impl From<&str> for HandlerError {
     fn from(s: &str) -> Self {
         HandlerError(s.to_string())

@@ -43,6 +43,16 @@ pub struct Envelope {
     pub payload: Bytes,
 }
 
+/// A payload that does not decode as the type asked for ([`Envelope::decode`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} does not decode: {source}")]
+pub struct PayloadError {
+    /// The envelope's kind.
+    pub kind: EventKind,
+    /// Why the payload does not decode.
+    pub source: crate::CodecError,
+}
+
 /// A wire entry that is not a valid envelope; the reason goes to the dead-letter stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -134,6 +144,19 @@ fn name_ok(s: &str) -> bool {
 }
 
 impl Envelope {
+    /// Decodes the payload as `T`, with the envelope's own encoding.
+    ///
+    /// # Errors
+    /// [`PayloadError`] naming the kind and why the payload does not decode.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        self.enc
+            .decode(&self.payload)
+            .map_err(|source| PayloadError {
+                kind: self.kind.clone(),
+                source,
+            })
+    }
+
     /// Starts an envelope with the required fields; the rest default (seq 0, ts now, normal
     /// priority, empty JSON payload).
     pub fn builder(

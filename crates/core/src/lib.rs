@@ -28,7 +28,7 @@ pub mod topic;
 pub mod transport;
 
 pub use codec::{CodecError, Encoding};
-pub use envelope::{Envelope, EnvelopeBuilder, WireError, WIRE_VERSION};
+pub use envelope::{Envelope, EnvelopeBuilder, PayloadError, WireError, WIRE_VERSION};
 pub use kind::{EventKind, KindError, Priority};
 pub use topic::{Pattern, Topic, TopicError};
 pub use transport::{

@@ -37,6 +37,7 @@
 //! latency of the messages this engine received (envelope `ts` to hand-over), p50/p99/max.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
+use crate::stats::mean_sd;
 use dualbus_model::analytics::BusTraffic;
 use dualbus_model::analytics::{AnalyticsResult, Performance, SharpeRatio};
 
@@ -90,9 +91,7 @@ pub fn sharpe_of(rets: &[f64]) -> Option<f64> {
     if rets.len() < 2 {
         return None;
     }
-    let n = rets.len() as f64;
-    let mean = rets.iter().sum::<f64>() / n;
-    let sd = (rets.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    let (mean, sd) = mean_sd(rets, 1);
     (sd > 0.0).then(|| mean / sd)
 }
 
@@ -400,13 +399,7 @@ impl AnalyticsEngine {
     async fn publish(&mut self, ctx: &EngineContext, period: &str) -> Result<(), EngineError> {
         let r = self.result(ctx, period);
         self.reports += 1;
-        ctx.publish(
-            EventKind::AnalyticsResult,
-            "analytics_result.performance",
-            Priority::Low,
-            &r,
-        )
-        .await?;
+        ctx.send(&r).await?;
         self.last = Some(r);
         Ok(())
     }
@@ -464,15 +457,9 @@ impl Engine for AnalyticsEngine {
         let us =
             (dualbus_core::now_unix_nanos().saturating_sub(msg.ts) / 1_000).clamp(1, 3_600_000_000);
         let _ = self.latency[bus.index()].record(us);
-        let bad = |what: &str, e: dualbus_core::CodecError| {
-            HandlerError(format!("{what} does not decode: {e}"))
-        };
         match &msg.kind {
             EventKind::PortfolioUpdate => {
-                let p: PortfolioUpdate = msg
-                    .enc
-                    .decode(&msg.payload)
-                    .map_err(|e| bad("portfolio_update", e))?;
+                let p: PortfolioUpdate = msg.decode()?;
                 let unrealized = p
                     .positions
                     .into_iter()
@@ -482,26 +469,17 @@ impl Engine for AnalyticsEngine {
                 self.maybe_report(ctx, p.ts).await;
             }
             EventKind::PositionChange => {
-                let c: PositionChange = msg
-                    .enc
-                    .decode(&msg.payload)
-                    .map_err(|e| bad("position_change", e))?;
+                let c: PositionChange = msg.decode()?;
                 self.perf.on_realized(&c.symbol, c.realized_pnl);
             }
             EventKind::TradeExecution => {
-                let x: Execution = msg
-                    .enc
-                    .decode(&msg.payload)
-                    .map_err(|e| bad("trade_execution", e))?;
+                let x: Execution = msg.decode()?;
                 if x.status == ExecStatus::Filled {
                     self.perf.on_fill(x.ts, x.qty * x.price);
                 }
             }
             EventKind::EngineHealth => {
-                let h: EngineHealth = msg
-                    .enc
-                    .decode(&msg.payload)
-                    .map_err(|e| bad("engine_health", e))?;
+                let h: EngineHealth = msg.decode()?;
                 self.published_by_engine
                     .insert(h.engine.clone(), h.counts.published);
             }

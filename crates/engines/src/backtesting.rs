@@ -80,7 +80,7 @@ use crate::portfolio::{Book, PortfolioParams};
 use crate::strategy::StrategyState;
 use async_trait::async_trait;
 use dualbus_bus::{DualBus, HandlerError, RequestError};
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::features::FeatureVector;
 use dualbus_model::hub::{hub_request_kind, HistoryQuery};
 use dualbus_model::market::{Bar, Quote, Side};
@@ -631,15 +631,7 @@ async fn rerun(
         problems,
         backtest,
     };
-    if let Err(e) = ctx
-        .publish(
-            EventKind::AnalyticsResult,
-            "analytics_result.backtest",
-            Priority::Low,
-            &result,
-        )
-        .await
-    {
+    if let Err(e) = ctx.send(&result).await {
         tracing::warn!(ts, error = %e, "backtest result not published");
     }
     let mut st = state.lock();
@@ -684,10 +676,7 @@ impl Engine for BacktestingEngine {
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
         if msg.kind == EventKind::FeatureVector {
-            let v: FeatureVector = msg
-                .enc
-                .decode(&msg.payload)
-                .map_err(|e| HandlerError(format!("feature_vector does not decode: {e}")))?;
+            let v: FeatureVector = msg.decode()?;
             let end = v.ts.saturating_add(u64::from(v.bar_secs) * NS);
             if let Some(ts) = self.clock.on_vector(&v.symbol, end) {
                 self.start_rerun(ctx, ts);

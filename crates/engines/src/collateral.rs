@@ -32,7 +32,7 @@
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::collateral::{unbounded_as_null, MarginCall, MarginPosition, REDUCE_POSITIONS};
 use dualbus_model::features::{FeatureVector, REALIZED_VOL_20};
 use dualbus_model::portfolio::PortfolioUpdate;
@@ -337,31 +337,18 @@ impl Engine for CollateralEngine {
         ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
-        let bad = |what: &str, e: dualbus_core::CodecError| {
-            HandlerError(format!("{what} does not decode: {e}"))
-        };
         match msg.kind {
             EventKind::FeatureVector => {
-                let v: FeatureVector = msg
-                    .enc
-                    .decode(&msg.payload)
-                    .map_err(|e| bad("feature vector", e))?;
+                let v: FeatureVector = msg.decode()?;
                 self.model.on_vector(&v);
             }
             EventKind::PortfolioUpdate => {
-                let u: PortfolioUpdate = msg
-                    .enc
-                    .decode(&msg.payload)
-                    .map_err(|e| bad("portfolio update", e))?;
+                let u: PortfolioUpdate = msg.decode()?;
                 if let Some(call) = self.model.on_update(&u) {
-                    let topic = format!("margin_call.{}", call.account);
                     ctx.count_alert("margin_call", "margin_utilization");
                     // The crossing is recorded now; a failed publish is logged, not retried
                     // (a redelivered update no longer crosses).
-                    if let Err(e) = ctx
-                        .publish(EventKind::MarginCall, &topic, Priority::Critical, &call)
-                        .await
-                    {
+                    if let Err(e) = ctx.send(&call).await {
                         tracing::warn!(account = %call.account, error = %e, "margin call not published");
                     }
                     self.calls.push(call);

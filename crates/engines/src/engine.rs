@@ -18,6 +18,7 @@ use dualbus_model::health::EngineHealth;
 use async_trait::async_trait;
 use dualbus_bus::{BusError, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
 use dualbus_core::{Envelope, EventKind, Mode, Priority};
+use dualbus_model::Message;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -314,6 +315,24 @@ impl EngineContext {
     ) -> Result<(), BusError> {
         let env = self.bus.envelope(kind, topic, prio, payload)?;
         self.publish_batch(vec![env]).await
+    }
+
+    /// Publishes a message at its own kind, topic and priority ([`Message`]).
+    ///
+    /// # Errors
+    /// [`BusError`] from [`DualBus::envelope`] or the publish.
+    pub async fn send<M: Message>(&self, msg: &M) -> Result<(), BusError> {
+        self.publish(M::kind(), &msg.topic(), M::PRIORITY, msg)
+            .await
+    }
+
+    /// The envelope of a message (its kind, topic and priority), for
+    /// [`EngineContext::publish_batch`].
+    ///
+    /// # Errors
+    /// [`BusError`] from [`DualBus::envelope`].
+    pub fn envelope<M: Message>(&self, msg: &M) -> Result<Envelope, BusError> {
+        self.bus.envelope(M::kind(), &msg.topic(), M::PRIORITY, msg)
     }
 
     /// Publishes envelopes built with [`DualBus::envelope`], in order.
@@ -659,12 +678,8 @@ async fn heartbeat(
         details,
         latency: Some(ctx.times.take_window()),
     };
-    let topic = format!("engine_health.{}", ctx.name);
     ctx.times.beat();
-    if let Err(e) = ctx
-        .publish(EventKind::EngineHealth, &topic, Priority::Low, &health)
-        .await
-    {
+    if let Err(e) = ctx.send(&health).await {
         tracing::warn!(engine = ctx.name, error = %e, "heartbeat not published");
     }
 }

@@ -31,9 +31,10 @@
 //! time. Every alert names its rule, the values and the thresholds, and says why in words.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
+use crate::stats::mean_sd;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::market::{Quote, Trade};
 use dualbus_model::vpin::VpinBucket;
 use dualbus_model::vpin::{CrashRule, FlashCrashAlert};
@@ -269,9 +270,7 @@ impl CrashDetector {
         if before.len() < self.p.min_bars {
             return None;
         }
-        let m = before.len() as f64;
-        let mean = before.iter().sum::<f64>() / m;
-        let sd = (before.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (m - 1.0)).sqrt();
+        let (_, sd) = mean_sd(&before, 1);
         if sd == 0.0 {
             return None;
         }
@@ -429,34 +428,27 @@ impl Engine for EnhancedVpinEngine {
         ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
-        let bad = |what: &str, e: dualbus_core::CodecError| {
-            HandlerError(format!("{what} does not decode: {e}"))
-        };
         let alert = match msg.kind {
             EventKind::VpinCalculation => {
-                let b: VpinBucket = msg.enc.decode(&msg.payload).map_err(|e| bad("vpin", e))?;
+                let b: VpinBucket = msg.decode()?;
                 self.detector(&b.symbol).on_vpin(&b)
             }
             _ if msg.topic.as_str().starts_with("market_data.trade.") => {
-                let t: Trade = msg.enc.decode(&msg.payload).map_err(|e| bad("trade", e))?;
+                let t: Trade = msg.decode()?;
                 self.detector(&t.symbol).on_trade(t.ts, t.price)
             }
             _ if msg.topic.as_str().starts_with("market_data.quote.") => {
-                let q: Quote = msg.enc.decode(&msg.payload).map_err(|e| bad("quote", e))?;
+                let q: Quote = msg.decode()?;
                 self.detector(&q.symbol).on_quote(q.ts, q.spread_bps())
             }
             _ => None,
         };
         if let Some(a) = alert {
             self.published += 1;
-            let topic = format!("flash_crash_alert.{}", a.symbol);
             ctx.count_alert("flash_crash_alert", a.rule.as_str());
             // Counted now; a failed publish is logged, not retried (a redelivery would feed
             // the same data twice).
-            if let Err(e) = ctx
-                .publish(EventKind::FlashCrashAlert, &topic, Priority::Critical, &a)
-                .await
-            {
+            if let Err(e) = ctx.send(&a).await {
                 tracing::warn!(error = %e, "flash crash alert not published");
             }
             self.alerts.push(a);

@@ -29,9 +29,10 @@
 //! `bar_secs` are ignored (counted).
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
+use crate::stats::mean_sd;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::factor::FactorScores;
 use dualbus_model::factor::{FactorCalculation, METHOD};
 use dualbus_model::features::FeatureVector as FeatureInput;
@@ -77,14 +78,6 @@ impl RawFactors {
             },
         })
     }
-}
-
-/// Mean and standard deviation with `ddof` (0: population, 1: sample).
-fn mean_sd(x: &[f64], ddof: usize) -> (f64, f64) {
-    let n = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / n;
-    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - ddof as f64);
-    (mean, var.sqrt())
 }
 
 /// Cross-sectional z-scores and composite of the symbols in `raws`; `None` with fewer than 2.
@@ -277,13 +270,7 @@ impl FactorEngine {
 
     async fn publish_out(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
         for c in std::mem::take(&mut self.out) {
-            ctx.publish(
-                EventKind::FactorCalculation,
-                "factor_calculation.universe",
-                Priority::Low,
-                &c,
-            )
-            .await?;
+            ctx.send(&c).await?;
         }
         Ok(())
     }
@@ -308,10 +295,7 @@ impl Engine for FactorEngine {
         ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
-        let v: FeatureInput = msg
-            .enc
-            .decode(&msg.payload)
-            .map_err(|e| HandlerError(format!("feature_vector does not decode: {e}")))?;
+        let v: FeatureInput = msg.decode()?;
         self.model.on_bar(
             &v.symbol,
             v.ts,

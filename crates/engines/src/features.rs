@@ -42,9 +42,10 @@
 //! price `(high + low + close) / 3` times its volume.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
+use crate::stats::mean_sd_from_first;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::features::{
     FeatureVector, BOLLINGER_B, MACD, MACD_HIST, MACD_SIGNAL, ORDER_IMBALANCE, REALIZED_VOL_20,
     RET_1, RET_15, RET_5, RSI_14, SPREAD_BPS, VWAP_DEVIATION,
@@ -189,17 +190,6 @@ impl Rsi {
             100.0 - 100.0 / (1.0 + self.gain / self.loss)
         })
     }
-}
-
-/// Mean and standard deviation (divided by `n - ddof`) of `xs` (not empty). Deviations are
-/// taken from the first value, so a constant series gives exactly 0.
-fn mean_sd<'a>(xs: impl Iterator<Item = &'a f64> + Clone, ddof: usize) -> (f64, f64) {
-    let mut it = xs.clone();
-    let first = *it.next().expect("not empty");
-    let n = xs.clone().count();
-    let mean_d = xs.clone().map(|x| x - first).sum::<f64>() / n as f64;
-    let var = xs.map(|x| (x - first - mean_d).powi(2)).sum::<f64>() / (n - ddof) as f64;
-    (first + mean_d, var.sqrt())
 }
 
 /// Quotes of one bar period.
@@ -437,10 +427,10 @@ impl FeatureCalculator {
             let rets: Vec<f64> = (1..n)
                 .map(|i| (self.closes[i] / self.closes[i - 1]).ln())
                 .collect();
-            put(REALIZED_VOL_20, mean_sd(rets.iter(), 1).1);
+            put(REALIZED_VOL_20, mean_sd_from_first(rets.iter(), 1).1);
         }
         if n >= WINDOW_20 {
-            let (mid, sd) = mean_sd(self.closes.range(n - WINDOW_20..), 0);
+            let (mid, sd) = mean_sd_from_first(self.closes.range(n - WINDOW_20..), 0);
             let b = if sd == 0.0 {
                 0.5
             } else {
@@ -528,23 +518,13 @@ impl FeaturesEngine {
     /// Publishes `v`; a failure is logged rather than retried, since a redelivery of the
     /// message that closed the bar would count it twice.
     async fn publish(&mut self, ctx: &EngineContext, v: &FeatureVector) {
-        let topic = format!("feature_vector.{}", v.symbol);
-        match ctx
-            .publish(EventKind::FeatureVector, &topic, Priority::Normal, v)
-            .await
-        {
+        match ctx.send(v).await {
             Ok(()) => self.published += 1,
             Err(e) => {
                 tracing::warn!(symbol = %v.symbol, error = %e, "feature vector not published")
             }
         }
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(msg: &Envelope, what: &str) -> Result<T, HandlerError> {
-    msg.enc
-        .decode(&msg.payload)
-        .map_err(|e| HandlerError(format!("{what} does not decode: {e}")))
 }
 
 #[async_trait]
@@ -584,16 +564,16 @@ impl Engine for FeaturesEngine {
         let data_type = msg.topic.as_str().split('.').nth(1).unwrap_or("");
         let closed = match data_type {
             "trade" => {
-                let t: Trade = decode(msg, "trade")?;
+                let t: Trade = msg.decode()?;
                 self.calc(&t.symbol).on_trade(&t)
             }
             "quote" => {
-                let q: Quote = decode(msg, "quote")?;
+                let q: Quote = msg.decode()?;
                 self.calc(&q.symbol).on_quote(&q);
                 None
             }
             "bar" => {
-                let b: Bar = decode(msg, "bar")?;
+                let b: Bar = msg.decode()?;
                 self.calc(&b.symbol).on_bar(&b)
             }
             _ => None,

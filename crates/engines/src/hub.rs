@@ -32,6 +32,7 @@ use dualbus_core::{Envelope, EventKind, Priority, Topic};
 use dualbus_model::hub::{hub_request_kind, HistoryQuery, HubReply, Snapshot, HUB_REQUEST};
 use dualbus_model::market::{Bar, DataType, MarketEvent, Quote};
 use dualbus_model::orders::{Execution, OrderRequest};
+use dualbus_model::Message;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -479,7 +480,6 @@ async fn warm(shared: &Shared, ctx: &EngineContext) {
     bars.sort_by(|a, b| (a.ts, &a.symbol).cmp(&(b.ts, &b.symbol)));
     let mut envs = Vec::with_capacity(bars.len());
     for b in bars {
-        let topic = format!("market_data.bar.{}", b.symbol);
         let ev = MarketEvent::Bar(b);
         if let Err(reason) = shared.validator.lock().validate(&ev) {
             log_reject(reason, &ev);
@@ -488,7 +488,7 @@ async fn warm(shared: &Shared, ctx: &EngineContext) {
         let MarketEvent::Bar(b) = ev else {
             unreachable!("built above")
         };
-        match bus.envelope(EventKind::MarketData, &topic, Priority::Normal, &b) {
+        match bus.envelope(Bar::kind(), &b.topic(), Bar::PRIORITY, &b) {
             Ok(env) => envs.push((b.ts, env)),
             Err(e) => tracing::warn!(error = %e, "warm-up bar not published"),
         }
@@ -722,11 +722,7 @@ fn log_reject(reason: Reject, ev: &MarketEvent) {
 }
 
 async fn publish_execution(ctx: &EngineContext, x: &Execution) {
-    let topic = format!("trade_execution.{}", x.symbol);
-    if let Err(e) = ctx
-        .publish(EventKind::TradeExecution, &topic, Priority::High, x)
-        .await
-    {
+    if let Err(e) = ctx.send(x).await {
         tracing::warn!(order = %x.order_id, error = %e, "execution not published");
     }
 }
@@ -842,13 +838,8 @@ impl Engine for MarketDataHub {
                 tracing::warn!(%reason, "order refused");
                 return Err(HandlerError(reason));
             }
-            let order: OrderRequest = match msg.enc.decode(&msg.payload) {
-                Ok(o) => o,
-                Err(e) => {
-                    // Unreadable: no retry can fix it, so it is dead-lettered with the reason.
-                    return Err(HandlerError(format!("order_request does not decode: {e}")));
-                }
-            };
+            // Unreadable: no retry can fix it, so it is dead-lettered with the reason.
+            let order: OrderRequest = msg.decode()?;
             let exec = self.shared.venue.lock().submit(order);
             if let Some(x) = exec {
                 publish_execution(ctx, &x).await;

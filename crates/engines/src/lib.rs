@@ -48,6 +48,7 @@
 //!   (`strategy_signal`).
 //! * [`risk`]: the Risk engine: pre-trade checks that turn signals into orders
 //!   (`order_request`) or rejections (`risk_alert`), the circuit breaker, parametric VaR.
+//! * [`stats`]: mean and standard deviation, shared by the engines.
 //! * [`tearsheet`]: what a trader reads after a backtest: the trade log, round trips won and
 //!   lost, exposure over time, the buy-and-hold benchmark.
 //! * [`websocket`]: the WebSocket engine: HTTP on port 8600 with a live page, a WebSocket
@@ -71,6 +72,7 @@ pub mod ml;
 pub mod portfolio;
 pub mod provider;
 pub mod risk;
+pub mod stats;
 pub mod strategy;
 pub mod system;
 pub mod tearsheet;

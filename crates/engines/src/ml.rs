@@ -36,7 +36,7 @@
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::ml::{MlParams, MlPrediction, MODEL_NAME};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -368,10 +368,7 @@ impl Engine for MlEngine {
         ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
-        let v: FeatureInput = msg
-            .enc
-            .decode(&msg.payload)
-            .map_err(|e| HandlerError(format!("feature_vector does not decode: {e}")))?;
+        let v: FeatureInput = msg.decode()?;
         let params = &self.params;
         let pred = self
             .models
@@ -382,15 +379,7 @@ impl Engine for MlEngine {
         // retried (a redelivery would be ignored as stale anyway).
         if let Some(p) = pred {
             self.predictions += 1;
-            if let Err(e) = ctx
-                .publish(
-                    EventKind::MlPrediction,
-                    &format!("ml_prediction.{}", p.symbol),
-                    Priority::Normal,
-                    &p,
-                )
-                .await
-            {
+            if let Err(e) = ctx.send(&p).await {
                 tracing::warn!(error = %e, "ML prediction not published");
             }
         }

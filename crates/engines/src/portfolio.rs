@@ -42,7 +42,7 @@
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority, Topic};
+use dualbus_core::{Envelope, EventKind, Topic};
 use dualbus_model::market::Quote;
 use dualbus_model::orders::{ExecStatus, Execution};
 use dualbus_model::portfolio::PositionView;
@@ -487,17 +487,9 @@ impl PortfolioEngine {
         ctx: &EngineContext,
         u: &PortfolioUpdate,
     ) -> Result<Envelope, dualbus_bus::BusError> {
-        let topic = format!("portfolio_update.{}", u.account);
         ctx.set_equity(u.equity);
-        ctx.bus()
-            .envelope(EventKind::PortfolioUpdate, &topic, Priority::Normal, u)
+        ctx.envelope(u)
     }
-}
-
-fn decode<T: serde::de::DeserializeOwned>(msg: &Envelope, what: &str) -> Result<T, HandlerError> {
-    msg.enc
-        .decode(&msg.payload)
-        .map_err(|e| HandlerError(format!("{what} does not decode: {e}")))
 }
 
 #[async_trait]
@@ -532,18 +524,12 @@ impl Engine for PortfolioEngine {
     ) -> Result<(), HandlerError> {
         let mut out = Vec::new();
         if msg.kind == EventKind::TradeExecution {
-            let x: Execution = decode(msg, "trade execution")?;
+            let x: Execution = msg.decode()?;
             let invalid = self.book.counts().invalid;
             match self.book.on_fill(&x) {
                 Some(change) => {
                     let u = self.book.update(change.ts);
-                    let topic = format!("position_change.{}", change.symbol);
-                    match ctx.bus().envelope(
-                        EventKind::PositionChange,
-                        &topic,
-                        Priority::Normal,
-                        &change,
-                    ) {
+                    match ctx.envelope(&change) {
                         Ok(env) => out.push(env),
                         Err(e) => tracing::warn!(error = %e, "position change not published"),
                     }
@@ -559,7 +545,7 @@ impl Engine for PortfolioEngine {
                 None => {}
             }
         } else if msg.topic.as_str().starts_with("market_data.quote.") {
-            let q: Quote = decode(msg, "quote")?;
+            let q: Quote = msg.decode()?;
             if let Some(u) = self.book.on_quote(&q) {
                 match self.update_envelope(ctx, &u) {
                     Ok(env) => out.push(env),

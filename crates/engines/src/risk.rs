@@ -67,7 +67,7 @@
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::market::{Quote, Side};
 use dualbus_model::orders::{ExecStatus, Execution, OrderRequest, OrderType};
 use dualbus_model::risk::{RiskAction, RiskAlert};
@@ -1098,12 +1098,8 @@ impl RiskEngine {
 }
 
 async fn publish_alert(ctx: &EngineContext, a: &RiskAlert) {
-    let topic = format!("risk_alert.{}", a.symbol.as_deref().unwrap_or("book"));
     ctx.count_alert("risk_alert", &a.rule);
-    if let Err(e) = ctx
-        .publish(EventKind::RiskAlert, &topic, Priority::Critical, a)
-        .await
-    {
+    if let Err(e) = ctx.send(a).await {
         tracing::warn!(error = %e, rule = %a.rule, "risk alert not published");
     }
 }
@@ -1149,22 +1145,13 @@ impl Engine for RiskEngine {
         ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
-        fn decode<T: serde::de::DeserializeOwned>(msg: &Envelope) -> Result<T, HandlerError> {
-            msg.enc
-                .decode(&msg.payload)
-                .map_err(|e| HandlerError(format!("{} does not decode: {e}", msg.kind)))
-        }
         let b = &mut self.book;
         // Every input has changed the book before anything is published; a failed publish is
         // logged rather than retried (a redelivery would count a fill or an order twice).
         let alert = match msg.kind {
-            EventKind::StrategySignal => match b.on_signal(&decode(msg)?) {
+            EventKind::StrategySignal => match b.on_signal(&msg.decode()?) {
                 SignalOutcome::Order(o) => {
-                    let topic = format!("order_request.{}", o.symbol);
-                    if let Err(e) = ctx
-                        .publish(EventKind::OrderRequest, &topic, Priority::High, &o)
-                        .await
-                    {
+                    if let Err(e) = ctx.send(&o).await {
                         tracing::warn!(error = %e, order = %o.order_id, "order not published");
                     }
                     None
@@ -1176,16 +1163,16 @@ impl Engine for RiskEngine {
                     None
                 }
             },
-            EventKind::TradeExecution => b.on_execution(&decode(msg)?),
+            EventKind::TradeExecution => b.on_execution(&msg.decode()?),
             EventKind::ToxicityAlert => {
-                b.on_toxicity_alert(&decode(msg)?);
+                b.on_toxicity_alert(&msg.decode()?);
                 None
             }
-            EventKind::FlashCrashAlert => Some(b.on_flash_crash_alert(&decode(msg)?)),
+            EventKind::FlashCrashAlert => Some(b.on_flash_crash_alert(&msg.decode()?)),
             EventKind::PortfolioUpdate => {
                 let account = msg.topic.as_str().rsplit('.').next().unwrap_or_default();
                 if account == b.params().account {
-                    let v: EquityView = decode(msg)?;
+                    let v: EquityView = msg.decode()?;
                     b.on_equity(v.equity);
                 } else {
                     self.other_accounts += 1;
@@ -1193,7 +1180,7 @@ impl Engine for RiskEngine {
                 None
             }
             EventKind::MarketData if msg.topic.as_str().starts_with("market_data.quote.") => {
-                b.on_quote(&decode(msg)?)
+                b.on_quote(&msg.decode()?)
             }
             _ => None,
         };

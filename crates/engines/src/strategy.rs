@@ -27,7 +27,7 @@
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::factor::FactorCalculation;
 use dualbus_model::market::Quote;
 use dualbus_model::ml::MlPrediction;
@@ -409,32 +409,23 @@ impl Engine for StrategyEngine {
         ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
-        fn decode<T: serde::de::DeserializeOwned>(msg: &Envelope) -> Result<T, HandlerError> {
-            msg.enc
-                .decode(&msg.payload)
-                .map_err(|e| HandlerError(format!("{} does not decode: {e}", msg.kind)))
-        }
         let s = &mut self.state;
         let signals: Vec<StrategySignal> = match msg.kind {
-            EventKind::MlPrediction => s.on_prediction(&decode(msg)?).into_iter().collect(),
-            EventKind::FactorCalculation => s.on_factors(&decode(msg)?),
-            EventKind::ToxicityAlert => s.on_toxicity_alert(&decode(msg)?).into_iter().collect(),
+            EventKind::MlPrediction => s.on_prediction(&msg.decode()?).into_iter().collect(),
+            EventKind::FactorCalculation => s.on_factors(&msg.decode()?),
+            EventKind::ToxicityAlert => s.on_toxicity_alert(&msg.decode()?).into_iter().collect(),
             EventKind::FlashCrashAlert => {
-                s.on_flash_crash_alert(&decode(msg)?).into_iter().collect()
+                s.on_flash_crash_alert(&msg.decode()?).into_iter().collect()
             }
             EventKind::MarketData if msg.topic.as_str().starts_with("market_data.quote.") => {
-                s.on_quote(&decode(msg)?).into_iter().collect()
+                s.on_quote(&msg.decode()?).into_iter().collect()
             }
             _ => Vec::new(),
         };
         // The state counts a signal as published once made; a failed publish is logged rather
         // than retried (a redelivery of the input would not change the target again).
         for sig in signals {
-            let topic = format!("strategy_signal.{}", sig.symbol);
-            if let Err(e) = ctx
-                .publish(EventKind::StrategySignal, &topic, Priority::Normal, &sig)
-                .await
-            {
+            if let Err(e) = ctx.send(&sig).await {
                 tracing::warn!(error = %e, symbol = %sig.symbol, "strategy signal not published");
             }
         }

@@ -25,9 +25,10 @@
 //! fit, fractional error below 1.2e-7), so results agree with an exact CDF to about 7 digits.
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
+use crate::stats::mean_sd;
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_core::{Envelope, EventKind};
 use dualbus_model::market::Trade;
 use dualbus_model::vpin::ToxicityAlert;
 use dualbus_model::vpin::VpinBucket;
@@ -244,9 +245,7 @@ impl VpinCalculator {
         let frac = if n < 2 {
             0.5
         } else {
-            let mean = self.dps.iter().sum::<f64>() / n as f64;
-            let var = self.dps.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-            let sigma = var.sqrt();
+            let (_, sigma) = mean_sd(&self.dps, 1);
             if sigma == 0.0 {
                 0.5
             } else {
@@ -327,13 +326,7 @@ impl VpinEngine {
 
     async fn publish_out(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
         for b in std::mem::take(&mut self.out) {
-            ctx.publish(
-                EventKind::VpinCalculation,
-                &format!("vpin_calculation.{}", b.symbol),
-                Priority::Normal,
-                &b,
-            )
-            .await?;
+            ctx.send(&b).await?;
             if b.toxic {
                 self.alerts += 1;
                 let alert = ToxicityAlert {
@@ -350,13 +343,7 @@ impl VpinEngine {
                     ),
                 };
                 ctx.count_alert("toxicity_alert", "vpin_percentile");
-                ctx.publish(
-                    EventKind::ToxicityAlert,
-                    &format!("toxicity_alert.{}", b.symbol),
-                    Priority::High,
-                    &alert,
-                )
-                .await?;
+                ctx.send(&alert).await?;
             }
         }
         Ok(())
@@ -390,10 +377,7 @@ impl Engine for VpinEngine {
         ctx: &EngineContext,
         msg: &Envelope,
     ) -> Result<(), HandlerError> {
-        let t: Trade = msg
-            .enc
-            .decode(&msg.payload)
-            .map_err(|e| HandlerError(format!("trade does not decode: {e}")))?;
+        let t: Trade = msg.decode()?;
         let params = &self.params;
         let volume = match params.volume_unit {
             VolumeUnit::Base => t.size,

@@ -138,13 +138,8 @@ async fn a_calm_day_raises_no_alert() {
 
 #[test]
 fn flash_crash_alert_example_is_an_alert() {
-    let doc = include_str!("../../../docs/wire-format.md");
-    let at = doc.find("### `flash_crash_alert`").unwrap();
-    let rest = &doc[at..];
-    let start = rest.find("```json").unwrap() + "```json".len();
-    let end = start + rest[start..].find("```").unwrap();
-    let entry: serde_json::Value = serde_json::from_str(&rest[start..end]).unwrap();
-    let a: FlashCrashAlert = serde_json::from_value(entry["payload"].clone()).unwrap();
+    let a: FlashCrashAlert =
+        serde_json::from_value(dualbus_testkit::wire_example("flash_crash_alert")).unwrap();
     assert_eq!(a.rule, dualbus_model::vpin::CrashRule::SpreadWidening);
 }
 

@@ -175,18 +175,10 @@ async fn bad_configuration_stops_the_engine_from_starting_and_names_the_value() 
     }
 }
 
-const DOC: &str = include_str!("../../../docs/wire-format.md");
-
 #[test]
 fn feature_vector_example_in_the_wire_format_is_a_feature_vector() {
-    let at = DOC
-        .find("### `feature_vector`")
-        .expect("a feature_vector section");
-    let rest = &DOC[at..];
-    let start = rest.find("```json").expect("a json block") + "```json".len();
-    let end = start + rest[start..].find("```").expect("end of the block");
-    let entry: serde_json::Value = serde_json::from_str(&rest[start..end]).expect("valid JSON");
-    let v: FeatureVector = serde_json::from_value(entry["payload"].clone()).expect("a vector");
+    let v: FeatureVector =
+        serde_json::from_value(dualbus_testkit::wire_example("feature_vector")).expect("a vector");
     assert_eq!(v.symbol, "BTCUSDT");
     assert_eq!(v.bar_secs, 60);
     assert_eq!(v.ts % 60_000_000_000, 0, "a bar start");

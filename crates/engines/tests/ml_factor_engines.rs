@@ -259,23 +259,10 @@ async fn bad_ml_configuration_stops_the_engine_from_starting_and_names_the_value
     assert!(err.contains("learning_rate -0.5"), "{err}");
 }
 
-const DOC: &str = include_str!("../../../docs/wire-format.md");
-
-/// The `payload` of the first JSON example under "### `kind`".
-fn example_payload(kind: &str) -> serde_json::Value {
-    let heading = format!("### `{kind}`");
-    let at = DOC.find(&heading).unwrap_or_else(|| panic!("no {heading}"));
-    let rest = &DOC[at..];
-    let start = rest.find("```json").expect("a json block") + "```json".len();
-    let end = start + rest[start..].find("```").expect("end of the block");
-    let entry: serde_json::Value = serde_json::from_str(&rest[start..end]).expect("valid JSON");
-    entry["payload"].clone()
-}
-
 #[test]
 fn ml_prediction_example_is_a_prediction() {
-    let p: MlPrediction =
-        serde_json::from_value(example_payload("ml_prediction")).expect("an MlPrediction");
+    let p: MlPrediction = serde_json::from_value(dualbus_testkit::wire_example("ml_prediction"))
+        .expect("an MlPrediction");
     assert_eq!(
         (p.symbol.as_str(), p.model.as_str()),
         ("BTCUSDT", MODEL_NAME)
@@ -287,7 +274,8 @@ fn ml_prediction_example_is_a_prediction() {
 #[test]
 fn factor_calculation_example_is_a_calculation() {
     let c: FactorCalculation =
-        serde_json::from_value(example_payload("factor_calculation")).expect("a FactorCalculation");
+        serde_json::from_value(dualbus_testkit::wire_example("factor_calculation"))
+            .expect("a FactorCalculation");
     assert_eq!((c.method.as_str(), c.bar_secs), (METHOD, 60));
     assert_eq!(c.scores.len(), 4);
     // Consistent with the method: each factor's z-scores have mean 0 and population sd 1, and

@@ -424,19 +424,6 @@ async fn bad_configurations_stop_the_engines_from_starting_and_name_the_value() 
     assert!(err.contains("treshold"), "{err}");
 }
 
-const DOC: &str = include_str!("../../../docs/wire-format.md");
-
-/// The `payload` of the first JSON example under "### `kind`".
-fn example_payload(kind: &str) -> serde_json::Value {
-    let heading = format!("### `{kind}`");
-    let at = DOC.find(&heading).unwrap_or_else(|| panic!("no {heading}"));
-    let rest = &DOC[at..];
-    let start = rest.find("```json").expect("a json block") + "```json".len();
-    let end = start + rest[start..].find("```").expect("end of the block");
-    let entry: serde_json::Value = serde_json::from_str(&rest[start..end]).expect("valid JSON");
-    entry["payload"].clone()
-}
-
 /// Equal to the cent (the examples are rounded to cents).
 fn cents(a: f64, b: f64) -> bool {
     (a - b).abs() < 0.011
@@ -445,7 +432,8 @@ fn cents(a: f64, b: f64) -> bool {
 #[test]
 fn portfolio_update_example_is_an_update_that_adds_up() {
     let u: PortfolioUpdate =
-        serde_json::from_value(example_payload("portfolio_update")).expect("a PortfolioUpdate");
+        serde_json::from_value(dualbus_testkit::wire_example("portfolio_update"))
+            .expect("a PortfolioUpdate");
     assert_eq!(u.account, "main");
     let value: f64 = u.positions.iter().map(|p| p.qty * p.mark).sum();
     let gross: f64 = u.positions.iter().map(|p| (p.qty * p.mark).abs()).sum();
@@ -476,22 +464,24 @@ fn portfolio_update_example_is_an_update_that_adds_up() {
 #[test]
 fn position_change_example_is_a_change_that_adds_up() {
     let c: PositionChange =
-        serde_json::from_value(example_payload("position_change")).expect("a PositionChange");
+        serde_json::from_value(dualbus_testkit::wire_example("position_change"))
+            .expect("a PositionChange");
     assert_eq!((c.account.as_str(), c.symbol.as_str()), ("main", "BTCUSDT"));
     assert!((c.qty - c.prev_qty - c.delta).abs() < 1e-12);
     // The default fee: 1 basis point of the fill's notional.
     let fee_bps = PortfolioParams::default().fee_bps;
     assert!((c.fee - (c.delta * c.fill_price).abs() * fee_bps / 1e4).abs() < 1e-9);
     // The same fill as the trade_execution example.
-    let x: Execution =
-        serde_json::from_value(example_payload("trade_execution")).expect("an Execution");
+    let x: Execution = serde_json::from_value(dualbus_testkit::wire_example("trade_execution"))
+        .expect("an Execution");
     assert_eq!((c.order_id.as_str(), c.ts), (x.order_id.as_str(), x.ts));
     assert_eq!((c.delta, c.fill_price), (x.qty, x.price));
     // Adding to a long position: the average moves toward the fill price (not to the cent:
     // the example's previous average is not shown).
     assert!(c.avg_price < c.fill_price && c.realized_pnl == 0.0);
     // And the portfolio_update example is the state right after it.
-    let u: PortfolioUpdate = serde_json::from_value(example_payload("portfolio_update")).unwrap();
+    let u: PortfolioUpdate =
+        serde_json::from_value(dualbus_testkit::wire_example("portfolio_update")).unwrap();
     let p = u.positions.iter().find(|p| p.symbol == c.symbol).unwrap();
     assert_eq!((u.ts, p.qty, p.avg_price), (c.ts, c.qty, c.avg_price));
 }
@@ -499,7 +489,7 @@ fn position_change_example_is_a_change_that_adds_up() {
 #[test]
 fn margin_call_example_is_a_call_that_adds_up() {
     let c: MarginCall =
-        serde_json::from_value(example_payload("margin_call")).expect("a MarginCall");
+        serde_json::from_value(dualbus_testkit::wire_example("margin_call")).expect("a MarginCall");
     assert_eq!(
         (c.account.as_str(), c.action.as_str()),
         ("main", REDUCE_POSITIONS)

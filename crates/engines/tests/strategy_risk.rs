@@ -434,23 +434,11 @@ async fn bad_configuration_stops_the_engines_from_starting_and_names_the_value()
     assert!(err.contains("max_notional -5"), "{err}");
 }
 
-const DOC: &str = include_str!("../../../docs/wire-format.md");
-
-/// The `payload` of the first JSON example under "### `kind`".
-fn example_payload(kind: &str) -> serde_json::Value {
-    let heading = format!("### `{kind}`");
-    let at = DOC.find(&heading).unwrap_or_else(|| panic!("no {heading}"));
-    let rest = &DOC[at..];
-    let start = rest.find("```json").expect("a json block") + "```json".len();
-    let end = start + rest[start..].find("```").expect("end of the block");
-    let entry: serde_json::Value = serde_json::from_str(&rest[start..end]).expect("valid JSON");
-    entry["payload"].clone()
-}
-
 #[test]
 fn strategy_signal_example_is_a_signal() {
     let s: StrategySignal =
-        serde_json::from_value(example_payload("strategy_signal")).expect("a StrategySignal");
+        serde_json::from_value(dualbus_testkit::wire_example("strategy_signal"))
+            .expect("a StrategySignal");
     assert_eq!((s.symbol.as_str(), s.strategy.as_str()), (SYM, "ml_factor"));
     // Consistent with the default parameters: score = (2 x 0.57 - 1) + 0.5 x 0.42 / 3 = 0.21,
     // 2100 notional at the mid.
@@ -468,7 +456,8 @@ fn strategy_signal_example_is_a_signal() {
 
 #[test]
 fn risk_alert_example_is_an_alert() {
-    let a: RiskAlert = serde_json::from_value(example_payload("risk_alert")).expect("a RiskAlert");
+    let a: RiskAlert =
+        serde_json::from_value(dualbus_testkit::wire_example("risk_alert")).expect("a RiskAlert");
     assert_eq!(
         (a.rule.as_str(), a.action),
         ("max_position", RiskAction::RejectOrder)
@@ -480,7 +469,7 @@ fn risk_alert_example_is_an_alert() {
 
 #[test]
 fn order_request_example_is_still_a_venue_order() {
-    let o: OrderRequest =
-        serde_json::from_value(example_payload("order_request")).expect("an OrderRequest");
+    let o: OrderRequest = serde_json::from_value(dualbus_testkit::wire_example("order_request"))
+        .expect("an OrderRequest");
     assert!(o.qty > 0.0);
 }

@@ -11,6 +11,7 @@
 //! * [`RedisServer`]: a real `redis-server` on a free port, killed on drop.
 //! * [`stress`]: fault injection under load (crash, hang, flash crash, slow consumer), shared by
 //!   `dualbus stress` and the failover tests.
+//! * [`wire_doc`]: the examples of `docs/wire-format.md`, for the tests that check it.
 //!
 //! ```ignore
 //! dualbus_testkit::conformance_suite!(dualbus_testkit::MemoryFactory);
@@ -21,8 +22,10 @@
 pub mod conformance;
 pub mod redis_server;
 pub mod stress;
+pub mod wire_doc;
 
 pub use redis_server::{RedisCluster, RedisServer};
+pub use wire_doc::{wire_example, wire_examples};
 
 use async_trait::async_trait;
 use dualbus_bus::{Config, DualBus};

@@ -364,28 +364,9 @@ async fn subscriber_recreates_its_group_after_the_server_restarts_empty() {
 }
 
 /// Runs one of the Python example scripts; fails the test (never skips it) when python3,
-/// redis-py or msgpack is missing, or the script fails.
+/// redis-py, msgpack or jsonschema is missing, or the script fails.
 async fn python(script: &str, args: &[&str]) -> Output {
-    let check = tokio::process::Command::new("python3")
-        .args(["-c", "import redis, msgpack"])
-        .output()
-        .await
-        .unwrap_or_else(|e| {
-            panic!("python3 is required for the interop tests: {e}");
-        });
-    assert!(
-        check.status.success(),
-        "the interop tests need redis-py and msgpack \
-         (pip install -r examples/python/requirements.txt): {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let path = format!("{PYTHON_DIR}{script}");
-    let out = tokio::process::Command::new("python3")
-        .arg(&path)
-        .args(args)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run python3 {path}: {e}"));
+    let out = python_status(script, args).await;
     assert!(
         out.status.success(),
         "python3 {script} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -394,6 +375,30 @@ async fn python(script: &str, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs one of the Python example scripts, whatever its exit status.
+async fn python_status(script: &str, args: &[&str]) -> Output {
+    let check = tokio::process::Command::new("python3")
+        .args(["-c", "import redis, msgpack, jsonschema"])
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("python3 is required for the interop tests: {e}");
+        });
+    assert!(
+        check.status.success(),
+        "the interop tests need redis-py, msgpack and jsonschema \
+         (pip install -r examples/python/requirements.txt): {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let path = format!("{PYTHON_DIR}{script}");
+    tokio::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run python3 {path}: {e}"))
 }
 
 /// `producer.py` (json and msgpack) to a Rust subscription: every message, decoded, in order.
@@ -503,6 +508,145 @@ async fn rust_publishers_to_python_consumer() {
             assert_eq!(line["topic"], json!(topic));
             assert_eq!(&line["payload"], payload, "message {id}");
         }
+    })
+    .await;
+}
+
+/// Reads every entry of `stream` with `consumer.py --schemas docs/schemas`.
+async fn consume_checked(url: &str, stream: &str, count: usize) -> Output {
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/schemas");
+    let count = count.to_string();
+    python_status(
+        "consumer.py",
+        &[
+            "--url",
+            url,
+            "--stream",
+            stream,
+            "--group",
+            "pycheck",
+            "--consumer",
+            "pycheck-1",
+            "--count",
+            &count,
+            "--from-start",
+            "--timeout",
+            "30",
+            "--schemas",
+            schemas,
+        ],
+    )
+    .await
+}
+
+/// What the engines' types publish follows the schemas of `docs/schemas` as Python's
+/// `jsonschema` reads them (JSON and MessagePack, a `null` utilization, an optional symbol), and
+/// a payload that breaks its schema is reported naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_consumer_checks_payloads_against_the_schemas() {
+    use dualbus_model::collateral::{MarginCall, MarginPosition};
+    use dualbus_model::market::Side;
+    use dualbus_model::orders::{OrderRequest, OrderType};
+    use dualbus_model::risk::{RiskAction, RiskAlert};
+    use dualbus_model::Message;
+
+    async fn send<M: Message>(bus: &DualBus, m: &M) {
+        let env = bus
+            .envelope(M::kind(), &m.topic(), M::PRIORITY, m)
+            .expect("envelope");
+        bus.publish_confirmed(env).await.expect("publish");
+    }
+
+    guarded("python_schemas", async {
+        let buses = Buses::start(1 << 20).await;
+        let json_bus = buses.client("riskjson", Config::default());
+        let mut mp_cfg = Config::default();
+        mp_cfg.encoding = "msgpack".into();
+        let mp_bus = buses.client("riskmp", mp_cfg);
+        let alert = RiskAlert {
+            rule: "max_drawdown".into(),
+            symbol: None,
+            ts: 1,
+            value: 0.12,
+            limit: 0.1,
+            action: RiskAction::CircuitBreakerTripped,
+            order_id: None,
+            reason: "drawdown 12% over 10%".into(),
+        };
+        let call = MarginCall {
+            account: "main".into(),
+            ts: 2,
+            margin_utilization: f64::INFINITY,
+            threshold: 0.8,
+            equity: -5.0,
+            margin: 100.0,
+            positions: vec![MarginPosition {
+                symbol: "BTCUSDT".into(),
+                notional: -1000.0,
+                rate: 0.1,
+                margin: 100.0,
+            }],
+            action: "reduce_positions".into(),
+            reason: "equity is not positive".into(),
+        };
+        let order = OrderRequest {
+            order_id: "risk-1-000001".into(),
+            symbol: "BTCUSDT".into(),
+            side: Side::Buy,
+            qty: 0.01,
+            order_type: OrderType::Limit,
+            limit_price: Some(60_000.0),
+        };
+        send(&json_bus, &alert).await;
+        send(&mp_bus, &alert).await;
+        send(&mp_bus, &call).await;
+        send(&json_bus, &order).await;
+        // A risk alert without its `action`, on the same priority lane.
+        let mut broken = serde_json::to_value(&alert).unwrap();
+        broken.as_object_mut().unwrap().remove("action");
+        let env = json_bus
+            .envelope(
+                EventKind::RiskAlert,
+                "risk_alert.book",
+                Priority::Critical,
+                &broken,
+            )
+            .expect("envelope");
+        json_bus.publish_confirmed(env).await.expect("publish");
+
+        let url = buses.logic_server.url();
+        let out = consume_checked(&url, "dualbus:logic:order_request", 1).await;
+        assert!(
+            out.status.success(),
+            "the order follows its schema: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = consume_checked(&url, "dualbus:logic:priority", 4).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "one payload breaks its schema: {stderr}"
+        );
+        let reports: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("breaks its schema"))
+            .collect();
+        assert_eq!(reports.len(), 1, "{stderr}");
+        assert!(
+            reports[0].contains("risk_alert schema") && reports[0].contains("'action'"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("1 of 4 payloads broke their schema"),
+            "{stderr}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.lines().count(),
+            4,
+            "every entry is still printed: {stdout}"
+        );
     })
     .await;
 }
