@@ -62,9 +62,9 @@ mod http;
 use assets::{PAGE, UPLOT_CSS, UPLOT_JS};
 use feed::*;
 pub(crate) use feed::{parse_kinds, KindFilter};
+pub use http::TOKEN_ENV;
 use http::*;
 pub(crate) use http::{check_upgrade, origin_allowed, presented};
-pub use http::TOKEN_ENV;
 
 use crate::engine::{Engine, EngineContext, EngineError, Interest, Timer};
 
