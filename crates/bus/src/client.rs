@@ -428,7 +428,8 @@ struct Inner {
     inst: Arc<str>,
     enc: Encoding,
     transports: [Arc<dyn Transport>; 2],
-    counters: [Counters; 2],
+    /// Shared with this client's readers (its reply readers too), which count what they read.
+    counters: Arc<[Counters; 2]>,
     seq: AtomicU64,
     corr_seq: AtomicU64,
     waiting: Waiters,
@@ -1160,7 +1161,7 @@ impl DualBus {
             let reader = Reader {
                 bus,
                 group: spec.group.clone(),
-                client: self.clone(),
+                counters: self.inner.counters.clone(),
                 handler: handler.clone(),
                 filter: Some(filter.clone()),
                 dedup: dedup.clone(),
@@ -1298,7 +1299,6 @@ impl DualBus {
                 opts.consumer = Some(self.inner.inst.clone());
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let stats = Arc::new(SubscriptionStats::default());
-                let client = self.clone_weakly();
                 let dedup = Arc::new(Mutex::new(SourceDedup::new(
                     self.inner.cfg.delivery.dedup_window,
                 )));
@@ -1318,7 +1318,7 @@ impl DualBus {
                     let reader = Reader {
                         bus: b,
                         group: Arc::from("replies"),
-                        client: client.clone(),
+                        counters: self.inner.counters.clone(),
                         handler: Arc::new(ReplyHandler(self.inner.waiting.clone())),
                         filter: None,
                         dedup: dedup.clone(),
@@ -1338,21 +1338,6 @@ impl DualBus {
             })
             .await?;
         Ok(())
-    }
-
-    /// The reply reader must not keep the client alive (it would never be dropped), so it gets
-    /// a client of its own on the same transports.
-    fn clone_weakly(&self) -> DualBus {
-        let mut b = DualBus::builder(&self.inner.src)
-            .instance(&self.inner.inst)
-            .config(self.inner.cfg.clone())
-            .transports(
-                self.inner.transports[0].clone(),
-                self.inner.transports[1].clone(),
-            )
-            .first_seq(0);
-        b.failover = Some(self.inner.failover.clone());
-        b.build().expect("same settings as a valid client")
     }
 
     /// This client's counters for one bus, with the transport's own counts.
@@ -1695,7 +1680,9 @@ struct Reader<H> {
     bus: BusId,
     /// The consumer group (the engine, for an engine's subscription), for logs.
     group: Arc<str>,
-    client: DualBus,
+    /// The counters of the client it reads for (not the client itself: a reply reader that
+    /// held its client would keep it alive for good).
+    counters: Arc<[Counters; 2]>,
     handler: Arc<H>,
     filter: Option<Arc<Filter>>,
     dedup: Arc<Mutex<SourceDedup>>,
@@ -1708,7 +1695,7 @@ struct Reader<H> {
 
 impl<H: Handler> Reader<H> {
     async fn run(self, mut sub: Box<dyn Subscriber>, mut stop: watch::Receiver<bool>) {
-        let counters = &self.client.inner.counters[self.bus.index()];
+        let counters = &self.counters[self.bus.index()];
         let mut acks = Vec::with_capacity(self.batch_max);
         let mut verdicts = Vec::with_capacity(self.batch_max);
         let mut backoff = Duration::from_millis(10);
