@@ -7,13 +7,20 @@
 //! A bounded window of recently published messages is re-sent on the surviving bus when a bus
 //! goes down, since the broker may have lost them or consumers may not have read them yet;
 //! consumers drop the duplicates by (`src`, `inst`, `seq`).
+//!
+//! Here are the state shared by the clients of one pair of transports ([`FailoverSettings`],
+//! the window, which bus is up) and the procedures that change it: the heartbeat (`watch`),
+//! failing over (`fail_over`) and back (`fail_back`), and a publish that follows them.
 
-use crate::config::BusId;
+use crate::client::BusError;
+use crate::config::{BusId, Config};
+use crate::route::Route;
 use dualbus_core::transport::StreamKey;
-use dualbus_core::Envelope;
+use dualbus_core::{Confirm, Envelope, Health, PublishError, Transport};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// Failover settings in effect.
@@ -54,7 +61,7 @@ pub(crate) struct Failover {
     /// back (the other bus drained, then marked up); read by every publish redirected to the
     /// other bus, around choosing the bus and queueing. So re-sent messages go ahead of new
     /// ones, and no diverted message is queued behind the last drain check of a fail-back.
-    pub switch: tokio::sync::RwLock<()>,
+    switch: tokio::sync::RwLock<()>,
     /// Woken when a bus is marked down, so a publish stuck on a hung broker gives up at once.
     down_notify: [tokio::sync::Notify; 2],
     up: [AtomicBool; 2],
@@ -68,7 +75,32 @@ pub(crate) struct Failover {
 }
 
 impl Failover {
-    pub(crate) fn new(settings: FailoverSettings) -> Failover {
+    /// The failover state of a new pair of transports, with the config's `[failover]`
+    /// settings; when it is on, its heartbeat runs on the current runtime (if any) until the
+    /// last client of these transports is dropped.
+    pub(crate) fn start(cfg: &Config, transports: &[Arc<dyn Transport>; 2]) -> Arc<Failover> {
+        let f = &cfg.failover;
+        let settings = FailoverSettings {
+            enabled: match f.enabled.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => transports.iter().all(|t| t.name() != "memory"),
+            },
+            heartbeat: Duration::from_millis(f.heartbeat_ms),
+            heartbeat_timeout: Duration::from_millis(f.heartbeat_timeout_ms),
+            window: f.window as usize,
+            window_age: Duration::from_millis(f.window_ms),
+        };
+        let fo = Arc::new(Failover::new(settings));
+        if settings.enabled {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(watch(Arc::downgrade(&fo), transports.clone()));
+            }
+        }
+        fo
+    }
+
+    fn new(settings: FailoverSettings) -> Failover {
         let w = || {
             Mutex::new(Window {
                 items: VecDeque::new(),
@@ -88,12 +120,12 @@ impl Failover {
         }
     }
 
-    pub(crate) fn is_up(&self, bus: BusId) -> bool {
+    fn is_up(&self, bus: BusId) -> bool {
         self.up[bus.index()].load(Ordering::SeqCst)
     }
 
     /// Where traffic for `bus` goes now: the bus itself unless it is down and the other is up.
-    pub(crate) fn target(&self, bus: BusId) -> BusId {
+    fn target(&self, bus: BusId) -> BusId {
         if !self.settings.enabled || self.is_up(bus) || !self.is_up(bus.other()) {
             bus
         } else {
@@ -105,12 +137,7 @@ impl Failover {
     /// already marked down, its window was drained (or is being drained) for re-sending, so the
     /// messages are handed back for the caller to re-send itself. Checked under the window's
     /// lock, which `mark_down` takes after marking the bus down: no message falls between.
-    pub(crate) fn record(
-        &self,
-        bus: BusId,
-        stream: &StreamKey,
-        envs: Vec<Envelope>,
-    ) -> Option<Vec<Envelope>> {
+    fn record(&self, bus: BusId, stream: &StreamKey, envs: Vec<Envelope>) -> Option<Vec<Envelope>> {
         let now = Instant::now();
         let mut w = self.window[bus.index()].lock();
         if !self.is_up(bus) {
@@ -135,7 +162,7 @@ impl Failover {
     }
 
     /// Notes that traffic of `bus` for `stream` went to the other bus.
-    pub(crate) fn diverted(&self, bus: BusId, stream: &StreamKey) {
+    fn diverted(&self, bus: BusId, stream: &StreamKey) {
         let mut d = self.diverted[bus.index()].lock();
         if !d.contains(stream) {
             d.insert(stream.clone());
@@ -143,12 +170,12 @@ impl Failover {
     }
 
     /// The streams of `bus` that received traffic on the other bus.
-    pub(crate) fn diverted_streams(&self, bus: BusId) -> Vec<StreamKey> {
+    fn diverted_streams(&self, bus: BusId) -> Vec<StreamKey> {
         self.diverted[bus.index()].lock().iter().cloned().collect()
     }
 
     /// Marks `bus` down; returns the messages to re-send when this is a new outage.
-    pub(crate) fn mark_down(&self, bus: BusId) -> Option<Vec<(StreamKey, Envelope)>> {
+    fn mark_down(&self, bus: BusId) -> Option<Vec<(StreamKey, Envelope)>> {
         if !self.up[bus.index()].swap(false, Ordering::SeqCst) {
             return None;
         }
@@ -169,7 +196,7 @@ impl Failover {
     }
 
     /// Resolves once `bus` is marked down (at once if it is down already).
-    pub(crate) async fn went_down(&self, bus: BusId) {
+    async fn went_down(&self, bus: BusId) {
         let notified = self.down_notify[bus.index()].notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -180,7 +207,7 @@ impl Failover {
     }
 
     /// Marks `bus` up; returns how long it was down when this ends an outage.
-    pub(crate) fn mark_up(&self, bus: BusId) -> Option<Duration> {
+    fn mark_up(&self, bus: BusId) -> Option<Duration> {
         if self.up[bus.index()].swap(true, Ordering::SeqCst) {
             return None;
         }
@@ -199,6 +226,245 @@ impl Failover {
             failbacks: self.failbacks[i].load(Ordering::Relaxed),
             resent: self.resent[i].load(Ordering::Relaxed),
             up: self.is_up(bus),
+        }
+    }
+
+    /// Publishes a run of `route`'s stream (failover on): on its own bus, or on the other one
+    /// while its bus is down; fails over at once when the broker turns out to be gone. Tells
+    /// `published` the bus that took the run as soon as it is queued, then keeps the run for
+    /// re-sending (or re-sends it, when its bus went down meanwhile).
+    ///
+    /// # Errors
+    /// [`BusError::Publish`] naming the bus that refused the run.
+    pub(crate) async fn publish(
+        &self,
+        transports: &[Arc<dyn Transport>; 2],
+        route: &Route,
+        run: Vec<Envelope>,
+        confirm: Confirm,
+        published: impl FnOnce(BusId),
+    ) -> Result<(), BusError> {
+        let mut target = self.target(route.bus);
+        // A diverted publish waits for a switch in progress (a fail-over's re-sent window goes
+        // first) and holds off a fail-back until it is queued (which then waits for it to be
+        // read before moving traffic back).
+        let _diverting = if target != route.bus {
+            let guard = self.switch.read().await;
+            target = self.target(route.bus);
+            Some(guard)
+        } else {
+            None
+        };
+        let copy = run.clone();
+        let publish = transports[target.index()].publish(&route.stream, run, confirm);
+        // A hung broker can hold a publish for its whole response timeout; once the heartbeat
+        // marks the bus down, stop waiting and send the batch on the other bus instead.
+        let res = tokio::select! {
+            r = publish => r,
+            _ = self.went_down(target), if target == route.bus => Err(PublishError::Unavailable(
+                format!("the {target} bus stopped answering its heartbeat"),
+            )),
+        };
+        let used = match res {
+            Ok(()) => target,
+            Err(PublishError::Unavailable(why)) if self.is_up(target.other()) => {
+                // The broker is gone: fail over now rather than at the next heartbeat.
+                tracing::warn!(bus = %target, error = %why, "publish failed; failing over");
+                fail_over(self, transports, target).await;
+                let other = target.other();
+                transports[other.index()]
+                    .publish(&route.stream, copy.clone(), confirm)
+                    .await
+                    .map_err(|source| BusError::Publish { bus: other, source })?;
+                other
+            }
+            Err(source) => {
+                return Err(BusError::Publish {
+                    bus: target,
+                    source,
+                })
+            }
+        };
+        published(used);
+        if used != route.bus {
+            self.diverted(route.bus, &route.stream);
+        }
+        // If the bus was marked down (its window re-sent) while this batch was being queued on
+        // it, re-send the batch on the other bus too.
+        if let Some(missed) = self.record(used, &route.stream, copy) {
+            if self.is_up(used.other()) {
+                self.resend_on_other(transports, used, &route.stream, missed)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn resend_on_other(
+        &self,
+        transports: &[Arc<dyn Transport>; 2],
+        bus: BusId,
+        stream: &StreamKey,
+        envs: Vec<Envelope>,
+    ) {
+        let other = bus.other();
+        // After the window a fail-over in progress is re-sending (these messages are newer).
+        let _diverting = self.switch.read().await;
+        self.diverted(bus, stream);
+        if let Err(e) = transports[other.index()]
+            .publish(stream, envs.clone(), Confirm::Queued)
+            .await
+        {
+            tracing::error!(bus = %other, error = %e, "re-sending on the other bus failed");
+        } else {
+            // Both buses failing at once leaves nowhere to re-send: the window just ends here.
+            let _ = self.record(other, stream, envs);
+        }
+    }
+}
+
+/// Marks `bus` down and re-sends its window of recent messages on the other bus.
+async fn fail_over(fo: &Failover, transports: &[Arc<dyn Transport>; 2], bus: BusId) {
+    let _switching = fo.switch.write().await;
+    let Some(items) = fo.mark_down(bus) else {
+        return;
+    };
+    let other = bus.other();
+    tracing::warn!(bus = %bus, resent = items.len(), "bus down: its traffic moves to the {other} bus");
+    // Re-send in order, one batch per run of the same stream.
+    let mut run: Vec<Envelope> = Vec::new();
+    let mut key: Option<StreamKey> = None;
+    for (stream, env) in items {
+        fo.diverted(bus, &stream);
+        if key.as_ref().is_some_and(|k| *k != stream) {
+            let k = key.take().expect("checked");
+            if let Err(e) = transports[other.index()]
+                .publish(&k, std::mem::take(&mut run), Confirm::Queued)
+                .await
+            {
+                tracing::error!(bus = %other, error = %e, "re-sending the window failed");
+            }
+        }
+        key = Some(stream);
+        run.push(env);
+    }
+    if let Some(k) = key {
+        if let Err(e) = transports[other.index()]
+            .publish(&k, run, Confirm::Queued)
+            .await
+        {
+            tracing::error!(bus = %other, error = %e, "re-sending the window failed");
+        }
+    }
+}
+
+/// Moves the traffic of `bus` back from the other bus. Diverted publishes are held while the
+/// other bus's writer is flushed and its diverted streams are checked drained once more, so
+/// nothing published there is still unread when new messages start arriving on `bus` (a
+/// consumer would otherwise see them out of order). Holds publishers for at most
+/// `FAIL_BACK_HOLD`: a group that never reads cannot stop traffic for long.
+async fn fail_back(f: &Failover, transports: &[Arc<dyn Transport>; 2], bus: BusId) {
+    const FAIL_BACK_HOLD: Duration = Duration::from_millis(100);
+    let _switching = f.switch.write().await;
+    let held = Instant::now();
+    let other = &transports[bus.other().index()];
+    let mut clean = false;
+    while held.elapsed() < FAIL_BACK_HOLD {
+        let flushed = matches!(
+            tokio::time::timeout(f.settings.heartbeat_timeout, other.flush()).await,
+            Ok(Ok(()))
+        );
+        if flushed && drained(f, transports, bus, held).await {
+            clean = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if !clean {
+        tracing::warn!(bus = %bus, "moving traffic back before the {} bus drained: a consumer may see a message of one source after a later one", bus.other());
+    }
+    if let Some(outage) = f.mark_up(bus) {
+        tracing::warn!(bus = %bus, outage_ms = outage.as_millis() as u64, "bus back: its traffic moves back");
+    }
+}
+
+/// How long a fail-back waits for the groups to handle what went to the other bus. A stalled
+/// group (a slow consumer holding its batch) would otherwise keep the traffic diverted for good;
+/// moving back before it drained can put later messages ahead of earlier ones for it.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether consumers have read everything of `bus` that went to the other bus (so moving its
+/// traffic back cannot overtake it). Gives up waiting after [`DRAIN_WAIT`].
+async fn drained(
+    f: &Failover,
+    transports: &[Arc<dyn Transport>; 2],
+    bus: BusId,
+    since: Instant,
+) -> bool {
+    if since.elapsed() > DRAIN_WAIT {
+        return true;
+    }
+    let other = &transports[bus.other().index()];
+    for stream in f.diverted_streams(bus) {
+        match tokio::time::timeout(f.settings.heartbeat_timeout, other.unread(&stream)).await {
+            Ok(Ok(0)) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The heartbeat: checks each bus, fails over when one stops answering and fails back once it
+/// answers again. Ends when the last client using these transports is dropped.
+async fn watch(fo: Weak<Failover>, transports: [Arc<dyn Transport>; 2]) {
+    // A bus that answers again takes its traffic back only after answering for a while: its
+    // consumers reconnect, and those of the other bus drain what was published there meanwhile.
+    let mut healthy_since: [Option<Instant>; 2] = [None, None];
+    loop {
+        let Some(f) = fo.upgrade() else { return };
+        let period = f.settings.heartbeat;
+        let settle = f.settings.heartbeat_timeout * 2;
+        for bus in BusId::ALL {
+            let t = &transports[bus.index()];
+            let sent = Instant::now();
+            let healthy = match tokio::time::timeout(f.settings.heartbeat_timeout, t.health()).await
+            {
+                Ok(Health::Up) => true,
+                Ok(Health::Down { .. }) => false,
+                // No answer in time. A hung broker answers nothing; a busy one (a flood, a
+                // starved machine) still answers writes and reads: not a reason to switch.
+                // Only answers in the second half of the wait count: replies a broker wrote
+                // just before it hung are read right after the heartbeat was sent.
+                Err(_) => t.answered_since(sent + f.settings.heartbeat_timeout / 2) && f.is_up(bus),
+            };
+            if healthy {
+                let since = *healthy_since[bus.index()].get_or_insert_with(Instant::now);
+                if !f.is_up(bus)
+                    && since.elapsed() >= settle
+                    && drained(&f, &transports, bus, since).await
+                {
+                    fail_back(&f, &transports, bus).await;
+                }
+            } else {
+                healthy_since[bus.index()] = None;
+                if f.is_up(bus) && f.is_up(bus.other()) {
+                    fail_over(&f, &transports, bus).await;
+                }
+            }
+        }
+        drop(f);
+        // Between heartbeats, notice at once a failure the transport saw itself (a write that
+        // lost its connection), without waiting for the next ping.
+        let until = Instant::now() + period;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1).min(period)).await;
+            let Some(f) = fo.upgrade() else { return };
+            for bus in BusId::ALL {
+                if transports[bus.index()].reported_down() && f.is_up(bus) && f.is_up(bus.other()) {
+                    healthy_since[bus.index()] = None;
+                    fail_over(&f, &transports, bus).await;
+                }
+            }
         }
     }
 }

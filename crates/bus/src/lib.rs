@@ -29,8 +29,17 @@
 //! * [`config`]: [`Config`], the TOML file with environment overrides and validation.
 //! * [`route`]: [`Router`], kind to bus and stream key, the priority lane.
 //! * [`failover`]: heartbeats, failing over to the other bus and back, the re-send window.
-//! * [`client`]: [`DualBus`], publish, subscribe (with duplicate suppression), request/reply,
-//!   counters.
+//! * [`client`]: [`DualBus`], its builder and accessors; one file per concept under it:
+//!   * `client/transports.rs`: the transports a config asks for (embedded, Redis, TLS).
+//!   * `client/publish.rs`: stamping envelopes, declared kinds, publishing by route.
+//!   * `client/subscribe.rs`: [`Subscription`], its readers per bus and lane, their claims.
+//!   * `client/reader.rs`: the read loop: filter, duplicate suppression, handler, acks.
+//!   * `client/request.rs`: request/reply and the requester's reply reader.
+//!   * `client/options.rs`: [`SubscribeOptions`] over the config's `[delivery]` defaults.
+//!   * `client/handler.rs`: [`Handler`], [`handler_fn`], [`HandlerError`].
+//!   * `client/counters.rs`: [`BusCounters`], what a client and its readers count.
+//!   * `client/error.rs`: [`BusError`], [`RequestError`].
+//!   * `client/priority.rs`: the thread of the priority lane (real-time scheduling).
 
 // Unsafe code only where a system call needs it, each allowed where it stands.
 #![deny(unsafe_code)]
