@@ -25,7 +25,7 @@
 //! ```
 
 use dualbus_core::{Backpressure, Encoding, EventKind, Mode, StartFrom};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -225,8 +225,9 @@ pub struct DeliverySection {
     pub start: String,
     /// Most messages a group may hold unread or unacknowledged.
     pub queue_bound: u64,
-    /// `block`, `drop_oldest` or `reject`.
-    pub backpressure: String,
+    /// `block`, `drop_oldest` (also `drop-oldest`) or `reject`.
+    #[serde(deserialize_with = "backpressure")]
+    pub backpressure: Backpressure,
     /// Unacknowledged messages idle this long are redelivered.
     pub idle_timeout_ms: u64,
     /// Deliveries before a message is dead-lettered.
@@ -257,7 +258,7 @@ impl Default for DeliverySection {
             mode: "reliable".into(),
             start: "newest".into(),
             queue_bound: 100_000,
-            backpressure: "block".into(),
+            backpressure: Backpressure::Block,
             idle_timeout_ms: 30_000,
             max_deliveries: 5,
             lag_limit: 100_000,
@@ -311,7 +312,7 @@ pub struct TlsSection {
 #[serde(default)]
 pub struct FailoverSection {
     /// `auto` (on for Redis, off for the embedded transport), `on` or `off`.
-    pub enabled: String,
+    pub enabled: FailoverMode,
     /// Heartbeat period of each bus.
     pub heartbeat_ms: u64,
     /// A heartbeat answered later than this marks the bus down.
@@ -327,7 +328,7 @@ pub struct FailoverSection {
 impl Default for FailoverSection {
     fn default() -> Self {
         FailoverSection {
-            enabled: "auto".into(),
+            enabled: FailoverMode::Auto,
             heartbeat_ms: 10,
             heartbeat_timeout_ms: 100,
             window: 10_000,
@@ -342,7 +343,7 @@ impl Default for FailoverSection {
 #[serde(default)]
 pub struct Config {
     /// `memory` (embedded, the default) or `redis`.
-    pub transport: String,
+    pub transport: TransportKind,
     /// First part of every stream key.
     pub prefix: String,
     /// This process's instance id; defaults to `{engine}-1`.
@@ -378,7 +379,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            transport: "memory".into(),
+            transport: TransportKind::Memory,
             prefix: "dualbus".into(),
             instance: None,
             encoding: "json".into(),
@@ -494,6 +495,117 @@ impl fmt::Display for BusId {
     }
 }
 
+/// The transport of both buses (`transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// In-process buses (`memory`, also `embedded`): the default.
+    #[default]
+    Memory,
+    /// The two Redis servers of `[md]` and `[logic]` (`redis`).
+    Redis,
+}
+
+impl TransportKind {
+    /// Its name in the config (`memory`, `redis`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Memory => "memory",
+            TransportKind::Redis => "redis",
+        }
+    }
+
+    /// Parses `memory` (also `embedded`) / `redis`.
+    pub fn parse(s: &str) -> Option<TransportKind> {
+        match s {
+            "memory" | "embedded" => Some(TransportKind::Memory),
+            "redis" => Some(TransportKind::Redis),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TransportKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(
+            d,
+            TransportKind::parse,
+            "\"memory\" (also \"embedded\") or \"redis\"",
+        )
+    }
+}
+
+/// Whether failover between the buses is on (`failover.enabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailoverMode {
+    /// On for Redis, off for the embedded transport (`auto`): the default.
+    #[default]
+    Auto,
+    /// On (`on`).
+    On,
+    /// Off (`off`).
+    Off,
+}
+
+impl FailoverMode {
+    /// Its name in the config (`auto`, `on`, `off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::Auto => "auto",
+            FailoverMode::On => "on",
+            FailoverMode::Off => "off",
+        }
+    }
+
+    /// Parses `auto` / `on` / `off`.
+    pub fn parse(s: &str) -> Option<FailoverMode> {
+        match s {
+            "auto" => Some(FailoverMode::Auto),
+            "on" => Some(FailoverMode::On),
+            "off" => Some(FailoverMode::Off),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FailoverMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FailoverMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        one_of(d, FailoverMode::parse, "\"auto\", \"on\" or \"off\"")
+    }
+}
+
+/// `delivery.backpressure`: [`parse_backpressure`]'s names.
+fn backpressure<'de, D: Deserializer<'de>>(d: D) -> Result<Backpressure, D::Error> {
+    one_of(
+        d,
+        parse_backpressure,
+        "\"block\", \"drop_oldest\" or \"reject\"",
+    )
+}
+
+/// A string that `parse` takes; another string is an invalid value, reported with `expected`
+/// (`key = "x": expected ...`), and another type an invalid type (`expected a string`).
+fn one_of<'de, D: Deserializer<'de>, T>(
+    d: D,
+    parse: fn(&str) -> Option<T>,
+    expected: &'static str,
+) -> Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    parse(&s)
+        .ok_or_else(|| serde::de::Error::invalid_value(serde::de::Unexpected::Str(&s), &expected))
+}
+
 fn env_value(raw: &str) -> toml::Value {
     if let Ok(i) = raw.parse::<i64>() {
         toml::Value::Integer(i)
@@ -581,19 +693,31 @@ impl Config {
             t.insert(parts[parts.len() - 1].to_string(), value);
             from_env.insert(key.to_string(), *var);
         }
-        // Each key is deserialised alone first, so that every value of the wrong type is
-        // reported (by its dotted key), not only the first; the rest is then read without them.
+        // Each key is deserialised alone first, so that every value of the wrong type (or a
+        // string a typed key does not take) is reported (by its dotted key), not only the first;
+        // the rest is then read without them.
         let mut type_problems = Vec::new();
         let mut bad_type = |key: String, value: &toml::Value, e: toml::de::Error| {
             let key = match from_env.get(&key) {
                 Some(var) => format!("{key} (from {var})"),
                 None => key,
             };
-            type_problems.push(Problem {
-                key,
-                value: String::new(),
-                reason: explain_serde_error(e.message(), &toml_in_words(value)),
+            // A string that is none of a typed key's values (`transport = "kafka"`) is shown
+            // with the values it may take, as the checks of `problems` show theirs.
+            let not_taken = match value {
+                toml::Value::String(s) => e
+                    .message()
+                    .strip_prefix(&format!("invalid value: string {s:?}, expected "))
+                    .map(|expected| (format!("{s:?}"), format!("expected {expected}"))),
+                _ => None,
+            };
+            let (value, reason) = not_taken.unwrap_or_else(|| {
+                (
+                    String::new(),
+                    explain_serde_error(e.message(), &toml_in_words(value)),
+                )
             });
+            type_problems.push(Problem { key, value, reason });
         };
         let alone = |section: &str, key: &str, value: &toml::Value| {
             let mut one = toml::Table::new();
@@ -639,10 +763,6 @@ impl Config {
                 })?;
         cfg.from_env = from_env;
         cfg.transport_set = table_keys.contains_key("transport");
-        // The in-memory transport answers to both of its names; `memory` is the one printed.
-        if cfg.transport == "embedded" {
-            cfg.transport = "memory".into();
-        }
         // A `[md]` or `[logic]` section that sets other keys keeps the bus's default address.
         let defaults = Config::default();
         if cfg.md.url.is_empty() && !section_sets(&table_keys, "md", "url") {
@@ -708,13 +828,6 @@ impl Config {
         unknown("memory", &self.memory.unknown, &mut bad);
         unknown("failover", &self.failover.unknown, &mut bad);
 
-        if !matches!(self.transport.as_str(), "memory" | "redis") {
-            bad(
-                "transport",
-                &format!("{:?}", self.transport),
-                "expected \"memory\" (also \"embedded\") or \"redis\"",
-            );
-        }
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.bytes()
@@ -829,13 +942,6 @@ impl Config {
                 "expected \"newest\" or \"oldest\"",
             );
         }
-        if parse_backpressure(&d.backpressure).is_none() {
-            bad(
-                "delivery.backpressure",
-                &format!("{:?}", d.backpressure),
-                "expected \"block\", \"drop_oldest\" or \"reject\"",
-            );
-        }
         for (key, v, min) in [
             ("delivery.queue_bound", d.queue_bound, 1),
             ("delivery.idle_timeout_ms", d.idle_timeout_ms, 1),
@@ -876,13 +982,6 @@ impl Config {
             bad("delivery.max_deliveries", &d.max_deliveries, "too large");
         }
         let f = &self.failover;
-        if !matches!(f.enabled.as_str(), "auto" | "on" | "off") {
-            bad(
-                "failover.enabled",
-                &format!("{:?}", f.enabled),
-                "expected \"auto\", \"on\" or \"off\"",
-            );
-        }
         for (key, v) in [
             ("failover.heartbeat_ms", f.heartbeat_ms),
             ("failover.heartbeat_timeout_ms", f.heartbeat_timeout_ms),
@@ -922,7 +1021,7 @@ impl Config {
     }
     /// The default backpressure policy.
     pub fn backpressure(&self) -> Backpressure {
-        parse_backpressure(&self.delivery.backpressure).unwrap_or_default()
+        self.delivery.backpressure
     }
     /// The encoding this client writes.
     pub fn encoding(&self) -> Encoding {
@@ -1074,6 +1173,59 @@ mod tests {
             text.contains("delivery.backpresure") && text.contains("unknown key"),
             "{text}"
         );
+    }
+
+    /// A transport, failover mode or backpressure policy that is none of its key's values is
+    /// named with the values it may take, from the file and from the environment; the other
+    /// spellings (`embedded`, `drop-oldest`) are taken.
+    #[test]
+    fn a_value_of_a_typed_key_is_named_with_the_values_it_may_take() {
+        let err = parse(
+            "transport = \"kafka\"\n[delivery]\nbackpressure = \"spill\"\n\
+             [failover]\nenabled = \"maybe\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = &err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "delivery.backpressure = \"spill\": expected \"block\", \"drop_oldest\" or \"reject\"",
+                "failover.enabled = \"maybe\": expected \"auto\", \"on\" or \"off\"",
+                "transport = \"kafka\": expected \"memory\" (also \"embedded\") or \"redis\"",
+            ]
+        );
+        assert_eq!(problems[2].value, "\"kafka\"");
+        let err = parse(
+            "[failover]\nenabled = true\n",
+            &[
+                ("DUALBUS_TRANSPORT", "kafka".into()),
+                ("DUALBUS_BACKPRESSURE", "1".into()),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "transport (from DUALBUS_TRANSPORT) = \"kafka\": expected \"memory\" (also \"embedded\") or \"redis\"",
+            "delivery.backpressure (from DUALBUS_BACKPRESSURE): expected a string, got the number 1",
+            "failover.enabled: expected a string, got true",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in {err}");
+        }
+        let c = parse(
+            "transport = \"embedded\"\n[delivery]\nbackpressure = \"drop-oldest\"\n\
+             [failover]\nenabled = \"off\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.transport, TransportKind::Memory);
+        assert_eq!(c.transport.to_string(), "memory");
+        assert!(c.transport_is_set());
+        assert_eq!(c.backpressure(), Backpressure::DropOldest);
+        assert_eq!(c.failover.enabled, FailoverMode::Off);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! failing over (`fail_over`) and back (`fail_back`), and a publish that follows them.
 
 use crate::client::BusError;
-use crate::config::{BusId, Config};
+use crate::config::{BusId, Config, FailoverMode};
 use crate::route::Route;
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{Confirm, Envelope, Health, PublishError, Transport};
@@ -81,10 +81,10 @@ impl Failover {
     pub(crate) fn start(cfg: &Config, transports: &[Arc<dyn Transport>; 2]) -> Arc<Failover> {
         let f = &cfg.failover;
         let settings = FailoverSettings {
-            enabled: match f.enabled.as_str() {
-                "on" => true,
-                "off" => false,
-                _ => transports.iter().all(|t| t.name() != "memory"),
+            enabled: match f.enabled {
+                FailoverMode::On => true,
+                FailoverMode::Off => false,
+                FailoverMode::Auto => transports.iter().all(|t| t.name() != "memory"),
             },
             heartbeat: Duration::from_millis(f.heartbeat_ms),
             heartbeat_timeout: Duration::from_millis(f.heartbeat_timeout_ms),

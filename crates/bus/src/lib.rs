@@ -56,6 +56,6 @@ pub use client::{
     BusCounters, BusError, DualBus, DualBusBuilder, FnHandler, Handler, HandlerError, RequestError,
     SubscribeOptions, Subscription, SubscriptionStats,
 };
-pub use config::{BusId, Config, ConfigError};
+pub use config::{BusId, Config, ConfigError, FailoverMode, TransportKind};
 pub use failover::{FailoverCounters, FailoverSettings};
 pub use route::{Lane, Route, Router};

@@ -4,7 +4,7 @@
 //! no engine user may administer the server; a client without credentials can do nothing.
 //! Needs `redis-server` on the PATH (CI installs it).
 
-use dualbus_bus::{BusError, BusId, Config, DualBus};
+use dualbus_bus::{BusError, BusId, Config, DualBus, TransportKind};
 use dualbus_core::{EventKind, Priority};
 use dualbus_testkit::RedisServer;
 use std::path::{Path, PathBuf};
@@ -65,7 +65,7 @@ impl Servers {
     /// The buses' config for Redis user `user`.
     fn config_as(&self, user: &str) -> Config {
         let mut cfg = Config::default();
-        cfg.transport = "redis".into();
+        cfg.transport = TransportKind::Redis;
         cfg.md.url = self.url_as(&self.md.url(), user);
         cfg.logic.url = self.url_as(&self.logic.url(), user);
         cfg

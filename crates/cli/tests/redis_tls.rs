@@ -3,7 +3,7 @@
 //! whole system over `rediss://` with the per-engine users on. A plain connection and a TLS
 //! one without the client certificate are refused. Needs `redis-server` on the PATH.
 
-use dualbus_bus::{BusId, Config, DualBus};
+use dualbus_bus::{BusId, Config, DualBus, TransportKind};
 use dualbus_core::{EventKind, Priority};
 use dualbus_testkit::RedisServer;
 use std::path::{Path, PathBuf};
@@ -66,7 +66,7 @@ impl Setup {
         let password = std::fs::read_to_string(self.file(&format!("secrets/{user}"))).unwrap();
         let with = |url: String| url.replace("://", &format!("://{user}:{}@", password.trim()));
         let mut cfg = Config::default();
-        cfg.transport = "redis".into();
+        cfg.transport = TransportKind::Redis;
         cfg.md.url = with(self.md.url());
         cfg.logic.url = with(self.logic.url());
         cfg.tls.ca_file = Some(self.file("tls/ca.crt"));

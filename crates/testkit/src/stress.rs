@@ -10,7 +10,7 @@
 //! to the first delivery, over the other bus, of a message published after the fault).
 
 use crate::RedisServer;
-use dualbus_bus::{BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions};
+use dualbus_bus::{BusId, Config, DualBus, FailoverMode, Handler, HandlerError, SubscribeOptions};
 use dualbus_core::{
     now_unix_nanos, Backpressure, Envelope, EventKind, Priority, StartFrom, Transport,
 };
@@ -375,7 +375,7 @@ pub async fn run(
     let md = connect("md", &md_server.url(), maxlen).await?;
     let logic = connect("logic", &logic_server.url(), maxlen).await?;
     let mut cfg = Config::default();
-    cfg.failover.enabled = "on".into();
+    cfg.failover.enabled = FailoverMode::On;
     cfg.md.maxlen = maxlen;
     cfg.logic.maxlen = maxlen;
     if let Some(t) = opts.heartbeat_timeout {
@@ -860,7 +860,7 @@ pub async fn run_child_consumer(
     let md = connect("md", md_url, maxlen).await?;
     let logic = connect("logic", logic_url, maxlen).await?;
     let mut cfg = Config::default();
-    cfg.failover.enabled = "on".into();
+    cfg.failover.enabled = FailoverMode::On;
     cfg.md.maxlen = maxlen;
     cfg.logic.maxlen = maxlen;
     let bus = DualBus::builder("stress-sub")

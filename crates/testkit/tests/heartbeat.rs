@@ -2,7 +2,7 @@
 //! either: a busy broker (a flood, a starved machine) keeps its traffic.
 
 use async_trait::async_trait;
-use dualbus_bus::{BusId, Config, DualBus};
+use dualbus_bus::{BusId, Config, DualBus, FailoverMode};
 use dualbus_core::transport::{GroupBacklog, StreamKey};
 use dualbus_core::{
     Confirm, DeadLetter, Envelope, Health, PublishError, ReceiveError, SubscribeError,
@@ -72,7 +72,7 @@ async fn failovers_with_a_slow_heartbeat(answering: bool) -> u64 {
     });
     let logic = Arc::new(MemoryTransport::new());
     let mut cfg = Config::default();
-    cfg.failover.enabled = "on".into();
+    cfg.failover.enabled = FailoverMode::On;
     let bus = DualBus::builder("hub")
         .config(cfg)
         .transports(md.clone(), logic)

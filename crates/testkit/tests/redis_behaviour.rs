@@ -6,7 +6,9 @@
 //! server it did not start) and asserts what was delivered, how many times, in what order, and
 //! what errors say; timeouts only guard against hangs.
 
-use dualbus_bus::{handler_fn, BusId, Config, DualBus, Handler, SubscribeOptions, Subscription};
+use dualbus_bus::{
+    handler_fn, BusId, Config, DualBus, FailoverMode, Handler, SubscribeOptions, Subscription,
+};
 use dualbus_core::{Encoding, Envelope, EventKind, Priority, StartFrom, Transport};
 use dualbus_redis::{RedisOptions, RedisTransport};
 use dualbus_testkit::{wait_until, RedisServer};
@@ -309,7 +311,7 @@ async fn subscriber_recreates_its_group_after_the_server_restarts_empty() {
         // Failover off: this test is about the group coming back on the restarted server, not
         // about traffic moving to the other bus meanwhile.
         let mut cfg = Config::default();
-        cfg.failover.enabled = "off".into();
+        cfg.failover.enabled = FailoverMode::Off;
         let strategy = buses.client("strategy", cfg.clone());
         let sub = subscribe(&strategy, "strategy", "ml_prediction.>", &rec).await;
         let ml = buses.client("ml", cfg);

@@ -1,7 +1,7 @@
 //! The transports a config asks for: embedded, or connections to the Redis servers.
 
 use super::BusError;
-use crate::config::{BusId, Config};
+use crate::config::{BusId, Config, TransportKind};
 use dualbus_core::Transport;
 use dualbus_memory::{MemoryOptions, MemoryTransport};
 use dualbus_redis::{RedisOptions, RedisTransport};
@@ -14,8 +14,8 @@ use std::time::Duration;
 /// [`BusError::Config`] when the config names another transport: those need a connection, see
 /// [`connect_transports`].
 pub fn default_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusError> {
-    match cfg.transport.as_str() {
-        "memory" => {
+    match cfg.transport {
+        TransportKind::Memory => {
             let mk = |bus: BusId| -> Arc<dyn Transport> {
                 Arc::new(MemoryTransport::with_options(MemoryOptions {
                     maxlen: cfg.bus(bus).maxlen as usize,
@@ -25,7 +25,8 @@ pub fn default_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusEr
             Ok([mk(BusId::MarketData), mk(BusId::Logic)])
         }
         other => Err(BusError::Config(format!(
-            "transport {other:?} needs a connection: use connect_transports (or DualBus::connect)"
+            "transport {:?} needs a connection: use connect_transports (or DualBus::connect)",
+            other.as_str()
         ))),
     }
 }
@@ -81,7 +82,7 @@ pub async fn connect_transport(cfg: &Config, bus: BusId) -> Result<Arc<dyn Trans
 /// # Errors
 /// [`BusError::Connect`] naming the bus and address that could not be reached.
 pub async fn connect_transports(cfg: &Config) -> Result<[Arc<dyn Transport>; 2], BusError> {
-    if cfg.transport == "redis" {
+    if cfg.transport == TransportKind::Redis {
         Ok([
             connect_transport(cfg, BusId::MarketData).await?,
             connect_transport(cfg, BusId::Logic).await?,

@@ -21,8 +21,8 @@ use super::{parse_duration, Global};
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use clap::{Args, ValueEnum};
-use dualbus_bus::BusId;
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
+use dualbus_bus::{BusId, TransportKind};
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{EventKind, Mode, Priority, StartFrom};
 use dualbus_engines::engine::EngineThread;
@@ -271,7 +271,7 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
     }
     let warm_up_need = WarmUpNeed::from_settings(&settings);
     let mut cfg = global.config()?;
-    cfg.transport = "memory".into();
+    cfg.transport = TransportKind::Memory;
     // Nothing that follows the wall clock changes the run: an idle reader parks at once (no
     // spin), and with an idle timeout of a day the redelivery sweep (each reader wakes at least
     // once a second for it) never finds anything due.

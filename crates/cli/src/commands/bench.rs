@@ -11,7 +11,9 @@ use super::Global;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use dualbus_bus::{BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
+use dualbus_bus::{
+    BusId, Config, DualBus, Handler, HandlerError, SubscribeOptions, Subscription, TransportKind,
+};
 use dualbus_core::{
     now_unix_nanos, Backpressure, Encoding, Envelope, EventKind, Mode, Priority, Topic, Transport,
 };
@@ -274,7 +276,7 @@ impl Rig {
             Backend::Redis => {
                 // A private prefix: a run never meets another run's streams or groups.
                 cfg.prefix = format!("bench{}", std::process::id());
-                cfg.transport = "redis".into();
+                cfg.transport = TransportKind::Redis;
                 let md_t = dualbus_bus::connect_transport(&cfg, BusId::MarketData)
                     .await
                     .context(

@@ -7,6 +7,7 @@ use super::progress::Progress;
 use super::{parse_duration, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use dualbus_bus::TransportKind;
 use dualbus_engines::engine::{EngineHost, HostOptions};
 use dualbus_engines::hub::{HubOptions, HubStats, MarketDataHub};
 use dualbus_engines::metrics::BusMetrics;
@@ -198,7 +199,7 @@ pub struct HubArgs {
 /// Runs `dualbus hub`.
 pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
     let mut cfg = global.config()?;
-    if cfg.transport == "redis" {
+    if cfg.transport == TransportKind::Redis {
         global.authenticate(&mut cfg, "marketdata")?;
     }
     let duration = args
@@ -214,7 +215,10 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
     rt.block_on(async move {
         let (provider, replay) = args.provider.build_parts()?;
         // The in-memory transport is printed by its user-facing name.
-        let transport = cfg.transport.replace("memory", "embedded");
+        let transport = match cfg.transport {
+            TransportKind::Memory => "embedded",
+            TransportKind::Redis => "redis",
+        };
         let bus = super::connect_buses("marketdata", cfg.clone()).await?;
         let hub = MarketDataHub::new(provider.clone(), HubOptions::default());
         let handle = hub.handle();

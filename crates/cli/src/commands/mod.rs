@@ -22,7 +22,7 @@ pub mod vpin;
 
 use anyhow::bail;
 use clap::Args;
-use dualbus_bus::{BusError, BusId, Config, ConfigError, DualBus};
+use dualbus_bus::{BusError, BusId, Config, ConfigError, DualBus, TransportKind};
 use dualbus_engines::provider::replay::{ReplayOptions, ReplayProvider};
 use dualbus_engines::provider::ProviderError;
 use dualbus_engines::system::ENGINES;
@@ -76,7 +76,7 @@ impl Global {
     /// that inspect or drive running buses.
     pub fn redis_config(&self) -> anyhow::Result<Config> {
         let mut cfg = self.config()?;
-        cfg.transport = "redis".into();
+        cfg.transport = TransportKind::Redis;
         self.authenticate(&mut cfg, acl::ADMIN)?;
         Ok(cfg)
     }

@@ -5,7 +5,7 @@ use super::hub::ProviderArgs;
 use super::{parse_duration, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use dualbus_bus::{handler_fn, BusId, DualBus, SubscribeOptions};
+use dualbus_bus::{handler_fn, BusId, DualBus, SubscribeOptions, TransportKind};
 use dualbus_core::{Mode, StartFrom};
 use dualbus_engines::engine::EngineThread;
 use dualbus_engines::metrics::{BusFigures, BusMetrics, Window};
@@ -30,10 +30,10 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn transport(self) -> &'static str {
+    fn transport(self) -> TransportKind {
         match self {
-            Backend::Embedded => "memory",
-            Backend::Redis => "redis",
+            Backend::Embedded => TransportKind::Memory,
+            Backend::Redis => TransportKind::Redis,
         }
     }
 
@@ -58,7 +58,7 @@ impl Backend {
         let cfg = global.config()?;
         Ok(if !cfg.transport_is_set() {
             default
-        } else if cfg.transport == "redis" {
+        } else if cfg.transport == TransportKind::Redis {
             Backend::Redis
         } else {
             Backend::Embedded
@@ -247,7 +247,7 @@ async fn connect(
     user: &str,
 ) -> anyhow::Result<DualBus> {
     let mut cfg = global.config()?;
-    cfg.transport = backend.transport().into();
+    cfg.transport = backend.transport();
     if backend == Backend::Redis {
         global.authenticate(&mut cfg, user)?;
     }
