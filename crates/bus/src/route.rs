@@ -209,6 +209,16 @@ impl Router {
         self.dead[bus.index()].clone()
     }
 
+    /// The bus whose key space `stream` is in (`{prefix}:{bus}:...`), if any. Each bus's
+    /// servers also hold the other bus's streams (the failover mirror): this tells them apart.
+    pub fn bus_of_stream(&self, stream: &str) -> Option<BusId> {
+        let rest = stream.strip_prefix(&*self.prefix)?.strip_prefix(':')?;
+        BusId::ALL.into_iter().find(|bus| {
+            rest.strip_prefix(bus.as_str())
+                .is_some_and(|r| r.starts_with(':'))
+        })
+    }
+
     /// The reply stream of a requester instance on a bus.
     pub fn reply_stream(&self, bus: BusId, inst: &str) -> StreamKey {
         Arc::from(format!("{}:{}:reply:{inst}", self.prefix, bus.as_str()))
@@ -295,6 +305,30 @@ mod tests {
         );
         let route = r.route(&EventKind::StrategySignal, Priority::Critical);
         assert_eq!(route.lane, Lane::Priority);
+    }
+
+    #[test]
+    fn a_stream_is_placed_in_its_buss_key_space() {
+        let mut cfg = Config::default();
+        cfg.md.partitions = 4;
+        let r = Router::new(&cfg);
+        for bus in BusId::ALL {
+            for k in EventKind::KNOWN.iter() {
+                for key in r.kind_streams(bus, k) {
+                    assert_eq!(r.bus_of_stream(&key), Some(bus), "{key}");
+                }
+            }
+            assert_eq!(r.bus_of_stream(&r.dead_stream(bus)), Some(bus));
+            assert_eq!(r.bus_of_stream(&r.reply_stream(bus, "x-1")), Some(bus));
+        }
+        for other in [
+            "dualbus:mdx:trade",
+            "other:md:market_data",
+            "dualbus:md",
+            "dualbus",
+        ] {
+            assert_eq!(r.bus_of_stream(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -1,6 +1,24 @@
 //! `dualbus`: the command-line front of the dualbus message backbone.
 //!
-//! Each verb lives in `commands/<verb>.rs`.
+//! # Layout
+//!
+//! * `commands/<verb>.rs`, or `commands/<verb>/` for a verb of several files: one module per
+//!   verb (`run` and `engine`, `hub`, `backtest`, `bench`, `stress`, `vpin`, `redis`, `stats`,
+//!   `tail`, `publish`, `schema`). A verb never imports another verb; what several use lives
+//!   below them:
+//!   * `commands/mod.rs`: the global flags, the configuration they make, durations,
+//!     `--settings`, connecting to the buses and the errors said when they are not there.
+//!   * `commands/summary.rs`: the summaries `run` and `backtest` print.
+//!   * `commands/progress.rs`, `commands/plot.rs`: progress bars, SVG charts.
+//!   * `commands/inspect.rs`: reading streams and groups from a Redis bus (`stats`, `tail`,
+//!     `redis status`, `bench`).
+//!   * `commands/acl.rs`, `commands/certs.rs`, `commands/redis_cluster.rs`: the Redis users,
+//!     the TLS certificates and the cluster that `redis up` makes.
+//! * `logs.rs`: log output on stderr.
+//!
+//! What is not about the command line lives in the library crates: the run report's figures in
+//! `dualbus-engines` (`report`), stream keys in the bus's `Router`, the fault-injection harness
+//! in `dualbus-stress`.
 
 // Unsafe code only where a system call needs it, each allowed where it stands.
 #![deny(unsafe_code)]

@@ -22,6 +22,8 @@
 //! * [`market`]: the validator of market data; bars built from trades; maps keyed by symbol.
 //! * [`metrics`]: per-bus traffic and delivery latency of the engines of a run.
 //! * [`provider`]: the `Provider` trait; `synthetic`, `replay` and `binance` providers.
+//! * [`report`]: what the run and backtest reports say about the buses: the observer of the
+//!   system's outputs (fills, equity, alerts) and each bus's figures.
 //! * [`hub`]: the MarketData hub: normalizes and publishes provider data, snapshot and
 //!   history caches, coalescing of identical history requests, request/reply.
 //! * [`telemetry`]: `/metrics` (Prometheus), `/healthz` and `/readyz` of a process, and the
@@ -71,6 +73,7 @@ pub mod metrics;
 pub mod ml;
 pub mod portfolio;
 pub mod provider;
+pub mod report;
 pub mod risk;
 pub mod stats;
 pub mod strategy;

@@ -9,8 +9,8 @@
 //! * [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance test.
 //! * [`MemoryFactory`], [`RedisFactory`]: the factories of the embedded and Redis transports.
 //! * [`RedisServer`]: a real `redis-server` on a free port, killed on drop.
-//! * [`stress`]: fault injection under load (crash, hang, flash crash, slow consumer), shared by
-//!   `dualbus stress` and the failover tests.
+//! * [`stress`]: the `dualbus-stress` crate, re-exported: fault injection under load (crash,
+//!   hang, flash crash, slow consumer), shared by `dualbus stress` and the failover tests.
 //! * [`wire_doc`]: the examples of `docs/wire-format.md`, for the tests that check it.
 //!
 //! ```ignore
@@ -20,11 +20,10 @@
 #![forbid(unsafe_code)]
 
 pub mod conformance;
-pub mod redis_server;
-pub mod stress;
 pub mod wire_doc;
 
-pub use redis_server::{RedisCluster, RedisServer};
+pub use dualbus_stress as stress;
+pub use dualbus_stress::{RedisCluster, RedisServer};
 pub use wire_doc::{wire_example, wire_examples};
 
 use async_trait::async_trait;

@@ -2,9 +2,7 @@
 
 pub mod acl;
 pub mod backtest;
-pub mod backtest_html;
 pub mod bench;
-pub mod bench_hub;
 pub mod certs;
 pub mod hub;
 pub mod inspect;
@@ -17,16 +15,19 @@ pub mod run;
 pub mod schema;
 pub mod stats;
 pub mod stress;
+pub mod summary;
 pub mod tail;
 pub mod vpin;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
 use dualbus_bus::{BusError, BusId, Config, ConfigError, DualBus, TransportKind};
 use dualbus_engines::provider::replay::{ReplayOptions, ReplayProvider};
 use dualbus_engines::provider::ProviderError;
 use dualbus_engines::system::ENGINES;
 use dualbus_redis::ConnectError;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Flags every verb takes.
@@ -390,6 +391,25 @@ pub fn parse_duration(s: &str) -> anyhow::Result<std::time::Duration> {
             "invalid duration {s:?}: expected a number with ms, s, m, h or d (e.g. 30s, 5m, 1d)"
         ),
     }
+}
+
+/// The `--settings` of `run` and `backtest`: a JSON object keyed by engine name.
+///
+/// # Errors
+/// A message naming a key that is not an engine, or saying the text is not such an object.
+pub fn parse_settings(s: Option<&str>) -> anyhow::Result<BTreeMap<String, Value>> {
+    let Some(s) = s else {
+        return Ok(Default::default());
+    };
+    let v: BTreeMap<String, Value> =
+        serde_json::from_str(s).context("--settings must be a JSON object of engine names")?;
+    if let Some(bad) = v.keys().find(|k| !ENGINES.contains(&k.as_str())) {
+        bail!(
+            "--settings names {bad:?}, which is not an engine; the engines are {}",
+            ENGINES.join(", ")
+        );
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -2,18 +2,19 @@
 //! its own process (over Redis, so engines can be spread over processes and hosts).
 
 use super::hub::ProviderArgs;
-use super::{parse_duration, runtime, Global, MetricsArgs};
+use super::summary::{ms, ms_f, print_alerts};
+use super::{parse_duration, parse_settings, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use dualbus_bus::{handler_fn, BusId, DualBus, SubscribeOptions, TransportKind};
 use dualbus_core::{Mode, StartFrom};
 use dualbus_engines::engine::EngineThread;
 use dualbus_engines::metrics::{BusFigures, BusMetrics, Window};
+use dualbus_engines::report::{bus_json, Observed, OBSERVED};
 use dualbus_engines::system::{self, EngineSetup, System, SystemOptions, AVAILABLE, ENGINES};
 use dualbus_engines::telemetry::{self, GroupRow};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -134,85 +135,6 @@ pub struct RunArgs {
     pub metrics: MetricsArgs,
 }
 
-/// What the run's own observer sees on the buses: fills, equity, alerts.
-#[derive(Default)]
-pub(crate) struct Observed {
-    pub(crate) fills: u64,
-    pub(crate) rejected_orders: u64,
-    pub(crate) equity: Option<f64>,
-    pub(crate) portfolio: Option<Value>,
-    pub(crate) analytics: Option<Value>,
-    pub(crate) toxicity: u64,
-    pub(crate) flash: BTreeMap<String, u64>,
-    pub(crate) risk: BTreeMap<String, u64>,
-    pub(crate) margin_calls: u64,
-    pub(crate) breaker: bool,
-}
-
-impl Observed {
-    pub(crate) fn on(&mut self, kind: &str, v: &Value) {
-        let rule = |v: &Value| v["rule"].as_str().unwrap_or("unknown").to_string();
-        match kind {
-            "trade_execution" => {
-                if v["status"] == "filled" {
-                    self.fills += 1;
-                } else {
-                    self.rejected_orders += 1;
-                }
-            }
-            "portfolio_update" => {
-                self.equity = v["equity"].as_f64();
-                self.portfolio = Some(v.clone());
-            }
-            "toxicity_alert" => self.toxicity += 1,
-            "flash_crash_alert" => *self.flash.entry(rule(v)).or_default() += 1,
-            "risk_alert" => {
-                if v["action"] == "circuit_breaker_tripped" {
-                    self.breaker = true;
-                }
-                *self.risk.entry(rule(v)).or_default() += 1;
-            }
-            "margin_call" => self.margin_calls += 1,
-            "analytics_result" if v["report"] == "performance" => {
-                self.analytics = Some(v.clone());
-            }
-            _ => {}
-        }
-    }
-
-    pub(crate) fn alerts_json(&self) -> Value {
-        json!({
-            "toxicity_alert": self.toxicity,
-            "flash_crash_alert": self.flash,
-            "risk_alert": self.risk,
-            "margin_call": self.margin_calls,
-            "circuit_breaker_tripped": self.breaker,
-        })
-    }
-}
-
-pub(crate) const OBSERVED: [&str; 7] = [
-    "analytics_result.>",
-    "trade_execution.>",
-    "portfolio_update.>",
-    "toxicity_alert.>",
-    "flash_crash_alert.>",
-    "risk_alert.>",
-    "margin_call.>",
-];
-
-pub(crate) fn ms(us: Option<u64>) -> String {
-    ms_f(us.map(|us| us as f64))
-}
-
-/// Milliseconds from (fractional) microseconds, for the status line.
-pub(crate) fn ms_f(us: Option<f64>) -> String {
-    match us {
-        Some(us) => format!("{:.2} ms", us / 1000.0),
-        None => "-".into(),
-    }
-}
-
 /// The engine whose messages waited longest for it (queue wait plus handler time, p99) in a
 /// status-line window, for the status line: `risk 0.12+0.03 ms`.
 fn slowest_engine(w: &Window) -> String {
@@ -229,13 +151,6 @@ fn slowest_engine(w: &Window) -> String {
         }
     }
     worst.map_or_else(|| "-".into(), |(_, s)| s)
-}
-
-pub(crate) fn bus_json(f: &BusFigures, secs: f64) -> Value {
-    let mut v = serde_json::to_value(f).expect("plain figures");
-    v["delivered_per_s"] = json!(f.delivered as f64 / secs.max(1e-9));
-    v["published_per_s"] = json!(f.published as f64 / secs.max(1e-9));
-    v
 }
 
 /// The buses for `backend`, with a clear message when Redis is not there.
@@ -354,21 +269,6 @@ async fn earlier_groups(
     }
     eprintln!("  --fresh drops these groups first and starts without them");
     Ok(())
-}
-
-pub(crate) fn parse_settings(s: Option<&str>) -> anyhow::Result<BTreeMap<String, Value>> {
-    let Some(s) = s else {
-        return Ok(BTreeMap::new());
-    };
-    let v: BTreeMap<String, Value> =
-        serde_json::from_str(s).context("--settings must be a JSON object of engine names")?;
-    if let Some(bad) = v.keys().find(|k| !ENGINES.contains(&k.as_str())) {
-        bail!(
-            "--settings names {bad:?}, which is not an engine; the engines are {}",
-            ENGINES.join(", ")
-        );
-    }
-    Ok(v)
 }
 
 /// Runs `dualbus run`.
@@ -642,38 +542,6 @@ fn print_trading(r: &Value) {
         r["fills"], r["rejected_orders"]
     );
     print_alerts(&r["alerts"]);
-}
-
-/// The alerts of a run or backtest (the `alerts` object of its report) as a table of kind,
-/// rule and count, or "alerts none".
-pub(crate) fn print_alerts(a: &Value) {
-    let mut rows: Vec<(String, String, u64)> = Vec::new();
-    for (kind, label) in [
-        ("toxicity_alert", "toxicity"),
-        ("margin_call", "margin call"),
-    ] {
-        if let Some(n) = a[kind].as_u64().filter(|n| *n > 0) {
-            rows.push((label.into(), "-".into(), n));
-        }
-    }
-    for (kind, label) in [("flash_crash_alert", "flash crash"), ("risk_alert", "risk")] {
-        if let Some(m) = a[kind].as_object() {
-            for (rule, n) in m {
-                rows.push((label.into(), rule.clone(), n.as_u64().unwrap_or(0)));
-            }
-        }
-    }
-    if rows.is_empty() {
-        println!("  alerts none");
-    } else {
-        println!("  {:<16} {:<28} {:>8}", "alert", "rule", "count");
-        for (kind, rule, n) in rows {
-            println!("  {kind:<16} {rule:<28} {n:>8}");
-        }
-    }
-    if a["circuit_breaker_tripped"] == true {
-        println!("  the risk engine's circuit breaker tripped: trading was halted");
-    }
 }
 
 /// Arguments of `dualbus engine NAME`.

@@ -3,6 +3,7 @@
 
 use super::{inspect, runtime, Global, BUSES};
 use clap::Args;
+use dualbus_bus::Router;
 use serde_json::json;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ pub struct StatsArgs {
 /// Runs `dualbus stats`.
 pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
     let cfg = global.redis_config()?;
+    let router = Router::new(&cfg);
     runtime(1)?.block_on(async move {
         // Both buses are read before anything is printed: a bus that does not answer gives
         // the error alone, not a table header and then the error.
@@ -38,7 +40,7 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
             let conns = inspect::connect_nodes(&cfg, bus, timeout)
                 .await
                 .map_err(super::unreachable)?;
-            let dead_key = format!("{}:{}:dead", cfg.prefix, bus.as_str());
+            let dead_key = router.dead_stream(bus);
             // Every server of the bus (the masters of a cluster each hold some streams).
             let mut streams = Vec::new();
             let mut dead = std::collections::BTreeMap::new();
@@ -47,11 +49,10 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                 dead.extend(inspect::dead_counts(&mut conn, &dead_key).await?);
             }
             streams.sort_by(|a, b| a.key.cmp(&b.key));
-            // A stream of the other bus (`PREFIX:logic:...` on the MarketData server, and
-            // the reverse): the failover mirror.
-            let own = format!("{}:{}:", cfg.prefix, bus.as_str());
             for s in &streams {
-                let mirror = !s.key.starts_with(&own);
+                // A stream of the other bus (`PREFIX:logic:...` on the MarketData server, and
+                // the reverse): the failover mirror.
+                let mirror = router.bus_of_stream(&s.key) != Some(bus);
                 if mirror && s.entries_added == 0 && !args.all {
                     hidden += 1;
                     continue;

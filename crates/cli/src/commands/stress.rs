@@ -1,9 +1,9 @@
 //! `dualbus stress SCENARIO`: fault injection under load against `redis-server` processes it
-//! starts on free ports and kills itself (see `dualbus_testkit::stress`).
+//! starts on free ports and kills itself (see the `dualbus-stress` crate).
 
 use super::{runtime, Global};
 use clap::{Args, ValueEnum};
-use dualbus_testkit::stress::{self, Scenario, StressOptions};
+use dualbus_stress::{self as stress, Scenario, StressOptions};
 use std::time::Duration;
 
 /// Arguments of `dualbus stress`.

@@ -11,6 +11,10 @@
 //! * `subscriber` (private): `XREADGROUP` over all of a subscription's streams per call, on a
 //!   connection of its own; `XAUTOCLAIM` sweeps; dead letters; `NOGROUP` recovery.
 //! * `reply` (private): parsing of Redis replies (RESP2 arrays and RESP3 maps).
+//! * `resp` (private): the read path's own connection, whose `XREADGROUP` replies a small
+//!   RESP2 parser reads straight into entries (its fuzzing entry is public).
+//! * `tls` (private): `rediss://` connections ([`TlsConfig`], [`client`]).
+//! * [`cluster`]: [`ClusterTransport`], below.
 //!
 //! # Keys
 //!

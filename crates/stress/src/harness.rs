@@ -1,13 +1,4 @@
-//! Fault injection under load, against real `redis-server` processes this harness starts and
-//! kills itself. Shared by `dualbus stress` and the failover tests.
-//!
-//! A publisher sends steady traffic on both buses (`market_data` on the MarketData bus,
-//! `strategy_signal` on the Engine Logic bus, `risk_alert` on its priority lane); a consumer
-//! checks every message by (`kind`, `seq`): lost, duplicated, out of order (per consumer
-//! instance; in the consumer-crash scenario the batch the dead instance held reaches the other
-//! instance after later messages, as a redelivery must, and is not counted). Faults follow the
-//! scenario; the report says what was delivered and how long each fail-over took (from the fault
-//! to the first delivery, over the other bus, of a message published after the fault).
+//! The harness: scenarios, the publisher and checking consumer, faults, the report.
 
 use crate::RedisServer;
 use dualbus_bus::{BusId, Config, DualBus, FailoverMode, Handler, HandlerError, SubscribeOptions};

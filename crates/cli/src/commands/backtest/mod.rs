@@ -15,11 +15,14 @@
 //! machine (elapsed time, rates, delivery latency). The synthetic market is generated from its
 //! seed, so the same seed and flags give the same report too.
 
+mod html;
+mod recorded;
+
+use super::parse_settings;
 use super::progress::Progress;
-use super::run::{bus_json, ms, parse_settings, Observed, OBSERVED};
+use super::summary::{few_returns, ms, span};
 use super::{parse_duration, Global};
 use anyhow::{bail, Context};
-use async_trait::async_trait;
 use clap::{Args, ValueEnum};
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_bus::{BusId, TransportKind};
@@ -31,16 +34,15 @@ use dualbus_engines::hub::FeedGate;
 use dualbus_engines::metrics::BusMetrics;
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
-use dualbus_engines::provider::{HistoryRequest, MarketStream, Provider, ProviderError, Speed};
+use dualbus_engines::provider::{Provider, Speed};
+use dualbus_engines::report::{bus_json, Observed, OBSERVED};
 use dualbus_engines::system::{System, SystemOptions, AVAILABLE};
 use dualbus_engines::tearsheet::{
     buy_and_hold, exposure, iso8601, RoundTripTracker, TradeLogEntry,
 };
-use dualbus_model::features::FeatureVector;
-use dualbus_model::market::{Bar, Instrument, MarketEvent};
 use dualbus_model::ml::DEFAULT_FEATURES;
-use dualbus_model::portfolio::{PortfolioUpdate, PositionChange};
 use parking_lot::Mutex;
+use recorded::{Ledger, PriceTape, TapedProvider};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -468,7 +470,7 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
         });
         drop(o);
         if let Some(path) = &args.html {
-            let html = super::backtest_html::page(&report, &ledger, &tape)?;
+            let html = html::page(&report, &ledger, &tape)?;
             std::fs::write(path, html)
                 .with_context(|| format!("writing the HTML report {}", path.display()))?;
         }
@@ -498,176 +500,6 @@ const LEDGER: [&str; 3] = [
     "portfolio_update.>",
     "feature_vector.>",
 ];
-
-/// The Portfolio engine's output and the bars per symbol, as the run goes.
-#[derive(Default)]
-pub(crate) struct Ledger {
-    /// Every fill's effect on its position, in order.
-    pub(crate) changes: Vec<PositionChange>,
-    /// (ts, equity, gross exposure, drawdown fraction) of every `portfolio_update`.
-    pub(crate) equity: Vec<(u64, f64, f64, f64)>,
-    /// Feature vectors (one per bar) per symbol.
-    pub(crate) bars: BTreeMap<String, u64>,
-}
-
-impl Ledger {
-    fn on(&mut self, kind: &str, v: &Option<Value>) {
-        let Some(v) = v else { return };
-        match kind {
-            "position_change" => {
-                if let Ok(c) = serde_json::from_value::<PositionChange>(v.clone()) {
-                    self.changes.push(c);
-                }
-            }
-            "portfolio_update" => {
-                if let Ok(u) = serde_json::from_value::<PortfolioUpdate>(v.clone()) {
-                    self.equity
-                        .push((u.ts, u.equity, u.gross_exposure, u.drawdown));
-                }
-            }
-            "feature_vector" => {
-                if let Ok(f) = serde_json::from_value::<FeatureVector>(v.clone()) {
-                    *self.bars.entry(f.symbol).or_default() += 1;
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Prices of the data as the hub took them from the provider: per symbol, trade prices and
-/// quote mids (the last of each second, enough for the benchmark and the plots).
-#[derive(Default)]
-pub(crate) struct PriceTape {
-    /// Data time of the first and the last event, Unix ns.
-    pub(crate) first_ts: Option<u64>,
-    pub(crate) last_ts: Option<u64>,
-    pub(crate) symbols: BTreeMap<String, SymbolPrices>,
-}
-
-/// One symbol's prices.
-#[derive(Default)]
-pub(crate) struct SymbolPrices {
-    pub(crate) trades: Vec<(u64, f64)>,
-    pub(crate) mids: Vec<(u64, f64)>,
-}
-
-impl SymbolPrices {
-    /// Trade prices, or quote mids for a symbol without trades.
-    pub(crate) fn prices(&self) -> &[(u64, f64)] {
-        if self.trades.is_empty() {
-            &self.mids
-        } else {
-            &self.trades
-        }
-    }
-}
-
-/// Keeps the last price of each second, and the very first.
-fn push_price(series: &mut Vec<(u64, f64)>, ts: u64, price: f64) {
-    if !(price.is_finite() && price > 0.0) {
-        return;
-    }
-    let n = series.len();
-    match series.last_mut() {
-        Some(last) if n > 1 && last.0 / NS_PER_S == ts / NS_PER_S => *last = (ts, price),
-        _ => series.push((ts, price)),
-    }
-}
-
-const NS_PER_S: u64 = 1_000_000_000;
-
-impl PriceTape {
-    fn on(&mut self, ev: &MarketEvent) {
-        // A bar's time is its end, which may lie past the data (the last bar of a file ends
-        // at the next whole minute): the span is that of the trades and quotes.
-        if !matches!(ev, MarketEvent::Bar(_)) {
-            let ts = ev.ts();
-            self.first_ts = Some(self.first_ts.map_or(ts, |f| f.min(ts)));
-            self.last_ts = Some(self.last_ts.map_or(ts, |l| l.max(ts)));
-        }
-        match ev {
-            MarketEvent::Trade(t) => {
-                let s = self.symbols.entry(t.symbol.clone()).or_default();
-                push_price(&mut s.trades, t.ts, t.price);
-            }
-            MarketEvent::Quote(q) => {
-                let s = self.symbols.entry(q.symbol.clone()).or_default();
-                push_price(&mut s.mids, q.ts, q.mid());
-            }
-            _ => {}
-        }
-    }
-
-    /// Seconds of data time from the first event to the last.
-    pub(crate) fn covers_s(&self) -> f64 {
-        match (self.first_ts, self.last_ts) {
-            (Some(a), Some(b)) => (b - a) as f64 / 1e9,
-            _ => 0.0,
-        }
-    }
-
-    /// (symbol, first ts, first price, last ts, last price) of each symbol with prices.
-    fn first_last(&self) -> Vec<(String, u64, f64, u64, f64)> {
-        self.symbols
-            .iter()
-            .filter_map(|(sym, p)| {
-                let (a, b) = (p.prices().first()?, p.prices().last()?);
-                Some((sym.clone(), a.0, a.1, b.0, b.1))
-            })
-            .collect()
-    }
-}
-
-/// A provider whose stream also writes every event's price to a [`PriceTape`].
-struct TapedProvider {
-    inner: Arc<dyn Provider>,
-    tape: Arc<Mutex<PriceTape>>,
-}
-
-#[async_trait]
-impl Provider for TapedProvider {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn instruments(&self) -> Vec<Instrument> {
-        self.inner.instruments()
-    }
-
-    async fn stream(&self) -> Result<Box<dyn MarketStream>, ProviderError> {
-        Ok(Box::new(TapedStream {
-            inner: self.inner.stream().await?,
-            tape: self.tape.clone(),
-        }))
-    }
-
-    async fn history(&self, req: &HistoryRequest) -> Result<Vec<Bar>, ProviderError> {
-        self.inner.history(req).await
-    }
-}
-
-struct TapedStream {
-    inner: Box<dyn MarketStream>,
-    tape: Arc<Mutex<PriceTape>>,
-}
-
-#[async_trait]
-impl MarketStream for TapedStream {
-    async fn next_batch(&mut self, out: &mut Vec<MarketEvent>) -> Result<bool, ProviderError> {
-        let from = out.len();
-        let more = self.inner.next_batch(out).await?;
-        let mut tape = self.tape.lock();
-        for ev in &out[from..] {
-            tape.on(ev);
-        }
-        Ok(more)
-    }
-
-    fn skipped(&self) -> u64 {
-        self.inner.skipped()
-    }
-}
 
 /// What the strategy needs before it can trade: bars of `bar_secs` per symbol until the ML
 /// model has every feature it uses (its first prediction).
@@ -743,19 +575,6 @@ impl WarmUpNeed {
     }
 }
 
-/// A span of data time in words: `46 s`, `34 min`, `5.2 h`, `3.0 days`.
-pub(crate) fn span(secs: f64) -> String {
-    if secs < 120.0 {
-        format!("{secs:.0} s")
-    } else if secs < 7_200.0 {
-        format!("{:.0} min", secs / 60.0)
-    } else if secs < 172_800.0 {
-        format!("{:.1} h", secs / 3_600.0)
-    } else {
-        format!("{:.1} days", secs / 86_400.0)
-    }
-}
-
 /// Every stream of both buses: each known kind's and the priority lane.
 fn streams(root: &DualBus) -> Vec<(BusId, StreamKey)> {
     let router = root.router();
@@ -784,15 +603,6 @@ async fn settle(root: &DualBus, streams: &[(BusId, StreamKey)]) {
         idle = if total == 0 { idle + 1 } else { 0 };
         still = if total == last { still + 1 } else { 0 };
         last = total;
-    }
-}
-
-/// A caution after a Sharpe ratio of few returns (under 30): its standard deviation, and so
-/// the ratio, is a rough estimate.
-pub(crate) fn few_returns(per: &Value) -> &'static str {
-    match per["returns"].as_u64() {
-        Some(n) if n < 30 => "; fewer than 30: a rough estimate",
-        _ => "",
     }
 }
 
@@ -946,7 +756,7 @@ fn print_summary(r: &Value) {
             );
         }
     }
-    super::run::print_alerts(&r["alerts"]);
+    super::summary::print_alerts(&r["alerts"]);
     if let Some(buses) = r["messages"].as_object() {
         println!("  messages published, by bus and kind:");
         for (bus, kinds) in buses {

@@ -2,8 +2,9 @@
 //! no script, nothing fetched) with the summary table, the equity curve beside buy and hold,
 //! the drawdown curve, each symbol's price with its fills, the P&L by symbol and the trade log.
 
-use super::backtest::{span, Ledger, PriceTape};
-use super::plot::{self, Line, XAxis};
+use super::recorded::{Ledger, PriceTape};
+use crate::commands::plot::{self, Line, XAxis};
+use crate::commands::summary::{few_returns, span};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -124,7 +125,7 @@ pub(crate) fn page(report: &Value, ledger: &Ledger, tape: &PriceTape) -> anyhow:
         (Some(a), _) => format!(
             "{a:.2} (annualized from {} daily returns{})",
             per["returns"],
-            super::backtest::few_returns(per)
+            few_returns(per)
         ),
         (None, Some(v)) => format!(
             "{v:.4} per {} period ({} returns; under two days of data, not annualized)",

@@ -9,8 +9,10 @@
 //! computed); distribution latency is from the envelope's `ts` (stamped when the hub publishes)
 //! to the client's handler, for every delivery, in an HDR histogram.
 
-use super::bench::{percentile_line, percentiles, BenchArgs, Rig};
-use super::parse_duration;
+use super::args::BenchArgs;
+use super::report::{percentile_line, percentiles};
+use super::rig::Rig;
+use crate::commands::parse_duration;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
