@@ -9,9 +9,10 @@
 //!   * `commands/mod.rs`: the global flags, the configuration they make, durations,
 //!     `--settings`, connecting to the buses and the errors said when they are not there.
 //!   * `commands/summary.rs`: the summaries `run` and `backtest` print.
+//!   * `commands/provider.rs`: the provider flags of `hub`, `run` and `engine marketdata`.
 //!   * `commands/progress.rs`, `commands/plot.rs`: progress bars, SVG charts.
 //!   * `commands/inspect.rs`: reading streams and groups from a Redis bus (`stats`, `tail`,
-//!     `redis status`, `bench`).
+//!     `redis status`, `bench`), and whether a server answers.
 //!   * `commands/acl.rs`, `commands/certs.rs`, `commands/redis_cluster.rs`: the Redis users,
 //!     the TLS certificates and the cluster that `redis up` makes.
 //! * `logs.rs`: log output on stderr.

@@ -301,3 +301,18 @@ pub async fn dead_counts(
     }
     Ok(out)
 }
+
+/// Whether something answers a plain `PING` on `host:port` (an error such as `NOAUTH` counts).
+pub fn ping(host: &str, port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect((host, port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    // A server that requires a password answers -NOAUTH: it is up, but not ours to manage.
+    matches!(s.read(&mut buf), Ok(n) if n > 0)
+}

@@ -8,6 +8,7 @@ pub mod hub;
 pub mod inspect;
 pub(crate) mod plot;
 pub mod progress;
+pub mod provider;
 pub mod publish;
 pub mod redis;
 pub mod redis_cluster;

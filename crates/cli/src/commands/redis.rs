@@ -243,7 +243,7 @@ fn listening(url: &str) -> anyhow::Result<bool> {
     if url.starts_with("rediss://") {
         return Ok(std::net::TcpStream::connect((host.as_str(), port)).is_ok());
     }
-    Ok(ping(&host, port))
+    Ok(inspect::ping(&host, port))
 }
 
 /// The admin password `redis up` wrote in `dir`, if any.
@@ -252,21 +252,6 @@ fn admin_password(dir: &Path) -> Option<String> {
         .ok()
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
-}
-
-/// Whether something answers a plain `PING` on `host:port` (an error such as `NOAUTH` counts).
-pub(super) fn ping(host: &str, port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect((host, port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    // A server that requires a password answers -NOAUTH: it is up, but not ours to manage.
-    matches!(s.read(&mut buf), Ok(n) if n > 0)
 }
 
 /// `global`, taking the passwords from `dir/secrets` unless told where they are.

@@ -149,7 +149,7 @@ pub fn up(
     let mut started = 0;
     for port in plan.ports() {
         let conf = conf_path(dir, port);
-        if super::redis::ping("127.0.0.1", port) {
+        if super::inspect::ping("127.0.0.1", port) {
             let ours = ask(port, admin_password, &["CONFIG", "GET", "cluster-enabled"]).is_ok()
                 && conf.exists();
             if !ours {
@@ -183,7 +183,7 @@ pub fn up(
     }
     let t0 = Instant::now();
     for port in plan.ports() {
-        while !super::redis::ping("127.0.0.1", port) {
+        while !super::inspect::ping("127.0.0.1", port) {
             if t0.elapsed() > Duration::from_secs(10) {
                 bail!(
                     "the cluster node on port {port} did not answer within 10 s; see {}",
@@ -269,13 +269,13 @@ pub fn configured_ports(dir: &Path) -> Vec<u16> {
 pub fn down(dir: &Path, admin_password: Option<&str>) -> anyhow::Result<usize> {
     let mut stopped = 0;
     for port in configured_ports(dir) {
-        if !super::redis::ping("127.0.0.1", port) {
+        if !super::inspect::ping("127.0.0.1", port) {
             continue;
         }
         // The server closes the connection as it stops: an error here is success.
         let _ = ask(port, admin_password, &["SHUTDOWN"]);
         let t0 = Instant::now();
-        while super::redis::ping("127.0.0.1", port) {
+        while super::inspect::ping("127.0.0.1", port) {
             if t0.elapsed() > Duration::from_secs(10) {
                 bail!("the cluster node on port {port} is still running 10 s after SHUTDOWN");
             }

@@ -1,7 +1,7 @@
 //! `dualbus run`: the whole system in one process, and `dualbus engine NAME`: one engine in
 //! its own process (over Redis, so engines can be spread over processes and hosts).
 
-use super::hub::ProviderArgs;
+use super::provider::ProviderArgs;
 use super::summary::{ms, ms_f, print_alerts};
 use super::{parse_duration, parse_settings, runtime, Global, MetricsArgs};
 use anyhow::{bail, Context};
