@@ -268,11 +268,21 @@ impl FactorEngine {
         &self.model
     }
 
+    /// Publishes the calculations produced so far, in order. One leaves `out` only once
+    /// published: after a failed publish the rest (the failed one included) stays and goes out,
+    /// in order, before the next bar's (or at stop), so an error loses nothing.
     async fn publish_out(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
-        for c in std::mem::take(&mut self.out) {
-            ctx.send(&c).await?;
+        let mut sent = 0;
+        let mut res = Ok(());
+        for c in &self.out {
+            if let Err(e) = ctx.send(c).await {
+                res = Err(e.into());
+                break;
+            }
+            sent += 1;
         }
-        Ok(())
+        self.out.drain(..sent);
+        res
     }
 }
 
@@ -304,10 +314,14 @@ impl Engine for FactorEngine {
             v.volume,
             &mut self.out,
         );
-        // The bar is counted now; a failed publish is logged rather than retried (a
-        // redelivery would be ignored as a duplicate).
+        // The bar is counted now, so the message is not failed (a redelivery would be ignored
+        // as a duplicate): what could not be published stays and goes out first next time.
         if let Err(e) = self.publish_out(ctx).await {
-            tracing::warn!(error = %e, "factor calculation not published");
+            tracing::warn!(
+                error = %e,
+                unpublished = self.out.len(),
+                "factor calculation not published yet: kept, to be sent before the next one"
+            );
         }
         Ok(())
     }
@@ -326,6 +340,7 @@ impl Engine for FactorEngine {
             "late": m.late,
             "duplicates": m.duplicates,
             "other_bar_secs": m.other_bar_secs,
+            "unpublished": self.out.len(),
         })
     }
 }

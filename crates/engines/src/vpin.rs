@@ -312,7 +312,15 @@ pub struct VpinEngine {
     params: VpinParams,
     calcs: BTreeMap<String, VpinCalculator>,
     out: Vec<VpinBucket>,
+    /// Outputs not yet published (a publish failed), oldest first.
+    queue: std::collections::VecDeque<Outgoing>,
     alerts: u64,
+}
+
+/// One output of the engine, queued until published.
+enum Outgoing {
+    Bucket(VpinBucket),
+    Alert(ToxicityAlert),
 }
 
 impl VpinEngine {
@@ -324,27 +332,40 @@ impl VpinEngine {
         }
     }
 
+    /// Publishes what the calculators produced, in order: each bucket's `vpin_calculation`, then
+    /// its `toxicity_alert` when toxic. An output leaves the queue only once published: after a
+    /// failed publish the rest (the failed one included) stays queued and goes out, in order,
+    /// before the next trade's outputs (or at stop), so an error loses nothing.
     async fn publish_out(&mut self, ctx: &EngineContext) -> Result<(), EngineError> {
-        for b in std::mem::take(&mut self.out) {
-            ctx.send(&b).await?;
-            if b.toxic {
-                self.alerts += 1;
-                let alert = ToxicityAlert {
-                    symbol: b.symbol.clone(),
-                    bucket: b.bucket,
-                    vpin: b.vpin,
-                    percentile: b.percentile,
-                    threshold: self.params.cdf_threshold,
-                    ts: b.ts,
-                    reason: format!(
-                        "VPIN {:.4} of bucket {} is at percentile {:.3} of the symbol's VPIN \
-                         values so far, crossing {} from below",
-                        b.vpin, b.bucket, b.percentile, self.params.cdf_threshold
-                    ),
-                };
-                ctx.count_alert("toxicity_alert", "vpin_percentile");
-                ctx.send(&alert).await?;
+        for b in self.out.drain(..) {
+            let alert = b.toxic.then(|| ToxicityAlert {
+                symbol: b.symbol.clone(),
+                bucket: b.bucket,
+                vpin: b.vpin,
+                percentile: b.percentile,
+                threshold: self.params.cdf_threshold,
+                ts: b.ts,
+                reason: format!(
+                    "VPIN {:.4} of bucket {} is at percentile {:.3} of the symbol's VPIN \
+                     values so far, crossing {} from below",
+                    b.vpin, b.bucket, b.percentile, self.params.cdf_threshold
+                ),
+            });
+            self.queue.push_back(Outgoing::Bucket(b));
+            if let Some(a) = alert {
+                self.queue.push_back(Outgoing::Alert(a));
             }
+        }
+        while let Some(next) = self.queue.front() {
+            match next {
+                Outgoing::Bucket(b) => ctx.send(b).await?,
+                Outgoing::Alert(a) => {
+                    ctx.send(a).await?;
+                    self.alerts += 1;
+                    ctx.count_alert("toxicity_alert", "vpin_percentile");
+                }
+            }
+            self.queue.pop_front();
         }
         Ok(())
     }
@@ -387,10 +408,14 @@ impl Engine for VpinEngine {
             .entry(t.symbol.clone())
             .or_insert_with(|| VpinCalculator::new(&t.symbol, params.clone()))
             .on_trade(t.ts, t.price, volume, &mut self.out);
-        // The trade is counted now; a failed publish is logged rather than retried, since a
-        // redelivery would count the trade twice.
+        // The trade is counted now, so the message is not failed (a redelivery would count it
+        // twice): what could not be published stays queued and goes out first next time.
         if let Err(e) = self.publish_out(ctx).await {
-            tracing::warn!(error = %e, "VPIN result not published");
+            tracing::warn!(
+                error = %e,
+                unpublished = self.queue.len(),
+                "VPIN result not published yet: kept, to be sent before the next one"
+            );
         }
         Ok(())
     }
@@ -403,7 +428,11 @@ impl Engine for VpinEngine {
     }
 
     fn health(&self) -> serde_json::Value {
-        serde_json::json!({"symbols": self.calcs.len(), "toxicity_alerts": self.alerts})
+        serde_json::json!({
+            "symbols": self.calcs.len(),
+            "toxicity_alerts": self.alerts,
+            "unpublished": self.queue.len(),
+        })
     }
 }
 

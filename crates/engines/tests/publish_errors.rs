@@ -1,0 +1,335 @@
+//! An engine whose publish fails keeps what it could not publish and sends it, in order, before
+//! its next output (or at stop): the VPIN engine's buckets and toxicity alerts, the Factor
+//! engine's calculations.
+//!
+//! A publish is made to fail by a reliable group of the output kind with a small queue bound and
+//! the `reject` policy whose handler holds its messages until the test opens a gate: once the
+//! bound is reached, every publish of that kind is rejected. Then the gate opens and more input
+//! follows, one message at a time: each lets the engine send what it kept (up to the bound),
+//! until everything has gone out.
+
+use dualbus_bus::{handler_fn, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
+use dualbus_core::{Backpressure, Envelope, EventKind, StartFrom};
+use dualbus_engines::engine::{EngineHost, HostOptions};
+use dualbus_engines::factor::{FactorEngine, FactorModel};
+use dualbus_engines::vpin::{VpinCalculator, VpinEngine, VpinParams};
+use dualbus_model::factor::FactorCalculation;
+use dualbus_model::features::FeatureVector;
+use dualbus_model::health::EngineCounts;
+use dualbus_model::market::{Side, Trade};
+use dualbus_model::vpin::{ToxicityAlert, VpinBucket};
+use dualbus_model::Message;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const S: u64 = 1_000_000_000;
+/// Input after the gate opens, one message at a time.
+const TAIL: u64 = 200;
+/// Bars (of every symbol) after the gate opens.
+const TAIL_BARS: u64 = 30;
+const T0: u64 = 1_717_171_200 * S;
+
+/// A group on `pattern` that holds its messages until `gate` opens; with a bound of [`BOUND`]
+/// and `reject`, publishes of that kind fail meanwhile once it holds that many.
+async fn blocker(root: &DualBus, pattern: &str, gate: Gate) -> Subscription {
+    root.sibling("blocker", "blocker-1")
+        .unwrap()
+        .subscribe(
+            SubscribeOptions::new("blocker", &[pattern])
+                .unwrap()
+                .bound(BOUND, Backpressure::Reject),
+            gate,
+        )
+        .await
+        .unwrap()
+}
+
+/// A handler that holds each message until the gate opens (awaiting, not blocking a thread),
+/// and counts what it handled.
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<AtomicBool>,
+    handled: Arc<AtomicU64>,
+}
+
+impl Handler for Gate {
+    async fn handle(&self, _: &Envelope) -> Result<(), HandlerError> {
+        while !self.open.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.handled.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// Bound of the blocker's group.
+const BOUND: usize = 5;
+
+/// Every payload of the subscribed kinds, by kind, in arrival order.
+type Kept = Arc<Mutex<Vec<(EventKind, serde_json::Value)>>>;
+
+async fn checker(root: &DualBus, patterns: &[&str]) -> (Subscription, Kept) {
+    let kept: Kept = Default::default();
+    let k = kept.clone();
+    let sub = root
+        .subscribe(
+            SubscribeOptions::new("checker", patterns)
+                .unwrap()
+                .start(StartFrom::Oldest),
+            handler_fn(move |m| {
+                k.lock()
+                    .push((m.kind.clone(), m.enc.decode(&m.payload).unwrap()));
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    (sub, kept)
+}
+
+fn of<T: serde::de::DeserializeOwned>(kept: &Kept, kind: EventKind) -> Vec<T> {
+    kept.lock()
+        .iter()
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
+        .collect()
+}
+
+fn received(c: &EngineCounts, kind: &str) -> u64 {
+    c.received.get(kind).copied().unwrap_or(0)
+}
+
+fn published(c: &EngineCounts, kind: &str) -> u64 {
+    c.published.get(kind).copied().unwrap_or(0)
+}
+
+/// Trades of one symbol: a calm stretch, then one-sided selling at falling prices, so that
+/// buckets complete all along and some VPIN percentiles cross the threshold (toxicity alerts).
+/// Then [`TAIL`] trades, one a second, of a tiny size.
+fn trades() -> Vec<Trade> {
+    (0..1_500u64 + TAIL)
+        .map(|i| {
+            let x = i as f64;
+            let price = if i < 900 {
+                100.0 + (0.13 * x).sin()
+            } else {
+                100.0 - 0.05 * (x - 900.0)
+            };
+            Trade {
+                symbol: "BTCUSDT".into(),
+                ts: T0 + i * S,
+                price,
+                size: if i < 1_500 {
+                    0.2 + 0.1 * (0.7 * x).cos().abs()
+                } else {
+                    1e-6
+                },
+                side: if i >= 900 || i % 2 == 0 {
+                    Side::Sell
+                } else {
+                    Side::Buy
+                },
+                id: i,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vpin_outputs_that_could_not_be_published_are_kept_and_sent_in_order() {
+    let run = async {
+        let params = VpinParams {
+            bar_secs: 1,
+            bucket_volume: 1.0,
+            window: 10,
+            sigma_bars: 20,
+            cdf_threshold: 0.9,
+            ..Default::default()
+        };
+        let input = trades();
+        let mut expected = Vec::new();
+        let mut calc = VpinCalculator::new("BTCUSDT", params.clone());
+        for t in &input {
+            calc.on_trade(t.ts, t.price, t.size, &mut expected);
+        }
+        calc.finish(&mut expected);
+        let toxic: Vec<u64> = expected
+            .iter()
+            .filter(|b| b.toxic)
+            .map(|b| b.bucket)
+            .collect();
+        assert!(expected.len() > 50, "{}", expected.len());
+        assert!(!toxic.is_empty(), "the input makes toxicity alerts");
+
+        let root = DualBus::builder("test").build().unwrap();
+        let (_checker, kept) = checker(&root, &["vpin_calculation.>", "toxicity_alert.>"]).await;
+        let gate = Gate::default();
+        let _blocker = blocker(&root, "vpin_calculation.>", gate.clone()).await;
+        let vpin = EngineHost::start(
+            VpinEngine::new(params),
+            root.sibling("vpin", "vpin-1").unwrap(),
+            HostOptions::default(),
+        )
+        .await
+        .unwrap();
+        let md = root.sibling("marketdata", "marketdata-1").unwrap();
+        let (head, tail) = input.split_at(input.len() - TAIL as usize);
+        for t in head {
+            md.publish(EventKind::MarketData, &t.topic(), t)
+                .await
+                .unwrap();
+        }
+        while received(&vpin.counts(), "market_data") < head.len() as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The blocker holds BOUND buckets: every later publish of a bucket failed.
+        let before = published(&vpin.counts(), "vpin_calculation");
+        assert!(
+            before <= BOUND as u64 && (before as usize) < expected.len() / 2,
+            "publishes failed meanwhile: {before} of {} went out",
+            expected.len()
+        );
+        gate.open.store(true, Ordering::Release);
+        for (i, t) in tail.iter().enumerate() {
+            // The blocker has handled all that went out: the next trade may send BOUND more.
+            while gate.handled.load(Ordering::Acquire)
+                < published(&vpin.counts(), "vpin_calculation")
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            md.publish(EventKind::MarketData, &t.topic(), t)
+                .await
+                .unwrap();
+            while received(&vpin.counts(), "market_data") < (head.len() + i + 1) as u64 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        while gate.handled.load(Ordering::Acquire) < published(&vpin.counts(), "vpin_calculation") {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Stop publishes the last bar's buckets.
+        vpin.stop().await;
+        while of::<VpinBucket>(&kept, EventKind::VpinCalculation).len() < expected.len() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got: Vec<VpinBucket> = of(&kept, EventKind::VpinCalculation);
+        let buckets: Vec<u64> = got.iter().map(|b| b.bucket).collect();
+        let want: Vec<u64> = expected.iter().map(|b| b.bucket).collect();
+        assert_eq!(buckets, want, "every bucket, once, in order");
+        let alerts: Vec<u64> = of::<ToxicityAlert>(&kept, EventKind::ToxicityAlert)
+            .iter()
+            .map(|a| a.bucket)
+            .collect();
+        assert_eq!(alerts, toxic, "every toxicity alert, once, in order");
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("no hang");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factor_calculations_that_could_not_be_published_are_kept_and_sent_in_order() {
+    let run = async {
+        let symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"];
+        let mut input = Vec::new();
+        for i in 0..40 + TAIL_BARS {
+            for (k, s) in symbols.iter().enumerate() {
+                let (x, kf) = (i as f64, k as f64 + 1.0);
+                input.push((
+                    s.to_string(),
+                    T0 + i * 60 * S,
+                    100.0 * kf + (0.37 * x * kf).sin() * kf + 0.05 * x,
+                    5.0 + (1.7 * x + kf).cos().abs() * 3.0 * kf,
+                ));
+            }
+        }
+        let mut model = FactorModel::new();
+        let mut expected = Vec::new();
+        for (s, ts, close, volume) in &input {
+            model.on_bar(s, *ts, 60, *close, *volume, &mut expected);
+        }
+        model.finish(&mut expected);
+        assert!(expected.len() > 10, "{}", expected.len());
+
+        let root = DualBus::builder("test").build().unwrap();
+        let (_checker, kept) = checker(&root, &["factor_calculation.>"]).await;
+        let gate = Gate::default();
+        let _blocker = blocker(&root, "factor_calculation.>", gate.clone()).await;
+        let factor = EngineHost::start(
+            FactorEngine::new(),
+            root.sibling("factor", "factor-1").unwrap(),
+            HostOptions::default(),
+        )
+        .await
+        .unwrap();
+        let features = root.sibling("features", "features-1").unwrap();
+        let send = |(s, ts, close, volume): &(String, u64, f64, f64)| {
+            let v = FeatureVector {
+                symbol: s.clone(),
+                ts: *ts,
+                bar_secs: 60,
+                close: *close,
+                volume: *volume,
+                features: Default::default(),
+            };
+            let features = features.clone();
+            async move {
+                features
+                    .publish(
+                        EventKind::FeatureVector,
+                        &format!("feature_vector.{}", v.symbol),
+                        &v,
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let (head, tail) = input.split_at(input.len() - 3 * TAIL_BARS as usize);
+        for v in head {
+            send(v).await;
+        }
+        while received(&factor.counts(), "feature_vector") < head.len() as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let before = published(&factor.counts(), "factor_calculation");
+        assert!(
+            before <= BOUND as u64 && (before as usize) < expected.len() / 2,
+            "publishes failed meanwhile: {before} of {} went out",
+            expected.len()
+        );
+        gate.open.store(true, Ordering::Release);
+        for (i, v) in tail.iter().enumerate() {
+            while gate.handled.load(Ordering::Acquire)
+                < published(&factor.counts(), "factor_calculation")
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            send(v).await;
+            while received(&factor.counts(), "feature_vector") < (head.len() + i + 1) as u64 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        while gate.handled.load(Ordering::Acquire)
+            < published(&factor.counts(), "factor_calculation")
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        factor.stop().await;
+        while of::<FactorCalculation>(&kept, EventKind::FactorCalculation).len() < expected.len() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got: Vec<u64> = of::<FactorCalculation>(&kept, EventKind::FactorCalculation)
+            .iter()
+            .map(|c| c.ts)
+            .collect();
+        let want: Vec<u64> = expected.iter().map(|c| c.ts).collect();
+        assert_eq!(got, want, "every period, once, in order");
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("no hang");
+}
