@@ -49,6 +49,9 @@ pub struct VpinParams {
     pub sigma_bars: usize,
     /// Percentile whose crossing from below raises a toxicity alert.
     pub cdf_threshold: f64,
+    /// How many of the symbol's latest VPIN values a percentile is taken among (the new value
+    /// included): a rolling window, so memory and time per bucket stay bounded over a long run.
+    pub percentile_window: usize,
     /// What a trade's volume is counted in (the engine only; the calculator takes volumes).
     pub volume_unit: VolumeUnit,
 }
@@ -65,6 +68,10 @@ pub enum VolumeUnit {
     Quote,
 }
 
+/// The default [`VpinParams::percentile_window`]: 10,000 buckets (a week of buckets at one a
+/// minute).
+pub const DEFAULT_PERCENTILE_WINDOW: usize = 10_000;
+
 impl Default for VpinParams {
     fn default() -> Self {
         VpinParams {
@@ -73,6 +80,7 @@ impl Default for VpinParams {
             window: 50,
             sigma_bars: 50,
             cdf_threshold: 0.9,
+            percentile_window: DEFAULT_PERCENTILE_WINDOW,
             volume_unit: VolumeUnit::Base,
         }
     }
@@ -98,6 +106,12 @@ impl VpinParams {
             out.push(format!(
                 "sigma_bars {} must be at least 2 (a standard deviation needs two values)",
                 self.sigma_bars
+            ));
+        }
+        if self.percentile_window < 2 {
+            out.push(format!(
+                "percentile_window {} must be at least 2 (a percentile needs values to compare)",
+                self.percentile_window
             ));
         }
         if !(self.cdf_threshold > 0.0 && self.cdf_threshold <= 1.0) {
@@ -135,18 +149,61 @@ fn erfc(x: f64) -> f64 {
     }
 }
 
-/// The percentile of each new value among all values so far, and whether it crossed a
-/// threshold from below.
-#[derive(Clone, Debug, Default)]
+/// The percentile of each new value among the latest `window` values (itself included), and
+/// whether it crossed a threshold from below.
+///
+/// A rolling window kept twice: in arrival order (to know which value leaves) and sorted (for
+/// the rank, by binary search). Memory is bounded by the window, a push costs O(window) moves at
+/// worst; within the first `window` values the percentile is exactly the one among all values so
+/// far.
+#[derive(Clone, Debug)]
 pub struct PercentileTracker {
+    window: usize,
+    arrived: VecDeque<f64>,
     sorted: Vec<f64>,
     previous: Option<f64>,
 }
 
+impl Default for PercentileTracker {
+    fn default() -> Self {
+        PercentileTracker::new(DEFAULT_PERCENTILE_WINDOW)
+    }
+}
+
 impl PercentileTracker {
-    /// Adds `v`; returns its percentile (share of values at or below it, itself included) and
-    /// whether the percentile went from below `threshold` to at or above it.
+    /// A tracker over the latest `window` values (at least 1).
+    pub fn new(window: usize) -> PercentileTracker {
+        let window = window.max(1);
+        PercentileTracker {
+            window,
+            arrived: VecDeque::with_capacity(window.min(1 << 16)),
+            sorted: Vec::with_capacity(window.min(1 << 16)),
+            previous: None,
+        }
+    }
+
+    /// How many values the window holds now.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Whether no value was pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// Adds `v` (dropping the oldest value once the window is full); returns its percentile
+    /// (share of the window's values at or below it, itself included) and whether the
+    /// percentile went from below `threshold` to at or above it.
     pub fn push(&mut self, v: f64, threshold: f64) -> (f64, bool) {
+        if self.arrived.len() == self.window {
+            if let Some(old) = self.arrived.pop_front() {
+                // The first of the equal values: any one of them is the same value.
+                let i = self.sorted.partition_point(|x| *x < old);
+                self.sorted.remove(i);
+            }
+        }
+        self.arrived.push_back(v);
         let at = self.sorted.partition_point(|x| *x <= v);
         self.sorted.insert(at, v);
         let pct = (at + 1) as f64 / self.sorted.len() as f64;
@@ -187,6 +244,7 @@ impl VpinCalculator {
     pub fn new(symbol: &str, p: VpinParams) -> VpinCalculator {
         VpinCalculator {
             symbol: symbol.to_string(),
+            percentiles: PercentileTracker::new(p.percentile_window),
             p,
             bar: None,
             prev_close: None,
@@ -196,7 +254,6 @@ impl VpinCalculator {
             sell: 0.0,
             buckets: 0,
             imbalances: VecDeque::new(),
-            percentiles: PercentileTracker::default(),
         }
     }
 
@@ -531,6 +588,28 @@ mod tests {
     }
 
     #[test]
+    fn the_percentile_is_among_the_latest_window_values_and_memory_stays_bounded() {
+        // Values with repeats, so that equal values leave and enter the window.
+        let values: Vec<f64> = (0..2_000u64)
+            .map(|i| ((i * 7_919) % 97) as f64 / 97.0)
+            .collect();
+        for window in [2, 3, 50, 5_000] {
+            let mut t = PercentileTracker::new(window);
+            let mut previous: Option<f64> = None;
+            for (i, v) in values.iter().enumerate() {
+                let (pct, crossed) = t.push(*v, 0.9);
+                let latest = &values[(i + 1).saturating_sub(window)..=i];
+                let at_or_below = latest.iter().filter(|x| **x <= *v).count();
+                let want = at_or_below as f64 / latest.len() as f64;
+                assert_eq!(pct, want, "window {window}, value {i}");
+                assert_eq!(crossed, previous.is_some_and(|p| p < 0.9 && want >= 0.9));
+                assert_eq!(t.len(), latest.len(), "window {window}, value {i}");
+                previous = Some(want);
+            }
+        }
+    }
+
+    #[test]
     fn bad_parameters_are_named() {
         let p = VpinParams {
             bar_secs: 0,
@@ -538,6 +617,7 @@ mod tests {
             window: 0,
             sigma_bars: 1,
             cdf_threshold: 1.5,
+            percentile_window: 1,
             ..Default::default()
         };
         let problems = p.problems().join("; ");
@@ -547,6 +627,7 @@ mod tests {
             "window",
             "sigma_bars 1",
             "cdf_threshold 1.5",
+            "percentile_window 1",
         ] {
             assert!(problems.contains(needle), "{problems}");
         }

@@ -28,6 +28,7 @@ fn vpin_params() -> VpinParams {
         sigma_bars: 50,
         cdf_threshold: 0.9,
         volume_unit: VolumeUnit::Quote,
+        ..Default::default()
     }
 }
 

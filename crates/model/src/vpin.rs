@@ -21,7 +21,8 @@ pub struct VpinBucket {
     pub sell_volume: f64,
     /// Unix ns of the last trade of the bar that completed the bucket.
     pub ts: u64,
-    /// The VPIN's percentile among all VPIN values so far for the symbol.
+    /// The VPIN's percentile among the symbol's latest VPIN values (a rolling window of
+    /// `percentile_window` values, 10,000 by default, itself included).
     pub percentile: f64,
     /// Whether this value crossed the alert threshold from below.
     pub toxic: bool,
@@ -36,7 +37,8 @@ pub struct ToxicityAlert {
     pub bucket: u64,
     /// That VPIN.
     pub vpin: f64,
-    /// Its percentile among all VPIN values so far for the symbol.
+    /// Its percentile among the symbol's latest VPIN values (a rolling window of
+    /// `percentile_window` values, 10,000 by default, itself included).
     pub percentile: f64,
     /// The threshold it crossed from below.
     pub threshold: f64,
@@ -77,7 +79,7 @@ pub struct FlashCrashAlert {
     pub rule: CrashRule,
     /// The latest VPIN.
     pub vpin: f64,
-    /// Its percentile among the symbol's VPIN values so far.
+    /// Its percentile among the symbol's latest VPIN values (the VPIN engine's rolling window).
     pub vpin_percentile: f64,
     /// The latest trade price.
     pub price: f64,

@@ -53,6 +53,10 @@ pub struct VpinArgs {
     /// Percentile threshold of the toxicity alert.
     #[arg(long, default_value_t = 0.9)]
     cdf_threshold: f64,
+    /// A VPIN's percentile is taken among the symbol's latest this many values (a rolling
+    /// window, itself included).
+    #[arg(long, default_value_t = dualbus_engines::vpin::DEFAULT_PERCENTILE_WINDOW)]
+    percentile_window: usize,
     /// One JSON object per bucket (`symbol`, `bucket`, `vpin`, `buy_volume`, `sell_volume`, `ts`).
     #[arg(long)]
     json: bool,
@@ -110,6 +114,7 @@ pub fn run(args: VpinArgs) -> anyhow::Result<()> {
         window: args.window,
         sigma_bars: args.sigma_bars,
         cdf_threshold: args.cdf_threshold,
+        percentile_window: args.percentile_window,
         ..Default::default()
     };
     let problems = params.problems();
