@@ -333,6 +333,9 @@ fn stress_at(opts: &SyntheticOptions, t: f64) -> Stress {
 #[derive(Default, Debug)]
 struct BarStore {
     bars: HashMap<String, Vec<Bar>>,
+    /// The provider's data time: the latest event the stream handed out (the start before
+    /// it; `u64::MAX` once the data ended). History has no bar ending after it.
+    data_ts: u64,
 }
 
 /// The synthetic provider.
@@ -381,7 +384,10 @@ impl SyntheticProvider {
     /// Warm-up bars: a bar-level walk per symbol, generated backwards from the first price so
     /// the history joins the stream.
     fn warmup(&self) -> BarStore {
-        let mut store = BarStore::default();
+        let mut store = BarStore {
+            data_ts: self.opts.start_ts,
+            ..Default::default()
+        };
         let n = self.opts.warmup_bars as usize;
         let bar_ns = 60 * NS;
         let first_bar = self.opts.start_ts - self.opts.start_ts % bar_ns;
@@ -448,6 +454,7 @@ impl MarketStream for SyntheticStream {
                 if ts >= t0 + d.as_nanos() as u64 {
                     let closed = self.bars.flush();
                     self.store_bars(&closed);
+                    self.store.lock().data_ts = u64::MAX;
                     out.extend(closed.into_iter().map(MarketEvent::Bar));
                     return Ok(false);
                 }
@@ -461,6 +468,7 @@ impl MarketStream for SyntheticStream {
             // Time order across symbols within the step: quotes at the step's start, trades
             // inside it; a bar goes out just before the trade that closed it.
             self.scratch.sort_by_key(|e| e.ts());
+            let mut latest = 0;
             for ev in self.scratch.drain(..) {
                 if let MarketEvent::Trade(t) = &ev {
                     if let Some(bar) = self.bars.on_trade(t) {
@@ -473,8 +481,12 @@ impl MarketStream for SyntheticStream {
                         out.push(MarketEvent::Bar(bar));
                     }
                 }
+                latest = latest.max(ev.ts());
                 out.push(ev);
             }
+            let mut store = self.store.lock();
+            store.data_ts = store.data_ts.max(latest);
+            drop(store);
             self.step_no += 1;
         }
         Ok(true)
@@ -540,7 +552,9 @@ impl Provider for SyntheticProvider {
                 req.symbol
             )));
         };
-        let end = req.end_ts.unwrap_or(u64::MAX);
+        // Only finished bars: none ends after the data time (a bar of several minutes is
+        // unfinished until its last minute has passed), nor after the request's end.
+        let end = req.end_ts.unwrap_or(u64::MAX).min(store.data_ts);
         let bars = aggregate(minute_bars, req.bar_secs);
         let upto: Vec<Bar> = bars.into_iter().filter(|b| b.end_ts() <= end).collect();
         let skip = upto.len().saturating_sub(req.limit as usize);
@@ -695,12 +709,12 @@ mod tests {
         assert_eq!(before.last().unwrap().end_ts(), start);
         let mut s = p.stream().await.unwrap();
         let mut out = Vec::new();
-        // Five minutes of data.
+        // Seven minutes of data: a 5-minute bar done, the next one two minutes in.
         while out
             .iter()
             .filter(|e| matches!(e, MarketEvent::Bar(b) if b.symbol == "ETHUSDT"))
             .count()
-            < 5
+            < 7
         {
             s.next_batch(&mut out).await.unwrap();
         }
@@ -717,6 +731,12 @@ mod tests {
             .await
             .unwrap();
         assert!(five.iter().all(|b| b.ts % (300 * NS) == 0 && b.secs == 300));
+        // The 5-minute bar in progress is not handed out as if it were finished.
+        assert!(
+            five.iter().all(|b| b.end_ts() <= latest),
+            "a bar ends after the data time {latest}: {:?}",
+            five.last()
+        );
         let e = p
             .history(&HistoryRequest {
                 symbol: "NOPE".into(),
