@@ -27,9 +27,11 @@
 //!   drawdown not recovered by the latest update lasts until that update).
 //! * **turnover**: traded notional (sum of `|qty x price|` of fills) over the first equity.
 //! * **hit rate**: the share of position changes that realized a profit among those that
-//!   realized any P&L (reducing or closing fills).
+//!   realized any P&L (reducing or closing fills), before fees; **hit rate after fees**: the
+//!   same changes, a profit being `realized_pnl - fee > 0` (the change's own fill's fee).
 //! * **P&L by symbol**: realized (sum of the position changes' `realized_pnl`) plus the
-//!   unrealized P&L of the latest `portfolio_update` position.
+//!   unrealized P&L of the latest `portfolio_update` position, before fees; **after fees**:
+//!   minus every fee paid on the symbol's fills (opening ones included).
 //!
 //! Traffic and latency depend on the machine and are reported apart, under `traffic`: per bus,
 //! the messages the engines published (summed from the per-kind counts of their latest
@@ -162,7 +164,11 @@ pub struct PerformanceTracker {
     fills: u64,
     wins: u64,
     losses: u64,
+    /// Wins and losses of the same changes, each net of its own fill's fee.
+    net_wins: u64,
+    net_losses: u64,
     realized: BTreeMap<String, f64>,
+    fees: BTreeMap<String, f64>,
     unrealized: BTreeMap<String, f64>,
 }
 
@@ -192,13 +198,23 @@ impl PerformanceTracker {
         self.ts = self.ts.max(ts);
     }
 
-    /// A position change that realized `realized` P&L (0 for an opening fill).
-    pub fn on_realized(&mut self, symbol: &str, realized: f64) {
+    /// A position change that realized `realized` P&L (0 for an opening fill) and paid `fee`.
+    pub fn on_realized(&mut self, symbol: &str, realized: f64, fee: f64) {
         *self.realized.entry(symbol.to_string()).or_default() += realized;
+        *self.fees.entry(symbol.to_string()).or_default() += fee;
         if realized > 0.0 {
             self.wins += 1;
         } else if realized < 0.0 {
             self.losses += 1;
+        }
+        // The same changes (those that realized P&L), judged after their fee: a small gain
+        // that the fee eats is a loss here.
+        if realized != 0.0 {
+            if realized - fee > 0.0 {
+                self.net_wins += 1;
+            } else {
+                self.net_losses += 1;
+            }
         }
     }
 
@@ -282,7 +298,12 @@ impl PerformanceTracker {
         for (s, u) in &self.unrealized {
             *pnl_by_symbol.entry(s.clone()).or_default() += u;
         }
+        let mut pnl_by_symbol_after_fees = pnl_by_symbol.clone();
+        for (s, f) in &self.fees {
+            *pnl_by_symbol_after_fees.entry(s.clone()).or_default() -= f;
+        }
         let decided = self.wins + self.losses;
+        let net_decided = self.net_wins + self.net_losses;
         Performance {
             ts: self.ts,
             period_s: self
@@ -307,7 +328,10 @@ impl PerformanceTracker {
             },
             fills: self.fills,
             hit_rate: (decided > 0).then(|| self.wins as f64 / decided as f64),
+            hit_rate_after_fees: (net_decided > 0)
+                .then(|| self.net_wins as f64 / net_decided as f64),
             pnl_by_symbol,
+            pnl_by_symbol_after_fees,
         }
     }
 }
@@ -470,7 +494,7 @@ impl Engine for AnalyticsEngine {
             }
             EventKind::PositionChange => {
                 let c: PositionChange = msg.decode()?;
-                self.perf.on_realized(&c.symbol, c.realized_pnl);
+                self.perf.on_realized(&c.symbol, c.realized_pnl, c.fee);
             }
             EventKind::TradeExecution => {
                 let x: Execution = msg.decode()?;
@@ -517,10 +541,10 @@ mod tests {
         );
         t.on_fill(MIN, 20_000.0);
         t.on_fill(2 * MIN, -30_000.0); // a sell: notional counts in absolute value
-        t.on_realized("BTC", 0.0); // an opening fill: neither win nor loss
-        t.on_realized("BTC", 500.0);
-        t.on_realized("ETH", -200.0);
-        t.on_realized("ETH", 100.0);
+        t.on_realized("BTC", 0.0, 10.0); // an opening fill: neither win nor loss
+        t.on_realized("BTC", 500.0, 10.0);
+        t.on_realized("ETH", -200.0, 5.0);
+        t.on_realized("ETH", 4.0, 5.0); // a gain the fee eats: a win before fees, not after
         let p = t.performance();
         assert!((p.max_drawdown - 0.1).abs() < 1e-12, "{p:?}");
         assert_eq!(p.pnl, 5_000.0);
@@ -528,8 +552,11 @@ mod tests {
         assert!((p.turnover - 0.5).abs() < 1e-12); // 50,000 / 100,000
         assert_eq!(p.fills, 2);
         assert_eq!(p.hit_rate, Some(2.0 / 3.0));
+        assert_eq!(p.hit_rate_after_fees, Some(1.0 / 3.0));
         assert_eq!(p.pnl_by_symbol["BTC"], 800.0);
-        assert_eq!(p.pnl_by_symbol["ETH"], -100.0);
+        assert_eq!(p.pnl_by_symbol["ETH"], -196.0);
+        assert_eq!(p.pnl_by_symbol_after_fees["BTC"], 780.0);
+        assert_eq!(p.pnl_by_symbol_after_fees["ETH"], -206.0);
         assert_eq!(p.period_s, 180.0);
     }
 

@@ -197,7 +197,7 @@ pub fn bar_backtest_fills(bars: &BTreeMap<String, Vec<Bar>>, p: &BacktestParams)
                 };
                 if let Some(c) = book.on_fill(&x) {
                     perf.on_fill(x.ts, x.qty * x.price);
-                    perf.on_realized(symbol, c.realized_pnl);
+                    perf.on_realized(symbol, c.realized_pnl, c.fee);
                     fills.push(BacktestFill {
                         symbol: x.symbol,
                         ts: x.ts,

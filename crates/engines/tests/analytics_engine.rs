@@ -181,7 +181,7 @@ async fn the_final_result_matches_the_portfolio_output() {
             t.on_equity(p.ts, p.equity, unreal);
         } else {
             let c: PositionChange = serde_json::from_value(v.clone()).unwrap();
-            t.on_realized(&c.symbol, c.realized_pnl);
+            t.on_realized(&c.symbol, c.realized_pnl, c.fee);
             t.on_fill(c.ts, c.delta.abs() * c.fill_price);
         }
     }
@@ -193,6 +193,11 @@ async fn the_final_result_matches_the_portfolio_output() {
     assert!((last.performance.turnover - want.turnover).abs() < 1e-12);
     assert_eq!(last.performance.hit_rate, want.hit_rate);
     assert_eq!(last.performance.pnl_by_symbol, want.pnl_by_symbol);
+    assert_eq!(last.performance.hit_rate_after_fees, want.hit_rate_after_fees);
+    assert_eq!(
+        last.performance.pnl_by_symbol_after_fees,
+        want.pnl_by_symbol_after_fees
+    );
     assert_eq!(last.performance.sharpe, want.sharpe);
     assert!((last.performance.max_drawdown - want.max_drawdown).abs() < 1e-15);
     // Sold 0.5 at 49,790 from 50,010: a loss; 0.5 at 50,590: a win.

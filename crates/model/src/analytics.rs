@@ -36,10 +36,16 @@ pub struct Performance {
     pub turnover: f64,
     /// Fills.
     pub fills: u64,
-    /// Winning share of the position changes that realized P&L.
+    /// Winning share of the position changes that realized P&L, before fees.
     pub hit_rate: Option<f64>,
-    /// Realized plus unrealized P&L per symbol.
+    /// Winning share of the same changes after each one's own fee (`realized_pnl - fee > 0`).
+    #[serde(default)]
+    pub hit_rate_after_fees: Option<f64>,
+    /// Realized plus unrealized P&L per symbol, before fees.
     pub pnl_by_symbol: BTreeMap<String, f64>,
+    /// The same minus the fees paid on the symbol's fills.
+    #[serde(default)]
+    pub pnl_by_symbol_after_fees: BTreeMap<String, f64>,
 }
 
 /// A Sharpe ratio of returns of one period, not annualized.

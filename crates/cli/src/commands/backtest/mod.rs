@@ -723,9 +723,10 @@ fn print_summary(r: &Value) {
         rt["open"]
     );
     println!(
-        "  turnover {}  hit rate of closing fills {}",
+        "  turnover {}  hit rate of closing fills {} before fees, {} after",
         f(&p["turnover"]),
-        f(&p["hit_rate"])
+        f(&p["hit_rate"]),
+        f(&p["hit_rate_after_fees"])
     );
     println!(
         "  fills {}  rejected orders {}",
