@@ -14,12 +14,13 @@
 //!    `fee_bps` on its notional, through the portfolio [`Book`]. A signal is therefore filled
 //!    at the open of the symbol's bar after the one that made it (no look-ahead), and a signal
 //!    made on a symbol's last bar is never filled.
-//! 2. [`FeatureCalculator::on_bar`] gives the bar's feature vector, [`SymbolModel::on_vector`]
+//! 2. The close is a quote (bid = ask = close, at the bar's end): it marks the [`Book`] and
+//!    goes to [`StrategyState::on_quote`], so what this bar makes is sized at this bar's close
+//!    (the live strategy sizes at the latest mid).
+//! 3. [`FeatureCalculator::on_bar`] gives the bar's feature vector, [`SymbolModel::on_vector`]
 //!    a prediction from it, which goes to [`StrategyState::on_prediction`].
-//! 3. [`FactorModel::on_bar`] takes the bar's close and volume; the cross-sections it lets
+//! 4. [`FactorModel::on_bar`] takes the bar's close and volume; the cross-sections it lets
 //!    through go to [`StrategyState::on_factors`].
-//! 4. The close is a quote (bid = ask = close, at the bar's end): it marks the [`Book`] and
-//!    goes to [`StrategyState::on_quote`].
 //! 5. Each signal of steps 2 to 4 replaces the pending target of its symbol (the strategy
 //!    publishes absolute targets, so the latest one is the one to trade).
 //!
@@ -125,6 +126,8 @@ pub struct BacktestRun {
     pub report: BacktestReport,
     /// Every fill.
     pub fills: Vec<BacktestFill>,
+    /// Every signal the strategy made, in order, with the end of the bar it was made on.
+    pub signals: Vec<(u64, StrategySignal)>,
 }
 
 /// The bar-level backtest of `params` over `bars` (per symbol, oldest first), as the module
@@ -177,6 +180,7 @@ pub fn bar_backtest_fills(bars: &BTreeMap<String, Vec<Bar>>, p: &BacktestParams)
     let mut signals = 0u64;
     let mut cross = Vec::new();
     let mut made: Vec<StrategySignal> = Vec::new();
+    let mut signal_log: Vec<(u64, StrategySignal)> = Vec::new();
 
     for (i, &(symbol, bar)) in merged.iter().enumerate() {
         let end = bar.ts + bar_ns;
@@ -212,7 +216,19 @@ pub fn bar_backtest_fills(bars: &BTreeMap<String, Vec<Bar>>, p: &BacktestParams)
                 }
             }
         }
-        // 2. Features, model, strategy.
+        // 2. The close as a quote at the bar's end: the strategy sizes what this bar makes at
+        //    this bar's close, as the live strategy sizes at the latest mid.
+        book.mark(symbol, bar.close, end);
+        let q = Quote {
+            symbol: symbol.to_string(),
+            ts: end,
+            bid: bar.close,
+            ask: bar.close,
+            bid_size: 0.0,
+            ask_size: 0.0,
+        };
+        made.extend(strategy.on_quote(&q));
+        // 3. Features, model, strategy.
         let calc = calcs
             .entry(symbol)
             .or_insert_with(|| FeatureCalculator::new(symbol, bar_secs));
@@ -224,28 +240,18 @@ pub fn bar_backtest_fills(bars: &BTreeMap<String, Vec<Bar>>, p: &BacktestParams)
                 made.extend(strategy.on_prediction(&pred));
             }
         }
-        // 3. Factors across the universe.
+        // 4. Factors across the universe.
         factor.on_bar(symbol, bar.ts, bar_secs, bar.close, bar.volume, &mut cross);
         for c in cross.drain(..) {
             made.extend(strategy.on_factors(&c));
         }
-        // 4. The close as a quote at the bar's end.
-        book.mark(symbol, bar.close, end);
-        let q = Quote {
-            symbol: symbol.to_string(),
-            ts: end,
-            bid: bar.close,
-            ask: bar.close,
-            bid_size: 0.0,
-            ask_size: 0.0,
-        };
-        made.extend(strategy.on_quote(&q));
         // 5. The latest target of each symbol is the one to trade.
         for s in made.drain(..) {
             signals += 1;
             if let Some((key, _)) = bars.get_key_value(s.symbol.as_str()) {
                 pending.insert(key.as_str(), (s.target_position, end));
             }
+            signal_log.push((end, s));
         }
         // The period's last bar: sample the book.
         if merged.get(i + 1).is_none_or(|(_, next)| next.ts != bar.ts) {
@@ -285,7 +291,11 @@ pub fn bar_backtest_fills(bars: &BTreeMap<String, Vec<Bar>>, p: &BacktestParams)
         performance: perf.performance(),
         params: p.clone(),
     };
-    BacktestRun { report, fills }
+    BacktestRun {
+        report,
+        fills,
+        signals: signal_log,
+    }
 }
 
 /// Backtesting engine settings.
@@ -895,6 +905,21 @@ mod tests {
             (&f.symbol, f.ts, f.side, f.qty)
         );
         assert_eq!(g.price, f.price * 1.01);
+    }
+
+    #[test]
+    fn a_signal_is_sized_at_the_close_of_the_bar_that_made_it() {
+        let bars = series();
+        let run = bar_backtest_fills(&bars, &BacktestParams::default());
+        assert!(run.signals.len() > 10, "{}", run.signals.len());
+        for (end, s) in &run.signals {
+            let close = bars[&s.symbol]
+                .iter()
+                .find(|b| b.ts + MIN == *end)
+                .unwrap()
+                .close;
+            assert_eq!(s.price, close, "signal made at {end}: {s:?}");
+        }
     }
 
     #[test]
