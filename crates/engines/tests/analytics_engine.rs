@@ -193,7 +193,10 @@ async fn the_final_result_matches_the_portfolio_output() {
     assert!((last.performance.turnover - want.turnover).abs() < 1e-12);
     assert_eq!(last.performance.hit_rate, want.hit_rate);
     assert_eq!(last.performance.pnl_by_symbol, want.pnl_by_symbol);
-    assert_eq!(last.performance.hit_rate_after_fees, want.hit_rate_after_fees);
+    assert_eq!(
+        last.performance.hit_rate_after_fees,
+        want.hit_rate_after_fees
+    );
     assert_eq!(
         last.performance.pnl_by_symbol_after_fees,
         want.pnl_by_symbol_after_fees

@@ -15,9 +15,14 @@
 //!   every symbol falls by `crash_depth` (8%), trade intensity is 10x, 90% of trades are
 //!   sells and spreads are 5x wide; the next 5 minutes recover half the drop.
 //!
-//! History: before the stream's start, `warmup_bars` 1-minute bars per symbol come from a
-//! bar-level walk with the same volatility (ending at the stream's first price); after it, the
-//! bars the stream has closed so far. So history never looks ahead of the stream.
+//! **Volatility.** A symbol's stated annualized volatility (the universe's last column) is its
+//! realized one, stochastic volatility and jumps included: the base volatility of the walk is
+//! scaled down by what they add ([`base_sigma`]). The flash crash comes on top.
+//!
+//! History: before the stream's start, `warmup_bars` 1-minute bars per symbol come from the
+//! same process at the scale of a minute (the stochastic volatility stepped a minute at a time,
+//! the same jumps, buying that leans with the move), ending at the stream's first price; after
+//! it, the bars the stream has closed so far. So history never looks ahead of the stream.
 
 use super::{HistoryRequest, MarketStream, Pacer, Provider, ProviderError, Speed};
 use crate::market::BarBuilder;
@@ -157,13 +162,34 @@ fn symbol_seed(seed: u64, symbol: &str) -> u64 {
 const SECS_PER_YEAR: f64 = 365.0 * 24.0 * 3600.0;
 const NS: u64 = 1_000_000_000;
 
+/// Stationary standard deviation of the log volatility multiplier (the AR(1) of the
+/// stochastic volatility).
+const LOG_VOL_SD: f64 = 0.35;
+/// Mean reversion time of the log volatility, seconds (a half-life of about 5 minutes).
+const LOG_VOL_TAU: f64 = 430.0;
+/// A jump's standard deviation in sigma-minutes (of the volatility at the time).
+const JUMP_SIGMA_MINUTES: f64 = 10.0;
+
+/// The base volatility per sqrt(second) that gives `annual_vol` of realized volatility once the
+/// stochastic volatility and the jumps add theirs. Per second, the variance of the log price is
+/// `base^2 x E[exp(2 x log_vol)] x (1 + jumps_per_second x 60 x JUMP_SIGMA_MINUTES^2)`, with
+/// `E[exp(2 x log_vol)] = exp(2 x LOG_VOL_SD^2)` for the stationary normal log volatility; the
+/// base is chosen so that this equals `annual_vol^2` over a year. (The flash crash's drift is
+/// on top: it is a stress, not part of the calm market's volatility.)
+fn base_sigma(annual_vol: f64, jumps_per_hour: f64) -> f64 {
+    let sv = (2.0 * LOG_VOL_SD * LOG_VOL_SD).exp();
+    let jumps = 1.0 + jumps_per_hour.max(0.0) / 3600.0 * 60.0 * JUMP_SIGMA_MINUTES.powi(2);
+    annual_vol / SECS_PER_YEAR.sqrt() / (sv * jumps).sqrt()
+}
+
 /// One symbol's simulated market.
 #[derive(Clone, Debug)]
 struct SymbolSim {
     symbol: String,
     rng: Rng,
     log_price: f64,
-    /// Base volatility per sqrt(second).
+    /// Base volatility per sqrt(second), before the stochastic volatility and the jumps
+    /// ([`base_sigma`]).
     sigma: f64,
     /// Log of the volatility multiplier (AR(1) around 0).
     log_vol: f64,
@@ -205,7 +231,7 @@ impl SymbolSim {
             symbol: symbol.to_string(),
             rng: Rng::new(symbol_seed(seed, symbol)),
             log_price: price.ln(),
-            sigma: annual_vol / SECS_PER_YEAR.sqrt(),
+            sigma: base_sigma(annual_vol, opts.jumps_per_hour),
             log_vol: 0.0,
             excitation: 0.0,
             tick,
@@ -224,12 +250,13 @@ impl SymbolSim {
     /// Simulates one step of `dt` seconds starting at `ts`; appends the quote and trades.
     fn step(&mut self, ts: u64, dt: f64, stress: Stress, out: &mut Vec<MarketEvent>) {
         // Stochastic volatility: AR(1) in log space, half-life about 5 minutes.
-        let keep = (-dt / 430.0).exp();
-        self.log_vol = self.log_vol * keep + 0.35 * (1.0 - keep * keep).sqrt() * self.rng.normal();
+        let keep = (-dt / LOG_VOL_TAU).exp();
+        self.log_vol =
+            self.log_vol * keep + LOG_VOL_SD * (1.0 - keep * keep).sqrt() * self.rng.normal();
         let vol = self.sigma * self.log_vol.exp();
         // Jumps: about `jumps_per_hour` per symbol, 10 sigma-minutes in size.
         let jump = if self.rng.uniform() < dt * self.jumps_per_hour / 3600.0 {
-            self.rng.normal() * vol * 60f64.sqrt() * 10.0
+            self.rng.normal() * vol * 60f64.sqrt() * JUMP_SIGMA_MINUTES
         } else {
             0.0
         };
@@ -394,16 +421,41 @@ impl SyntheticProvider {
         for spec in &self.specs {
             let sim = SymbolSim::new(self.opts.seed, spec, &self.opts);
             let mut rng = Rng::new(symbol_seed(self.opts.seed ^ 0x5741_524d, spec.0));
-            let sigma_bar = sim.sigma * 60f64.sqrt();
-            let mut close = sim.log_price;
+            // The stream's process at the scale of a minute, oldest bar first: the stochastic
+            // volatility (the same AR(1), stepped a minute at a time), the jumps (Poisson
+            // arrivals at the same rate, the same size), and buying that leans with the move
+            // as the stream's aggressor sides do. The path is then shifted so that its last
+            // close is the stream's first price.
+            let keep = (-60.0 / LOG_VOL_TAU).exp();
+            let mut log_vol = LOG_VOL_SD * rng.normal();
+            let mut steps = Vec::with_capacity(n);
+            for _ in 0..n {
+                log_vol = log_vol * keep + LOG_VOL_SD * (1.0 - keep * keep).sqrt() * rng.normal();
+                let sigma_bar = sim.sigma * log_vol.exp() * 60f64.sqrt();
+                let z = rng.normal();
+                let jumps = rng.poisson(sim.jumps_per_hour.max(0.0) / 60.0);
+                let mut ret = sigma_bar * z;
+                for _ in 0..jumps {
+                    ret += rng.normal() * sigma_bar * JUMP_SIGMA_MINUTES;
+                }
+                steps.push((ret, sigma_bar, log_vol));
+            }
+            let total: f64 = steps.iter().map(|s| s.0).sum();
+            let mut close = sim.log_price - total;
             let mut bars = Vec::with_capacity(n);
-            for i in 0..n {
-                let ts = first_bar - (i as u64 + 1) * bar_ns;
-                let ret = sigma_bar * rng.normal();
-                let open = close - ret;
+            for (i, (ret, sigma_bar, log_vol)) in steps.into_iter().enumerate() {
+                let ts = first_bar - (n - i) as u64 * bar_ns;
+                let open = close;
+                close = open + ret;
                 let (o, c) = (open.exp(), close.exp());
                 let wiggle = sigma_bar * 0.5 * rng.uniform();
-                let volume = sim.lot_scale() * 120.0 * (0.5 + rng.uniform());
+                // As in the stream: trades arrive at the base rate, faster when volatility is
+                // high (its square root), each bringing 0.6 more on average (self-excitation:
+                // 2.5 trades per arrival), of a log-normal size (mean e^0.5 x lot scale).
+                let trades = 60.0 * sim.rate * log_vol.exp().sqrt() * 2.5;
+                let volume = trades * 0.5f64.exp() * sim.lot_scale() * (0.75 + 0.5 * rng.uniform());
+                // The stream's sell probability is 0.5 - 0.15 x tanh(z) per step.
+                let buy_share = 0.5 + 0.15 * (ret / sigma_bar.max(1e-300)).tanh();
                 bars.push(Bar {
                     symbol: sim.symbol.clone(),
                     ts,
@@ -413,12 +465,10 @@ impl SyntheticProvider {
                     low: sim.round_tick(o.min(c) * (-wiggle).exp()),
                     close: sim.round_tick(c),
                     volume,
-                    buy_volume: volume * rng.uniform(),
-                    trades: 120,
+                    buy_volume: volume * buy_share,
+                    trades: trades.round() as u64,
                 });
-                close = open;
             }
-            bars.reverse();
             store.bars.insert(sim.symbol, bars);
         }
         store
@@ -688,6 +738,71 @@ mod tests {
         );
         let drop = last.unwrap() / first.unwrap() - 1.0;
         assert!(drop < -0.04, "sharp drop: {drop}");
+    }
+
+    /// Annualized realized volatility of 1-minute closes.
+    fn realized_vol(bars: &[Bar]) -> f64 {
+        let r: Vec<f64> = bars
+            .windows(2)
+            .map(|w| (w[1].close / w[0].close).ln())
+            .collect();
+        let n = r.len() as f64;
+        let mean = r.iter().sum::<f64>() / n;
+        let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (var * 525_600.0).sqrt()
+    }
+
+    #[tokio::test]
+    async fn the_stated_volatility_is_the_realized_one_in_the_stream_and_the_warm_up() {
+        // BTCUSDT, stated 0.60; one day of data per seed. The stochastic volatility and the
+        // jumps (one an hour, 10 sigma-minutes) used to add their variance on top of the
+        // stated one: about 1.85x the stated volatility.
+        let mut stream_ratios = Vec::new();
+        let mut warmup_ratios = Vec::new();
+        for seed in [1, 2, 3, 4, 5] {
+            let p = SyntheticProvider::new(SyntheticOptions {
+                seed,
+                symbols: vec!["BTCUSDT".into()],
+                duration: Some(Duration::from_secs(86_400)),
+                warmup_bars: 1_440,
+                ..opts()
+            })
+            .unwrap();
+            let warm = p
+                .history(&HistoryRequest {
+                    symbol: "BTCUSDT".into(),
+                    bar_secs: 60,
+                    limit: 1_440,
+                    end_ts: None,
+                })
+                .await
+                .unwrap();
+            warmup_ratios.push(realized_vol(&warm) / 0.60);
+            let bars: Vec<Bar> = all(&p)
+                .await
+                .into_iter()
+                .filter_map(|e| match e {
+                    MarketEvent::Bar(b) => Some(b),
+                    _ => None,
+                })
+                .collect();
+            assert!(bars.len() >= 1_439, "{}", bars.len());
+            stream_ratios.push(realized_vol(&bars) / 0.60);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (s, w) = (median(&mut stream_ratios), median(&mut warmup_ratios));
+        eprintln!("realized / stated: stream {stream_ratios:?}, warm-up {warmup_ratios:?}");
+        assert!(
+            (0.8..1.25).contains(&s),
+            "stream: realized / stated {s} ({stream_ratios:?})"
+        );
+        assert!(
+            (0.8..1.25).contains(&w),
+            "warm-up: realized / stated {w} ({warmup_ratios:?})"
+        );
     }
 
     #[tokio::test]
