@@ -8,8 +8,10 @@
 //! the orders sent but not yet answered by an execution (filled or rejected, matched by
 //! `order_id`). A difference worth less than `min_order_notional` at the mid is ignored, not an
 //! alert (the target is already held, give or take rounding). Otherwise the order gets the next
-//! id, `{instance}-{n:06}` from 1 (every order built gets one, sent or rejected, so a rejection
-//! can name it; the ids depend only on the input), and goes through the checks. A passing order
+//! id, `{instance}-{start}-{n:06}` from 1, `start` being the engine's start time (Unix
+//! milliseconds in base 36), so that a restarted engine never reissues an id that a Portfolio
+//! engine still running would drop as a duplicate (every order built gets one, sent or
+//! rejected, so a rejection can name it), and goes through the checks. A passing order
 //! is published as a market order (`dualbus_model::orders::OrderRequest`) on
 //! `order_request.{SYMBOL}` at high priority; a rejected one becomes a `risk_alert` naming the
 //! rule, the value and the limit. A rejected signal is not retried: the next signal is.
@@ -82,7 +84,7 @@ pub use var::normal_quantile;
 use crate::engine::{Engine, EngineContext, EngineError, Interest};
 use async_trait::async_trait;
 use dualbus_bus::HandlerError;
-use dualbus_core::{Envelope, EventKind};
+use dualbus_core::{now_unix_nanos, Envelope, EventKind};
 use dualbus_model::market::{Quote, Side};
 use dualbus_model::orders::{ExecStatus, Execution, OrderRequest, OrderType};
 use dualbus_model::risk::{RiskAction, RiskAlert};
@@ -291,7 +293,7 @@ impl Engine for RiskEngine {
         };
         EngineError::check("risk", params.problems())?;
         let reset = params.reset_breaker;
-        self.book = RiskBook::new(params, ctx.instance());
+        self.book = RiskBook::new(params, &order_id_prefix(ctx.instance(), now_unix_nanos()));
         if reset {
             self.book.reset_breaker();
         }
@@ -377,6 +379,23 @@ impl Engine for RiskEngine {
             "other_account_updates": self.other_accounts,
         })
     }
+}
+
+/// The prefix of a Risk engine's order ids: its instance and its start time (Unix ms, base 36:
+/// `risk-1-mhz3w7k0`), so ids stay unique across restarts of the same instance.
+pub fn order_id_prefix(instance: &str, start_unix_ns: u64) -> String {
+    let mut ms = start_unix_ns / 1_000_000;
+    let mut digits = Vec::new();
+    loop {
+        let d = (ms % 36) as u32;
+        digits.push(std::char::from_digit(d, 36).unwrap_or('0'));
+        ms /= 36;
+        if ms == 0 {
+            break;
+        }
+    }
+    let start: String = digits.into_iter().rev().collect();
+    format!("{instance}-{start}")
 }
 
 #[cfg(test)]
@@ -473,6 +492,18 @@ mod tests {
         assert!(a.order_id.is_some() && a.symbol.is_some(), "{a:?}");
         assert!(a.reason.contains(&a.rule), "{}", a.reason);
         (a.rule, a.value, a.limit)
+    }
+
+    #[test]
+    fn order_ids_of_a_restarted_engine_differ() {
+        let t = 1_767_571_200_000_000_000; // 2026-01-05 00:00 UTC
+        assert_eq!(order_id_prefix("risk-1", t), "risk-1-mk0e96o0");
+        assert_eq!(order_id_prefix("risk-1", 0), "risk-1-0");
+        // A restart a millisecond later names its orders differently.
+        assert_ne!(
+            order_id_prefix("risk-1", t),
+            order_id_prefix("risk-1", t + 1_000_000)
+        );
     }
 
     #[test]
