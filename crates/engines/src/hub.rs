@@ -58,9 +58,11 @@ pub struct HubOptions {
     /// the previous one and at least [`WARM_MINUTE_GAP`] after it (at most
     /// [`WARM_MINUTE_WAIT`]), so the warm-up never lands on the engines as one burst.
     pub warm_bars: u32,
-    /// For a symbol whose data has no quotes (a trade file), publish after each trade a quote
-    /// at the trade's price (bid = ask) so that marks, signals and the paper venue work; a
-    /// simplification for backtests on trade data. Stops for a symbol at its first real quote.
+    /// For a symbol whose data has no quotes (a trade file), publish with each trade a quote
+    /// at the trade's price (bid = ask, just before the trade, released with it under a gate)
+    /// so that marks, signals and the paper venue work, and the venue holds a trade's price
+    /// before any engine reacts to the trade; a simplification for backtests on trade data.
+    /// Stops for a symbol at its first real quote.
     pub quotes_from_trades: bool,
     /// Lockstep: publish one event per permit of this gate (a backtest grants the next once
     /// every engine is idle). `None`: as fast as the provider yields.
@@ -519,12 +521,17 @@ async fn warm(shared: &Shared, ctx: &EngineContext) {
     }
 }
 
-/// Adds after each trade of a symbol without quotes of its own a quote at the trade's price.
+/// Adds before each trade of a symbol without quotes of its own a quote at the trade's price,
+/// and marks it in `joined` (parallel to `events`: whether an event goes out with the next
+/// one). The quote comes first so that the venue holds the trade's price before any engine
+/// reacts to the trade; under a gate the two go out on one permit.
 fn quotes_from_trades(
     events: &mut Vec<MarketEvent>,
+    joined: &mut Vec<bool>,
     quoted: &mut std::collections::HashSet<String>,
 ) {
     let mut out = Vec::with_capacity(events.len() * 2);
+    joined.clear();
     for ev in events.drain(..) {
         let derived = match &ev {
             MarketEvent::Quote(q) => {
@@ -543,10 +550,12 @@ fn quotes_from_trades(
             }),
             _ => None,
         };
-        out.push(ev);
         if let Some(q) = derived {
             out.push(MarketEvent::Quote(q));
+            joined.push(true);
         }
+        out.push(ev);
+        joined.push(false);
     }
     *events = out;
 }
@@ -574,8 +583,10 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
     let mut quoted: std::collections::HashSet<String> = Default::default();
     // Payloads of a batch are encoded into one shared buffer (one allocation per batch).
     let mut scratch = bytes::BytesMut::new();
-    // With a gate (lockstep), events wait here and go out one per permit.
-    let mut queued: std::collections::VecDeque<MarketEvent> = Default::default();
+    // With a gate (lockstep), events wait here and go out one per permit (a derived quote
+    // with its trade: the flag says an event goes out with the next one).
+    let mut queued: std::collections::VecDeque<(MarketEvent, bool)> = Default::default();
+    let mut joined: Vec<bool> = Vec::new();
     let mut more = true;
     loop {
         events.clear();
@@ -594,17 +605,27 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
             };
             shared.skipped.store(stream.skipped(), Ordering::Relaxed);
             if shared.opts.quotes_from_trades {
-                quotes_from_trades(&mut events, &mut quoted);
+                quotes_from_trades(&mut events, &mut joined, &mut quoted);
+            } else {
+                joined.clear();
+                joined.resize(events.len(), false);
             }
         }
         if let Some(gate) = &shared.opts.gate {
-            queued.extend(events.drain(..));
-            if let Some(ev) = queued.pop_front() {
+            queued.extend(events.drain(..).zip(joined.drain(..)));
+            if let Some((ev, mut with_next)) = queued.pop_front() {
                 tokio::select! {
                     _ = stop.notified() => return,
                     _ = gate.pass() => {}
                 }
                 events.push(ev);
+                while with_next {
+                    let Some((next, again)) = queued.pop_front() else {
+                        break;
+                    };
+                    events.push(next);
+                    with_next = again;
+                }
             }
         }
         let more = more || !queued.is_empty();

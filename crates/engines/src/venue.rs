@@ -2,16 +2,20 @@
 //!
 //! * A market order fills at once at the touch (a buy at the ask, a sell at the bid), moved
 //!   against the trader by `slippage_bps`.
-//! * A limit order that is marketable on arrival fills at once at the touch (never worse than
-//!   its limit); otherwise it rests and fills at its limit price as soon as a quote crosses it
-//!   (ask at or below a buy limit, bid at or above a sell limit).
+//! * A limit order that is marketable on arrival fills at once the same way, touch plus
+//!   slippage, but never worse than its limit; otherwise it rests and fills at its limit price
+//!   as soon as a quote crosses it (ask at or below a buy limit, bid at or above a sell limit).
+//! * An order that would fill on arrival is rejected when the symbol's quote is older than
+//!   `max_quote_age_ms` of data time (the venue's clock: the latest event it has seen).
 //! * Orders for unknown symbols, with a quantity that is not a positive finite number, with a
 //!   missing or bad limit price, or for a symbol that has no quote yet are rejected with the
 //!   reason.
 //!
 //! This is a simplified venue: fills take the whole quantity (no queue position, no partial
-//! fills against the quoted size), and fees are left to the portfolio. Fill timestamps are the
-//! event time of the quote that filled the order, so a replay gives the same fills every time.
+//! fills against the quoted size), and fees are left to the portfolio. A fill on arrival is
+//! stamped with the venue's data time when the order arrives (never before the order, nor
+//! before its quote); a resting order's fill with the time of the quote that crossed it. Both
+//! are data time, so a replay in lockstep gives the same fills every time.
 
 use dualbus_model::market::{Quote, Side};
 use dualbus_model::orders::{ExecStatus, Execution, OrderRequest, OrderType};
@@ -22,8 +26,13 @@ use std::collections::{HashMap, HashSet};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VenueOptions {
-    /// Slippage of market orders, basis points against the trader.
+    /// Slippage of orders that fill on arrival (market orders and marketable limit orders),
+    /// basis points against the trader; a limit order never fills worse than its limit.
     pub slippage_bps: f64,
+    /// An order that would fill on arrival is rejected when the symbol's latest quote is
+    /// older than this, in milliseconds of data time (the venue's clock: the latest trade or
+    /// quote of any symbol it has seen). 0: no limit.
+    pub max_quote_age_ms: u64,
     /// The engines whose `order_request`s the venue takes (the envelope's `src`); an order
     /// from any other is refused and dead-lettered. On Redis with `dualbus redis up`'s ACLs
     /// only these engines' users can write the `order_request` stream at all.
@@ -34,6 +43,7 @@ impl Default for VenueOptions {
     fn default() -> Self {
         VenueOptions {
             slippage_bps: 1.0,
+            max_quote_age_ms: 60_000,
             order_senders: vec!["risk".to_string()],
         }
     }
@@ -178,28 +188,39 @@ impl PaperVenue {
             Side::Buy => q.ask,
             Side::Sell => q.bid,
         };
-        match limit {
-            None => {
-                let slip = self.opts.slippage_bps / 1e4;
-                let price = match o.side {
-                    Side::Buy => touch * (1.0 + slip),
-                    Side::Sell => touch * (1.0 - slip),
-                };
-                Some(self.fill(&o, price, q.ts, "taker"))
-            }
-            Some(l) => {
-                let marketable = match o.side {
-                    Side::Buy => touch <= l,
-                    Side::Sell => touch >= l,
-                };
-                if marketable {
-                    Some(self.fill(&o, touch, q.ts, "taker"))
-                } else {
-                    self.resting.push(o);
-                    None
-                }
-            }
+        let marketable = match (limit, o.side) {
+            (None, _) => true,
+            (Some(l), Side::Buy) => touch <= l,
+            (Some(l), Side::Sell) => touch >= l,
+        };
+        if !marketable {
+            self.resting.push(o);
+            return None;
         }
+        let age_ns = self.last_ts.saturating_sub(q.ts);
+        let max_ns = self.opts.max_quote_age_ms.saturating_mul(1_000_000);
+        if max_ns > 0 && age_ns > max_ns {
+            let reason = format!(
+                "stale quote: the latest {} quote is {:.3} s old in data time, more than \
+                 max_quote_age_ms {}",
+                o.symbol,
+                age_ns as f64 / 1e9,
+                self.opts.max_quote_age_ms
+            );
+            return Some(self.reject(&o, reason));
+        }
+        // The same slippage for every order that takes liquidity; a limit caps it.
+        let slip = self.opts.slippage_bps / 1e4;
+        let price = match (o.side, limit) {
+            (Side::Buy, None) => touch * (1.0 + slip),
+            (Side::Sell, None) => touch * (1.0 - slip),
+            (Side::Buy, Some(l)) => (touch * (1.0 + slip)).min(l),
+            (Side::Sell, Some(l)) => (touch * (1.0 - slip)).max(l),
+        };
+        // Stamped no earlier than the order: at the venue's data time when it arrives (the
+        // quote's time or later).
+        let ts = q.ts.max(self.last_ts);
+        Some(self.fill(&o, price, ts, "taker"))
     }
 
     /// A new quote: remembered for market orders; fills the resting limit orders it crosses,
@@ -292,14 +313,18 @@ mod tests {
     #[test]
     fn limit_orders_fill_when_the_market_crosses_them() {
         let mut v = venue();
-        // Marketable on arrival: fills at the touch, not at the (worse) limit.
+        // Marketable on arrival: fills at the touch plus slippage (as a market order), not at
+        // the (worse) limit.
         let now = v
             .submit(order(Side::Buy, 1.0, Some(102.0)))
             .expect("filled");
-        assert_eq!(
-            (now.price, now.liquidity.as_deref()),
-            (101.0, Some("taker"))
-        );
+        assert!((now.price - 101.0 * 1.001).abs() < 1e-9, "{now:?}");
+        assert_eq!(now.liquidity.as_deref(), Some("taker"));
+        // The slippage stops at the limit.
+        let capped = v
+            .submit(order(Side::Buy, 1.0, Some(101.05)))
+            .expect("filled");
+        assert_eq!(capped.price, 101.05);
         // Rests below the ask.
         assert!(v.submit(order(Side::Buy, 1.0, Some(100.5))).is_none());
         assert!(v.submit(order(Side::Sell, 1.0, Some(103.0))).is_none());
@@ -323,6 +348,45 @@ mod tests {
         let fills = v.on_quote(&q(103.5, 104.0, 4_000));
         assert_eq!((fills.len(), fills[0].price), (1, 103.0));
         assert_eq!(v.counts().resting, 0);
+    }
+
+    #[test]
+    fn an_order_on_a_stale_quote_is_rejected_and_a_fill_is_never_stamped_before_its_order() {
+        let mut v = PaperVenue::new(
+            VenueOptions {
+                max_quote_age_ms: 5_000,
+                ..VenueOptions::default()
+            },
+            ["BTCUSDT".to_string()],
+        );
+        let s = 1_000_000_000;
+        v.on_quote(&Quote {
+            symbol: "BTCUSDT".into(),
+            ts: 10 * s,
+            bid: 100.0,
+            ask: 101.0,
+            bid_size: 1.0,
+            ask_size: 1.0,
+        });
+        // 3 s of data later (a trade of any symbol moves the venue's clock): still fresh, and
+        // the fill is stamped at the venue's time, not the quote's.
+        v.on_time(13 * s);
+        let f = v.submit(order(Side::Buy, 1.0, None)).expect("filled");
+        assert_eq!((f.status, f.ts), (ExecStatus::Filled, 13 * s));
+        // 6 s: too old, for a market order and a marketable limit alike.
+        v.on_time(16 * s);
+        for limit in [None, Some(105.0)] {
+            let r = v.submit(order(Side::Buy, 1.0, limit)).expect("rejected");
+            assert_eq!(r.status, ExecStatus::Rejected);
+            let reason = r.reason.unwrap();
+            assert!(
+                reason.contains("stale quote") && reason.contains("6.000 s old"),
+                "{reason}"
+            );
+            assert!(reason.contains("max_quote_age_ms 5000"), "{reason}");
+        }
+        // A limit order that rests is not refused: it waits for a fresh quote.
+        assert!(v.submit(order(Side::Buy, 1.0, Some(99.0))).is_none());
     }
 
     #[test]
