@@ -17,7 +17,7 @@
 //!
 //! **Volatility.** A symbol's stated annualized volatility (the universe's last column) is its
 //! realized one, stochastic volatility and jumps included: the base volatility of the walk is
-//! scaled down by what they add ([`base_sigma`]). The flash crash comes on top.
+//! scaled down by what they add (`base_sigma`). The flash crash comes on top.
 //!
 //! History: before the stream's start, `warmup_bars` 1-minute bars per symbol come from the
 //! same process at the scale of a minute (the stochastic volatility stepped a minute at a time,

@@ -12,6 +12,10 @@ pub enum SignalOutcome {
     Order(OrderRequest),
     /// A rejection to publish on `risk_alert.{SYMBOL}`.
     Rejected(RiskAlert),
+    /// An order that would have turned the position round was refused; its reducing part (a
+    /// flatten, which takes no new risk) goes out instead: the order to publish, and the alert
+    /// saying what was refused and why.
+    Cut(OrderRequest, RiskAlert),
     /// Nothing to do, and why (the difference is below `min_order_notional`).
     Ignored(String),
 }
@@ -23,6 +27,10 @@ pub(super) struct SymbolBook {
     quote_ts: Option<u64>,
     last_fill_price: Option<f64>,
     toxicity_ts: Option<u64>,
+    /// The latest target of the strategy's signals.
+    target: Option<f64>,
+    /// Data time of the latest order built toward the target (sent or refused).
+    last_attempt: Option<u64>,
     /// (minute, mid) of the last VaR sample.
     sample: Option<(u64, f64)>,
     /// (minute, log return from the previous sample), oldest first.
@@ -360,66 +368,137 @@ impl RiskBook {
         }
     }
 
-    /// A strategy signal: the order for the difference, checked.
+    /// A strategy signal: the order for the difference, checked. The target is remembered: an
+    /// order toward it that only cuts exposure is sent again if it does not fill
+    /// ([`RiskBook::resend`]).
     pub fn on_signal(&mut self, sig: &StrategySignal) -> SignalOutcome {
         self.advance(sig.ts);
-        let symbol = sig.symbol.as_str();
+        self.symbol(&sig.symbol).target = Some(sig.target_position);
+        self.order_toward(&sig.symbol, sig.target_position, sig.price)
+    }
+
+    /// After a quote of `symbol`: when its position is not at the strategy's latest target, no
+    /// order of it is pending, the way to the target only cuts exposure (a flatten or a
+    /// reduction, never a turn round), and [`RESEND_SECS`] of data time have passed since the
+    /// last order toward it, the order for the difference again (the venue may have rejected
+    /// the last one, or Risk itself before the strategy's halt reached it).
+    pub fn resend(&mut self, symbol: &str) -> Option<SignalOutcome> {
+        let s = self.symbols.get(symbol)?;
+        let target = s.target?;
+        let position = s.position;
+        let reducing = target.abs() < position.abs() && target * position >= 0.0;
+        let due = s
+            .last_attempt
+            .is_none_or(|t| self.now.saturating_sub(t) >= RESEND_SECS * NS);
+        if !reducing || !due || self.pending_qty(symbol) != 0.0 {
+            return None;
+        }
+        let price = s.mid?;
+        match self.order_toward(symbol, target, price) {
+            SignalOutcome::Ignored(_) => None,
+            out => Some(out),
+        }
+    }
+
+    /// The order for `target - (position + pending)` of `symbol`, valued at its mid (or
+    /// `fallback_price` before a quote), checked.
+    fn order_toward(&mut self, symbol: &str, target: f64, fallback_price: f64) -> SignalOutcome {
         let (position, pending) = (self.position(symbol), self.pending_qty(symbol));
-        let qty = sig.target_position - (position + pending);
-        let price = self.mid(symbol).unwrap_or(sig.price);
+        let qty = target - (position + pending);
+        let price = self.mid(symbol).unwrap_or(fallback_price);
         let p = self.params();
         let notional = qty.abs() * price;
         if !notional.is_finite() || notional < p.min_order_notional || qty == 0.0 {
             return SignalOutcome::Ignored(format!(
-                "target {} of {symbol} is within {} notional of position {position} + pending \
-                 {pending} at {price}: no order",
-                sig.target_position, p.min_order_notional
+                "target {target} of {symbol} is within {} notional of position {position} + \
+                 pending {pending} at {price}: no order",
+                p.min_order_notional
             ));
         }
-        self.next_id += 1;
-        let order_id = format!("{}-{:06}", self.instance, self.next_id);
-        let side = if qty > 0.0 { Side::Buy } else { Side::Sell };
+        let now = self.now;
+        self.symbol(symbol).last_attempt = Some(now);
+        let (order_id, what) = self.name_order(symbol, qty, target, position, pending);
         let proposed = ProposedOrder {
             symbol: symbol.to_string(),
             qty,
             price,
         };
-        let what = format!(
-            "order {order_id} to {} {} {symbol} (target {} from position {position} + pending \
-             {pending})",
-            match side {
-                Side::Buy => "buy",
-                Side::Sell => "sell",
-            },
-            qty.abs(),
-            sig.target_position
-        );
-        if let Err(r) = self.checks.check(self, &proposed) {
-            *self.rejects.entry(r.rule.as_str()).or_default() += 1;
-            return SignalOutcome::Rejected(RiskAlert {
-                rule: r.rule.as_str().to_string(),
-                symbol: Some(symbol.to_string()),
-                ts: self.now,
-                value: r.value,
-                limit: r.limit,
-                action: RiskAction::RejectOrder,
-                order_id: Some(order_id),
-                reason: format!("{what} rejected by {}: {}", r.rule.as_str(), r.reason),
-            });
+        let Err(r) = self.checks.check(self, &proposed) else {
+            return SignalOutcome::Order(self.send(order_id, symbol, qty, &what));
+        };
+        *self.rejects.entry(r.rule.as_str()).or_default() += 1;
+        let alert = RiskAlert {
+            rule: r.rule.as_str().to_string(),
+            symbol: Some(symbol.to_string()),
+            ts: self.now,
+            value: r.value,
+            limit: r.limit,
+            action: RiskAction::RejectOrder,
+            order_id: Some(order_id),
+            reason: format!("{what} rejected by {}: {}", r.rule.as_str(), r.reason),
+        };
+        // An order that turns the position round: its reducing part takes no new risk and
+        // passes the halts and limits (PreTradeChecks), so the position is at least flat.
+        let exposure = position + pending;
+        let turns = exposure != 0.0 && (exposure + qty) * exposure < 0.0;
+        if turns {
+            let flatten = -exposure;
+            let part = ProposedOrder {
+                symbol: symbol.to_string(),
+                qty: flatten,
+                price,
+            };
+            if self.checks.check(self, &part).is_ok() {
+                let (id, what) = self.name_order(symbol, flatten, target, position, pending);
+                let order = self.send(id, symbol, flatten, &what);
+                let alert = RiskAlert {
+                    reason: format!(
+                        "{}; its reducing part, {what}, is sent instead",
+                        alert.reason
+                    ),
+                    ..alert
+                };
+                return SignalOutcome::Cut(order, alert);
+            }
         }
+        SignalOutcome::Rejected(alert)
+    }
+
+    /// The next order id, and the order in words.
+    fn name_order(
+        &mut self,
+        symbol: &str,
+        qty: f64,
+        target: f64,
+        position: f64,
+        pending: f64,
+    ) -> (String, String) {
+        self.next_id += 1;
+        let order_id = format!("{}-{:06}", self.instance, self.next_id);
+        let what = format!(
+            "order {order_id} to {} {} {symbol} (target {target} from position {position} + \
+             pending {pending})",
+            if qty > 0.0 { "buy" } else { "sell" },
+            qty.abs(),
+        );
+        (order_id, what)
+    }
+
+    /// Records an order as sent and pending; the request to publish.
+    fn send(&mut self, order_id: String, symbol: &str, qty: f64, what: &str) -> OrderRequest {
         self.pending
             .insert(order_id.clone(), (symbol.to_string(), qty));
         self.sent.push_back(self.now);
         self.orders += 1;
         tracing::debug!(%what, "order sent");
-        SignalOutcome::Order(OrderRequest {
+        OrderRequest {
             order_id,
             symbol: symbol.to_string(),
-            side,
+            side: if qty > 0.0 { Side::Buy } else { Side::Sell },
             qty: qty.abs(),
             order_type: OrderType::Market,
             limit_price: None,
-        })
+        }
     }
 
     /// One-minute parametric VaR of the filled positions (module docs).

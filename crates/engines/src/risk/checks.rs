@@ -154,9 +154,17 @@ impl PreTradeChecks {
         // through (a halt that kept the position would hold the risk it is meant to stop).
         let derisking = reducing && after * before >= 0.0;
         match rule {
-            RiskRule::CircuitBreaker if derisking => {}
-            RiskRule::DrawdownStop if derisking => {}
-            RiskRule::ToxicityHalt if derisking => {}
+            // An order that only cuts exposure is never refused: not by a halt (which would
+            // hold the risk it is meant to stop), not by the order size or rate limits (a
+            // position grown past max_order_notional by a price move must still be closable),
+            // not for want of a fresh price (the venue refuses a stale quote itself).
+            RiskRule::CircuitBreaker
+            | RiskRule::DrawdownStop
+            | RiskRule::ToxicityHalt
+            | RiskRule::StalePrice
+            | RiskRule::MaxOrderNotional
+            | RiskRule::OrderRate
+                if derisking => {}
             RiskRule::CircuitBreaker => {
                 if let Some(b) = book.breaker() {
                     let elapsed = secs(book.now().saturating_sub(b.since));

@@ -14,7 +14,13 @@
 //! rejected, so a rejection can name it), and goes through the checks. A passing order
 //! is published as a market order (`dualbus_model::orders::OrderRequest`) on
 //! `order_request.{SYMBOL}` at high priority; a rejected one becomes a `risk_alert` naming the
-//! rule, the value and the limit. A rejected signal is not retried: the next signal is.
+//! rule, the value and the limit. A rejected signal that would add risk is not retried: the
+//! next signal is. An order that would turn the position round and is refused sends its
+//! reducing part instead (the sale of a whole long, say), with the alert. And when a symbol's
+//! position is not at the latest target, the way there only cuts exposure, and no order of it
+//! is pending, each quote of it at least [`RESEND_SECS`] after the last order toward that
+//! target sends the order again ([`RiskBook::resend`]): a flatten the venue rejected is not
+//! left undone.
 //!
 //! # Checks
 //! In this order; the first that fails rejects ([`RiskRule::CHECK_ORDER`]). A value above its
@@ -29,7 +35,10 @@
 //!
 //! The three halts stop new risk only: an order that cuts the symbol's `|exposure|` without
 //! turning it round (a sell of part or all of a long) passes them, so that the strategy's zero
-//! target during an alert flattens the position instead of holding it through the crash.
+//! target during an alert flattens the position instead of holding it through the crash. Such
+//! an order also passes `stale_price`, `max_order_notional` and `order_rate` below: a position
+//! that a price move grew past the order limit must still be closable (the venue refuses a
+//! stale quote itself).
 //! 4. `stale_price`: the symbol's last quote is more than `stale_quote_secs` old (value: its age
 //!    in seconds; with no quote ever, the data time seen so far, a lower bound of the age).
 //! 5. `max_order_notional`: `|qty| x mid` above `max_order_notional`.
@@ -105,6 +114,10 @@ const FILLS_REMEMBERED: usize = 10_000;
 
 /// Relative tolerance of the limit comparisons (floating point rounding).
 const TOLERANCE: f64 = 1e-9;
+
+/// Seconds of data time between two orders toward the same target that only cut exposure
+/// ([`RiskBook::resend`]): a flatten the venue rejected goes out again on a later quote.
+pub const RESEND_SECS: u64 = 5;
 
 /// Risk engine parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -237,6 +250,31 @@ impl Default for RiskEngine {
 }
 
 impl RiskEngine {
+    /// Publishes an order of `out`; returns the alert to publish, if any.
+    async fn outcome(&mut self, ctx: &EngineContext, out: SignalOutcome) -> Option<RiskAlert> {
+        let send = |o: OrderRequest| async move {
+            if let Err(e) = ctx.send(&o).await {
+                tracing::warn!(error = %e, order = %o.order_id, "order not published");
+            }
+        };
+        match out {
+            SignalOutcome::Order(o) => {
+                send(o).await;
+                None
+            }
+            SignalOutcome::Cut(o, a) => {
+                send(o).await;
+                Some(a)
+            }
+            SignalOutcome::Rejected(a) => Some(a),
+            SignalOutcome::Ignored(why) => {
+                self.ignored += 1;
+                tracing::debug!(%why, "signal ignored");
+                None
+            }
+        }
+    }
+
     /// An engine with `params` (replaced by the engine's configuration section, if any).
     pub fn new(params: RiskParams) -> RiskEngine {
         RiskEngine {
@@ -309,20 +347,10 @@ impl Engine for RiskEngine {
         // Every input has changed the book before anything is published; a failed publish is
         // logged rather than retried (a redelivery would count a fill or an order twice).
         let alert = match msg.kind {
-            EventKind::StrategySignal => match b.on_signal(&msg.decode()?) {
-                SignalOutcome::Order(o) => {
-                    if let Err(e) = ctx.send(&o).await {
-                        tracing::warn!(error = %e, order = %o.order_id, "order not published");
-                    }
-                    None
-                }
-                SignalOutcome::Rejected(a) => Some(a),
-                SignalOutcome::Ignored(why) => {
-                    self.ignored += 1;
-                    tracing::debug!(%why, "signal ignored");
-                    None
-                }
-            },
+            EventKind::StrategySignal => {
+                let out = b.on_signal(&msg.decode()?);
+                self.outcome(ctx, out).await
+            }
             EventKind::TradeExecution => b.on_execution(&msg.decode()?),
             EventKind::ToxicityAlert => {
                 b.on_toxicity_alert(&msg.decode()?);
@@ -340,7 +368,14 @@ impl Engine for RiskEngine {
                 None
             }
             EventKind::MarketData if msg.topic.as_str().starts_with("market_data.quote.") => {
-                b.on_quote(&msg.decode()?)
+                let q: Quote = msg.decode()?;
+                let var = b.on_quote(&q);
+                if let Some(out) = b.resend(&q.symbol) {
+                    if let Some(a) = self.outcome(ctx, out).await {
+                        publish_alert(ctx, &a).await;
+                    }
+                }
+                var
             }
             _ => None,
         };
@@ -485,6 +520,77 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_flatten_grown_past_the_order_limit_is_sent_and_resent_until_flat() {
+        // The case with the defaults: a target clipped at 10,000 USD of BTC bought at
+        // 60,000; the mid rises to 62,900 (a change of 483, under the strategy's 500
+        // threshold, so no new signal); a flash crash alert makes the target 0. The flatten is
+        // worth 10,483 > max_order_notional 10,000: it used to be refused, and the position
+        // held through the halt.
+        let p = RiskParams::default();
+        assert_eq!(p.max_order_notional, 10_000.0);
+        let mut b = book(p);
+        let qty = 10_000.0 / 60_000.0;
+        b.on_quote(&quote("BTC", T0, 60_000.0));
+        let buy = order(b.on_signal(&signal("BTC", T0 + S, qty)));
+        b.on_execution(&fill(&buy.order_id, "BTC", Side::Buy, qty, T0 + S));
+        b.on_quote(&quote("BTC", T0 + 2 * S, 62_900.0));
+        b.on_flash_crash_alert(&flash(T0 + 3 * S));
+        let flatten = order(b.on_signal(&signal("BTC", T0 + 3 * S, 0.0)));
+        assert_eq!((flatten.side, flatten.qty), (Side::Sell, qty));
+        // The venue rejects it (a stale quote, say): nothing is pending, the position is
+        // still held. A quote within RESEND_SECS sends nothing; one after sends it again.
+        b.on_execution(&Execution {
+            status: ExecStatus::Rejected,
+            qty: 0.0,
+            reason: Some("stale quote".into()),
+            ..fill(&flatten.order_id, "BTC", Side::Sell, 0.0, T0 + 3 * S)
+        });
+        assert_eq!(b.position("BTC"), qty);
+        b.on_quote(&quote("BTC", T0 + 4 * S, 62_000.0));
+        assert_eq!(
+            b.resend("BTC"),
+            None,
+            "within RESEND_SECS of the last order"
+        );
+        b.on_quote(&quote("BTC", T0 + 9 * S, 61_000.0));
+        let again = order(b.resend("BTC").expect("sent again"));
+        assert_eq!((again.side, again.qty), (Side::Sell, qty));
+        assert_ne!(again.order_id, flatten.order_id);
+        // Pending: not sent a third time. Filled: flat during the halt, nothing more to do.
+        b.on_quote(&quote("BTC", T0 + 20 * S, 61_000.0));
+        assert_eq!(b.resend("BTC"), None);
+        b.on_execution(&fill(&again.order_id, "BTC", Side::Sell, qty, T0 + 21 * S));
+        assert!(b.breaker().is_some(), "still within the halt");
+        assert_eq!(b.position("BTC"), 0.0);
+        b.on_quote(&quote("BTC", T0 + 40 * S, 61_000.0));
+        assert_eq!(b.resend("BTC"), None);
+    }
+
+    #[test]
+    fn a_refused_turn_round_sends_its_reducing_part() {
+        // Long 0.15 BTC at 60,000 (9,000); a target of -0.15 asks for a sale of 0.3 (18,000 >
+        // 10,000): refused, and the sale of the 0.15 held goes out instead.
+        let mut b = book(RiskParams::default());
+        b.on_quote(&quote("BTC", T0, 60_000.0));
+        let buy = order(b.on_signal(&signal("BTC", T0 + S, 0.15)));
+        b.on_execution(&fill(&buy.order_id, "BTC", Side::Buy, 0.15, T0 + S));
+        let (o, a) = match b.on_signal(&signal("BTC", T0 + 2 * S, -0.15)) {
+            SignalOutcome::Cut(o, a) => (o, a),
+            other => panic!("not cut: {other:?}"),
+        };
+        assert_eq!((o.side, o.qty), (Side::Sell, 0.15));
+        assert_eq!(a.rule, "max_order_notional");
+        assert!(a.reason.contains("its reducing part"), "{}", a.reason);
+        // A turn round that fits the limits goes out whole.
+        let mut b = book(RiskParams::default());
+        b.on_quote(&quote("BTC", T0, 60_000.0));
+        let buy = order(b.on_signal(&signal("BTC", T0 + S, 0.05)));
+        b.on_execution(&fill(&buy.order_id, "BTC", Side::Buy, 0.05, T0 + S));
+        let whole = order(b.on_signal(&signal("BTC", T0 + 2 * S, -0.05)));
+        assert_eq!((whole.side, whole.qty), (Side::Sell, 0.1));
+    }
+
     /// The rejection's rule, value and limit.
     fn rule(o: SignalOutcome) -> (String, f64, f64) {
         let a = rejected(o);
@@ -593,12 +699,19 @@ mod tests {
         // More risk: rejected by the breaker.
         let (r, _, _) = rule(b.on_signal(&signal("BTC", T0 + 3 * S, 15.0)));
         assert_eq!(r, "circuit_breaker");
-        // Turning the long into a short is new risk too.
-        let (r, _, _) = rule(b.on_signal(&signal("BTC", T0 + 3 * S, -5.0)));
-        assert_eq!(r, "circuit_breaker");
         // Flat: a sell of the whole 10 passes the halt.
-        let o = order(b.on_signal(&signal("BTC", T0 + 3 * S, 0.0)));
+        let mut flat = b.clone();
+        let o = order(flat.on_signal(&signal("BTC", T0 + 3 * S, 0.0)));
         assert_eq!((o.side, o.qty), (Side::Sell, 10.0));
+        // Turning the long into a short is new risk too: refused, and its reducing part (the
+        // sale of the 10 held) goes out instead.
+        match b.on_signal(&signal("BTC", T0 + 3 * S, -5.0)) {
+            SignalOutcome::Cut(o, a) => {
+                assert_eq!((o.side, o.qty), (Side::Sell, 10.0));
+                assert_eq!(a.rule, "circuit_breaker");
+            }
+            other => panic!("not cut: {other:?}"),
+        }
     }
 
     #[test]
