@@ -2,10 +2,14 @@
 //! final `analytics_result` holds what a `PerformanceTracker` fed the Portfolio engine's own
 //! output computes; machine figures are apart under `traffic`.
 
+mod support;
+
+use support::start_engine;
+
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, Priority, StartFrom};
 use dualbus_engines::analytics::{AnalyticsEngine, PerformanceTracker};
-use dualbus_engines::engine::{EngineHost, HostOptions};
+use dualbus_engines::engine::HostOptions;
 use dualbus_engines::portfolio::PortfolioEngine;
 use dualbus_model::analytics::AnalyticsResult;
 use dualbus_model::market::{Quote, Side};
@@ -74,23 +78,23 @@ async fn the_final_result_matches_the_portfolio_output() {
             )
             .await
             .unwrap();
-        let analytics = EngineHost::start(
+        let analytics = start_engine(
             AnalyticsEngine::default(),
-            root.sibling("analytics", "analytics-1").unwrap(),
+            &root,
+            "analytics",
             HostOptions {
                 config: serde_json::json!({"every_secs": 120}),
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
-        let portfolio = EngineHost::start(
+        .await;
+        let portfolio = start_engine(
             PortfolioEngine::default(),
-            root.sibling("portfolio", "portfolio-1").unwrap(),
+            &root,
+            "portfolio",
             HostOptions::default(),
         )
-        .await
-        .unwrap();
+        .await;
         // Quotes and fills travel on two streams: each input waits until the portfolio has it.
         let md = root.sibling("marketdata", "marketdata-1").unwrap();
         let mut sent = 0;

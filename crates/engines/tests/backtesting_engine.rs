@@ -4,10 +4,14 @@
 //!
 //! Guarded by a timeout so a bug fails the test instead of hanging it; no wall-clock assertion.
 
+mod support;
+
+use support::start_engine;
+
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, StartFrom};
 use dualbus_engines::backtesting::{BacktestClient, BacktestError, BacktestingEngine};
-use dualbus_engines::engine::{EngineHost, HostOptions};
+use dualbus_engines::engine::HostOptions;
 use dualbus_engines::features::FeaturesEngine;
 use dualbus_engines::hub::{HubOptions, MarketDataHub};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
@@ -67,23 +71,23 @@ async fn reruns_are_published_and_requests_answered() {
             )
             .await
             .unwrap();
-        let backtesting = EngineHost::start(
+        let backtesting = start_engine(
             BacktestingEngine::default(),
-            root.sibling("backtesting", "backtesting-1").unwrap(),
+            &root,
+            "backtesting",
             HostOptions {
                 config: serde_json::json!({"every_secs": 1800, "min_bars": 30, "limit": 120}),
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
-        let features = EngineHost::start(
+        .await;
+        let features = start_engine(
             FeaturesEngine::default(),
-            root.sibling("features", "features-1").unwrap(),
+            &root,
+            "features",
             HostOptions::default(),
         )
-        .await
-        .unwrap();
+        .await;
         // Three hours of data for three symbols, 600 bars of history before it; steps of one
         // second (rather than 100 ms) keep the number of quotes small.
         let provider = SyntheticProvider::new(SyntheticOptions {
@@ -98,13 +102,7 @@ async fn reruns_are_published_and_requests_answered() {
         let start_ts = SyntheticOptions::default().start_ts;
         let hub = MarketDataHub::new(Arc::new(provider), HubOptions::default());
         let handle = hub.handle();
-        let hub_run = EngineHost::start(
-            hub,
-            root.sibling("marketdata", "marketdata-1").unwrap(),
-            HostOptions::default(),
-        )
-        .await
-        .unwrap();
+        let hub_run = start_engine(hub, &root, "marketdata", HostOptions::default()).await;
         handle.feed_done().await;
         // The first re-run comes after 30 minutes of data, then one every 30 minutes: at least
         // two in three hours once the engine has read the vectors.

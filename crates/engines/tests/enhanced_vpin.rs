@@ -2,9 +2,13 @@
 //! minutes of data time of the crash start; a calm day raises no alert. Then the same chain
 //! (hub, VPIN engine, Enhanced VPIN engine) on the bus.
 
-use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
-use dualbus_core::StartFrom;
-use dualbus_engines::engine::{EngineHost, HostOptions};
+mod support;
+
+use dualbus_core::EventKind;
+use support::{start_engine, Checker};
+
+use dualbus_bus::DualBus;
+use dualbus_engines::engine::HostOptions;
 use dualbus_engines::enhanced_vpin::{CrashDetector, EnhancedVpinEngine, EnhancedVpinParams};
 use dualbus_engines::hub::{HubOptions, MarketDataHub};
 use dualbus_engines::provider::synthetic::{SyntheticOptions, SyntheticProvider};
@@ -12,7 +16,6 @@ use dualbus_engines::provider::{Provider, Speed};
 use dualbus_engines::vpin::{VolumeUnit, VpinCalculator, VpinEngine, VpinParams};
 use dualbus_model::market::MarketEvent;
 use dualbus_model::vpin::FlashCrashAlert;
-use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,54 +156,35 @@ async fn the_engines_alert_on_the_bus() {
     let crash_ns = START + crash.as_nanos() as u64;
     let run = async {
         let root = DualBus::builder("test").build().unwrap();
-        let got: Arc<Mutex<Vec<FlashCrashAlert>>> = Default::default();
-        let g = got.clone();
-        let _sub = root
-            .subscribe(
-                SubscribeOptions::new("checker", &["flash_crash_alert.>"])
-                    .unwrap()
-                    .start(StartFrom::Oldest),
-                handler_fn(move |m| {
-                    g.lock().push(m.enc.decode(&m.payload).unwrap());
-                    Ok(())
-                }),
-            )
-            .await
-            .unwrap();
-        let vpin = EngineHost::start(
+        let checker = Checker::start(&root, &["flash_crash_alert.>"]).await;
+        let vpin = start_engine(
             VpinEngine::default(),
-            root.sibling("vpin", "vpin-1").unwrap(),
+            &root,
+            "vpin",
             HostOptions {
                 config: serde_json::to_value(vpin_params()).unwrap(),
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
-        let enhanced = EngineHost::start(
+        .await;
+        let enhanced = start_engine(
             EnhancedVpinEngine::default(),
-            root.sibling("enhanced_vpin", "enhanced_vpin-1").unwrap(),
+            &root,
+            "enhanced_vpin",
             HostOptions {
                 config: serde_json::json!({"vpin_window": 50}),
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
         // Two hours and three minutes of data: the crash and its first minutes.
         let provider = synthetic(crash.as_secs() + 180, Some(crash), Speed::Times(600.0));
         let hub = MarketDataHub::new(Arc::new(provider), HubOptions::default());
         let handle = hub.handle();
-        let hub_run = EngineHost::start(
-            hub,
-            root.sibling("marketdata", "marketdata-1").unwrap(),
-            HostOptions::default(),
-        )
-        .await
-        .unwrap();
+        let hub_run = start_engine(hub, &root, "marketdata", HostOptions::default()).await;
         handle.feed_done().await;
-        while got
-            .lock()
+        while checker
+            .of::<FlashCrashAlert>(EventKind::FlashCrashAlert)
             .iter()
             .map(|a| a.symbol.clone())
             .collect::<std::collections::BTreeSet<_>>()
@@ -212,8 +196,7 @@ async fn the_engines_alert_on_the_bus() {
         enhanced.stop().await;
         vpin.stop().await;
         hub_run.stop().await;
-        let alerts = got.lock().clone();
-        alerts
+        checker.of::<FlashCrashAlert>(EventKind::FlashCrashAlert)
     };
     let alerts = tokio::time::timeout(Duration::from_secs(120), run)
         .await

@@ -3,8 +3,12 @@
 //! the file directly; and the `feature_vector` example of `docs/wire-format.md` is a
 //! [`FeatureVector`].
 
-use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
-use dualbus_core::StartFrom;
+mod support;
+
+use dualbus_core::EventKind;
+use support::{start_engine, Checker};
+
+use dualbus_bus::DualBus;
 use dualbus_engines::engine::{EngineHost, HostOptions};
 use dualbus_engines::features::{FeatureCalculator, FeaturesEngine};
 use dualbus_engines::hub::{HubOptions, MarketDataHub};
@@ -13,7 +17,6 @@ use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvide
 use dualbus_engines::provider::Provider;
 use dualbus_model::features::FeatureVector;
 use dualbus_model::market::MarketEvent;
-use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,40 +56,21 @@ async fn the_engine_publishes_what_the_calculator_computes() {
         assert_eq!(expected.len(), 47);
 
         let root = DualBus::builder("test").build().unwrap();
-        let got: Arc<Mutex<Vec<FeatureVector>>> = Default::default();
-        let g = got.clone();
-        let _sub = root
-            .subscribe(
-                SubscribeOptions::new("checker", &["feature_vector.>"])
-                    .unwrap()
-                    .start(StartFrom::Oldest),
-                handler_fn(move |m| {
-                    g.lock().push(m.enc.decode(&m.payload).unwrap());
-                    Ok(())
-                }),
-            )
-            .await
-            .unwrap();
+        let checker = Checker::start(&root, &["feature_vector.>"]).await;
         // bar_secs 1 through the engine's configuration section.
-        let engine = EngineHost::start(
+        let engine = start_engine(
             FeaturesEngine::default(),
-            root.sibling("features", "features-1").unwrap(),
+            &root,
+            "features",
             HostOptions {
                 config: serde_json::json!({"bar_secs": 1}),
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
         let hub = MarketDataHub::new(provider, HubOptions::default());
         let handle = hub.handle();
-        let hub_run = EngineHost::start(
-            hub,
-            root.sibling("marketdata", "marketdata-1").unwrap(),
-            HostOptions::default(),
-        )
-        .await
-        .unwrap();
+        let hub_run = start_engine(hub, &root, "marketdata", HostOptions::default()).await;
         handle.feed_done().await;
         // Every event handled by the engine, then the end of the data (stop) closes the last
         // bar.
@@ -102,12 +86,12 @@ async fn the_engine_publishes_what_the_calculator_computes() {
         }
         let counts = engine.stop().await;
         assert_eq!(counts.published.get("feature_vector").copied(), Some(47));
-        while got.lock().len() < expected.len() {
+        while checker.count(EventKind::FeatureVector) < expected.len() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         hub_run.stop().await;
-        let got = got.lock().clone();
+        let got: Vec<FeatureVector> = checker.of(EventKind::FeatureVector);
         assert_eq!(got.len(), expected.len());
         // Through JSON, floats come back to within a rounding of the last digit.
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);

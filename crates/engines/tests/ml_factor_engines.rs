@@ -2,6 +2,10 @@
 //! `ml_prediction`s and `factor_calculation`s as the pure models compute from the same input.
 //! Also: the `docs/wire-format.md` examples of both kinds decode into the engines' types.
 
+mod support;
+
+use support::start_engine;
+
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, Priority, StartFrom};
 use dualbus_engines::engine::{EngineHost, HostOptions};
@@ -180,20 +184,8 @@ async fn the_engines_publish_what_the_models_compute() {
             start: Some(StartFrom::Oldest),
             ..Default::default()
         };
-        let ml = EngineHost::start(
-            MlEngine::new(MlParams::default()),
-            root.sibling("ml", "ml-1").unwrap(),
-            opts(),
-        )
-        .await
-        .unwrap();
-        let fac = EngineHost::start(
-            FactorEngine::new(),
-            root.sibling("factor", "factor-1").unwrap(),
-            opts(),
-        )
-        .await
-        .unwrap();
+        let ml = start_engine(MlEngine::new(MlParams::default()), &root, "ml", opts()).await;
+        let fac = start_engine(FactorEngine::new(), &root, "factor", opts()).await;
 
         let features = root.sibling("features", "features-1").unwrap();
         for v in &input {

@@ -4,6 +4,10 @@
 //! grow past the threshold. Also: the `docs/wire-format.md` examples of the three kinds decode
 //! into the engines' types and add up.
 
+mod support;
+
+use support::start_engine;
+
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, Priority, StartFrom};
 use dualbus_engines::collateral::{CollateralEngine, CollateralParams, MarginModel};
@@ -276,20 +280,20 @@ async fn the_engines_publish_what_the_book_and_margin_model_compute() {
             config,
             ..Default::default()
         };
-        let portfolio = EngineHost::start(
+        let portfolio = start_engine(
             PortfolioEngine::default(),
-            root.sibling("portfolio", "portfolio-1").unwrap(),
+            &root,
+            "portfolio",
             opts(serde_json::to_value(&portfolio_params).unwrap()),
         )
-        .await
-        .unwrap();
-        let collateral = EngineHost::start(
+        .await;
+        let collateral = start_engine(
             CollateralEngine::default(),
-            root.sibling("collateral", "collateral-1").unwrap(),
+            &root,
+            "collateral",
             opts(serde_json::json!({"base_rate": 0.05, "vol_multiplier": 10.0, "threshold": 0.8})),
         )
-        .await
-        .unwrap();
+        .await;
 
         // The volatilities first: the collateral engine must know them before any update.
         let features = root.sibling("features", "features-1").unwrap();

@@ -8,21 +8,22 @@
 //! follows, one message at a time: each lets the engine send what it kept (up to the bound),
 //! until everything has gone out.
 
-use dualbus_bus::{handler_fn, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
-use dualbus_core::{Backpressure, Envelope, EventKind, StartFrom};
-use dualbus_engines::engine::{EngineHost, HostOptions};
+mod support;
+
+use dualbus_bus::{DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
+use dualbus_core::{Backpressure, Envelope, EventKind};
+use dualbus_engines::engine::HostOptions;
 use dualbus_engines::factor::{FactorEngine, FactorModel};
 use dualbus_engines::vpin::{VpinCalculator, VpinEngine, VpinParams};
 use dualbus_model::factor::FactorCalculation;
 use dualbus_model::features::FeatureVector;
-use dualbus_model::health::EngineCounts;
 use dualbus_model::market::{Side, Trade};
 use dualbus_model::vpin::{ToxicityAlert, VpinBucket};
 use dualbus_model::Message;
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::{published, received, start_engine, Checker};
 
 const S: u64 = 1_000_000_000;
 /// Input after the gate opens, one message at a time.
@@ -66,44 +67,6 @@ impl Handler for Gate {
 
 /// Bound of the blocker's group.
 const BOUND: usize = 5;
-
-/// Every payload of the subscribed kinds, by kind, in arrival order.
-type Kept = Arc<Mutex<Vec<(EventKind, serde_json::Value)>>>;
-
-async fn checker(root: &DualBus, patterns: &[&str]) -> (Subscription, Kept) {
-    let kept: Kept = Default::default();
-    let k = kept.clone();
-    let sub = root
-        .subscribe(
-            SubscribeOptions::new("checker", patterns)
-                .unwrap()
-                .start(StartFrom::Oldest),
-            handler_fn(move |m| {
-                k.lock()
-                    .push((m.kind.clone(), m.enc.decode(&m.payload).unwrap()));
-                Ok(())
-            }),
-        )
-        .await
-        .unwrap();
-    (sub, kept)
-}
-
-fn of<T: serde::de::DeserializeOwned>(kept: &Kept, kind: EventKind) -> Vec<T> {
-    kept.lock()
-        .iter()
-        .filter(|(k, _)| *k == kind)
-        .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
-        .collect()
-}
-
-fn received(c: &EngineCounts, kind: &str) -> u64 {
-    c.received.get(kind).copied().unwrap_or(0)
-}
-
-fn published(c: &EngineCounts, kind: &str) -> u64 {
-    c.published.get(kind).copied().unwrap_or(0)
-}
 
 /// Trades of one symbol: a calm stretch, then one-sided selling at falling prices, so that
 /// buckets complete all along and some VPIN percentiles cross the threshold (toxicity alerts).
@@ -164,16 +127,16 @@ async fn vpin_outputs_that_could_not_be_published_are_kept_and_sent_in_order() {
         assert!(!toxic.is_empty(), "the input makes toxicity alerts");
 
         let root = DualBus::builder("test").build().unwrap();
-        let (_checker, kept) = checker(&root, &["vpin_calculation.>", "toxicity_alert.>"]).await;
+        let checker = Checker::start(&root, &["vpin_calculation.>", "toxicity_alert.>"]).await;
         let gate = Gate::default();
         let _blocker = blocker(&root, "vpin_calculation.>", gate.clone()).await;
-        let vpin = EngineHost::start(
+        let vpin = start_engine(
             VpinEngine::new(params),
-            root.sibling("vpin", "vpin-1").unwrap(),
+            &root,
+            "vpin",
             HostOptions::default(),
         )
-        .await
-        .unwrap();
+        .await;
         let md = root.sibling("marketdata", "marketdata-1").unwrap();
         let (head, tail) = input.split_at(input.len() - TAIL as usize);
         for t in head {
@@ -211,15 +174,16 @@ async fn vpin_outputs_that_could_not_be_published_are_kept_and_sent_in_order() {
         }
         // Stop publishes the last bar's buckets.
         vpin.stop().await;
-        while of::<VpinBucket>(&kept, EventKind::VpinCalculation).len() < expected.len() {
+        while checker.of::<VpinBucket>(EventKind::VpinCalculation).len() < expected.len() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let got: Vec<VpinBucket> = of(&kept, EventKind::VpinCalculation);
+        let got: Vec<VpinBucket> = checker.of(EventKind::VpinCalculation);
         let buckets: Vec<u64> = got.iter().map(|b| b.bucket).collect();
         let want: Vec<u64> = expected.iter().map(|b| b.bucket).collect();
         assert_eq!(buckets, want, "every bucket, once, in order");
-        let alerts: Vec<u64> = of::<ToxicityAlert>(&kept, EventKind::ToxicityAlert)
+        let alerts: Vec<u64> = checker
+            .of::<ToxicityAlert>(EventKind::ToxicityAlert)
             .iter()
             .map(|a| a.bucket)
             .collect();
@@ -255,16 +219,11 @@ async fn factor_calculations_that_could_not_be_published_are_kept_and_sent_in_or
         assert!(expected.len() > 10, "{}", expected.len());
 
         let root = DualBus::builder("test").build().unwrap();
-        let (_checker, kept) = checker(&root, &["factor_calculation.>"]).await;
+        let checker = Checker::start(&root, &["factor_calculation.>"]).await;
         let gate = Gate::default();
         let _blocker = blocker(&root, "factor_calculation.>", gate.clone()).await;
-        let factor = EngineHost::start(
-            FactorEngine::new(),
-            root.sibling("factor", "factor-1").unwrap(),
-            HostOptions::default(),
-        )
-        .await
-        .unwrap();
+        let factor =
+            start_engine(FactorEngine::new(), &root, "factor", HostOptions::default()).await;
         let features = root.sibling("features", "features-1").unwrap();
         let send = |(s, ts, close, volume): &(String, u64, f64, f64)| {
             let v = FeatureVector {
@@ -318,11 +277,16 @@ async fn factor_calculations_that_could_not_be_published_are_kept_and_sent_in_or
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         factor.stop().await;
-        while of::<FactorCalculation>(&kept, EventKind::FactorCalculation).len() < expected.len() {
+        while checker
+            .of::<FactorCalculation>(EventKind::FactorCalculation)
+            .len()
+            < expected.len()
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let got: Vec<u64> = of::<FactorCalculation>(&kept, EventKind::FactorCalculation)
+        let got: Vec<u64> = checker
+            .of::<FactorCalculation>(EventKind::FactorCalculation)
             .iter()
             .map(|c| c.ts)
             .collect();

@@ -1,20 +1,20 @@
 //! A restarted Risk engine never reissues an order id: a Portfolio engine that kept running
 //! applies the fills of both runs' orders instead of dropping the second run's as duplicates.
 
-use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
-use dualbus_core::{EventKind, StartFrom};
-use dualbus_engines::engine::{EngineHost, HostOptions};
+mod support;
+
+use dualbus_bus::DualBus;
+use dualbus_core::EventKind;
+use dualbus_engines::engine::HostOptions;
 use dualbus_engines::portfolio::PortfolioEngine;
 use dualbus_engines::risk::RiskEngine;
-use dualbus_model::health::EngineCounts;
 use dualbus_model::market::{Quote, Side};
 use dualbus_model::orders::{ExecStatus, Execution, OrderRequest};
 use dualbus_model::portfolio::PositionChange;
 use dualbus_model::strategy::StrategySignal;
 use dualbus_model::Message;
-use parking_lot::Mutex;
-use std::sync::Arc;
 use std::time::Duration;
+use support::{from_oldest, received, start_engine, until, Checker};
 
 const S: u64 = 1_000_000_000;
 const T0: u64 = 1_717_171_200 * S;
@@ -47,16 +47,6 @@ fn signal(ts: u64, target: f64) -> StrategySignal {
     }
 }
 
-fn received(c: &EngineCounts, kind: &str) -> u64 {
-    c.received.get(kind).copied().unwrap_or(0)
-}
-
-async fn until(mut cond: impl FnMut() -> bool) {
-    while !cond() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn send<M: Message>(bus: &DualBus, m: &M) {
     bus.publish(M::kind(), &m.topic(), m).await.unwrap();
 }
@@ -64,31 +54,16 @@ async fn send<M: Message>(bus: &DualBus, m: &M) {
 /// Starts Risk as `risk-1`, waits until it has read the `fills` earlier executions its group
 /// holds, hands it a quote and a signal for `target` at data time `ts`, waits for the order it
 /// sends, and stops it.
-async fn one_run(
-    root: &DualBus,
-    orders: &Arc<Mutex<Vec<OrderRequest>>>,
-    fills: u64,
-    ts: u64,
-    target: f64,
-) {
-    let risk = EngineHost::start(
-        RiskEngine::default(),
-        root.sibling("risk", "risk-1").unwrap(),
-        HostOptions {
-            start: Some(StartFrom::Oldest),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+async fn one_run(root: &DualBus, checker: &Checker, fills: u64, ts: u64, target: f64) {
+    let risk = start_engine(RiskEngine::default(), root, "risk", from_oldest()).await;
     let md = root.sibling("marketdata", "marketdata-1").unwrap();
     let strategy = root.sibling("strategy", "strategy-1").unwrap();
-    let before = orders.lock().len();
+    let before = checker.count(EventKind::OrderRequest);
     until(|| received(&risk.counts(), "trade_execution") == fills).await;
     send(&md, &quote(ts)).await;
     until(|| received(&risk.counts(), "market_data") == 1).await;
     send(&strategy, &signal(ts + S, target)).await;
-    until(|| orders.lock().len() == before + 1).await;
+    checker.wait_for(EventKind::OrderRequest, before + 1).await;
     risk.stop().await;
 }
 
@@ -96,36 +71,18 @@ async fn one_run(
 async fn a_restarted_risk_engine_issues_new_order_ids_and_portfolio_applies_both_fills() {
     let run = async {
         let root = DualBus::builder("test").build().unwrap();
-        let orders: Arc<Mutex<Vec<OrderRequest>>> = Default::default();
-        let changes: Arc<Mutex<Vec<PositionChange>>> = Default::default();
-        let (o, c) = (orders.clone(), changes.clone());
-        let _checker = root
-            .subscribe(
-                SubscribeOptions::new("checker", &["order_request.>", "position_change.>"])
-                    .unwrap()
-                    .start(StartFrom::Oldest),
-                handler_fn(move |m| {
-                    match m.kind {
-                        EventKind::OrderRequest => o.lock().push(m.decode().unwrap()),
-                        EventKind::PositionChange => c.lock().push(m.decode().unwrap()),
-                        _ => {}
-                    }
-                    Ok(())
-                }),
-            )
-            .await
-            .unwrap();
-        let portfolio = EngineHost::start(
+        let checker = Checker::start(&root, &["order_request.>", "position_change.>"]).await;
+        let portfolio = start_engine(
             PortfolioEngine::default(),
-            root.sibling("portfolio", "portfolio-1").unwrap(),
+            &root,
+            "portfolio",
             HostOptions::default(),
         )
-        .await
-        .unwrap();
+        .await;
         let venue = root.sibling("marketdata", "marketdata-1").unwrap();
         // The first run buys 10; the venue fills it.
-        one_run(&root, &orders, 0, T0, 10.0).await;
-        let first = orders.lock()[0].clone();
+        one_run(&root, &checker, 0, T0, 10.0).await;
+        let first = checker.of::<OrderRequest>(EventKind::OrderRequest)[0].clone();
         let fill = |o: &OrderRequest, ts: u64| Execution {
             order_id: o.order_id.clone(),
             symbol: SYM.into(),
@@ -138,12 +95,12 @@ async fn a_restarted_risk_engine_issues_new_order_ids_and_portfolio_applies_both
             ts,
         };
         send(&venue, &fill(&first, T0 + 2 * S)).await;
-        until(|| changes.lock().len() == 1).await;
+        checker.wait_for(EventKind::PositionChange, 1).await;
         // The restarted engine (same instance name, a later start) reads the fill its group
         // kept, then buys 10 more for a target of 20: its first order, under a new id.
         tokio::time::sleep(Duration::from_millis(2)).await;
-        one_run(&root, &orders, 1, T0 + 10 * S, 20.0).await;
-        let second = orders.lock()[1].clone();
+        one_run(&root, &checker, 1, T0 + 10 * S, 20.0).await;
+        let second = checker.of::<OrderRequest>(EventKind::OrderRequest)[1].clone();
         assert_ne!(first.order_id, second.order_id);
         for o in [&first, &second] {
             assert!(o.order_id.starts_with("risk-1-"), "{}", o.order_id);
@@ -151,10 +108,10 @@ async fn a_restarted_risk_engine_issues_new_order_ids_and_portfolio_applies_both
             assert_eq!((o.side, o.qty), (Side::Buy, 10.0));
         }
         send(&venue, &fill(&second, T0 + 12 * S)).await;
-        until(|| changes.lock().len() == 2).await;
+        checker.wait_for(EventKind::PositionChange, 2).await;
         let counts = portfolio.stop().await;
         assert_eq!(received(&counts, "trade_execution"), 2);
-        let last = changes.lock()[1].clone();
+        let last = checker.of::<PositionChange>(EventKind::PositionChange)[1].clone();
         assert_eq!(
             (last.prev_qty, last.qty),
             (10.0, 20.0),

@@ -3,6 +3,10 @@
 //! circuit breaker, which rejects the later signals. Also: the `docs/wire-format.md` examples
 //! of `strategy_signal` and `risk_alert` decode into the engines' types.
 
+mod support;
+
+use support::start_engine;
+
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::{EventKind, Priority, StartFrom};
 use dualbus_engines::engine::{EngineHost, HostOptions};
@@ -122,28 +126,28 @@ async fn signals_become_orders_until_a_flash_crash_trips_the_breaker() {
             )
             .await
             .unwrap();
-        let strategy = EngineHost::start(
+        let strategy = start_engine(
             StrategyEngine::default(),
-            root.sibling("strategy", "strategy-1").unwrap(),
+            &root,
+            "strategy",
             HostOptions {
                 config: serde_json::to_value(StrategyParams::default()).unwrap(),
                 start: Some(StartFrom::Oldest),
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
-        let risk = EngineHost::start(
+        .await;
+        let risk = start_engine(
             RiskEngine::default(),
-            root.sibling("risk", "risk-1").unwrap(),
+            &root,
+            "risk",
             HostOptions {
                 config: serde_json::json!({"breaker_secs": 1800, "stale_quote_secs": 10}),
                 start: Some(StartFrom::Oldest),
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
         let md = root.sibling("marketdata", "marketdata-1").unwrap();
         let ml = root.sibling("ml", "ml-1").unwrap();
         let factor = root.sibling("factor", "factor-1").unwrap();

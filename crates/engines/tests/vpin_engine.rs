@@ -2,6 +2,10 @@
 //! one `vpin_calculation` per completed bucket and the toxicity alerts, the same as the
 //! calculator computes from the file directly.
 
+mod support;
+
+use support::start_engine;
+
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
 use dualbus_core::StartFrom;
 use dualbus_engines::engine::{EngineHost, HostOptions};
@@ -69,22 +73,16 @@ async fn the_engine_publishes_what_the_calculator_computes() {
             )
             .await
             .unwrap();
-        let vpin = EngineHost::start(
+        let vpin = start_engine(
             VpinEngine::new(params()),
-            root.sibling("vpin", "vpin-1").unwrap(),
+            &root,
+            "vpin",
             HostOptions::default(),
         )
-        .await
-        .unwrap();
+        .await;
         let hub = MarketDataHub::new(provider, HubOptions::default());
         let handle = hub.handle();
-        let hub_run = EngineHost::start(
-            hub,
-            root.sibling("marketdata", "marketdata-1").unwrap(),
-            HostOptions::default(),
-        )
-        .await
-        .unwrap();
+        let hub_run = start_engine(hub, &root, "marketdata", HostOptions::default()).await;
         handle.feed_done().await;
         // Every trade handled by the engine, then the end of the data (stop) closes the last bar.
         while vpin
