@@ -63,7 +63,8 @@ pub struct RiskBook {
 }
 
 impl RiskBook {
-    /// An empty book whose orders are named `{instance}-{n:06}`. Parameters are assumed valid
+    /// An empty book whose orders are named `{instance}-{n:06}` (the engine passes its instance
+    /// and start time as `instance`: [`order_id_prefix`]). Parameters are assumed valid
     /// ([`RiskParams::problems`]).
     pub fn new(params: RiskParams, instance: &str) -> RiskBook {
         RiskBook {
@@ -378,15 +379,20 @@ impl RiskBook {
     }
 
     /// After a quote of `symbol`: when its position is not at the strategy's latest target, no
-    /// order of it is pending, the way to the target only cuts exposure (a flatten or a
-    /// reduction, never a turn round), and [`RESEND_SECS`] of data time have passed since the
+    /// order of it is pending, the way to the target cuts exposure (a reduction or a flatten;
+    /// for a target across zero, only the flatten), and [`RESEND_SECS`] of data time have passed since the
     /// last order toward it, the order for the difference again (the venue may have rejected
     /// the last one, or Risk itself before the strategy's halt reached it).
     pub fn resend(&mut self, symbol: &str) -> Option<SignalOutcome> {
         let s = self.symbols.get(symbol)?;
-        let target = s.target?;
         let position = s.position;
-        let reducing = target.abs() < position.abs() && target * position >= 0.0;
+        // A target across zero (a turn round whose order did not fill): only its reducing
+        // part, the flatten, is sent again; the new risk waits for the next signal.
+        let target = match s.target? {
+            t if t * position < 0.0 => 0.0,
+            t => t,
+        };
+        let reducing = target.abs() < position.abs();
         let due = s
             .last_attempt
             .is_none_or(|t| self.now.saturating_sub(t) >= RESEND_SECS * NS);
@@ -398,6 +404,12 @@ impl RiskBook {
             SignalOutcome::Ignored(_) => None,
             out => Some(out),
         }
+    }
+
+    /// Forgets a sent order whose publish failed: it is no longer pending, so the exposure is
+    /// the position again and the order can be sent anew ([`RiskBook::resend`]).
+    pub fn forget(&mut self, order_id: &str) {
+        self.pending.remove(order_id);
     }
 
     /// The order for `target - (position + pending)` of `symbol`, valued at its mid (or

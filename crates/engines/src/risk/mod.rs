@@ -19,8 +19,8 @@
 //! reducing part instead (the sale of a whole long, say), with the alert. And when a symbol's
 //! position is not at the latest target, the way there only cuts exposure, and no order of it
 //! is pending, each quote of it at least [`RESEND_SECS`] after the last order toward that
-//! target sends the order again ([`RiskBook::resend`]): a flatten the venue rejected is not
-//! left undone.
+//! target sends the order again ([`RiskBook::resend`]; for a target across zero, only the
+//! flatten): a flatten the venue rejected, or whose publish failed, is not left undone.
 //!
 //! # Checks
 //! In this order; the first that fails rejects ([`RiskRule::CHECK_ORDER`]). A value above its
@@ -250,20 +250,24 @@ impl Default for RiskEngine {
 }
 
 impl RiskEngine {
+    /// Publishes an order; one whose publish fails is no longer pending (it can be sent again,
+    /// [`RiskBook::resend`]).
+    async fn send(&mut self, ctx: &EngineContext, o: OrderRequest) {
+        if let Err(e) = ctx.send(&o).await {
+            tracing::warn!(error = %e, order = %o.order_id, "order not published");
+            self.book.forget(&o.order_id);
+        }
+    }
+
     /// Publishes an order of `out`; returns the alert to publish, if any.
     async fn outcome(&mut self, ctx: &EngineContext, out: SignalOutcome) -> Option<RiskAlert> {
-        let send = |o: OrderRequest| async move {
-            if let Err(e) = ctx.send(&o).await {
-                tracing::warn!(error = %e, order = %o.order_id, "order not published");
-            }
-        };
         match out {
             SignalOutcome::Order(o) => {
-                send(o).await;
+                self.send(ctx, o).await;
                 None
             }
             SignalOutcome::Cut(o, a) => {
-                send(o).await;
+                self.send(ctx, o).await;
                 Some(a)
             }
             SignalOutcome::Rejected(a) => Some(a),
@@ -582,6 +586,17 @@ mod tests {
         assert_eq!((o.side, o.qty), (Side::Sell, 0.15));
         assert_eq!(a.rule, "max_order_notional");
         assert!(a.reason.contains("its reducing part"), "{}", a.reason);
+        // The venue rejects the reducing part: a quote 5 s later sends the flatten again, not
+        // the turn round.
+        b.on_execution(&Execution {
+            status: ExecStatus::Rejected,
+            qty: 0.0,
+            reason: Some("stale quote".into()),
+            ..fill(&o.order_id, "BTC", Side::Sell, 0.0, T0 + 2 * S)
+        });
+        b.on_quote(&quote("BTC", T0 + 8 * S, 60_000.0));
+        let again = order(b.resend("BTC").expect("the flatten again"));
+        assert_eq!((again.side, again.qty), (Side::Sell, 0.15));
         // A turn round that fits the limits goes out whole.
         let mut b = book(RiskParams::default());
         b.on_quote(&quote("BTC", T0, 60_000.0));
@@ -589,6 +604,12 @@ mod tests {
         b.on_execution(&fill(&buy.order_id, "BTC", Side::Buy, 0.05, T0 + S));
         let whole = order(b.on_signal(&signal("BTC", T0 + 2 * S, -0.05)));
         assert_eq!((whole.side, whole.qty), (Side::Sell, 0.1));
+        // Rejected by the venue, or its publish failed (forgotten): only the flatten of the
+        // 0.05 held is sent again.
+        b.forget(&whole.order_id);
+        b.on_quote(&quote("BTC", T0 + 8 * S, 60_000.0));
+        let again = order(b.resend("BTC").expect("the flatten"));
+        assert_eq!((again.side, again.qty), (Side::Sell, 0.05));
     }
 
     /// The rejection's rule, value and limit.
