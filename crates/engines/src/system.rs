@@ -20,6 +20,7 @@ use crate::portfolio::PortfolioEngine;
 use crate::provider::Provider;
 use crate::risk::RiskEngine;
 use crate::strategy::StrategyEngine;
+use crate::venue::VenueOptions;
 use crate::vpin::VpinEngine;
 use crate::websocket::WebSocketEngine;
 use async_trait::async_trait;
@@ -262,14 +263,26 @@ pub async fn start_engine(
                     reason: format!("quotes_from_trades {v} must be true or false"),
                 })?,
             };
+            // The paper venue's settings (VenueOptions: slippage_bps, max_quote_age_ms,
+            // order_senders); an unknown or ill-typed one is named by serde.
+            let venue = match opts.config.get("venue") {
+                None => VenueOptions::default(),
+                Some(v) => serde_json::from_value::<VenueOptions>(v.clone()).map_err(|e| {
+                    EngineError::Config {
+                        engine: name.into(),
+                        reason: format!("venue {v}: {e}"),
+                    }
+                })?,
+            };
             if let Some(bad) = opts.config.as_object().and_then(|m| {
                 m.keys()
-                    .find(|k| !["warm_bars", "quotes_from_trades"].contains(&k.as_str()))
+                    .find(|k| !["warm_bars", "quotes_from_trades", "venue"].contains(&k.as_str()))
             }) {
                 return Err(EngineError::Config {
                     engine: name.into(),
                     reason: format!(
-                        "unknown setting {bad:?} (the hub takes warm_bars and quotes_from_trades)"
+                        "unknown setting {bad:?} (the hub takes warm_bars, quotes_from_trades \
+                         and venue)"
                     ),
                 });
             }
@@ -278,6 +291,7 @@ pub async fn start_engine(
                 HubOptions {
                     warm_bars,
                     quotes_from_trades,
+                    venue,
                     gate: setup.gate,
                     ..Default::default()
                 },
@@ -451,6 +465,45 @@ impl System {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn the_hub_takes_its_venue_settings_and_names_a_bad_one() {
+        use crate::provider::synthetic::{SyntheticOptions, SyntheticProvider};
+        let setup = |config: serde_json::Value| EngineSetup {
+            config,
+            provider: Some(Arc::new(
+                SyntheticProvider::new(SyntheticOptions {
+                    duration: Some(Duration::from_secs(1)),
+                    ..Default::default()
+                })
+                .unwrap(),
+            )),
+            metrics: None,
+            health_every: Duration::from_secs(60),
+            gate: None,
+            thread: EngineThread::Caller,
+        };
+        let bus = || DualBus::builder("marketdata").build().unwrap();
+        let (running, _) = start_engine(
+            "marketdata",
+            bus(),
+            setup(json!({"venue": {"max_quote_age_ms": 5000, "slippage_bps": 2.0}})),
+        )
+        .await
+        .expect("venue settings are taken");
+        running.stop().await;
+        for (config, needle) in [
+            (json!({"venue": {"max_quote_ag": 1}}), "max_quote_ag"),
+            (json!({"venue": {"slippage_bps": "x"}}), "venue"),
+            (json!({"nope": 1}), "\"nope\""),
+        ] {
+            let err = match start_engine("marketdata", bus(), setup(config.clone())).await {
+                Ok(_) => panic!("started with {config}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(needle), "{config}: {err}");
+        }
+    }
 
     #[test]
     fn settings_merge_key_by_key_over_the_defaults() {
