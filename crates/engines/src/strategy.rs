@@ -114,6 +114,9 @@ struct SymbolState {
     toxicity: Option<Alert>,
     /// The last published target position (0 before any signal).
     published: f64,
+    /// The one before it, restored when the last signal's publish failed
+    /// ([`StrategyState::unpublish`]).
+    previous: f64,
     signals: u64,
 }
 
@@ -340,9 +343,19 @@ impl StrategyState {
             reason: format!("{how}; {why}"),
         };
         let st = self.symbols.get_mut(symbol).expect("looked up above");
+        st.previous = st.published;
         st.published = target;
         st.signals += 1;
         Some(signal)
+    }
+
+    /// The last signal of `symbol` could not be published: its target counts as not
+    /// published, so the next input of the symbol makes the signal again (if still due).
+    pub fn unpublish(&mut self, symbol: &str) {
+        if let Some(st) = self.symbols.get_mut(symbol) {
+            st.published = st.previous;
+            st.signals = st.signals.saturating_sub(1);
+        }
     }
 }
 
@@ -422,11 +435,12 @@ impl Engine for StrategyEngine {
             }
             _ => Vec::new(),
         };
-        // The state counts a signal as published once made; a failed publish is logged rather
-        // than retried (a redelivery of the input would not change the target again).
+        // A signal that could not be published is taken back: the symbol's next input makes
+        // it again (the input itself is not failed: a redelivery would be a duplicate).
         for sig in signals {
             if let Err(e) = ctx.send(&sig).await {
-                tracing::warn!(error = %e, symbol = %sig.symbol, "strategy signal not published");
+                tracing::warn!(error = %e, symbol = %sig.symbol, "strategy signal not published: made again on the next input");
+                self.state.unpublish(&sig.symbol);
             }
         }
         Ok(())
@@ -578,6 +592,21 @@ mod tests {
         assert_eq!(sig.strategy, "ml_factor");
         assert!(sig.reason.contains("above 500"), "{}", sig.reason);
         assert_eq!(s.published_target("BTC"), Some(sig.target_position));
+    }
+
+    #[test]
+    fn a_signal_whose_publish_failed_is_made_again_on_the_next_input() {
+        let mut s = StrategyState::new(StrategyParams::default());
+        s.on_quote(&quote("BTC", T0, 100.0));
+        let first = s.on_prediction(&prediction("BTC", T0 + S, 0.7)).unwrap();
+        // Published: the same inputs make nothing new.
+        assert!(s.on_quote(&quote("BTC", T0 + 2 * S, 100.0)).is_none());
+        // Not published: the next input makes it again.
+        s.unpublish("BTC");
+        assert_eq!(s.published_target("BTC"), Some(0.0));
+        let again = s.on_quote(&quote("BTC", T0 + 3 * S, 100.0)).unwrap();
+        assert_eq!(again.target_position, first.target_position);
+        assert_eq!(s.published_target("BTC"), Some(first.target_position));
     }
 
     #[test]
