@@ -606,7 +606,7 @@ async fn feed(shared: Arc<Shared>, ctx: EngineContext, stop: Arc<tokio::sync::No
             shared.skipped.store(stream.skipped(), Ordering::Relaxed);
             if shared.opts.quotes_from_trades {
                 quotes_from_trades(&mut events, &mut joined, &mut quoted);
-            } else {
+            } else if shared.opts.gate.is_some() {
                 joined.clear();
                 joined.resize(events.len(), false);
             }

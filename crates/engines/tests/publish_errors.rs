@@ -12,7 +12,7 @@ mod support;
 
 use dualbus_bus::{DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
 use dualbus_core::{Backpressure, Envelope, EventKind};
-use dualbus_engines::engine::HostOptions;
+use dualbus_engines::engine::{Engine, HostOptions, RunningEngine};
 use dualbus_engines::factor::{FactorEngine, FactorModel};
 use dualbus_engines::vpin::{VpinCalculator, VpinEngine, VpinParams};
 use dualbus_model::factor::FactorCalculation;
@@ -23,7 +23,7 @@ use dualbus_model::Message;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{published, received, start_engine, Checker};
+use support::{published, received, start_engine, until, Checker};
 
 const S: u64 = 1_000_000_000;
 /// Input after the gate opens, one message at a time.
@@ -67,6 +67,41 @@ impl Handler for Gate {
 
 /// Bound of the blocker's group.
 const BOUND: usize = 5;
+
+/// Publishes `head` (the engine's `input` kind) from `bus` and waits until the engine read
+/// it; checks that at most [`BOUND`] of its `output` (of `expected`) went out, the rest failing
+/// at the blocker; then opens the gate and publishes `tail` one message at a time, each once
+/// the blocker has handled all that went out (so that each may send up to BOUND of what was
+/// kept), and waits until the blocker has handled everything published.
+#[allow(clippy::too_many_arguments)]
+async fn through_the_gate<E: Engine, M: Message>(
+    bus: &DualBus,
+    engine: &RunningEngine<E>,
+    gate: &Gate,
+    input: &str,
+    output: &str,
+    head: &[M],
+    tail: &[M],
+    expected: usize,
+) {
+    for m in head {
+        bus.publish(M::kind(), &m.topic(), m).await.unwrap();
+    }
+    until(|| received(&engine.counts(), input) >= head.len() as u64).await;
+    let before = published(&engine.counts(), output);
+    assert!(
+        before <= BOUND as u64 && (before as usize) < expected / 2,
+        "publishes failed meanwhile: {before} of {expected} went out"
+    );
+    gate.open.store(true, Ordering::Release);
+    let drained = || gate.handled.load(Ordering::Acquire) >= published(&engine.counts(), output);
+    for (i, m) in tail.iter().enumerate() {
+        until(drained).await;
+        bus.publish(M::kind(), &m.topic(), m).await.unwrap();
+        until(|| received(&engine.counts(), input) >= (head.len() + i + 1) as u64).await;
+    }
+    until(drained).await;
+}
 
 /// Trades of one symbol: a calm stretch, then one-sided selling at falling prices, so that
 /// buckets complete all along and some VPIN percentiles cross the threshold (toxicity alerts).
@@ -139,39 +174,18 @@ async fn vpin_outputs_that_could_not_be_published_are_kept_and_sent_in_order() {
         .await;
         let md = root.sibling("marketdata", "marketdata-1").unwrap();
         let (head, tail) = input.split_at(input.len() - TAIL as usize);
-        for t in head {
-            md.publish(EventKind::MarketData, &t.topic(), t)
-                .await
-                .unwrap();
-        }
-        while received(&vpin.counts(), "market_data") < head.len() as u64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // The blocker holds BOUND buckets: every later publish of a bucket failed.
-        let before = published(&vpin.counts(), "vpin_calculation");
-        assert!(
-            before <= BOUND as u64 && (before as usize) < expected.len() / 2,
-            "publishes failed meanwhile: {before} of {} went out",
-            expected.len()
-        );
-        gate.open.store(true, Ordering::Release);
-        for (i, t) in tail.iter().enumerate() {
-            // The blocker has handled all that went out: the next trade may send BOUND more.
-            while gate.handled.load(Ordering::Acquire)
-                < published(&vpin.counts(), "vpin_calculation")
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            md.publish(EventKind::MarketData, &t.topic(), t)
-                .await
-                .unwrap();
-            while received(&vpin.counts(), "market_data") < (head.len() + i + 1) as u64 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        while gate.handled.load(Ordering::Acquire) < published(&vpin.counts(), "vpin_calculation") {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let expected_n = expected.len();
+        through_the_gate(
+            &md,
+            &vpin,
+            &gate,
+            "market_data",
+            "vpin_calculation",
+            head,
+            tail,
+            expected_n,
+        )
+        .await;
         // Stop publishes the last bar's buckets.
         vpin.stop().await;
         while checker.of::<VpinBucket>(EventKind::VpinCalculation).len() < expected.len() {
@@ -225,57 +239,30 @@ async fn factor_calculations_that_could_not_be_published_are_kept_and_sent_in_or
         let factor =
             start_engine(FactorEngine::new(), &root, "factor", HostOptions::default()).await;
         let features = root.sibling("features", "features-1").unwrap();
-        let send = |(s, ts, close, volume): &(String, u64, f64, f64)| {
-            let v = FeatureVector {
+        let vectors: Vec<FeatureVector> = input
+            .iter()
+            .map(|(s, ts, close, volume)| FeatureVector {
                 symbol: s.clone(),
                 ts: *ts,
                 bar_secs: 60,
                 close: *close,
                 volume: *volume,
                 features: Default::default(),
-            };
-            let features = features.clone();
-            async move {
-                features
-                    .publish(
-                        EventKind::FeatureVector,
-                        &format!("feature_vector.{}", v.symbol),
-                        &v,
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
-        let (head, tail) = input.split_at(input.len() - 3 * TAIL_BARS as usize);
-        for v in head {
-            send(v).await;
-        }
-        while received(&factor.counts(), "feature_vector") < head.len() as u64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let before = published(&factor.counts(), "factor_calculation");
-        assert!(
-            before <= BOUND as u64 && (before as usize) < expected.len() / 2,
-            "publishes failed meanwhile: {before} of {} went out",
-            expected.len()
-        );
-        gate.open.store(true, Ordering::Release);
-        for (i, v) in tail.iter().enumerate() {
-            while gate.handled.load(Ordering::Acquire)
-                < published(&factor.counts(), "factor_calculation")
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            send(v).await;
-            while received(&factor.counts(), "feature_vector") < (head.len() + i + 1) as u64 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        while gate.handled.load(Ordering::Acquire)
-            < published(&factor.counts(), "factor_calculation")
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+            })
+            .collect();
+        let (head, tail) = vectors.split_at(vectors.len() - 3 * TAIL_BARS as usize);
+        let expected_n = expected.len();
+        through_the_gate(
+            &features,
+            &factor,
+            &gate,
+            "feature_vector",
+            "factor_calculation",
+            head,
+            tail,
+            expected_n,
+        )
+        .await;
         factor.stop().await;
         while checker
             .of::<FactorCalculation>(EventKind::FactorCalculation)

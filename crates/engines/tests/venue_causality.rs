@@ -2,10 +2,12 @@
 //! `dualbus backtest` runs on a trade file), an order sent in reaction to a trade fills at that
 //! trade's price or worse, stamped no earlier than the trade, never at the trade before.
 
+mod support;
+
 use async_trait::async_trait;
-use dualbus_bus::{handler_fn, DualBus, SubscribeOptions};
-use dualbus_core::{EventKind, StartFrom};
-use dualbus_engines::engine::{EngineHost, HostOptions};
+use dualbus_bus::DualBus;
+use dualbus_core::EventKind;
+use dualbus_engines::engine::HostOptions;
 use dualbus_engines::hub::{FeedGate, HubOptions, MarketDataHub};
 use dualbus_engines::provider::{HistoryRequest, MarketStream, Provider, ProviderError};
 use dualbus_model::market::{Bar, Instrument, MarketEvent, Side, Trade};
@@ -14,6 +16,7 @@ use dualbus_model::Message;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
+use support::{start_engine, until, Checker};
 
 const S: u64 = 1_000_000_000;
 /// A minute boundary.
@@ -72,12 +75,6 @@ fn trade(ts: u64, price: f64, id: u64) -> MarketEvent {
     })
 }
 
-async fn until(mut cond: impl FnMut() -> bool) {
-    while !cond() {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_sent_on_a_trade_fills_at_that_trades_price_not_the_one_before() {
     let run = async {
@@ -89,25 +86,8 @@ async fn an_order_sent_on_a_trade_fills_at_that_trades_price_not_the_one_before(
             trade(T0 + 65 * S, 105.0, 3),
         ];
         let root = DualBus::builder("test").build().unwrap();
-        let trades: Arc<Mutex<Vec<Trade>>> = Default::default();
-        let execs: Arc<Mutex<Vec<Execution>>> = Default::default();
-        let (t, x) = (trades.clone(), execs.clone());
-        let _checker = root
-            .subscribe(
-                SubscribeOptions::new("checker", &["market_data.trade.>", "trade_execution.>"])
-                    .unwrap()
-                    .start(StartFrom::Oldest),
-                handler_fn(move |m| {
-                    match m.kind {
-                        EventKind::MarketData => t.lock().push(m.decode().unwrap()),
-                        EventKind::TradeExecution => x.lock().push(m.decode().unwrap()),
-                        _ => {}
-                    }
-                    Ok(())
-                }),
-            )
-            .await
-            .unwrap();
+        let checker = Checker::start(&root, &["market_data.trade.>", "trade_execution.>"]).await;
+        let trades = || checker.of::<Trade>(EventKind::MarketData);
         let gate = FeedGate::new();
         let hub = MarketDataHub::new(
             Arc::new(Trades(Mutex::new(Some(events)))),
@@ -118,17 +98,11 @@ async fn an_order_sent_on_a_trade_fills_at_that_trades_price_not_the_one_before(
             },
         );
         let handle = hub.handle();
-        let _hub = EngineHost::start(
-            hub,
-            root.sibling("marketdata", "marketdata-1").unwrap(),
-            HostOptions::default(),
-        )
-        .await
-        .unwrap();
+        let _hub = start_engine(hub, &root, "marketdata", HostOptions::default()).await;
         let risk = root.sibling("risk", "risk-1").unwrap();
         // Lockstep, as a backtest runs: one permit, then wait until what it let out arrived
         // (a derived quote per trade, so every trade makes two messages).
-        while trades.lock().last().is_none_or(|t| t.price != 105.0) {
+        while trades().last().is_none_or(|t| t.price != 105.0) {
             let published = handle.stats().published;
             assert!(
                 !handle.is_feed_done(),
@@ -136,7 +110,7 @@ async fn an_order_sent_on_a_trade_fills_at_that_trades_price_not_the_one_before(
             );
             gate.open_one();
             until(|| handle.stats().published > published).await;
-            until(|| trades.lock().len() as u64 * 2 >= handle.stats().published).await;
+            until(|| trades().len() as u64 * 2 >= handle.stats().published).await;
         }
         // The strategy reacts to the trade at 105 (it closed the first bar): a market buy.
         let order = OrderRequest {
@@ -150,8 +124,8 @@ async fn an_order_sent_on_a_trade_fills_at_that_trades_price_not_the_one_before(
         risk.publish(OrderRequest::kind(), &order.topic(), &order)
             .await
             .unwrap();
-        until(|| !execs.lock().is_empty()).await;
-        let fill = execs.lock()[0].clone();
+        checker.wait_for(EventKind::TradeExecution, 1).await;
+        let fill = checker.of::<Execution>(EventKind::TradeExecution)[0].clone();
         assert_eq!(fill.status, ExecStatus::Filled, "{fill:?}");
         assert!(
             fill.price >= 105.0,

@@ -498,6 +498,8 @@ impl MarketStream for SyntheticStream {
         } else {
             1
         };
+        // The latest event handed out, published as the data time once per call.
+        let mut data_ts = 0;
         for _ in 0..steps {
             let ts = t0 + self.step_no * step_ns;
             if let Some(d) = self.opts.duration {
@@ -534,11 +536,11 @@ impl MarketStream for SyntheticStream {
                 latest = latest.max(ev.ts());
                 out.push(ev);
             }
-            let mut store = self.store.lock();
-            store.data_ts = store.data_ts.max(latest);
-            drop(store);
+            data_ts = data_ts.max(latest);
             self.step_no += 1;
         }
+        let mut store = self.store.lock();
+        store.data_ts = store.data_ts.max(data_ts);
         Ok(true)
     }
 }
