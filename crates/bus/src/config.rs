@@ -49,6 +49,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("DUALBUS_MODE", "delivery.mode"),
     ("DUALBUS_BACKPRESSURE", "delivery.backpressure"),
     ("DUALBUS_QUEUE_BOUND", "delivery.queue_bound"),
+    ("DUALBUS_GROUP_LEASE_MS", "delivery.group_lease_ms"),
     ("DUALBUS_TLS_CA_FILE", "tls.ca_file"),
     ("DUALBUS_TLS_CERT_FILE", "tls.cert_file"),
     ("DUALBUS_TLS_KEY_FILE", "tls.key_file"),
@@ -84,6 +85,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "queue_bound",
             "backpressure",
             "idle_timeout_ms",
+            "group_lease_ms",
             "max_deliveries",
             "lag_limit",
             "batch_max",
@@ -230,6 +232,10 @@ pub struct DeliverySection {
     pub backpressure: Backpressure,
     /// Unacknowledged messages idle this long are redelivered.
     pub idle_timeout_ms: u64,
+    /// Redis: a group counts as alive until this long after its last consumer stopped
+    /// renewing its lease (every quarter of this); a group whose consumers all died stops
+    /// holding publishers to its `queue_bound` then.
+    pub group_lease_ms: u64,
     /// Deliveries before a message is dead-lettered.
     pub max_deliveries: u64,
     /// Fast mode: how far a consumer may fall behind before it jumps to the head.
@@ -260,6 +266,7 @@ impl Default for DeliverySection {
             queue_bound: 100_000,
             backpressure: Backpressure::Block,
             idle_timeout_ms: 30_000,
+            group_lease_ms: 10_000,
             max_deliveries: 5,
             lag_limit: 100_000,
             batch_max: 512,
@@ -945,6 +952,7 @@ impl Config {
         for (key, v, min) in [
             ("delivery.queue_bound", d.queue_bound, 1),
             ("delivery.idle_timeout_ms", d.idle_timeout_ms, 1),
+            ("delivery.group_lease_ms", d.group_lease_ms, 100),
             ("delivery.max_deliveries", d.max_deliveries, 1),
             ("delivery.lag_limit", d.lag_limit, 1),
             ("delivery.batch_max", d.batch_max, 1),

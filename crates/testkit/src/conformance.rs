@@ -509,6 +509,74 @@ pub async fn backpressure_block(f: &dyn TransportFactory) {
     assert_eq!(consumer.counters(BusId::Logic).dropped, 0);
 }
 
+/// A group whose consumers are all gone (a crashed process: its readers aborted) holds no
+/// publisher to its bound: under `Block`, publishing goes on past the bound once the group
+/// counts as dead (at once embedded; on Redis once its lease expires). Nothing is taken from
+/// the group: a consumer that comes back gets every message, and the bound holds again.
+pub async fn dead_group_holds_no_publisher(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("factor");
+    let gate = Gate::default();
+    let rec = Recorder::default();
+    let consumer = pair.bus("ml");
+    let sub = consumer
+        .subscribe(
+            opts("ml", &["factor_calculation.>"]).bound(10, Backpressure::Block),
+            GatedRecorder {
+                gate: gate.clone(),
+                rec: rec.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    settle().await;
+    publish_n(
+        &publisher,
+        EventKind::FactorCalculation,
+        "factor_calculation.all",
+        10,
+    )
+    .await;
+    // The consumer dies holding what it read.
+    sub.abort();
+    // Forty more: far past the bound of the dead group.
+    let p = publisher.clone();
+    tokio::time::timeout(LIMIT, async move {
+        for i in 10..50u64 {
+            p.publish(
+                EventKind::FactorCalculation,
+                "factor_calculation.all",
+                &json!({ "n": i }),
+            )
+            .await
+            .unwrap();
+        }
+    })
+    .await
+    .expect("a dead group must not hold the publisher at its bound");
+    assert_eq!(publisher.counters(BusId::Logic).dropped, 0);
+    // The consumer comes back (under the same name): it gets all fifty, the ten it held
+    // included, and nothing twice.
+    gate.open();
+    let back = Recorder::default();
+    let _again = consumer
+        .subscribe(
+            opts("ml", &["factor_calculation.>"])
+                .bound(10, Backpressure::Block)
+                .redelivery(Duration::from_millis(200), 5),
+            back.handler(),
+        )
+        .await
+        .unwrap();
+    wait_until("all 50 handled by the returning consumer", LIMIT, || {
+        back.len() >= 50
+    })
+    .await;
+    let mut ns = back.ns();
+    ns.sort_unstable();
+    assert_eq!(ns, (0..50).collect::<Vec<_>>());
+}
+
 /// `DropOldest`: at the bound the group's oldest messages are dropped and counted; the
 /// publisher never waits.
 pub async fn backpressure_drop_oldest(f: &dyn TransportFactory) {

@@ -39,6 +39,7 @@ pub fn redis_options(cfg: &Config, bus: BusId) -> Result<RedisOptions, BusError>
         connect_timeout: Duration::from_millis(b.connect_timeout_ms),
         max_payload: b.max_payload_bytes as usize,
         tls: tls_config(cfg)?,
+        group_lease: Duration::from_millis(cfg.delivery.group_lease_ms),
         ..RedisOptions::new(bus.as_str(), &b.url)
     })
 }

@@ -272,7 +272,13 @@ impl Stream {
             let next = st.next;
             let n = batch.len();
             let mut room = n;
-            for g in st.groups.iter().filter(|g| g.mode == Mode::Reliable) {
+            // A group nobody reads any more (every subscriber of it dropped) holds no
+            // publisher: its bound applies again once a consumer subscribes.
+            for g in st
+                .groups
+                .iter()
+                .filter(|g| g.mode == Mode::Reliable && !g.wakers.is_empty())
+            {
                 let free = g.bound.saturating_sub(g.backlog(next));
                 match g.policy {
                     Backpressure::Reject if free < n => {
@@ -955,6 +961,12 @@ impl Drop for MemorySubscriber {
             st.groups[r.group]
                 .wakers
                 .retain(|w| !Arc::ptr_eq(w, &self.wake));
+            let orphaned = st.groups[r.group].wakers.is_empty();
+            drop(st);
+            if orphaned {
+                // Publishers waiting for this group's room wait no more.
+                r.stream.notify_space();
+            }
         }
     }
 }

@@ -9,6 +9,13 @@
 //! last check (a known limit, not an exact distributed bound). Then `reject` fails the publish,
 //! `block` waits for room, and `drop_oldest` acknowledges the group's oldest pending entries and
 //! moves its cursor past the oldest unread ones, counting them as dropped.
+//!
+//! A bound holds publishers only while a consumer of its group is alive: every subscriber
+//! renews its group's lease, the key `{stream}#alive:{group}` (same slot), which expires
+//! `group_lease` after the last renewal. A group whose consumers all died (a killed engine
+//! process) stops holding publishers once its lease expires; its unread entries are then
+//! trimmed with the stream (`MAXLEN`), not kept for it. A publisher that waits for a living
+//! group's room says so in a warning every [`WAIT_WARN_EVERY`].
 
 use crate::reply;
 use crate::RedisTransport;
@@ -34,6 +41,19 @@ pub(crate) fn bounds_key(stream: &str) -> String {
         format!("{{{stream}}}#groups")
     }
 }
+
+/// The key whose existence says a consumer of `group` on `stream` is alive (renewed by the
+/// subscribers, expiring on its own): `{stream}#alive:{group}` in the stream's slot.
+pub(crate) fn lease_key(stream: &str, group: &str) -> String {
+    if has_hash_tag(stream) {
+        format!("{stream}#alive:{group}")
+    } else {
+        format!("{{{stream}}}#alive:{group}")
+    }
+}
+
+/// How often a publisher waiting for a group's room logs a warning.
+const WAIT_WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// Whether a key has a Redis Cluster hash tag (a non-empty `{...}`).
 fn has_hash_tag(key: &str) -> bool {
@@ -123,7 +143,7 @@ pub(crate) async fn admit(
             .query_async(&mut conn)
             .await
             .map_err(|e| broker(t, e))?;
-        st.groups = raw
+        let bounded: Vec<GroupBound> = raw
             .iter()
             .filter_map(|(g, v)| {
                 let (bound, policy) = decode(v)?;
@@ -134,6 +154,7 @@ pub(crate) async fn admit(
                 })
             })
             .collect();
+        st.groups = alive(t, stream, bounded).await?;
         st.loaded_at = Some(Instant::now());
     }
     if st.groups.is_empty() {
@@ -173,11 +194,13 @@ pub(crate) async fn admit(
                 t.inner.opts.bus, t.inner.opts.url, t.inner.opts.connect_timeout
             ))
         })??;
+    let waiting_since = Instant::now();
+    let mut warned_at = waiting_since;
     loop {
         let infos = reply::xinfo_groups(&mut conn, stream)
             .await
             .map_err(|e| broker(t, e))?;
-        let mut wait = false;
+        let mut wait: Option<(String, u64, u64)> = None;
         let mut backlog = HashMap::new();
         for g in &st.groups {
             let Some(info) = infos.iter().find(|i| i.name == g.group) else {
@@ -201,7 +224,7 @@ pub(crate) async fn admit(
                             bound: g.bound as usize,
                         })
                     }
-                    Backpressure::Block => wait = true,
+                    Backpressure::Block => wait = Some((g.group.clone(), b, g.bound)),
                     Backpressure::DropOldest => {
                         let k = b + n64 - g.bound;
                         let dropped = drop_oldest(t, stream, &g.group, k, info).await?;
@@ -211,20 +234,128 @@ pub(crate) async fn admit(
             }
             backlog.insert(g.group.clone(), b);
         }
-        if !wait {
+        let Some((group, held, bound)) = wait else {
             st.backlog = backlog;
             st.admitted_since = n64;
             st.checked = true;
             return Ok(Admit::Queued);
-        }
+        };
         if t.inner.down.load(Ordering::SeqCst) {
             return Err(PublishError::Unavailable(format!(
                 "{} bus at {} is down",
                 t.inner.opts.bus, t.inner.opts.url
             )));
         }
+        if warned_at.elapsed() >= WAIT_WARN_EVERY {
+            warned_at = Instant::now();
+            tracing::warn!(
+                bus = %t.inner.opts.bus,
+                stream = %stream,
+                group = %group,
+                backlog = held,
+                bound,
+                waited_ms = waiting_since.elapsed().as_millis() as u64,
+                "publishing waits for a slow group to make room (policy block): it holds its \
+                 queue bound; a group whose consumers all died stops holding publishers once \
+                 its lease expires"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
+        if st.loaded_at.is_none_or(|at| at.elapsed() > POLICY_TTL) {
+            // While waiting, the consumers of the group may die: recheck who is alive.
+            let groups = std::mem::take(&mut st.groups);
+            st.groups = alive(t, stream, groups).await?;
+            st.loaded_at = Some(Instant::now());
+        }
     }
+}
+
+/// The groups among `groups` whose lease is alive (some consumer renewed it lately).
+async fn alive(
+    t: &RedisTransport,
+    stream: &str,
+    groups: Vec<GroupBound>,
+) -> Result<Vec<GroupBound>, PublishError> {
+    if groups.is_empty() {
+        return Ok(groups);
+    }
+    let mut conn = t.inner.conn.clone();
+    let mut pipe = redis::pipe();
+    for g in &groups {
+        pipe.cmd("EXISTS").arg(lease_key(stream, &g.group));
+    }
+    let live: Vec<bool> = pipe
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| broker(t, e))?;
+    Ok(groups
+        .into_iter()
+        .zip(live)
+        .filter_map(|(g, alive)| alive.then_some(g))
+        .collect())
+}
+
+/// The leases this transport's subscribers hold: each lease key with the number of
+/// subscriptions holding it. A task renews them all every quarter of the lease.
+#[derive(Default)]
+pub(crate) struct Leases {
+    held: Mutex<HashMap<String, usize>>,
+}
+
+impl Leases {
+    /// Takes a share of the lease on `key` (until [`Leases::release`]).
+    pub(crate) fn hold(&self, key: String) {
+        *self.held.lock().entry(key).or_default() += 1;
+    }
+
+    /// Gives back a share taken by [`Leases::hold`]. The lease itself expires on its own:
+    /// another process may still hold it.
+    pub(crate) fn release(&self, key: &str) {
+        let mut held = self.held.lock();
+        if let Some(n) = held.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(key);
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.held.lock().keys().cloned().collect()
+    }
+}
+
+/// Renews the leases of `inner`'s subscribers every quarter of the lease, until the transport
+/// is dropped. Runs on the transport's own thread, so a subscriber whose handler is slow (or
+/// stuck) still counts as alive: only a consumer whose process is gone lets its lease expire.
+pub(crate) async fn renew_leases(inner: std::sync::Weak<crate::Inner>) {
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let lease = i.opts.group_lease;
+        let keys = i.leases.keys();
+        if !keys.is_empty() {
+            let mut conn = i.conn.clone();
+            if let Err(e) = renew(&mut conn, &keys, lease).await {
+                tracing::debug!(bus = %i.opts.bus, error = %e, "renewing group leases failed; retrying");
+            }
+        }
+        drop(i);
+        tokio::time::sleep((lease / 4).max(Duration::from_millis(10))).await;
+    }
+}
+
+/// Sets the lease keys to expire `lease` from now.
+pub(crate) async fn renew(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &[String],
+    lease: Duration,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let ms = lease.as_millis().max(1) as u64;
+    for k in keys {
+        pipe.cmd("SET").arg(k).arg(1).arg("PX").arg(ms).ignore();
+    }
+    pipe.query_async(conn).await
 }
 
 /// Drops the `k` oldest messages a group holds: pending ones first (acknowledged unhandled),

@@ -21,7 +21,9 @@
 //! The bus chooses stream keys (`{prefix}:{bus}:{kind}`); this transport adds one hash per
 //! stream, `{stream}#groups` (in the stream's hash slot: see `admission::bounds_key`), where
 //! each reliable group records its queue bound and policy so that publishers in other processes
-//! can honour them.
+//! can honour them, and one key per stream and group, `{stream}#alive:{group}`, which its
+//! subscribers renew and which expires once they are all gone (a dead group's bound no longer
+//! holds publishers).
 //!
 //! [`ClusterTransport`] (`redis+cluster://`) runs one [`RedisTransport`] per master of a Redis
 //! Cluster and sends each stream's commands to the master of its hash slot.
@@ -74,6 +76,10 @@ pub struct RedisOptions {
     /// Messages that may wait for the writer before publishers wait (or fail, while the server
     /// is down).
     pub outgoing_bound: usize,
+    /// How long a group counts as alive after its last consumer stopped renewing its lease
+    /// (renewed every quarter of this): a reliable group's queue bound holds publishers only
+    /// while it is alive.
+    pub group_lease: Duration,
 }
 
 impl RedisOptions {
@@ -87,6 +93,7 @@ impl RedisOptions {
             connect_timeout: Duration::from_secs(2),
             max_payload: dualbus_core::envelope::DEFAULT_MAX_PAYLOAD,
             outgoing_bound: 100_000,
+            group_lease: Duration::from_secs(10),
         }
     }
 }
@@ -161,6 +168,8 @@ pub(crate) struct Inner {
     pub stats: Stats,
     pub down: AtomicBool,
     pub admission: admission::Admission,
+    /// The group leases this transport's subscribers hold (see `admission`).
+    pub leases: admission::Leases,
     /// When the broker last answered a write or a read ([`since_epoch`] nanoseconds): a
     /// heartbeat that times out while the broker still answers means busy, not hung.
     pub answered: std::sync::atomic::AtomicU64,
@@ -350,10 +359,12 @@ impl RedisTransport {
             stats: Stats::default(),
             down: AtomicBool::new(false),
             admission: admission::Admission::default(),
+            leases: admission::Leases::default(),
             answered: Default::default(),
             _io: io,
         });
         handle.spawn(writer::run(rx, writer_conn, Arc::downgrade(&inner)));
+        handle.spawn(admission::renew_leases(Arc::downgrade(&inner)));
         Ok(RedisTransport { inner })
     }
 

@@ -38,6 +38,16 @@ pub(crate) struct RedisSubscriber {
     recovering: bool,
     /// Acknowledgements not yet sent: they go with the next read, in the same round trip.
     acks: Vec<(u16, EntryId)>,
+    /// The group leases this subscriber holds (given back when it is dropped).
+    leases: Vec<String>,
+}
+
+impl Drop for RedisSubscriber {
+    fn drop(&mut self) {
+        for k in &self.leases {
+            self.inner.leases.release(k);
+        }
+    }
 }
 
 /// Acknowledgements held back at most before they are sent on their own.
@@ -87,6 +97,7 @@ impl RedisSubscriber {
             last_lag_check: Instant::now(),
             recovering: false,
             acks: Vec::new(),
+            leases: Vec::new(),
             inner,
             conn,
             spec,
@@ -116,6 +127,18 @@ impl RedisSubscriber {
                 Ok(()) => {}
                 Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {}
                 Err(e) => return Err(e),
+            }
+            // Alive from now on: the transport renews the lease while this subscriber lives.
+            let lease = admission::lease_key(key, &self.spec.group);
+            admission::renew(
+                &mut self.conn,
+                std::slice::from_ref(&lease),
+                self.inner.opts.group_lease,
+            )
+            .await?;
+            if !self.leases.contains(&lease) {
+                self.inner.leases.hold(lease.clone());
+                self.leases.push(lease);
             }
             if self.spec.mode == Mode::Reliable {
                 redis::cmd("HSET")
