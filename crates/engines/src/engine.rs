@@ -13,7 +13,7 @@
 
 use crate::metrics::{BusMetrics, DeliveryTimes, EngineTimes, LaneId, WARMUP};
 use dualbus_model::health::EngineCounts;
-use dualbus_model::health::EngineHealth;
+use dualbus_model::health::{EngineFaults, EngineHealth};
 
 use async_trait::async_trait;
 use dualbus_bus::{BusError, DualBus, Handler, HandlerError, SubscribeOptions, Subscription};
@@ -638,6 +638,7 @@ impl EngineHost {
             let ctx = ctx.clone();
             let mut stop = stop_rx.clone();
             let every = opts.health_every;
+            let stats: Vec<_> = subs.iter().map(Subscription::shared_stats).collect();
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -647,7 +648,7 @@ impl EngineHost {
                         _ = tick.tick() => {}
                     }
                     let details = engine.lock().await.health();
-                    heartbeat(&ctx, "running", started, details).await;
+                    heartbeat(&ctx, "running", started, details, faults(&stats)).await;
                 }
             }));
         }
@@ -663,12 +664,35 @@ impl EngineHost {
     }
 }
 
+/// The faults of an engine's subscriptions, `None` while there are none.
+fn faults(stats: &[Arc<dualbus_bus::SubscriptionStats>]) -> Option<EngineFaults> {
+    use std::sync::atomic::Ordering;
+    let f = EngineFaults {
+        handler_panics: stats
+            .iter()
+            .map(|s| s.panicked.load(Ordering::Relaxed))
+            .sum(),
+        reader_restarts: stats
+            .iter()
+            .map(|s| s.restarted.load(Ordering::Relaxed))
+            .sum(),
+    };
+    (f != EngineFaults::default()).then_some(f)
+}
+
+/// Publishes a heartbeat; a running engine with faults says `degraded`.
 async fn heartbeat(
     ctx: &EngineContext,
     status: &str,
     started: Instant,
     details: serde_json::Value,
+    faults: Option<EngineFaults>,
 ) {
+    let status = if status == "running" && faults.is_some() {
+        "degraded"
+    } else {
+        status
+    };
     let health = EngineHealth {
         engine: ctx.name.to_string(),
         instance: ctx.instance().to_string(),
@@ -677,6 +701,7 @@ async fn heartbeat(
         counts: ctx.counts(),
         details,
         latency: Some(ctx.times.take_window()),
+        faults,
     };
     ctx.times.beat();
     if let Err(e) = ctx.send(&health).await {
@@ -714,6 +739,7 @@ impl<E: Engine> RunningEngine<E> {
             thread,
         } = self;
         let counts = ctx.clone();
+        let stats: Vec<_> = subs.iter().map(Subscription::shared_stats).collect();
         let stopping = async move {
             let _ = stop_tx.send(true);
             for s in subs {
@@ -729,7 +755,7 @@ impl<E: Engine> RunningEngine<E> {
                 }
                 e.health()
             };
-            heartbeat(&ctx, "stopped", started, details).await;
+            heartbeat(&ctx, "stopped", started, details, faults(&stats)).await;
             // What the engine published is with the brokers before its process may exit (the
             // Redis writer queues; the embedded transport has nothing to flush).
             for bus in [dualbus_bus::BusId::MarketData, dualbus_bus::BusId::Logic] {

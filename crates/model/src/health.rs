@@ -13,7 +13,7 @@ pub struct EngineHealth {
     pub engine: String,
     /// Its instance id.
     pub instance: String,
-    /// `running` or `stopped`.
+    /// `running`, `degraded` (running, with `faults`) or `stopped`.
     pub status: String,
     /// Seconds since it started.
     pub uptime_s: f64,
@@ -26,6 +26,19 @@ pub struct EngineHealth {
     /// Handler time, queue wait and delivery latency since the previous heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<EngineLatency>,
+    /// What went wrong in the engine's subscriptions since it started; absent while nothing
+    /// did. A running engine with faults says `degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<EngineFaults>,
+}
+
+/// Faults of an engine's subscriptions since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EngineFaults {
+    /// Messages whose handler panicked (each failed, redelivered, then dead-lettered).
+    pub handler_panics: u64,
+    /// Readers that panicked outside the handler and were started again.
+    pub reader_restarts: u64,
 }
 
 /// Messages received and published by one engine, by kind.

@@ -381,6 +381,76 @@ pub async fn dead_letter_after_max_deliveries(f: &dyn TransportFactory) {
     assert!(consumer.counters(BusId::Logic).dead_lettered >= 1);
 }
 
+/// A handler that panics fails that message only: its reader goes on with the next ones, the
+/// message comes back and, panicking every time, is dead-lettered with the panic's text; the
+/// panics are counted. A message that panicked once and then succeeds is handled.
+pub async fn a_panicking_handler_fails_its_message_not_its_reader(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let publisher = pair.bus("strategy");
+    let tries = Arc::new(AtomicU64::new(0));
+    let t2 = tries.clone();
+    let once = Arc::new(AtomicU64::new(0));
+    let once2 = once.clone();
+    let ok = Recorder::default();
+    let ok2 = ok.0.clone();
+    let h = handler_fn(move |m| {
+        match n_of(m) {
+            1 => {
+                t2.fetch_add(1, Ordering::SeqCst);
+                panic!("index out of range in the sizing model");
+            }
+            3 if once2.fetch_add(1, Ordering::SeqCst) == 0 => panic!("a one-off panic"),
+            _ => {}
+        }
+        ok2.lock().push(m.clone());
+        Ok(())
+    });
+    let consumer = pair.bus("risk");
+    let _s = consumer
+        .subscribe(
+            opts("risk", &["strategy_signal.>"]).redelivery(Duration::from_millis(100), 3),
+            h,
+        )
+        .await
+        .unwrap();
+    settle().await;
+    publish_n(
+        &publisher,
+        EventKind::StrategySignal,
+        "strategy_signal.SOL",
+        5,
+    )
+    .await;
+    let mut letters = Vec::new();
+    let start = std::time::Instant::now();
+    while letters.is_empty() || ok.len() < 4 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "handled {:?}, dead letters {letters:?}",
+            ok.ns()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        letters = consumer.dead_letters(BusId::Logic, 10).await.unwrap();
+    }
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0];
+    assert_eq!(l.deliveries, 3);
+    assert!(
+        l.reason
+            .contains("the handler panicked: index out of range in the sizing model"),
+        "reason: {}",
+        l.reason
+    );
+    assert_eq!(n_of(l.envelope.as_ref().expect("envelope kept")), 1);
+    assert_eq!(tries.load(Ordering::SeqCst), 3);
+    let mut ns = ok.ns();
+    ns.sort_unstable();
+    assert_eq!(ns, vec![0, 2, 3, 4]);
+    let c = consumer.counters(BusId::Logic);
+    assert_eq!(c.panicked, 4, "{c:?}");
+    assert_eq!(c.failed, 4, "{c:?}");
+}
+
 /// The same (`src`, `inst`, `seq`) published twice is handled once.
 pub async fn duplicates_are_suppressed(f: &dyn TransportFactory) {
     let pair = f.pair().await;

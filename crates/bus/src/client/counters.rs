@@ -29,6 +29,8 @@ pub struct BusCounters {
     pub duplicates: u64,
     /// Handler failures.
     pub failed: u64,
+    /// Handler panics (counted in `failed` too): each fails its message, its reader goes on.
+    pub panicked: u64,
 }
 
 /// A counter on a cache line of its own: publishers write it while readers write the others.
@@ -45,6 +47,7 @@ pub(super) struct Counters {
     pub(super) skipped: AtomicU64,
     pub(super) duplicates: AtomicU64,
     pub(super) failed: AtomicU64,
+    pub(super) panicked: AtomicU64,
 }
 
 impl DualBus {
@@ -63,6 +66,7 @@ impl DualBus {
             skipped: c.skipped.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            panicked: c.panicked.load(Ordering::Relaxed),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::counters::Counters;
 use super::subscribe::Filter;
-use super::{Handler, SubscriptionStats};
+use super::{Handler, HandlerError, SubscriptionStats};
 use crate::config::BusId;
 use dualbus_core::dedup::{SourceDedup, Verdict};
 use dualbus_core::{Envelope, EventKind, Mode, ReceiveError, Subscriber, Topic};
@@ -44,6 +44,14 @@ impl FailureLog {
     }
 }
 
+/// The text of a panic's payload (`panic!("...")` gives a `&str` or a `String`).
+pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
 /// One reader of a subscription: one bus, one lane.
 pub(super) struct Reader<H> {
     pub(super) bus: BusId,
@@ -62,7 +70,58 @@ pub(super) struct Reader<H> {
     pub(super) batch_max: usize,
 }
 
+impl<H> Clone for Reader<H> {
+    fn clone(&self) -> Self {
+        Reader {
+            bus: self.bus,
+            group: self.group.clone(),
+            counters: self.counters.clone(),
+            handler: self.handler.clone(),
+            filter: self.filter.clone(),
+            dedup: self.dedup.clone(),
+            turn: self.turn.clone(),
+            stats: self.stats.clone(),
+            mode: self.mode,
+            batch_max: self.batch_max,
+        }
+    }
+}
+
 impl<H: Handler> Reader<H> {
+    /// Calls the handler; a panic in it is this message's failure, not the reader's end: it
+    /// is logged, counted (`panicked`, and `failed` with the other failures) and the message
+    /// is redelivered, then dead-lettered with the panic's text after `max_deliveries`.
+    async fn handle(&self, env: &Envelope, received: Instant) -> Result<(), HandlerError> {
+        use futures_util::FutureExt;
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        // A synchronous handler (`handler_fn`) runs when its future is made, not when polled.
+        let outcome = match catch_unwind(AssertUnwindSafe(|| {
+            self.handler.handle_received(env, received)
+        })) {
+            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+            Err(p) => Err(p),
+        };
+        match outcome {
+            Ok(r) => r,
+            Err(p) => {
+                let why = panic_text(&*p);
+                tracing::error!(
+                    bus = %self.bus,
+                    group = %self.group,
+                    kind = %env.kind,
+                    id = %env.id(),
+                    "the handler panicked: {why} (the message counts as failed: redelivered, \
+                     then dead-lettered after max_deliveries)"
+                );
+                self.counters[self.bus.index()]
+                    .panicked
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.panicked.fetch_add(1, Ordering::Relaxed);
+                Err(HandlerError(format!("the handler panicked: {why}")))
+            }
+        }
+    }
+
     pub(super) async fn run(self, mut sub: Box<dyn Subscriber>, mut stop: watch::Receiver<bool>) {
         let counters = &self.counters[self.bus.index()];
         let mut acks = Vec::with_capacity(self.batch_max);
@@ -151,7 +210,7 @@ impl<H: Handler> Reader<H> {
                         dups += 1;
                         acks.push((d.stream, d.id));
                     }
-                    Some(_) => match self.handler.handle_received(&d.envelope, received).await {
+                    Some(_) => match self.handle(&d.envelope, received).await {
                         Ok(()) => {
                             handled += 1;
                             acks.push((d.stream, d.id));

@@ -9,7 +9,7 @@ use dualbus_core::dedup::SourceDedup;
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{Envelope, EventKind, Pattern, SubscribeError};
 use parking_lot::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,6 +27,11 @@ pub struct SubscriptionStats {
     pub skipped: AtomicU64,
     /// Messages dead-lettered while this subscription read.
     pub dead_lettered: AtomicU64,
+    /// Handler panics (each counted in `failed` too).
+    pub panicked: AtomicU64,
+    /// Readers that ended by a panic of their own (outside the handler) and were started
+    /// again.
+    pub restarted: AtomicU64,
 }
 
 /// A running subscription. Dropping it stops its readers (without waiting).
@@ -63,6 +68,11 @@ impl Subscription {
     /// Its counters.
     pub fn stats(&self) -> &SubscriptionStats {
         &self.stats
+    }
+
+    /// Its counters, to read after the subscription is gone or from another task.
+    pub fn shared_stats(&self) -> Arc<SubscriptionStats> {
+        self.stats.clone()
     }
 
     /// Kills the readers at once, as a crash of the consumer's process would: the batch in
@@ -197,7 +207,7 @@ impl DualBus {
             let own_thread = priority && self.inner.cfg.delivery.priority_thread;
             let transport = self.inner.transports[bus.index()].clone();
             let sub = if own_thread {
-                let spec = spec.clone();
+                let (spec, transport) = (spec.clone(), transport.clone());
                 priority_runtime(self.inner.cfg.delivery.priority_realtime)?
                     .spawn(async move { transport.subscribe(spec).await })
                     .await
@@ -224,11 +234,11 @@ impl DualBus {
                     .batch_max
                     .unwrap_or(self.inner.cfg.delivery.batch_max as usize),
             };
+            let run = supervise(reader, sub, transport, spec, stop_rx.clone());
             tasks.push(if own_thread {
-                priority_runtime(self.inner.cfg.delivery.priority_realtime)?
-                    .spawn(reader.run(sub, stop_rx.clone()))
+                priority_runtime(self.inner.cfg.delivery.priority_realtime)?.spawn(run)
             } else {
-                tokio::spawn(reader.run(sub, stop_rx.clone()))
+                tokio::spawn(run)
             });
         }
         Ok(Subscription {
@@ -240,6 +250,49 @@ impl DualBus {
                 guard.mine.take().unwrap_or_default(),
             )),
         })
+    }
+}
+
+/// Runs a reader for as long as its subscription lives. A reader that panics outside its
+/// handler (the handler's own panics are caught per message) loses the batch it held, whose
+/// messages come back after the idle timeout as any unacknowledged message does; the panic is
+/// logged, counted (`restarted`) and the reader starts again on a new subscriber of the same
+/// group and consumer.
+async fn supervise<H: Handler>(
+    reader: Reader<H>,
+    mut sub: Box<dyn dualbus_core::Subscriber>,
+    transport: Arc<dyn dualbus_core::Transport>,
+    spec: dualbus_core::SubscribeSpec,
+    stop: watch::Receiver<bool>,
+) {
+    use futures_util::FutureExt;
+    let mut backoff = std::time::Duration::from_millis(10);
+    loop {
+        let run = std::panic::AssertUnwindSafe(reader.clone().run(sub, stop.clone()));
+        let Err(p) = run.catch_unwind().await else {
+            return;
+        };
+        reader.stats.restarted.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            bus = %reader.bus,
+            group = %reader.group,
+            "a reader panicked: {}; its batch comes back after the idle timeout; starting it \
+             again",
+            super::reader::panic_text(&*p)
+        );
+        sub = loop {
+            if *stop.borrow() {
+                return;
+            }
+            match transport.subscribe(spec.clone()).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(bus = %reader.bus, group = %reader.group, error = %e, "restarting a reader failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+            }
+        };
     }
 }
 
