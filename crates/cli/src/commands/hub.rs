@@ -28,7 +28,7 @@ request/reply, and fills order_request messages in its paper venue (trade_execut
 
 The transport is the config's (`transport = \"redis\"` in dualbus.toml, or DUALBUS_TRANSPORT);
 on the embedded transport the hub is alone in its process, which is useful to measure a replay.
-A replay ends by itself at the end of the file; otherwise Ctrl-C (or --duration) stops.
+A replay ends by itself at the end of the file; otherwise Ctrl-C or SIGTERM (or --duration) stops.
 
 Examples:
   dualbus hub --duration 10s --stats
@@ -110,9 +110,10 @@ pub fn run(args: HubArgs, global: &Global) -> anyhow::Result<()> {
             .filter(|_| !args.stats && !args.json)
             .map(|r| (r.clone(), Progress::new("replay", Some(r.len() as u64), "rows")));
         let mut progress_tick = tokio::time::interval(Duration::from_millis(200));
+        let mut stop = super::stop::StopSignal::new()?;
         let why = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break "interrupted",
+                why = stop.recv() => break why,
                 _ = handle.feed_done() => break "end of data",
                 _ = progress_tick.tick(), if progress.is_some() => {
                     if let Some((r, p)) = progress.as_mut() {

@@ -15,6 +15,7 @@ pub mod redis_cluster;
 pub mod run;
 pub mod schema;
 pub mod stats;
+pub mod stop;
 pub mod stress;
 pub mod summary;
 pub mod tail;

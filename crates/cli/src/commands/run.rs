@@ -74,8 +74,8 @@ Runs the trading system: the MarketData hub and the engines, on the two buses. W
 arguments: every engine in this process on the embedded buses, the synthetic market (13
 symbols) played at 60x real time, so one second shows one minute of market: bars, features,
 predictions, factor scores, VPIN. A status line every second shows per bus the messages per
-second and the p99 delivery latency, fills, equity and the alerts so far; Ctrl-C stops every
-engine gracefully and prints a summary.
+second and the p99 delivery latency, fills, equity and the alerts so far; Ctrl-C (or SIGTERM)
+stops every engine gracefully and prints a summary.
 
 The dashboard (WebSocket engine) serves http://127.0.0.1:8600/ (--port to change): prices,
 P&L, alerts, signals and bus traffic, live.
@@ -363,8 +363,8 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
                 provider.name(),
                 provider.instruments().len(),
                 match duration {
-                    Some(d) => format!("stops after {d:?}, Ctrl-C stops earlier"),
-                    None => "Ctrl-C stops".into(),
+                    Some(d) => format!("stops after {d:?}, Ctrl-C or SIGTERM stops earlier"),
+                    None => "Ctrl-C or SIGTERM stops".into(),
                 }
             );
         }
@@ -387,9 +387,10 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         let mut last = metrics.take_lane_window();
+        let mut stop = super::stop::StopSignal::new()?;
         let why = loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break "interrupted",
+                why = stop.recv() => break why,
                 _ = async {
                     match sys.hub() {
                         Some(h) => h.feed_done().await,
@@ -721,12 +722,13 @@ pub fn run_engine(args: EngineArgs, global: &Global) -> anyhow::Result<()> {
         )
         .await?;
         if !args.json {
-            eprintln!("engine {name} ({inst}) running; Ctrl-C stops");
+            eprintln!("engine {name} ({inst}) running; Ctrl-C or SIGTERM stops");
         }
         let metrics_server = args.metrics.serve(&metrics, args.json).await?;
         let started = Instant::now();
+        let mut stop = super::stop::StopSignal::new()?;
         let why = tokio::select! {
-            _ = tokio::signal::ctrl_c() => "interrupted",
+            why = stop.recv() => why,
             _ = async {
                 match &hub {
                     Some(h) => h.feed_done().await,

@@ -102,10 +102,11 @@ pub fn run(args: TailArgs, global: &Global) -> anyhow::Result<()> {
             eprintln!("tailing {} as group {group} (Ctrl-C to stop)", args.pattern);
         }
         let mut seen = 0u64;
+        let mut stop = super::stop::StopSignal::new()?;
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => m,
-                _ = tokio::signal::ctrl_c() => None,
+                _ = stop.recv() => None,
             };
             let Some(msg) = msg else { break };
             if args.json {
