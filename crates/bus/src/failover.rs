@@ -47,13 +47,24 @@ pub struct FailoverCounters {
     pub failbacks: u64,
     /// Messages re-sent on the other bus when it went down.
     pub resent: u64,
+    /// Messages pushed out of the re-send window by its count limit (`failover.window`)
+    /// before `failover.window_ms` passed: published faster than the window holds, they would
+    /// not be re-sent if the bus failed within `window_ms` of their publish.
+    pub window_overflow: u64,
     /// Whether it is up now.
     pub up: bool,
 }
 
 struct Window {
     items: VecDeque<(StreamKey, Envelope, Instant)>,
+    /// When an overflow was last logged (at most one warning per [`OVERFLOW_WARN_EVERY`]).
+    warned: Option<Instant>,
+    /// Overflows since that warning.
+    unwarned: u64,
 }
+
+/// How often a window overflowing its count limit is logged.
+const OVERFLOW_WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub(crate) struct Failover {
     pub settings: FailoverSettings,
@@ -69,6 +80,7 @@ pub(crate) struct Failover {
     failovers: [AtomicU64; 2],
     failbacks: [AtomicU64; 2],
     resent: [AtomicU64; 2],
+    window_overflow: [AtomicU64; 2],
     window: [Mutex<Window>; 2],
     /// Streams of each bus that received traffic on the other bus during its outage.
     diverted: [Mutex<std::collections::HashSet<StreamKey>>; 2],
@@ -76,8 +88,8 @@ pub(crate) struct Failover {
 
 impl Failover {
     /// The failover state of a new pair of transports, with the config's `[failover]`
-    /// settings; when it is on, its heartbeat runs on the current runtime (if any) until the
-    /// last client of these transports is dropped.
+    /// settings; when it is on, its heartbeat runs on the current runtime (or, outside one, on
+    /// a thread of its own) until the last client of these transports is dropped.
     pub(crate) fn start(cfg: &Config, transports: &[Arc<dyn Transport>; 2]) -> Arc<Failover> {
         let f = &cfg.failover;
         let settings = FailoverSettings {
@@ -93,8 +105,32 @@ impl Failover {
         };
         let fo = Arc::new(Failover::new(settings));
         if settings.enabled {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(watch(Arc::downgrade(&fo), transports.clone()));
+            let watcher = watch(Arc::downgrade(&fo), transports.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(watcher);
+                }
+                // Built outside a runtime (a synchronous program): the heartbeat gets a thread
+                // of its own, which ends with the last client of these transports.
+                Err(_) => {
+                    let started = std::thread::Builder::new()
+                        .name("dualbus-failover".into())
+                        .spawn(move || {
+                            match tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                            {
+                                Ok(rt) => rt.block_on(watcher),
+                                Err(e) => tracing::error!(
+                                    error = %e,
+                                    "no runtime for the failover heartbeat: failover is off"
+                                ),
+                            }
+                        });
+                    if let Err(e) = started {
+                        tracing::error!(error = %e, "no thread for the failover heartbeat: failover is off");
+                    }
+                }
             }
         }
         fo
@@ -104,6 +140,8 @@ impl Failover {
         let w = || {
             Mutex::new(Window {
                 items: VecDeque::new(),
+                warned: None,
+                unwarned: 0,
             })
         };
         Failover {
@@ -115,6 +153,7 @@ impl Failover {
             failovers: Default::default(),
             failbacks: Default::default(),
             resent: Default::default(),
+            window_overflow: Default::default(),
             window: [w(), w()],
             diverted: Default::default(),
         }
@@ -147,10 +186,34 @@ impl Failover {
             w.items.push_back((stream.clone(), e, now));
         }
         let cap = self.settings.window;
-        while w.items.len() > cap {
-            w.items.pop_front();
-        }
         let age = self.settings.window_age;
+        let mut overflow = 0u64;
+        while w.items.len() > cap {
+            if let Some((_, _, at)) = w.items.pop_front() {
+                if now.duration_since(at) <= age {
+                    overflow += 1;
+                }
+            }
+        }
+        if overflow > 0 {
+            self.window_overflow[bus.index()].fetch_add(overflow, Ordering::Relaxed);
+            w.unwarned += overflow;
+            if w.warned
+                .is_none_or(|t| now.duration_since(t) >= OVERFLOW_WARN_EVERY)
+            {
+                tracing::warn!(
+                    bus = %bus,
+                    messages = w.unwarned,
+                    window = cap,
+                    window_ms = age.as_millis() as u64,
+                    "messages left the failover re-send window before window_ms passed \
+                     (published faster than failover.window holds): a fail-over right after \
+                     their publish would not re-send them (dualbus_failover_window_overflow)"
+                );
+                w.warned = Some(now);
+                w.unwarned = 0;
+            }
+        }
         while w
             .items
             .front()
@@ -225,6 +288,7 @@ impl Failover {
             failovers: self.failovers[i].load(Ordering::Relaxed),
             failbacks: self.failbacks[i].load(Ordering::Relaxed),
             resent: self.resent[i].load(Ordering::Relaxed),
+            window_overflow: self.window_overflow[i].load(Ordering::Relaxed),
             up: self.is_up(bus),
         }
     }
@@ -466,5 +530,47 @@ async fn watch(fo: Weak<Failover>, transports: [Arc<dyn Transport>; 2]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dualbus_core::{EventKind, Topic};
+
+    fn envs(n: u64) -> Vec<Envelope> {
+        (0..n)
+            .map(|seq| {
+                Envelope::builder(
+                    EventKind::MarketData,
+                    Topic::new("market_data.trade.X").unwrap(),
+                    "hub",
+                    "hub-1",
+                )
+                .seq(seq)
+                .build()
+            })
+            .collect()
+    }
+
+    /// Messages pushed out by the count limit while younger than `window_ms` are counted;
+    /// those already older than `window_ms` (no longer promised) are not.
+    #[test]
+    fn the_window_counts_what_its_count_limit_pushes_out_early() {
+        let f = Failover::new(FailoverSettings {
+            enabled: true,
+            heartbeat: Duration::from_millis(10),
+            heartbeat_timeout: Duration::from_millis(100),
+            window: 10,
+            window_age: Duration::from_millis(200),
+        });
+        let key = StreamKey::from("dualbus:md:market_data");
+        assert!(f.record(BusId::MarketData, &key, envs(15)).is_none());
+        assert_eq!(f.counters(BusId::MarketData).window_overflow, 5);
+        assert_eq!(f.counters(BusId::Logic).window_overflow, 0);
+        std::thread::sleep(Duration::from_millis(300));
+        // The ten kept are past window_ms now: pushing them out loses no promise.
+        f.record(BusId::MarketData, &key, envs(10));
+        assert_eq!(f.counters(BusId::MarketData).window_overflow, 5);
     }
 }

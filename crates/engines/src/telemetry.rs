@@ -537,6 +537,12 @@ impl Collector for EngineCollector {
             )?;
             counters(
                 &mut enc,
+                "dualbus_handler_panics",
+                "Messages whose handler panicked (each also counts as failed)",
+                per_bus(|c| c.panicked),
+            )?;
+            counters(
+                &mut enc,
                 "dualbus_refused",
                 "Messages the broker refused to store (a Redis ACL, memory); their publish failed",
                 per_bus(|c| c.refused),
@@ -568,6 +574,14 @@ impl Collector for EngineCollector {
                 "dualbus_failover_resent",
                 "Messages re-sent on the other bus when this one went down",
                 fo.iter().map(|(b, c)| (vec![bus_label(*b)], c.resent)),
+            )?;
+            counters(
+                &mut enc,
+                "dualbus_failover_window_overflow",
+                "Messages pushed out of the failover re-send window by its count limit before \
+                 window_ms passed (not re-sent if the bus failed right after their publish)",
+                fo.iter()
+                    .map(|(b, c)| (vec![bus_label(*b)], c.window_overflow)),
             )?;
         }
         let mut ages: BTreeMap<&'static str, f64> = BTreeMap::new();

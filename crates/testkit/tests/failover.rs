@@ -130,3 +130,43 @@ async fn marketdata_broker_crash_loses_and_duplicates_nothing() {
         .await
         .expect("no hang");
 }
+
+/// A client built outside any tokio runtime (a synchronous program that made its transports on
+/// a runtime of its own) still fails over when a broker dies, and back when it returns: its
+/// heartbeat runs on a thread of its own.
+#[test]
+fn a_client_built_outside_a_runtime_fails_over_and_back() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut md_server = RedisServer::start().unwrap();
+    let logic_server = RedisServer::start().unwrap();
+    let md = rt.block_on(transport("md", &md_server.url()));
+    let logic = rt.block_on(transport("logic", &logic_server.url()));
+    // Not inside `block_on`: no runtime is current here.
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    let bus = DualBus::builder("features")
+        .transports(md, logic)
+        .build()
+        .unwrap();
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    md_server.kill();
+    wait("the MarketData bus failed over", &|| {
+        bus.failover_counters(BusId::MarketData).failovers >= 1
+    });
+    assert!(!bus.failover_counters(BusId::MarketData).up);
+    md_server.restart().unwrap();
+    wait("the MarketData bus failed back", &|| {
+        bus.failover_counters(BusId::MarketData).failbacks >= 1
+    });
+    assert!(bus.failover_counters(BusId::MarketData).up);
+    drop(bus);
+    drop(rt);
+}

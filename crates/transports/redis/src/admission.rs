@@ -344,18 +344,32 @@ pub(crate) async fn renew_leases(inner: std::sync::Weak<crate::Inner>) {
     }
 }
 
-/// Sets the lease keys to expire `lease` from now.
+/// Sets the lease keys to expire `lease` from now. An existing lease is extended with
+/// `PEXPIRE`, which a broker out of memory (`maxmemory`, `noeviction`) still accepts; only a
+/// missing one is created with `SET`.
 pub(crate) async fn renew(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &[String],
     lease: Duration,
 ) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
     let ms = lease.as_millis().max(1) as u64;
+    let mut pipe = redis::pipe();
     for k in keys {
-        pipe.cmd("SET").arg(k).arg(1).arg("PX").arg(ms).ignore();
+        pipe.cmd("PEXPIRE").arg(k).arg(ms);
     }
-    pipe.query_async(conn).await
+    let extended: Vec<bool> = pipe.query_async(conn).await?;
+    let mut create = redis::pipe();
+    let mut missing = false;
+    for (k, ok) in keys.iter().zip(extended) {
+        if !ok {
+            create.cmd("SET").arg(k).arg(1).arg("PX").arg(ms).ignore();
+            missing = true;
+        }
+    }
+    if missing {
+        create.query_async::<()>(conn).await?;
+    }
+    Ok(())
 }
 
 /// Drops the `k` oldest messages a group holds: pending ones first (acknowledged unhandled),

@@ -249,7 +249,10 @@ impl RedisSubscriber {
             .collect())
     }
 
-    /// Moves entries to the dead-letter stream with their reason and acknowledges them.
+    /// Moves entries to the dead-letter stream with their reason and acknowledges them, in one
+    /// transaction (`MULTI`/`EXEC`): when the broker refuses the copy (`OOM` under
+    /// `maxmemory`), nothing is acknowledged either, and the entries stay pending, to be tried
+    /// again after the idle timeout.
     async fn dead_letter(
         &mut self,
         i: usize,
@@ -261,6 +264,7 @@ impl RedisSubscriber {
         }
         let key = self.spec.streams[i].clone();
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for (e, reason, deliveries) in &entries {
             tracing::warn!(stream = %key, group = %self.spec.group, entry = %e.id, reason = %reason, "dead-lettered");
             let cmd = pipe
@@ -344,21 +348,45 @@ impl RedisSubscriber {
                 Err(why) => bad.push((e, format!("unparsable entry: {why}"), attempt)),
             }
         }
-        batch.dead_lettered += self.dead_letter(i, bad, reliable).await?;
-        if !gone.is_empty() {
-            // Trimmed (MAXLEN) while pending: nothing left to deliver.
+        // A failure from here on keeps the batch: the entries that failed stay pending and
+        // are dealt with again after the idle timeout; the good ones are delivered now.
+        let bad_n = bad.len();
+        match self.dead_letter(i, bad, reliable).await {
+            Ok(n) => batch.dead_lettered += n,
+            Err(e) => tracing::warn!(
+                bus = %self.inner.opts.bus,
+                group = %self.spec.group,
+                entries = bad_n,
+                error = %e,
+                "dead-lettering failed: the entries stay pending and are tried again after the \
+                 idle timeout"
+            ),
+        }
+        if !gone.is_empty() && reliable {
+            // Trimmed (MAXLEN) while pending: nothing left to deliver; counted once
+            // acknowledged (an entry whose acknowledgement failed comes back and is counted
+            // then).
+            let mut ack = redis::cmd("XACK");
+            ack.arg(&*self.spec.streams[i]).arg(&*self.spec.group);
+            for e in &gone {
+                ack.arg(&e.raw_id[..]);
+            }
+            match ack.query_async::<u64>(&mut self.conn).await {
+                Ok(n) => {
+                    self.inner.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(
+                    bus = %self.inner.opts.bus,
+                    group = %self.spec.group,
+                    error = %e,
+                    "acknowledging trimmed entries failed; they come back after the idle timeout"
+                ),
+            }
+        } else if !gone.is_empty() {
             self.inner
                 .stats
                 .dropped
                 .fetch_add(gone.len() as u64, Ordering::Relaxed);
-            if reliable {
-                let mut ack = redis::cmd("XACK");
-                ack.arg(&*self.spec.streams[i]).arg(&*self.spec.group);
-                for e in &gone {
-                    ack.arg(&e.raw_id[..]);
-                }
-                ack.query_async::<()>(&mut self.conn).await?;
-            }
         }
         Ok(())
     }
