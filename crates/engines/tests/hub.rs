@@ -5,9 +5,11 @@
 //! Every test is guarded by a timeout so a bug fails it instead of hanging the suite; no test
 //! asserts a maximum duration.
 
+mod support;
+
 use async_trait::async_trait;
-use dualbus_bus::{handler_fn, DualBus, SubscribeOptions, Subscription};
-use dualbus_core::{Envelope, EventKind, StartFrom};
+use dualbus_bus::DualBus;
+use dualbus_core::{Envelope, EventKind};
 use dualbus_engines::engine::{EngineHost, HostOptions, RunningEngine};
 use dualbus_engines::hub::{HubClient, HubError, HubHandle, HubOptions, MarketDataHub};
 use dualbus_engines::provider::replay::{FileFormat, ReplayOptions, ReplayProvider};
@@ -29,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::Checker;
 use tokio::sync::{mpsc, watch};
 
 /// Guards a whole test against a hang (a bug, not a speed limit).
@@ -314,52 +317,6 @@ fn market_event(env: &Envelope) -> MarketEvent {
 // ---------------------------------------------------------------------------------------------
 // Bus plumbing.
 
-/// Every envelope a subscription received, in arrival order.
-#[derive(Clone, Default)]
-struct Inbox(Arc<Mutex<Vec<Envelope>>>);
-
-impl Inbox {
-    fn len(&self) -> usize {
-        self.0.lock().len()
-    }
-
-    fn all(&self) -> Vec<Envelope> {
-        self.0.lock().clone()
-    }
-
-    fn decoded<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
-        self.0
-            .lock()
-            .iter()
-            .map(|e| e.enc.decode(&e.payload).expect("payload decodes"))
-            .collect()
-    }
-}
-
-/// Subscribes a new group `group` (on a client of its own) to `patterns`, from the oldest
-/// message on.
-async fn listen(bus: &DualBus, group: &str, patterns: &[&str]) -> (Subscription, Inbox) {
-    let client = bus
-        .sibling(group, &format!("{group}-1"))
-        .expect("listener client");
-    let inbox = Inbox::default();
-    let sink = inbox.clone();
-    let opts = SubscribeOptions::new(group, patterns)
-        .expect("patterns")
-        .start(StartFrom::Oldest);
-    let sub = client
-        .subscribe(
-            opts,
-            handler_fn(move |env| {
-                sink.0.lock().push(env.clone());
-                Ok(())
-            }),
-        )
-        .await
-        .expect("subscribe");
-    (sub, inbox)
-}
-
 /// A hub running in the engine host.
 struct RunningHub {
     engine: RunningEngine<MarketDataHub>,
@@ -411,10 +368,10 @@ impl RunningHub {
     }
 
     /// Waits until `n` market data messages are published and `inbox` has them all.
-    async fn delivered(&self, inbox: &Inbox, n: u64) {
+    async fn delivered(&self, inbox: &Checker, n: u64) {
         let h = self.handle.clone();
         wait_until("every market data message delivered", WAIT, || {
-            h.stats().published == n && inbox.len() as u64 == n
+            h.stats().published == n && inbox.count(EventKind::MarketData) as u64 == n
         })
         .await;
     }
@@ -482,23 +439,24 @@ async fn replayed_sample_is_published_in_file_order_and_served_from_the_caches()
             .instance("marketdata-1")
             .build()
             .expect("embedded bus");
-        let (_trades_sub, trades_in) = listen(&bus, "trades", &["market_data.trade.>"]).await;
-        let (_bars_sub, bars_in) = listen(&bus, "bars", &["market_data.bar.>"]).await;
+        let trades_in = Checker::named(&bus, "trades", &["market_data.trade.>"]).await;
+        let bars_in = Checker::named(&bus, "bars", &["market_data.bar.>"]).await;
         let hub =
             RunningHub::start(bus, provider, HubOptions::default(), HostOptions::default()).await;
         hub.feed_done().await;
         let published = hub.handle.stats().published;
         let h = hub.handle.clone();
         wait_until("trades and bars delivered", WAIT, || {
-            (trades_in.len() + bars_in.len()) as u64 == h.stats().published
+            (trades_in.count(EventKind::MarketData) + bars_in.count(EventKind::MarketData)) as u64
+                == h.stats().published
         })
         .await;
 
-        let trades: Vec<Trade> = trades_in.decoded();
+        let trades: Vec<Trade> = trades_in.of(EventKind::MarketData);
         assert_eq!(trades.len(), rows.len(), "one trade per valid row");
         assert_eq!(trades, rows, "every trade as in the file, in file order");
         assert!(trades_in
-            .all()
+            .envelopes()
             .iter()
             .all(|e| e.topic.to_string() == "market_data.trade.BTCUSDT"));
         assert_eq!(
@@ -524,7 +482,7 @@ async fn replayed_sample_is_published_in_file_order_and_served_from_the_caches()
             }
         );
         // 00:00:00.278 to 00:00:46.355 in 10 s bars: five, the last one flushed at the end.
-        let bars: Vec<Bar> = bars_in.decoded();
+        let bars: Vec<Bar> = bars_in.of(EventKind::MarketData);
         let counts: Vec<u64> = bars.iter().map(|b| b.trades).collect();
         assert_eq!(counts, [350, 328, 531, 543, 249]);
         assert_eq!(bars.iter().map(|b| b.trades).sum::<u64>(), 2001);
@@ -583,7 +541,7 @@ async fn only_valid_market_data_is_published_and_rejections_are_counted_by_reaso
             .instance("marketdata-1")
             .build()
             .expect("embedded bus");
-        let (_sub, inbox) = listen(&bus, "watcher", &["market_data.>"]).await;
+        let inbox = Checker::named(&bus, "watcher", &["market_data.>"]).await;
         let hub = RunningHub::start(
             bus,
             ScriptedProvider::fixed(&["BTCUSDT", "ETHUSDT"], events),
@@ -594,7 +552,7 @@ async fn only_valid_market_data_is_published_and_rejections_are_counted_by_reaso
         hub.feed_done().await;
         hub.delivered(&inbox, good.len() as u64).await;
 
-        let received: Vec<MarketEvent> = inbox.all().iter().map(market_event).collect();
+        let received: Vec<MarketEvent> = inbox.envelopes().iter().map(market_event).collect();
         assert_eq!(received, good, "exactly the valid data, in order");
         let stats = hub.handle.stats();
         assert_eq!(stats.rejected, expected_rejections(&script));
@@ -884,7 +842,7 @@ async fn order_requests_on_the_bus_are_filled_or_rejected_by_the_paper_venue() {
             ..HubOptions::default()
         };
         let hub = RunningHub::embedded(provider, opts).await;
-        let (_sub, fills) = listen(&hub.bus, "portfolio", &["trade_execution.>"]).await;
+        let fills = Checker::named(&hub.bus, "portfolio", &["trade_execution.>"]).await;
         let risk = hub.bus.sibling("risk", "risk-1").expect("risk client");
         let send = |o: OrderRequest| {
             let risk = risk.clone();
@@ -919,16 +877,20 @@ async fn order_requests_on_the_bus_are_filled_or_rejected_by_the_paper_venue() {
         send(order("sell", "BTCUSDT", Side::Sell, 1.0, None)).await;
         send(order("rest", "BTCUSDT", Side::Buy, 1.5, Some(100.5))).await;
         wait_until("five executions and one resting order", WAIT, || {
-            fills.len() == 5 && h.stats().venue.resting == 1
+            fills.count(EventKind::TradeExecution) == 5 && h.stats().venue.resting == 1
         })
         .await;
-        let xs: Vec<Execution> = fills.decoded();
+        let xs: Vec<Execution> = fills.of(EventKind::TradeExecution);
         let ids: Vec<&str> = xs.iter().map(|x| x.order_id.as_str()).collect();
         assert_eq!(ids, ["buy", "doge", "zero", "eth", "sell"], "in order sent");
-        let topics: Vec<String> = fills.all().iter().map(|e| e.topic.to_string()).collect();
+        let topics: Vec<String> = fills
+            .envelopes()
+            .iter()
+            .map(|e| e.topic.to_string())
+            .collect();
         assert_eq!(topics[1], "trade_execution.DOGEUSDT");
         assert!(fills
-            .all()
+            .envelopes()
             .iter()
             .all(|e| e.kind == EventKind::TradeExecution));
 
@@ -963,13 +925,16 @@ async fn order_requests_on_the_bus_are_filled_or_rejected_by_the_paper_venue() {
             .await
             .expect("feed");
         quoted(q2).await;
-        assert_eq!(fills.len(), 5);
+        assert_eq!(fills.count(EventKind::TradeExecution), 5);
         assert_eq!(hub.handle.stats().venue.resting, 1);
         // ... one that does fills it at its limit, at the quote's time.
         let q3 = quote_of("BTCUSDT", T0 + 3 * S, 100.1, 100.4);
         feed.send(vec![MarketEvent::Quote(q3)]).await.expect("feed");
-        wait_until("the resting order filled", WAIT, || fills.len() == 6).await;
-        let rest = &fills.decoded::<Execution>()[5];
+        wait_until("the resting order filled", WAIT, || {
+            fills.count(EventKind::TradeExecution) == 6
+        })
+        .await;
+        let rest = &fills.of::<Execution>(EventKind::TradeExecution)[5];
         assert_eq!(rest.order_id, "rest");
         assert_eq!(rest.status, ExecStatus::Filled, "{rest:?}");
         assert_eq!((rest.price, rest.qty, rest.ts), (100.5, 1.5, T0 + 3 * S));
@@ -1002,8 +967,8 @@ async fn the_same_hub_runs_unchanged_on_two_redis_servers() {
             bus.transport(dualbus_bus::BusId::MarketData).name(),
             "redis"
         );
-        let (_sub, inbox) = listen(&bus, "watcher", &["market_data.>"]).await;
-        let (_fills_sub, fills) = listen(&bus, "portfolio", &["trade_execution.>"]).await;
+        let inbox = Checker::named(&bus, "watcher", &["market_data.>"]).await;
+        let fills = Checker::named(&bus, "portfolio", &["trade_execution.>"]).await;
         let hub = RunningHub::start(
             bus,
             ScriptedProvider::fixed(&["BTCUSDT", "ETHUSDT"], events),
@@ -1013,7 +978,7 @@ async fn the_same_hub_runs_unchanged_on_two_redis_servers() {
         .await;
         hub.feed_done().await;
         hub.delivered(&inbox, good.len() as u64).await;
-        let received: Vec<MarketEvent> = inbox.all().iter().map(market_event).collect();
+        let received: Vec<MarketEvent> = inbox.envelopes().iter().map(market_event).collect();
         assert_eq!(received, good);
         assert_eq!(hub.handle.stats().rejected, expected_rejections(&script));
 
@@ -1035,8 +1000,11 @@ async fn the_same_hub_runs_unchanged_on_two_redis_servers() {
         )
         .await
         .expect("order published");
-        wait_until("the execution", WAIT, || fills.len() == 1).await;
-        let x = &fills.decoded::<Execution>()[0];
+        wait_until("the execution", WAIT, || {
+            fills.count(EventKind::TradeExecution) == 1
+        })
+        .await;
+        let x = &fills.of::<Execution>(EventKind::TradeExecution)[0];
         assert_eq!(x.status, ExecStatus::Filled, "{x:?}");
         assert!((x.price - 100.1 * 1.0001).abs() < 1e-9, "{x:?}");
         let counts = hub.engine.stop().await;
@@ -1056,7 +1024,7 @@ async fn the_host_publishes_heartbeats_and_counts_requests_until_it_stops() {
             .instance("marketdata-1")
             .build()
             .expect("embedded bus");
-        let (_sub, beats) = listen(&bus, "monitor", &["engine_health.>"]).await;
+        let beats = Checker::named(&bus, "monitor", &["engine_health.>"]).await;
         let events = vec![
             trade("BTCUSDT", T0 + S, 100.0, 0.5, Side::Buy),
             quote("BTCUSDT", T0 + S, 99.9, 100.1),
@@ -1079,7 +1047,10 @@ async fn the_host_publishes_heartbeats_and_counts_requests_until_it_stops() {
             .expect("history");
         let sent = 4u64;
         // Periodic: more than one `running` heartbeat before the stop.
-        wait_until("two heartbeats", WAIT, || beats.len() >= 2).await;
+        wait_until("two heartbeats", WAIT, || {
+            beats.count(EventKind::EngineHealth) >= 2
+        })
+        .await;
 
         let counts = hub.engine.stop().await;
         assert_eq!(
@@ -1095,15 +1066,15 @@ async fn the_host_publishes_heartbeats_and_counts_requests_until_it_stops() {
         assert_eq!(counts.published.get("market_data"), Some(&2));
         let published_beats = *counts.published.get("engine_health").expect("heartbeats");
         wait_until("every heartbeat delivered", WAIT, || {
-            beats.len() as u64 == published_beats
+            beats.count(EventKind::EngineHealth) as u64 == published_beats
         })
         .await;
 
-        let all = beats.all();
+        let all = beats.envelopes();
         assert!(all
             .iter()
             .all(|e| e.topic.to_string() == "engine_health.marketdata"));
-        let health: Vec<EngineHealth> = beats.decoded();
+        let health: Vec<EngineHealth> = beats.of(EventKind::EngineHealth);
         assert!(health.len() >= 3, "{} heartbeats", health.len());
         assert!(health
             .iter()
@@ -1157,7 +1128,7 @@ async fn a_history_ttl_too_large_for_a_duration_means_never_expire() {
 
 /// A hub that has fed one BTCUSDT quote (100 / 101), on a bus that redelivers after 50 ms and
 /// dead-letters at the second delivery, and a `portfolio` listener of its executions.
-async fn hub_for_orders() -> (RunningHub, Subscription, Inbox) {
+async fn hub_for_orders() -> (RunningHub, Checker) {
     let mut cfg = dualbus_bus::Config::default();
     cfg.delivery.idle_timeout_ms = 50;
     cfg.delivery.max_deliveries = 2;
@@ -1168,10 +1139,10 @@ async fn hub_for_orders() -> (RunningHub, Subscription, Inbox) {
         .expect("embedded bus");
     let q = quote_of("BTCUSDT", T0 + S, 100.0, 101.0);
     let provider = ScriptedProvider::fixed(&["BTCUSDT"], vec![MarketEvent::Quote(q)]);
-    let (sub, fills) = listen(&bus, "portfolio", &["trade_execution.>"]).await;
+    let fills = Checker::named(&bus, "portfolio", &["trade_execution.>"]).await;
     let hub = RunningHub::start(bus, provider, HubOptions::default(), HostOptions::default()).await;
     hub.feed_done().await;
-    (hub, sub, fills)
+    (hub, fills)
 }
 
 /// The Engine Logic bus's dead letters, once there is one.
@@ -1193,7 +1164,7 @@ async fn logic_dead_letters(bus: &DualBus) -> Vec<dualbus_core::DeadLetter> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_order_request_is_dead_lettered_and_later_orders_fill() {
     guarded(async {
-        let (hub, _sub, fills) = hub_for_orders().await;
+        let (hub, fills) = hub_for_orders().await;
         let risk = hub.bus.sibling("risk", "risk-1").expect("risk client");
         risk.publish(
             EventKind::OrderRequest,
@@ -1209,8 +1180,14 @@ async fn an_unreadable_order_request_is_dead_lettered_and_later_orders_fill() {
         )
         .await
         .expect("published");
-        wait_until("the good order filled", WAIT, || fills.len() == 1).await;
-        assert_eq!(fills.decoded::<Execution>()[0].order_id, "good");
+        wait_until("the good order filled", WAIT, || {
+            fills.count(EventKind::TradeExecution) == 1
+        })
+        .await;
+        assert_eq!(
+            fills.of::<Execution>(EventKind::TradeExecution)[0].order_id,
+            "good"
+        );
         let dead = logic_dead_letters(&hub.bus).await;
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert!(
@@ -1221,7 +1198,7 @@ async fn an_unreadable_order_request_is_dead_lettered_and_later_orders_fill() {
         assert_eq!(dead[0].group, "marketdata");
         let counts = hub.engine.stop().await;
         assert_eq!(counts.received.get("order_request"), Some(&3), "{counts:?}");
-        assert_eq!(fills.len(), 1);
+        assert_eq!(fills.count(EventKind::TradeExecution), 1);
     })
     .await;
 }
@@ -1232,7 +1209,7 @@ async fn an_unreadable_order_request_is_dead_lettered_and_later_orders_fill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_request_from_another_engine_than_risk_is_refused_and_dead_lettered() {
     guarded(async {
-        let (hub, _sub, fills) = hub_for_orders().await;
+        let (hub, fills) = hub_for_orders().await;
         let strategy = hub.bus.sibling("strategy", "strategy-1").expect("client");
         strategy
             .publish(
@@ -1250,7 +1227,10 @@ async fn an_order_request_from_another_engine_than_risk_is_refused_and_dead_lett
         )
         .await
         .expect("published");
-        wait_until("the good order filled", WAIT, || fills.len() == 1).await;
+        wait_until("the good order filled", WAIT, || {
+            fills.count(EventKind::TradeExecution) == 1
+        })
+        .await;
         let dead = logic_dead_letters(&hub.bus).await;
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert!(
@@ -1266,7 +1246,7 @@ async fn an_order_request_from_another_engine_than_risk_is_refused_and_dead_lett
         let counts = hub.engine.stop().await;
         // Delivered twice (max_deliveries), counted once.
         assert_eq!(counts.received.get("order_request"), Some(&3), "{counts:?}");
-        let execs = fills.decoded::<Execution>();
+        let execs = fills.of::<Execution>(EventKind::TradeExecution);
         assert_eq!(execs.len(), 1);
         assert_eq!(execs[0].order_id, "good");
     })

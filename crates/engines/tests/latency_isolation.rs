@@ -10,13 +10,16 @@
 //! The test runtime has one thread: before engines had threads of their own, a blocking handler
 //! there held every engine, and these tests failed.
 
+mod support;
+
 use async_trait::async_trait;
-use dualbus_bus::{handler_fn, DualBus, HandlerError, SubscribeOptions};
-use dualbus_core::{Envelope, EventKind, Priority, StartFrom};
-use dualbus_engines::engine::{Engine, EngineContext, EngineHost, HostOptions, Interest};
+use dualbus_bus::{DualBus, HandlerError};
+use dualbus_core::{Envelope, EventKind, Priority};
+use dualbus_engines::engine::{Engine, EngineContext, HostOptions, Interest};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
+use support::{from_oldest, start_engine, until, Checker};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -87,9 +90,8 @@ impl Engine for AlertWatcher {
 
 fn opts() -> HostOptions {
     HostOptions {
-        start: Some(StartFrom::Oldest),
         health_every: Duration::from_millis(100),
-        ..Default::default()
+        ..from_oldest()
     }
 }
 
@@ -109,11 +111,7 @@ async fn publish_quotes(bus: &DualBus, n: usize) {
 }
 
 async fn wait_for(log: &Log, what: &str, n: usize) {
-    let waited = async {
-        while log.lock().iter().filter(|l| l.contains(what)).count() < n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
+    let waited = until(|| log.lock().iter().filter(|l| l.contains(what)).count() >= n);
     tokio::time::timeout(Duration::from_secs(60), waited)
         .await
         .unwrap_or_else(|_| panic!("{what} x{n} never came: {:?}", log.lock()));
@@ -130,25 +128,19 @@ fn position(log: &Log, what: &str) -> usize {
 async fn a_busy_engine_does_not_hold_another_engines_priority_message() {
     let root = DualBus::builder("test").build().unwrap();
     let log: Log = Default::default();
-    let heavy = EngineHost::start(
+    let heavy = start_engine(
         Heavy {
             name: "heavy",
             busy: Duration::from_millis(40),
             log: log.clone(),
             alerts: false,
         },
-        root.sibling("heavy", "heavy-1").unwrap(),
+        &root,
+        "heavy",
         opts(),
     )
-    .await
-    .unwrap();
-    let watcher = EngineHost::start(
-        AlertWatcher { log: log.clone() },
-        root.sibling("watcher", "watcher-1").unwrap(),
-        opts(),
-    )
-    .await
-    .unwrap();
+    .await;
+    let watcher = start_engine(AlertWatcher { log: log.clone() }, &root, "watcher", opts()).await;
     let hub = root.sibling("marketdata", "marketdata-1").unwrap();
     let risk = root.sibling("risk", "risk-1").unwrap();
     // 30 messages of 40 ms each: the heavy engine holds its thread for over a second.
@@ -178,18 +170,18 @@ async fn a_busy_engine_does_not_hold_another_engines_priority_message() {
 async fn a_critical_message_waits_for_one_market_data_message_not_the_batch() {
     let root = DualBus::builder("test").build().unwrap();
     let log: Log = Default::default();
-    let engine = EngineHost::start(
+    let engine = start_engine(
         Heavy {
             name: "strategy",
             busy: Duration::from_millis(20),
             log: log.clone(),
             alerts: true,
         },
-        root.sibling("strategy", "strategy-1").unwrap(),
+        &root,
+        "strategy",
         opts(),
     )
-    .await
-    .unwrap();
+    .await;
     let hub = root.sibling("marketdata", "marketdata-1").unwrap();
     let risk = root.sibling("risk", "risk-1").unwrap();
     // One batch of 50 quotes (one read of the reader), then an alert while it is handled.
@@ -218,32 +210,20 @@ async fn a_critical_message_waits_for_one_market_data_message_not_the_batch() {
 async fn heartbeats_carry_handler_time_queue_wait_and_delivery_latency() {
     let root = DualBus::builder("test").build().unwrap();
     let log: Log = Default::default();
-    let beats: Arc<Mutex<Vec<serde_json::Value>>> = Default::default();
-    let b = beats.clone();
-    let _sub = root
-        .subscribe(
-            SubscribeOptions::new("checker", &["engine_health.>"])
-                .unwrap()
-                .start(StartFrom::Oldest),
-            handler_fn(move |m| {
-                b.lock().push(m.enc.decode(&m.payload).unwrap());
-                Ok(())
-            }),
-        )
-        .await
-        .unwrap();
-    let engine = EngineHost::start(
+    let checker = Checker::start(&root, &["engine_health.>"]).await;
+    let beats = || checker.of::<serde_json::Value>(EventKind::EngineHealth);
+    let engine = start_engine(
         Heavy {
             name: "features",
             busy: Duration::from_millis(2),
             log: log.clone(),
             alerts: true,
         },
-        root.sibling("features", "features-1").unwrap(),
+        &root,
+        "features",
         opts(),
     )
-    .await
-    .unwrap();
+    .await;
     let hub = root.sibling("marketdata", "marketdata-1").unwrap();
     publish_quotes(&hub, 5).await;
     root.sibling("risk", "risk-1")
@@ -253,16 +233,12 @@ async fn heartbeats_carry_handler_time_queue_wait_and_delivery_latency() {
         .unwrap();
     wait_for(&log, "features", 6).await;
     engine.stop().await;
-    let stopped = async {
-        while !beats.lock().iter().any(|h| h["status"] == "stopped") {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
+    let stopped = until(|| beats().iter().any(|h| h["status"] == "stopped"));
     tokio::time::timeout(Duration::from_secs(30), stopped)
         .await
         .expect("the last heartbeat came");
     // The heartbeats' windows add up to every message, by lane.
-    let beats = beats.lock();
+    let beats = beats();
     let sum = |f: &dyn Fn(&serde_json::Value) -> u64| beats.iter().map(f).sum::<u64>();
     assert_eq!(
         sum(&|h| h["latency"]["handled"].as_u64().unwrap_or(0)),

@@ -2,10 +2,12 @@
 //! reference parser (PyPI `prometheus-client`, through `tests/tools/prometheus_parse.py`) and
 //! counts exactly what the engines published and handled; readiness follows the buses.
 
+mod support;
+
 use async_trait::async_trait;
 use dualbus_bus::{DualBus, HandlerError};
 use dualbus_core::{Envelope, EventKind, Priority};
-use dualbus_engines::engine::{Engine, EngineContext, EngineHost, HostOptions, Interest};
+use dualbus_engines::engine::{Engine, EngineContext, HostOptions, Interest};
 use dualbus_engines::metrics::BusMetrics;
 use dualbus_engines::telemetry::MetricsServer;
 use dualbus_memory::MemoryTransport;
@@ -13,6 +15,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::{start_engine, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -164,15 +167,9 @@ async fn metrics_count_what_was_published_and_handled_and_readiness_follows_the_
             .await
             .unwrap();
         let addr = server.addr();
-        let sink = EngineHost::start(Sink, root.sibling("sink", "sink-1").unwrap(), opts())
-            .await
-            .unwrap();
-        let source = EngineHost::start(Source, root.sibling("source", "source-1").unwrap(), opts())
-            .await
-            .unwrap();
-        while sink.counts().received.values().sum::<u64>() < QUOTES + ALERTS {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let sink = start_engine(Sink, &root, "sink", opts()).await;
+        let source = start_engine(Source, &root, "source", opts()).await;
+        until(|| sink.counts().received.values().sum::<u64>() >= QUOTES + ALERTS).await;
 
         assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_string()));
         // Ready once both engines have sent a heartbeat.

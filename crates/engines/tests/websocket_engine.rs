@@ -1,15 +1,18 @@
 //! The WebSocket engine over the wire: a tokio-tungstenite client on `/ws`, raw HTTP requests
 //! for `/`, `/health` and `/api/state`, on an embedded bus.
 
+mod support;
+
 use dualbus_bus::DualBus;
 use dualbus_core::{EventKind, Priority};
-use dualbus_engines::engine::{EngineError, EngineHost, HostOptions, RunningEngine};
+use dualbus_engines::engine::{EngineError, HostOptions, RunningEngine};
 use dualbus_engines::websocket::WebSocketEngine;
 use dualbus_model::market::Quote;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
+use support::{received, start_engine, try_start_engine, until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -22,9 +25,10 @@ async fn start(
     root: &DualBus,
     config: Value,
 ) -> Result<RunningEngine<WebSocketEngine>, EngineError> {
-    EngineHost::start(
+    try_start_engine(
         WebSocketEngine::default(),
-        root.sibling("websocket", "websocket-1").unwrap(),
+        root,
+        "websocket",
         HostOptions {
             config,
             ..Default::default()
@@ -70,18 +74,6 @@ async fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
     .await
 }
 
-async fn received(ws: &RunningEngine<WebSocketEngine>, kind: &str) -> u64 {
-    ws.counts().received.get(kind).copied().unwrap_or(0)
-}
-
-/// Waits until the engine has handled `n` messages of `kind` (the test's publishes go to
-/// different streams, so their relative order is not otherwise known).
-async fn wait_received(ws: &RunningEngine<WebSocketEngine>, kind: &str, n: u64) {
-    while received(ws, kind).await < n {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_get_the_kinds_they_ask_for_prices_health_and_the_page() {
     let run = async {
@@ -112,7 +104,9 @@ async fn browsers_get_the_kinds_they_ask_for_prices_health_and_the_page() {
             )
             .unwrap();
         publisher.publish_envelope(pu).await.unwrap();
-        wait_received(&engine, "portfolio_update", 1).await;
+        // The test's publishes go to different streams, so their relative order is not
+        // otherwise known: wait until the engine has handled the portfolio_update.
+        until(|| received(&engine.counts(), "portfolio_update") >= 1).await;
         let alert = publisher
             .envelope(
                 EventKind::RiskAlert,
@@ -442,9 +436,10 @@ async fn allowed_origins_and_bad_tokens() {
 async fn a_request_body_is_refused_and_refusals_are_in_the_metrics() {
     let run = async {
         let root = DualBus::builder("test").build().unwrap();
-        let engine = EngineHost::start(
+        let engine = start_engine(
             WebSocketEngine::default(),
-            root.sibling("websocket", "websocket-1").unwrap(),
+            &root,
+            "websocket",
             HostOptions {
                 config: json!({"bind": "127.0.0.1:0", "token": "0123456789abcdef0123"}),
                 metrics: Some(std::sync::Arc::new(
@@ -453,8 +448,7 @@ async fn a_request_body_is_refused_and_refusals_are_in_the_metrics() {
                 ..Default::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
         let addr = engine.with(|e| e.local_addr()).await.unwrap();
         let auth = "Authorization: Bearer 0123456789abcdef0123\r\n";
         for request in [

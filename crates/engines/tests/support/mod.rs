@@ -8,7 +8,7 @@
 
 use dualbus_bus::{handler_fn, DualBus, SubscribeOptions, Subscription};
 use dualbus_core::{Envelope, EventKind, StartFrom};
-use dualbus_engines::engine::{Engine, EngineHost, HostOptions, RunningEngine};
+use dualbus_engines::engine::{Engine, EngineError, EngineHost, HostOptions, RunningEngine};
 use dualbus_model::health::EngineCounts;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -84,13 +84,14 @@ impl Checker {
     }
 }
 
-/// Starts `engine` on a client `name` (instance `{name}-1`) of `root`'s buses.
-pub async fn start_engine<E: Engine>(
+/// Starts `engine` on a client `name` (instance `{name}-1`) of `root`'s buses; the engine's
+/// error if it does not start (for the tests of bad configurations).
+pub async fn try_start_engine<E: Engine>(
     engine: E,
     root: &DualBus,
     name: &str,
     opts: HostOptions,
-) -> RunningEngine<E> {
+) -> Result<RunningEngine<E>, EngineError> {
     EngineHost::start(
         engine,
         root.sibling(name, &format!("{name}-1"))
@@ -98,7 +99,18 @@ pub async fn start_engine<E: Engine>(
         opts,
     )
     .await
-    .unwrap_or_else(|e| panic!("{name} starts: {e}"))
+}
+
+/// Starts `engine` on a client `name` (instance `{name}-1`) of `root`'s buses.
+pub async fn start_engine<E: Engine>(
+    engine: E,
+    root: &DualBus,
+    name: &str,
+    opts: HostOptions,
+) -> RunningEngine<E> {
+    try_start_engine(engine, root, name, opts)
+        .await
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"))
 }
 
 /// Host options that read from the oldest message.
