@@ -9,12 +9,14 @@
 //!   * read the streams of the kinds it subscribes to and both priority lanes, and manage its
 //!     groups there (`XREADGROUP`, `XACK`, `XAUTOCLAIM`, `XCLAIM`, `XPENDING`,
 //!     `XGROUP CREATE|CREATECONSUMER|SETID`, `XRANGE`, `XREVRANGE`), recording its queue
-//!     bound in their `{stream}#groups` hashes (`HSET`);
+//!     bound in their `{stream}#groups` hashes (`HSET`) and renewing its groups' leases
+//!     (`SET`, `PEXPIRE` on `{stream}#alive:{group}`); dead letters go in a transaction
+//!     (`MULTI`, `EXEC`);
 //!   * append (`XADD`) to the streams of the kinds it publishes, its heartbeats
 //!     (`engine_health`), the priority lanes when it publishes a critical kind, and the
 //!     dead-letter streams; on the streams it appends to it may also enforce the groups'
 //!     queue bounds as a publisher does (`XPENDING`, `XRANGE`, `XACK`, `XGROUP SETID`,
-//!     `HGETALL` of the bounds);
+//!     `HGETALL` of the bounds, `EXISTS` of the groups' leases);
 //!   * read its own reply streams (`{prefix}:{bus}:reply:{engine}` and `...:{engine}-*`), and
 //!     write to every reply stream as a publisher does when it takes requests (it subscribes
 //!     to a custom kind named `*_request`: `hub_request`, `backtest_request`);
@@ -52,6 +54,11 @@ pub const SECRETS: &str = "secrets";
 /// Commands every user needs to connect and stay connected (and, on a Redis Cluster, to learn
 /// which node serves which slot).
 const CONNECTION: &str = "+ping +hello +auth +select +client|setname +cluster|slots";
+/// Transactions (a dead letter's copy and acknowledgement go in one `MULTI`/`EXEC`); the
+/// commands inside are checked against the user's key rules as usual.
+const TRANSACTIONS: &str = "+multi +exec +discard";
+/// What a reader does on its groups' leases (`{stream}#alive:{group}`: renewed while it lives).
+const LEASE: &str = "+set +pexpire";
 /// What a reader does on the streams it reads.
 const READ: &str = "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create \
                     +xgroup|createconsumer +xgroup|setid +xrange +xrevrange";
@@ -72,8 +79,9 @@ pub fn rules(cfg: &Config) -> Vec<(String, String)> {
     out.push((
         SYSTEM.to_string(),
         format!(
-            "on resetkeys resetchannels -@all {CONNECTION} {all} {READ} {WRITE} \
-             +xinfo|stream +xinfo|consumers +xlen +xgroup|destroy +hset +hget +hgetall"
+            "on resetkeys resetchannels -@all {CONNECTION} {TRANSACTIONS} {all} {READ} {WRITE} \
+             {LEASE} +exists +xinfo|stream +xinfo|consumers +xlen +xgroup|destroy +hset +hget \
+             +hgetall"
         ),
     ));
     out.push((
@@ -162,31 +170,37 @@ fn engine_rules(d: &Declaration, router: &Router) -> String {
         // A replier enforces the reply streams' queue bounds like any publisher.
         write.insert(format!("{prefix}:*:reply:*"));
     }
-    let keys = |set: &mut dyn Iterator<Item = &String>, bounds: bool| -> String {
+    // A stream's own key, or a key beside it in its hash slot: `{stream}#groups` (the bounds)
+    // and `{stream}#alive:{group}` (the leases) for a key without a hash tag,
+    // `stream#groups` for one with (the partitions' `{pN}`).
+    let keys = |set: &mut dyn Iterator<Item = &String>, beside: Option<&str>| -> String {
         let mut s = String::new();
         for k in set {
-            // A stream's bounds hash is in its hash slot: `{stream}#groups` for a key without a
-            // hash tag, `stream#groups` for one with (the partitions' `{pN}`).
-            let _ = match (bounds, k.contains('{')) {
-                (false, _) => write!(s, "~{k} "),
-                (true, true) => write!(s, "~{k}#groups "),
-                (true, false) => write!(s, "~{{{k}}}#groups "),
+            let _ = match (beside, k.contains('{')) {
+                (None, _) => write!(s, "~{k} "),
+                (Some(suffix), true) => write!(s, "~{k}{suffix} "),
+                (Some(suffix), false) => write!(s, "~{{{k}}}{suffix} "),
             };
         }
         s
     };
-    let read_keys = keys(&mut read.iter().chain(own_replies.iter()), false);
-    let read_bounds = keys(&mut read.iter().chain(own_replies.iter()), true);
-    let write_keys = keys(&mut write.iter(), false);
-    let write_bounds = keys(&mut write.iter(), true);
-    let append_keys = keys(&mut append_only.iter(), false);
+    let reads = || read.iter().chain(own_replies.iter());
+    let read_keys = keys(&mut reads(), None);
+    let read_bounds = keys(&mut reads(), Some("#groups"));
+    let read_leases = keys(&mut reads(), Some("#alive:*"));
+    let write_keys = keys(&mut write.iter(), None);
+    let write_bounds = keys(&mut write.iter(), Some("#groups"));
+    let write_leases = keys(&mut write.iter(), Some("#alive:*"));
+    let append_keys = keys(&mut append_only.iter(), None);
     format!(
-        "on resetkeys resetchannels -@all {CONNECTION} \
+        "on resetkeys resetchannels -@all {CONNECTION} {TRANSACTIONS} \
          (~{prefix}:* +xinfo|groups +xlen) \
          ({read_keys}{READ}) \
          ({read_bounds}+hset +hget +hgetall) \
+         ({read_leases}{LEASE}) \
          ({write_keys}{WRITE}) \
          ({write_bounds}+hgetall) \
+         ({write_leases}+exists) \
          ({append_keys}+xadd)"
     )
 }
