@@ -313,3 +313,74 @@ fn a_wrong_password_or_none_is_an_error_saying_where_credentials_come_from() {
         "{none}"
     );
 }
+
+/// An engine's user may count what a trim took from its group before it read it (the check is
+/// a script: `EVALSHA`, and inside it `XINFO STREAM`, `XRANGE`, `XGROUP SETID` and `HINCRBY`
+/// of `{stream}#trimmed`). Without those rules the check is refused and nothing is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_user_counts_what_a_trim_took_from_its_group() {
+    let servers = Servers::start("trim");
+    let stream = "dualbus:logic:strategy_signal";
+    let mut admin_logic = redis::Client::open(servers.url_as(&servers.logic.url(), "admin"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // Risk subscribes as its own user (making its group), then goes away; 3000 signals go by
+    // a stream kept to about 1000.
+    let risk = DualBus::connect("risk", servers.config_as("risk"))
+        .await
+        .expect("risk connects as its user");
+    let subscribe = |got: std::sync::Arc<std::sync::atomic::AtomicU64>| {
+        risk.subscribe(
+            dualbus_bus::SubscribeOptions::new("risk", &["strategy_signal.>"]).unwrap(),
+            dualbus_bus::handler_fn(move |_| {
+                got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }),
+        )
+    };
+    subscribe(Default::default()).await.unwrap().stop().await;
+    let mut cfg = servers.config_as("admin");
+    cfg.logic.maxlen = 1000;
+    cfg.delivery.queue_bound = 1000;
+    let publisher = DualBus::connect("strategy", cfg).await.unwrap();
+    for n in 0..3000u64 {
+        let env = publisher
+            .envelope(
+                EventKind::StrategySignal,
+                "strategy_signal.BTCUSDT",
+                Priority::Normal,
+                &serde_json::json!({ "n": n }),
+            )
+            .unwrap();
+        if n == 2999 {
+            publisher.publish_confirmed(env).await.unwrap();
+        } else {
+            publisher.publish_envelope(env).await.unwrap();
+        }
+    }
+    let left: u64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query(&mut admin_logic)
+        .unwrap();
+    assert!(left < 3000, "trimmed: {left} left");
+    // Risk comes back: the check runs before its first read, so by the time it has been given
+    // what is left, the rest is counted.
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let _sub = subscribe(got.clone()).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while got.load(std::sync::atomic::Ordering::Relaxed) < left {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("risk is given what is left");
+    assert_eq!(got.load(std::sync::atomic::Ordering::Relaxed), left);
+    assert_eq!(risk.counters(BusId::Logic).trimmed_unread, 3000 - left);
+    let recorded: u64 = redis::cmd("HGET")
+        .arg(format!("{{{stream}}}#trimmed"))
+        .arg("risk")
+        .query(&mut admin_logic)
+        .unwrap();
+    assert_eq!(recorded, 3000 - left);
+}

@@ -128,3 +128,108 @@ fn redis_up_refuses_a_server_it_did_not_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `dualbus stats` counts, per group, what a trim (`MAXLEN ~`) took from a stream before the
+/// group read it: a group whose consumer is gone while 5000 messages go by a stream kept to
+/// about 1000 entries gets back what is left, and the rest is shown as trimmed, not as
+/// delivered.
+#[test]
+fn stats_counts_what_a_trim_took_before_a_group_read_it() {
+    let md = RedisServer::start().expect("redis-server");
+    let logic = RedisServer::start().expect("redis-server");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dualbus"))
+            .args(["--md-url", &md.url(), "--logic-url", &logic.url()])
+            .args(args)
+            .env("DUALBUS_LOGIC_MAXLEN", "1000")
+            .env("DUALBUS_QUEUE_BOUND", "1000")
+            .env("DUALBUS_GROUP_LEASE_MS", "200")
+            .output()
+            .expect("runs")
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let publish = |n: &str| {
+        ok(&[
+            "publish",
+            "--kind",
+            "analytics_result",
+            "--topic",
+            "analytics_result.pnl",
+            "--count",
+            n,
+        ])
+    };
+    let row = || -> serde_json::Value {
+        ok(&["stats", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["stream"] == "dualbus:logic:analytics_result" && v["group"] == "ws")
+            .unwrap_or(serde_json::Value::Null)
+    };
+    // The group `ws` reads one message, then its consumer goes away.
+    let first = std::thread::scope(|s| {
+        let tail = s.spawn(|| {
+            ok(&[
+                "tail",
+                "--group",
+                "ws",
+                "--count",
+                "1",
+                "analytics_result.>",
+            ])
+        });
+        while row().is_null() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        publish("1");
+        tail.join().unwrap()
+    });
+    assert_eq!(first.lines().count(), 1, "{first}");
+    // Its lease runs out (200 ms); publishers no longer wait for it, and the stream is kept
+    // to about 1000 entries while 5000 go by.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    publish("5000");
+    let left = row()["length"].as_u64().unwrap();
+    assert!(left < 5000, "the stream was trimmed: {left} left");
+    // The consumer comes back: it is given what is left, and the rest is counted.
+    let back = ok(&[
+        "tail",
+        "--group",
+        "ws",
+        "--count",
+        &left.to_string(),
+        "analytics_result.>",
+    ]);
+    assert_eq!(back.lines().count() as u64, left, "{back}");
+    let r = row();
+    assert_eq!(r["trimmed_unread"], 5000 - left, "{r}");
+    assert_eq!(r["delivered"], 1 + left, "{r}");
+    assert_eq!(r["lag"], 0, "{r}");
+    let table = ok(&["stats"]);
+    let line = table
+        .lines()
+        .find(|l| l.contains("dualbus:logic:analytics_result") && l.contains(" ws "))
+        .unwrap();
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .trim_end()
+            .ends_with("trimmed"),
+        "{table}"
+    );
+    assert!(
+        line.trim_end().ends_with(&format!(" {}", 5000 - left)),
+        "{table}"
+    );
+}

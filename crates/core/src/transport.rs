@@ -210,8 +210,12 @@ pub struct DeadLetter {
 /// Counters a transport keeps itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportStats {
-    /// Messages dropped by a `DropOldest` policy or trimmed before a group read them.
+    /// Messages dropped by a `DropOldest` policy, or trimmed from a stream after a group read
+    /// them and before it acknowledged them.
     pub dropped: u64,
+    /// Messages a stream trim (`MAXLEN ~`) removed before a reliable group read them (Redis;
+    /// counted by the group's consumers, see the Redis transport's `trim` module).
+    pub trimmed_unread: u64,
     /// Messages moved to a dead-letter stream.
     pub dead_lettered: u64,
     /// Deliveries after the first.

@@ -3,6 +3,7 @@
 //! traffic and latency figures.
 
 use crate::metrics::BusFigures;
+use dualbus_bus::BusCounters;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -76,10 +77,19 @@ pub const OBSERVED: [&str; 7] = [
     "margin_call.>",
 ];
 
-/// A bus's figures as the report writes them, with the rates over `secs` seconds.
-pub fn bus_json(f: &BusFigures, secs: f64) -> Value {
+/// A bus's figures as the report writes them, with the rates over `secs` seconds, and what the
+/// process's transport for the bus counted (`c`, from the client the engines were made from):
+/// dead letters, drops, entries trimmed before a group read them, redeliveries, refusals.
+pub fn bus_json(f: &BusFigures, secs: f64, c: &BusCounters) -> Value {
     let mut v = serde_json::to_value(f).expect("plain figures");
     v["delivered_per_s"] = json!(f.delivered as f64 / secs.max(1e-9));
     v["published_per_s"] = json!(f.published as f64 / secs.max(1e-9));
+    v["transport"] = json!({
+        "dead_lettered": c.dead_lettered,
+        "dropped": c.dropped,
+        "trimmed_unread": c.trimmed_unread,
+        "redelivered": c.redelivered,
+        "refused": c.refused,
+    });
     v
 }

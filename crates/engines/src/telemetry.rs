@@ -26,7 +26,9 @@
 //! | `dualbus_skipped_total` | counter | bus, group | fast-mode messages a lagging reader jumped over |
 //! | `dualbus_redelivered_total` | counter | bus | deliveries after the first |
 //! | `dualbus_dead_letters_total` | counter | bus | messages moved to the dead-letter stream |
-//! | `dualbus_dropped_total` | counter | bus | messages dropped by `drop_oldest` or a stream trim |
+//! | `dualbus_dropped_total` | counter | bus | messages dropped by `drop_oldest`, or trimmed after they were read and before they were acknowledged |
+//! | `dualbus_trimmed_unread_total` | counter | bus | messages a stream trim removed before a reliable group read them (Redis; counted by this process's consumers) |
+//! | `dualbus_handler_panics_total` | counter | bus | messages whose handler panicked (each also counts as a failure) |
 //! | `dualbus_refused_total` | counter | bus | messages the broker refused to store (a Redis ACL, memory); their publish failed |
 //! | `dualbus_group_lag_messages` | gauge | bus, stream, group | entries of the stream not yet delivered to the group |
 //! | `dualbus_pending_messages` | gauge | bus, stream, group | entries delivered to the group and not yet acknowledged |
@@ -34,6 +36,7 @@
 //! | `dualbus_failovers_total` | counter | bus | times the bus was marked down |
 //! | `dualbus_failbacks_total` | counter | bus | times its traffic moved back |
 //! | `dualbus_failover_resent_total` | counter | bus | messages re-sent on the other bus |
+//! | `dualbus_failover_window_overflow_total` | counter | bus | messages pushed out of the failover re-send window by its count limit before `window_ms` |
 //! | `dualbus_engine_heartbeat_age_seconds` | gauge | engine | time since the engine's last heartbeat |
 //! | `dualbus_hub_requests_total` | counter | result (`hit`, `miss`, `bad`) | snapshot and history requests the hub answered |
 //! | `dualbus_hub_upstream_calls_total` | counter | result (`ok`, `error`) | history calls to the provider |
@@ -532,8 +535,14 @@ impl Collector for EngineCollector {
             counters(
                 &mut enc,
                 "dualbus_dropped",
-                "Messages dropped by a drop_oldest policy or a stream trim",
+                "Messages dropped by a drop_oldest policy, or trimmed after they were read and before they were acknowledged",
                 per_bus(|c| c.dropped),
+            )?;
+            counters(
+                &mut enc,
+                "dualbus_trimmed_unread",
+                "Messages a stream trim removed before a reliable group read them (Redis)",
+                per_bus(|c| c.trimmed_unread),
             )?;
             counters(
                 &mut enc,

@@ -19,8 +19,11 @@ pub struct BusCounters {
     pub redelivered: u64,
     /// Messages moved to the dead-letter stream.
     pub dead_lettered: u64,
-    /// Messages dropped by a `drop_oldest` policy or a stream trim.
+    /// Messages dropped by a `drop_oldest` policy, or trimmed after they were read and before
+    /// they were acknowledged.
     pub dropped: u64,
+    /// Messages a stream trim removed before a reliable group read them (Redis).
+    pub trimmed_unread: u64,
     /// Messages the broker refused to store (a Redis ACL, memory); their publish failed.
     pub refused: u64,
     /// Fast-mode messages skipped by consumers that fell behind.
@@ -62,6 +65,7 @@ impl DualBus {
             redelivered: t.redelivered,
             dead_lettered: t.dead_lettered,
             dropped: t.dropped,
+            trimmed_unread: t.trimmed_unread,
             refused: t.refused,
             skipped: c.skipped.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),

@@ -11,7 +11,9 @@
 //!     `XGROUP CREATE|CREATECONSUMER|SETID`, `XRANGE`, `XREVRANGE`), recording its queue
 //!     bound in their `{stream}#groups` hashes (`HSET`) and renewing its groups' leases
 //!     (`SET`, `PEXPIRE` on `{stream}#alive:{group}`); dead letters go in a transaction
-//!     (`MULTI`, `EXEC`);
+//!     (`MULTI`, `EXEC`); it counts the entries trimmed before its groups read them with a
+//!     script (`EVALSHA`, `SCRIPT LOAD`; inside: `XINFO STREAM`, `XRANGE`, `XGROUP SETID`
+//!     and `HINCRBY` of `{stream}#trimmed`);
 //!   * append (`XADD`) to the streams of the kinds it publishes, its heartbeats
 //!     (`engine_health`), the priority lanes when it publishes a critical kind, and the
 //!     dead-letter streams; on the streams it appends to it may also enforce the groups'
@@ -62,6 +64,9 @@ const LEASE: &str = "+set +pexpire";
 /// What a reader does on the streams it reads.
 const READ: &str = "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create \
                     +xgroup|createconsumer +xgroup|setid +xrange +xrevrange";
+/// What a reader runs to count the entries trimmed before its groups read them: the script
+/// (whose keys are a read stream and its `#trimmed` hash) and what the script calls on them.
+const TRIM_CHECK: &str = "+evalsha +xinfo|stream +hincrby";
 /// What a publisher does on the streams it writes (appending, and the queue bounds).
 const WRITE: &str = "+xadd +xpending +xinfo|groups +xrange +xack +xgroup|setid";
 
@@ -80,8 +85,8 @@ pub fn rules(cfg: &Config) -> Vec<(String, String)> {
         SYSTEM.to_string(),
         format!(
             "on resetkeys resetchannels -@all {CONNECTION} {TRANSACTIONS} {all} {READ} {WRITE} \
-             {LEASE} +exists +xinfo|stream +xinfo|consumers +xlen +xgroup|destroy +hset +hget \
-             +hgetall"
+             {LEASE} {TRIM_CHECK} +script|load +exists +xinfo|stream +xinfo|consumers +xlen \
+             +xgroup|destroy +hset +hget +hgetall"
         ),
     ));
     out.push((
@@ -188,16 +193,18 @@ fn engine_rules(d: &Declaration, router: &Router) -> String {
     let read_keys = keys(&mut reads(), None);
     let read_bounds = keys(&mut reads(), Some("#groups"));
     let read_leases = keys(&mut reads(), Some("#alive:*"));
+    let read_trimmed = keys(&mut reads(), Some("#trimmed"));
     let write_keys = keys(&mut write.iter(), None);
     let write_bounds = keys(&mut write.iter(), Some("#groups"));
     let write_leases = keys(&mut write.iter(), Some("#alive:*"));
     let append_keys = keys(&mut append_only.iter(), None);
     format!(
-        "on resetkeys resetchannels -@all {CONNECTION} {TRANSACTIONS} \
+        "on resetkeys resetchannels -@all {CONNECTION} {TRANSACTIONS} +script|load \
          (~{prefix}:* +xinfo|groups +xlen) \
          ({read_keys}{READ}) \
          ({read_bounds}+hset +hget +hgetall) \
          ({read_leases}{LEASE}) \
+         ({read_keys}{read_trimmed}{TRIM_CHECK}) \
          ({write_keys}{WRITE}) \
          ({write_bounds}+hgetall) \
          ({write_leases}+exists) \

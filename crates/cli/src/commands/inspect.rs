@@ -14,7 +14,18 @@ pub struct GroupRow {
     pub consumers: u64,
     pub pending: u64,
     pub lag: Option<u64>,
+    /// What Redis counts as read: delivered, plus what a trim removed unread (the consumers
+    /// fold each counted loss in, see `trimmed`).
     pub entries_read: Option<u64>,
+    /// Entries trimmed from the stream before the group read them (`{stream}#trimmed`).
+    pub trimmed: u64,
+}
+
+impl GroupRow {
+    /// Entries delivered to the group: what it read, without what was trimmed unread.
+    pub fn delivered(&self) -> Option<u64> {
+        self.entries_read.map(|r| r.saturating_sub(self.trimmed))
+    }
 }
 
 /// One stream.
@@ -224,6 +235,15 @@ pub async fn streams(
                 }
             }
             row.groups.push(gr);
+        }
+        if !row.groups.is_empty() {
+            let trimmed: BTreeMap<String, u64> = redis::cmd("HGETALL")
+                .arg(dualbus_redis::trimmed_key(&key))
+                .query_async(conn)
+                .await?;
+            for g in &mut row.groups {
+                g.trimmed = trimmed.get(&g.name).copied().unwrap_or(0);
+            }
         }
         out.push(row);
     }

@@ -458,8 +458,8 @@ pub fn run(args: RunArgs, global: &Global) -> anyhow::Result<()> {
             "engines": counts,
             "hub": hub_stats,
             "buses": {
-                "market_data": bus_json(&totals[0], elapsed),
-                "engine_logic": bus_json(&totals[1], elapsed),
+                "market_data": bus_json(&totals[0], elapsed, &root.counters(BusId::MarketData)),
+                "engine_logic": bus_json(&totals[1], elapsed, &root.counters(BusId::Logic)),
             },
             "fills": o.fills,
             "rejected_orders": o.rejected_orders,

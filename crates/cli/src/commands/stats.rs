@@ -1,5 +1,5 @@
-//! `dualbus stats`: per stream and group, what was published, delivered, is pending, lagging
-//! and dead-lettered, read from the Redis servers.
+//! `dualbus stats`: per stream and group, what was published, delivered, is pending, lagging,
+//! dead-lettered and trimmed before the group read it, read from the Redis servers.
 
 use super::{inspect, runtime, Global, BUSES};
 use clap::Args;
@@ -31,8 +31,16 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
         let mut shown_mirror = false;
         if !args.json {
             lines.push(format!(
-                "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
-                "bus", "stream", "published", "group", "delivered", "pending", "lag", "dead"
+                "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6} {:>8}",
+                "bus",
+                "stream",
+                "published",
+                "group",
+                "delivered",
+                "pending",
+                "lag",
+                "dead",
+                "trimmed"
             ));
         }
         for (bus, _) in BUSES {
@@ -76,10 +84,11 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                                 "length": s.length,
                                 "published": s.entries_added,
                                 "group": g.map(|g| g.name.clone()),
-                                "delivered": g.and_then(|g| g.entries_read),
+                                "delivered": g.and_then(|g| g.delivered()),
                                 "pending": g.map(|g| g.pending),
                                 "lag": g.and_then(|g| g.lag),
                                 "dead_lettered": dead_n,
+                                "trimmed_unread": g.map(|g| g.trimmed),
                                 "failover_mirror": mirror,
                             })
                             .to_string(),
@@ -87,7 +96,7 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                     } else {
                         let opt = |v: Option<u64>| v.map_or("-".to_string(), |x| x.to_string());
                         lines.push(format!(
-                            "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6}",
+                            "{:<6} {:<40} {:>10} {:<20} {:>10} {:>8} {:>8} {:>6} {:>8}",
                             bus.as_str(),
                             if mirror {
                                 format!("{} (mirror)", s.key)
@@ -96,10 +105,11 @@ pub fn run(args: StatsArgs, global: &Global) -> anyhow::Result<()> {
                             },
                             s.entries_added,
                             group,
-                            opt(g.and_then(|g| g.entries_read)),
+                            opt(g.and_then(|g| g.delivered())),
                             opt(g.map(|g| g.pending)),
                             opt(g.and_then(|g| g.lag)),
-                            dead_n
+                            dead_n,
+                            opt(g.map(|g| g.trimmed))
                         ));
                     }
                 }

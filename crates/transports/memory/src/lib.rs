@@ -600,6 +600,8 @@ impl Transport for MemoryTransport {
             skipped: s.skipped.load(Ordering::Relaxed),
             // In-process streams refuse nothing they are given.
             refused: 0,
+            // In-process queues are not trimmed: they drop only by their policy (`dropped`).
+            trimmed_unread: 0,
         }
     }
 }

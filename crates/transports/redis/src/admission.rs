@@ -35,21 +35,23 @@ const POLICY_TTL: Duration = Duration::from_millis(500);
 /// with a hash tag (`dualbus:md:{p3}:market_data#groups`), else the stream as the tag
 /// (`{dualbus:md:market_data}#groups`).
 pub(crate) fn bounds_key(stream: &str) -> String {
+    slot_key(stream, "#groups")
+}
+
+/// A key beside `stream`, in its Redis Cluster hash slot: `stream` then `suffix`, with the
+/// stream as the hash tag when it has none of its own.
+pub(crate) fn slot_key(stream: &str, suffix: &str) -> String {
     if has_hash_tag(stream) {
-        format!("{stream}#groups")
+        format!("{stream}{suffix}")
     } else {
-        format!("{{{stream}}}#groups")
+        format!("{{{stream}}}{suffix}")
     }
 }
 
 /// The key whose existence says a consumer of `group` on `stream` is alive (renewed by the
 /// subscribers, expiring on its own): `{stream}#alive:{group}` in the stream's slot.
 pub(crate) fn lease_key(stream: &str, group: &str) -> String {
-    if has_hash_tag(stream) {
-        format!("{stream}#alive:{group}")
-    } else {
-        format!("{{{stream}}}#alive:{group}")
-    }
+    slot_key(stream, &format!("#alive:{group}"))
 }
 
 /// How often a publisher waiting for a group's room logs a warning.

@@ -668,6 +668,7 @@ fn add_stats(into: &mut TransportStats, s: TransportStats) {
     into.dead_lettered += s.dead_lettered;
     into.redelivered += s.redelivered;
     into.skipped += s.skipped;
+    into.trimmed_unread += s.trimmed_unread;
 }
 
 enum Cmd {

@@ -14,6 +14,8 @@
 //! * `resp` (private): the read path's own connection, whose `XREADGROUP` replies a small
 //!   RESP2 parser reads straight into entries (its fuzzing entry is public).
 //! * `tls` (private): `rediss://` connections ([`TlsConfig`], [`client`]).
+//! * `trim` (private): counting the entries a stream trim removed before a reliable group read
+//!   them ([`trimmed_key`]).
 //! * [`cluster`]: [`ClusterTransport`], below.
 //!
 //! # Keys
@@ -23,7 +25,8 @@
 //! each reliable group records its queue bound and policy so that publishers in other processes
 //! can honour them, and one key per stream and group, `{stream}#alive:{group}`, which its
 //! subscribers renew and which expires once they are all gone (a dead group's bound no longer
-//! holds publishers).
+//! holds publishers), and one hash per stream, `{stream}#trimmed`, counting per group the
+//! entries a trim removed before the group read them.
 //!
 //! [`ClusterTransport`] (`redis+cluster://`) runs one [`RedisTransport`] per master of a Redis
 //! Cluster and sends each stream's commands to the master of its hash slot.
@@ -36,7 +39,10 @@ mod reply;
 mod resp;
 mod subscriber;
 mod tls;
+mod trim;
 mod writer;
+
+pub use trim::trimmed_key;
 
 pub use cluster::{is_cluster_url, ClusterTransport};
 pub use tls::{client, TlsConfig};
@@ -152,6 +158,8 @@ pub(crate) struct Stats {
     pub dead_lettered: AtomicU64,
     pub redelivered: AtomicU64,
     pub skipped: AtomicU64,
+    /// Entries trimmed before a reliable group of this transport's subscribers read them.
+    pub trimmed_unread: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -666,6 +674,7 @@ impl Transport for RedisTransport {
             dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
             redelivered: s.redelivered.load(Ordering::Relaxed),
             skipped: s.skipped.load(Ordering::Relaxed),
+            trimmed_unread: s.trimmed_unread.load(Ordering::Relaxed),
         }
     }
 }

@@ -5,6 +5,7 @@
 use crate::admission;
 use crate::reply::{self, Entry};
 use crate::resp::RawConnection;
+use crate::trim;
 use crate::Inner;
 use async_trait::async_trait;
 use dualbus_core::{
@@ -40,6 +41,9 @@ pub(crate) struct RedisSubscriber {
     acks: Vec<(u16, EntryId)>,
     /// The group leases this subscriber holds (given back when it is dropped).
     leases: Vec<String>,
+    /// Whether to count entries trimmed before the group read them (reliable mode, until the
+    /// server refuses the script: an ACL from before the check).
+    trim_check: bool,
 }
 
 impl Drop for RedisSubscriber {
@@ -98,6 +102,7 @@ impl RedisSubscriber {
             recovering: false,
             acks: Vec::new(),
             leases: Vec::new(),
+            trim_check: spec.mode == Mode::Reliable,
             inner,
             conn,
             spec,
@@ -109,7 +114,55 @@ impl RedisSubscriber {
         sub.create_groups(start)
             .await
             .map_err(|e| SubscribeError::Unavailable(sub.inner.describe(&e)))?;
+        // A group coming back after its consumers were gone: count what it lost meanwhile,
+        // before its first read jumps the gap.
+        sub.check_trimmed()
+            .await
+            .map_err(|e| SubscribeError::Unavailable(sub.inner.describe(&e)))?;
         Ok(sub)
+    }
+
+    /// Counts, for each stream, the entries a trim removed before this group read them (see
+    /// the `trim` module), logging each loss as a warning.
+    async fn check_trimmed(&mut self) -> Result<(), redis::RedisError> {
+        if !self.trim_check {
+            return Ok(());
+        }
+        for key in &self.spec.streams {
+            match trim::check(&mut self.conn, key, &self.spec.group).await {
+                Ok(trim::Found::Lost(0)) => {}
+                Ok(trim::Found::Lost(n)) => {
+                    self.inner
+                        .stats
+                        .trimmed_unread
+                        .fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(
+                        stream = %key,
+                        group = %self.spec.group,
+                        lost = n,
+                        maxlen = self.inner.opts.maxlen,
+                        "entries trimmed from the stream before the group read them: lost"
+                    );
+                }
+                Ok(trim::Found::Unknown) => tracing::debug!(
+                    stream = %key,
+                    group = %self.spec.group,
+                    "cannot tell whether entries were trimmed unread (XDEL holes in the stream)"
+                ),
+                Err(e) if e.code() == Some("NOPERM") || e.to_string().contains("NOPERM") => {
+                    tracing::warn!(
+                        group = %self.spec.group,
+                        error = %e,
+                        "cannot count entries trimmed unread: the server refuses the check \
+                         (an ACL without EVALSHA); regenerate it with `dualbus acl`"
+                    );
+                    self.trim_check = false;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Creates the group on every stream (with `MKSTREAM`) and records its bound.
@@ -467,6 +520,7 @@ impl RedisSubscriber {
         meta: &mut Vec<(u16, EntryId, u32)>,
         batch: &mut Batch,
     ) -> Result<(), redis::RedisError> {
+        self.check_trimmed().await?;
         let idle_ms = self.spec.idle_timeout.as_millis().max(1) as u64;
         for i in 0..self.spec.streams.len() {
             if envs.len() >= max {

@@ -462,8 +462,8 @@ pub fn run(args: BacktestArgs, global: &Global) -> anyhow::Result<()> {
                 "elapsed_s": elapsed,
                 "events_per_s": hub_stats.published as f64 / elapsed.max(1e-9),
                 "buses": {
-                    "market_data": bus_json(&totals[0], elapsed),
-                    "engine_logic": bus_json(&totals[1], elapsed),
+                    "market_data": bus_json(&totals[0], elapsed, &root.counters(BusId::MarketData)),
+                    "engine_logic": bus_json(&totals[1], elapsed, &root.counters(BusId::Logic)),
                 },
                 "analytics_traffic": traffic,
             },
