@@ -384,3 +384,45 @@ async fn an_engine_user_counts_what_a_trim_took_from_its_group() {
         .unwrap();
     assert_eq!(recorded, 3000 - left);
 }
+
+/// An engine's user may enforce a `drop_oldest` bound when it publishes (a script: `EVALSHA`,
+/// and inside it `XPENDING`, `XACK`, `XINFO`, `XRANGE`, `XGROUP SETID` on the stream it
+/// writes): its publishes go through and the oldest messages are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_user_drops_the_oldest_at_a_bound() {
+    let servers = Servers::start("dropoldest");
+    let risk = DualBus::connect("risk", servers.config_as("risk"))
+        .await
+        .expect("risk connects as its user");
+    let _sub = risk
+        .subscribe(
+            dualbus_bus::SubscribeOptions::new("risk", &["strategy_signal.>"])
+                .unwrap()
+                .bound(10, dualbus_core::Backpressure::DropOldest),
+            dualbus_bus::handler_fn(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let strategy = DualBus::connect("strategy", servers.config_as("strategy"))
+        .await
+        .expect("strategy connects as its user");
+    for n in 0..200u64 {
+        let env = strategy
+            .envelope(
+                EventKind::StrategySignal,
+                "strategy_signal.BTCUSDT",
+                Priority::Normal,
+                &serde_json::json!({ "n": n }),
+            )
+            .unwrap();
+        strategy
+            .publish_confirmed(env)
+            .await
+            .expect("the strategy's user may enforce the bound");
+    }
+    assert!(strategy.counters(BusId::Logic).dropped > 0);
+    assert_eq!(strategy.counters(BusId::Logic).refused, 0);
+}

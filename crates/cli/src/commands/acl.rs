@@ -18,7 +18,8 @@
 //!     (`engine_health`), the priority lanes when it publishes a critical kind, and the
 //!     dead-letter streams; on the streams it appends to it may also enforce the groups'
 //!     queue bounds as a publisher does (`XPENDING`, `XRANGE`, `XACK`, `XGROUP SETID`,
-//!     `HGETALL` of the bounds, `EXISTS` of the groups' leases);
+//!     `XINFO STREAM`, in a script for `drop_oldest`: `EVALSHA`; `HGETALL` of the bounds,
+//!     `EXISTS` of the groups' leases);
 //!   * read its own reply streams (`{prefix}:{bus}:reply:{engine}` and `...:{engine}-*`), and
 //!     write to every reply stream as a publisher does when it takes requests (it subscribes
 //!     to a custom kind named `*_request`: `hub_request`, `backtest_request`);
@@ -67,8 +68,10 @@ const READ: &str = "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|crea
 /// What a reader runs to count the entries trimmed before its groups read them: the script
 /// (whose keys are a read stream and its `#trimmed` hash) and what the script calls on them.
 const TRIM_CHECK: &str = "+evalsha +xinfo|stream +hincrby";
-/// What a publisher does on the streams it writes (appending, and the queue bounds).
-const WRITE: &str = "+xadd +xpending +xinfo|groups +xrange +xack +xgroup|setid";
+/// What a publisher does on the streams it writes (appending, and the queue bounds: a
+/// `drop_oldest` bound is a script, `EVALSHA`, that runs the rest).
+const WRITE: &str =
+    "+xadd +xpending +xinfo|groups +xinfo|stream +xrange +xack +xgroup|setid +evalsha";
 
 /// Every user's ACL rules but its password, in file order: `default`, the engines, `system`,
 /// `admin`.

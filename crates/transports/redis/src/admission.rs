@@ -229,7 +229,7 @@ pub(crate) async fn admit(
                     Backpressure::Block => wait = Some((g.group.clone(), b, g.bound)),
                     Backpressure::DropOldest => {
                         let k = b + n64 - g.bound;
-                        let dropped = drop_oldest(t, stream, &g.group, k, info).await?;
+                        let dropped = drop_oldest(t, stream, &g.group, k).await?;
                         b = b.saturating_sub(dropped);
                     }
                 }
@@ -374,71 +374,66 @@ pub(crate) async fn renew(
     Ok(())
 }
 
-/// Drops the `k` oldest messages a group holds: pending ones first (acknowledged unhandled),
-/// then unread ones (the group's cursor moves past them). Returns how many were dropped.
+/// Drops the `k` oldest messages of a group, in one script so that readers of the group cannot
+/// interleave: pending ones first (acknowledged unhandled, `XACK` in slices of 1000 ids), then
+/// unread ones, past which the group's cursor moves (`XGROUP SETID` from the position the
+/// script itself reads, with `ENTRIESREAD` kept exact). Done in steps from the publisher, a
+/// reader moving the cursor between the steps had it set back (its messages given again) and
+/// the read counter stale. KEYS: the stream. ARGV: the group, `k`. Returns how many were
+/// dropped.
+const DROP_OLDEST: &str = r#"
+local k = tonumber(ARGV[2])
+local dropped = 0
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', k)
+local ids = {}
+for i, r in ipairs(rows) do ids[i] = r[1] end
+for i = 1, #ids, 1000 do
+  dropped = dropped + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, i, math.min(i + 999, #ids)))
+end
+local rest = k - #rows
+if rest <= 0 then return dropped end
+local last, read, lag = nil, nil, nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] then last, read, lag = f['last-delivered-id'], f['entries-read'], f['lag'] end
+end
+if not last then return dropped end
+local skipped = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', rest)
+if #skipped == 0 then return dropped end
+local to = skipped[#skipped][1]
+if read then
+  redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], to, 'ENTRIESREAD', read + #skipped)
+elseif lag then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  local added = 0
+  for i = 1, #info, 2 do if info[i] == 'entries-added' then added = info[i + 1] end end
+  redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], to, 'ENTRIESREAD', added - lag + #skipped)
+else
+  redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], to)
+end
+return dropped + #skipped
+"#;
+
+/// Drops the `k` oldest messages a group holds (see [`DROP_OLDEST`]). Returns how many were
+/// dropped.
 async fn drop_oldest(
     t: &RedisTransport,
     stream: &str,
     group: &str,
     k: u64,
-    info: &reply::GroupInfo,
 ) -> Result<u64, PublishError> {
+    // A maintained helper: EVALSHA, and SCRIPT LOAD then EVALSHA again after a NOSCRIPT.
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(DROP_OLDEST));
     let mut conn = t.inner.conn.clone();
-    let rows: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
+    let dropped: u64 = SCRIPT
+        .key(stream)
         .arg(group)
-        .arg("-")
-        .arg("+")
         .arg(k)
-        .query_async(&mut conn)
+        .invoke_async(&mut conn)
         .await
         .map_err(|e| broker(t, e))?;
-    let rows = reply::pending_rows(&rows);
-    let mut dropped = 0u64;
-    if !rows.is_empty() {
-        let mut ack = redis::cmd("XACK");
-        ack.arg(stream).arg(group);
-        for (_, raw, _) in &rows {
-            ack.arg(&raw[..]);
-        }
-        let n: u64 = ack.query_async(&mut conn).await.map_err(|e| broker(t, e))?;
-        dropped += n;
-    }
-    let rest = k.saturating_sub(rows.len() as u64);
-    if rest > 0 {
-        let mut start = b"(".to_vec();
-        start.extend_from_slice(if info.last_delivered.is_empty() {
-            b"0-0"
-        } else {
-            &info.last_delivered
-        });
-        let v: redis::Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&start[..])
-            .arg("+")
-            .arg("COUNT")
-            .arg(rest)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| broker(t, e))?;
-        let skipped = reply::entries(v).map_err(PublishError::Broker)?;
-        if let Some(last) = skipped.last() {
-            let mut setid = redis::cmd("XGROUP");
-            setid
-                .arg("SETID")
-                .arg(stream)
-                .arg(group)
-                .arg(&last.raw_id[..]);
-            if let Some(read) = info.entries_read {
-                setid.arg("ENTRIESREAD").arg(read + skipped.len() as u64);
-            }
-            setid
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| broker(t, e))?;
-            dropped += skipped.len() as u64;
-        }
-    }
     if dropped > 0 {
         t.inner.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         tracing::debug!(

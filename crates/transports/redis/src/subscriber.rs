@@ -149,7 +149,9 @@ impl RedisSubscriber {
                     group = %self.spec.group,
                     "cannot tell whether entries were trimmed unread (XDEL holes in the stream)"
                 ),
-                Err(e) if e.code() == Some("NOPERM") || e.to_string().contains("NOPERM") => {
+                Err(e)
+                    if crate::writer::is_noperm(&e.to_string()) || e.code() == Some("NOPERM") =>
+                {
                     tracing::warn!(
                         group = %self.spec.group,
                         error = %e,

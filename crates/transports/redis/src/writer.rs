@@ -95,7 +95,10 @@ fn pipeline(jobs: &[Job], maxlen: u64) -> (redis::Pipeline, usize) {
 
 /// Whether a Redis error is a refusal by an ACL (`NOPERM`).
 pub(crate) fn is_noperm(error: &str) -> bool {
+    // A command a script calls is refused with a plain error (`ERR The user executing the
+    // script can't run this command ...`), not `NOPERM`.
     error.to_ascii_uppercase().starts_with("NOPERM")
+        || error.contains("user executing the script can't run")
 }
 
 /// Why the broker refused `env` on `stream`, naming the publisher and the kind; a refusal by a
@@ -207,6 +210,22 @@ pub(crate) async fn run(
 mod tests {
     use super::*;
     use dualbus_core::{Encoding, EventKind, Priority, Topic};
+
+    /// Refusals by an ACL, of a command or of a command a script calls (the text Redis 7
+    /// answers with), are told apart from other errors.
+    #[test]
+    fn acl_refusals_are_recognised() {
+        assert!(is_noperm(
+            "NoPerm: this user has no permissions to access one of the keys"
+        ));
+        assert!(is_noperm(
+            "ResponseError: The user executing the script can't run this command or \
+             subcommand script: 897afd4d, on @user_script:1."
+        ));
+        assert!(!is_noperm(
+            "ResponseError: WRONGTYPE Operation against a key"
+        ));
+    }
 
     /// The writer's fields are exactly `Envelope::to_wire_fields`, in the same order.
     #[test]
