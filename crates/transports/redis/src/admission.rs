@@ -4,9 +4,13 @@
 //! `{stream}#groups` when it subscribes, and every publisher honours it: it keeps an estimate of
 //! each group's backlog (pending plus unread at the last check, plus everything it admitted
 //! since), and checks precisely (`XINFO GROUPS`, after flushing its own queued writes) when the
-//! estimate reaches a bound. The estimate counts only this publisher's messages: with several
-//! publishing processes a group can exceed its bound by what the others sent since this one's
-//! last check (a known limit, not an exact distributed bound). Then `reject` fails the publish,
+//! estimate reaches a bound, or once it admitted a slice of the bound, `ceil(bound / 16)`
+//! ([`SLICE`]), since its last check. The estimate counts only this publisher's messages, so
+//! with several publishing processes a group can exceed its bound, but by at most a slice per
+//! other publisher: at the latest check among the publishers, the backlog seen there includes
+//! everything the others had admitted before their own checks (each flushed its writes
+//! first), and since then each other publisher admitted at most a slice. With `P` publishers
+//! a group holds at most `bound + (P - 1) * ceil(bound / 16)`. Then `reject` fails the publish,
 //! `block` waits for room, and `drop_oldest` acknowledges the group's oldest pending entries and
 //! moves its cursor past the oldest unread ones, counting them as dropped.
 //!
@@ -29,6 +33,15 @@ use std::time::{Duration, Instant};
 
 /// How long a publisher trusts its copy of a stream's group bounds.
 const POLICY_TTL: Duration = Duration::from_millis(500);
+
+/// A publisher checks a group's backlog at the broker at least once per `bound / SLICE`
+/// messages it admits (see the module doc: what bounds the overshoot of several publishers).
+pub const SLICE: u64 = 16;
+
+/// The most a publisher admits to a group between two checks at the broker.
+fn slice(bound: u64) -> u64 {
+    bound.div_ceil(SLICE).max(1)
+}
 
 /// The hash holding the bounds of a stream's groups, in the stream's Redis Cluster hash slot
 /// (admission reads both in one round trip to the stream's node): `{stream}#groups` for a key
@@ -181,6 +194,7 @@ pub(crate) async fn admit(
     let fits = st.checked
         && st.groups.iter().all(|g| {
             st.backlog.get(&g.group).copied().unwrap_or(0) + st.admitted_since + n64 <= g.bound
+                && st.admitted_since + n64 <= slice(g.bound)
         });
     if fits {
         st.admitted_since += n64;

@@ -42,6 +42,7 @@ mod tls;
 mod trim;
 mod writer;
 
+pub use admission::SLICE as ADMISSION_SLICE;
 pub use trim::trimmed_key;
 
 pub use cluster::{is_cluster_url, ClusterTransport};
@@ -190,16 +191,22 @@ pub(crate) struct Inner {
 /// pipeline of thousands of market-data entries, parsing their replies) never holds the other
 /// bus's publishes, admission checks or heartbeats on a shared runtime worker, and neither do
 /// the caller's own tasks. Subscribers' connections are made by the subscribing task, on its
-/// runtime (an engine's own thread in `dualbus run`). The thread ends when this is dropped.
+/// runtime (an engine's own thread in `dualbus run`). When this is dropped, the thread lets the
+/// writer write what is still queued (see `writer::run`: for at most `drain`), then ends.
 struct IoThread {
     handle: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl IoThread {
-    async fn start(bus: &str) -> std::io::Result<IoThread> {
+    /// Starts the thread; the writer holds the returned sender and drops it when it is done.
+    async fn start(
+        bus: &str,
+        drain: Duration,
+    ) -> std::io::Result<(IoThread, tokio::sync::oneshot::Sender<()>)> {
         let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (writer_tx, writer_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name(format!("dualbus-{bus}-io"))
             .spawn(move || {
@@ -209,9 +216,14 @@ impl IoThread {
                 {
                     Ok(rt) => {
                         let _ = handle_tx.send(Ok(rt.handle().clone()));
-                        // Until the transport is dropped; then its tasks end with the runtime.
+                        // Until the transport is dropped and its writer has written what was
+                        // queued (it gives up by itself once writes failed for `drain`; the
+                        // margin covers a write in flight, which times out after at most
+                        // `drain` or 1 s); then the other tasks end with the runtime.
                         rt.block_on(async {
                             let _ = stop_rx.await;
+                            let margin = drain.max(Duration::from_secs(1)) + Duration::from_secs(1);
+                            let _ = tokio::time::timeout(drain + margin, writer_rx).await;
                         });
                     }
                     Err(e) => {
@@ -222,10 +234,13 @@ impl IoThread {
         let handle = handle_rx
             .await
             .map_err(|_| std::io::Error::other("the thread ended at start"))??;
-        Ok(IoThread {
-            handle,
-            _stop: stop_tx,
-        })
+        Ok((
+            IoThread {
+                handle,
+                _stop: stop_tx,
+            },
+            writer_tx,
+        ))
     }
 }
 
@@ -323,7 +338,7 @@ impl RedisTransport {
         // Each bus's connections and its writer live on a thread of their own (see
         // [`IoThread`]), made there, since a Redis connection is served by the runtime it was
         // made on.
-        let io = IoThread::start(&opts.bus)
+        let (io, writer_done) = IoThread::start(&opts.bus, opts.connect_timeout)
             .await
             .map_err(|e| unreachable(format!("no thread for the bus's connections: {e}")))?;
         let manager = |check: bool| {
@@ -371,7 +386,17 @@ impl RedisTransport {
             answered: Default::default(),
             _io: io,
         });
-        handle.spawn(writer::run(rx, writer_conn, Arc::downgrade(&inner)));
+        handle.spawn(writer::run(
+            rx,
+            writer_conn,
+            Arc::downgrade(&inner),
+            writer::Orphan {
+                maxlen: inner.opts.maxlen,
+                bus: inner.opts.bus.clone(),
+                drain: inner.opts.connect_timeout,
+                _done: writer_done,
+            },
+        ));
         handle.spawn(admission::renew_leases(Arc::downgrade(&inner)));
         Ok(RedisTransport { inner })
     }

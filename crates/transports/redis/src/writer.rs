@@ -119,12 +119,26 @@ pub(crate) fn refusal(bus: &str, stream: &str, env: &Envelope, error: &str) -> S
     )
 }
 
+/// What the writer needs once its transport is dropped: it goes on writing what was queued
+/// (for at most `drain` once writes fail), then says how many it could not write.
+pub(crate) struct Orphan {
+    pub maxlen: u64,
+    pub bus: String,
+    pub drain: Duration,
+    /// Dropped when the writer ends: the transport's thread waits for it.
+    pub _done: oneshot::Sender<()>,
+}
+
 pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
     mut conn: ConnectionManager,
     inner: Weak<Inner>,
+    orphan: Orphan,
 ) {
     let mut jobs: Vec<Job> = Vec::new();
+    // Set when the transport is found dropped: from then on, failed writes are retried until
+    // `orphan.drain` has passed.
+    let mut orphaned_at: Option<std::time::Instant> = None;
     while let Some(first) = rx.recv().await {
         let mut count = first.batch.len();
         jobs.push(first);
@@ -139,10 +153,13 @@ pub(crate) async fn run(
         }
         let mut backoff = Duration::from_millis(10);
         loop {
-            let Some(shared) = inner.upgrade() else {
-                return;
-            };
-            let (pipe, n) = pipeline(&jobs, shared.opts.maxlen);
+            // The transport may be gone with messages still queued: they are written all the
+            // same (nothing but this task knows of them).
+            let shared = inner.upgrade();
+            if shared.is_none() && orphaned_at.is_none() {
+                orphaned_at = Some(std::time::Instant::now());
+            }
+            let (pipe, n) = pipeline(&jobs, orphan.maxlen);
             let res = if n == 0 {
                 // Only flushes: exercise the connection, so a flush also proves it works.
                 redis::cmd("PING")
@@ -154,8 +171,10 @@ pub(crate) async fn run(
             };
             match res {
                 Ok(results) => {
-                    shared.note_answer();
-                    shared.mark(true);
+                    if let Some(shared) = &shared {
+                        shared.note_answer();
+                        shared.mark(true);
+                    }
                     // Answer each job with its own entries' outcome.
                     let mut k = 0;
                     for job in jobs.drain(..) {
@@ -163,9 +182,11 @@ pub(crate) async fn run(
                         for env in &job.batch {
                             if let Some(redis::Value::ServerError(e)) = results.get(k) {
                                 failed.get_or_insert_with(|| {
-                                    refusal(&shared.opts.bus, &job.stream, env, &e.to_string())
+                                    refusal(&orphan.bus, &job.stream, env, &e.to_string())
                                 });
-                                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                                if let Some(shared) = &shared {
+                                    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                             k += 1;
                         }
@@ -182,8 +203,13 @@ pub(crate) async fn run(
                     break;
                 }
                 Err(e) => {
-                    shared.mark(false);
-                    let why = shared.describe(&e);
+                    let why = match &shared {
+                        Some(shared) => {
+                            shared.mark(false);
+                            shared.describe(&e)
+                        }
+                        None => format!("{} bus: {e}", orphan.bus),
+                    };
                     tracing::warn!(error = %why, entries = n, "publishing failed; queued messages will be retried");
                     // Confirmed publishes learn of the failure at once (their callers decide);
                     // queued ones were promised delivery and are retried with backoff.
@@ -197,6 +223,24 @@ pub(crate) async fn run(
                     drop(shared);
                     if jobs.is_empty() {
                         break;
+                    }
+                    if orphaned_at.is_some_and(|at| at.elapsed() >= orphan.drain) {
+                        // The transport is gone and the broker does not take the rest: say
+                        // how many are lost (no counter outlives the transport).
+                        let mut lost: usize = jobs.iter().map(|j| j.batch.len()).sum();
+                        rx.close();
+                        while let Ok(j) = rx.try_recv() {
+                            lost += j.batch.len();
+                        }
+                        tracing::error!(
+                            bus = %orphan.bus,
+                            lost,
+                            error = %why,
+                            "the transport was dropped with messages queued and the broker did \
+                             not take them within {:?}: lost (flush before dropping a client)",
+                            orphan.drain
+                        );
+                        return;
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
