@@ -4,15 +4,15 @@
 //!
 //! * `commands/<verb>.rs`, or `commands/<verb>/` for a verb of several files: one module per
 //!   verb (`run` and `engine`, `hub`, `backtest`, `bench`, `stress`, `vpin`, `redis`, `stats`,
-//!   `tail`, `publish`, `schema`). A verb never imports another verb; what several use lives
+//!   `dlq`, `tail`, `publish`, `schema`). A verb never imports another verb; what several use lives
 //!   below them:
 //!   * `commands/mod.rs`: the global flags, the configuration they make, durations,
 //!     `--settings`, connecting to the buses and the errors said when they are not there.
 //!   * `commands/summary.rs`: the summaries `run` and `backtest` print.
 //!   * `commands/provider.rs`: the provider flags of `hub`, `run` and `engine marketdata`.
 //!   * `commands/progress.rs`, `commands/plot.rs`: progress bars, SVG charts.
-//!   * `commands/inspect.rs`: reading streams and groups from a Redis bus (`stats`, `tail`,
-//!     `redis status`, `bench`), and whether a server answers.
+//!   * `commands/inspect.rs`: reading streams and groups from a Redis bus (`stats`, `dlq`,
+//!     `tail`, `redis status`, `bench`), and whether a server answers.
 //!   * `commands/acl.rs`, `commands/certs.rs`, `commands/redis_cluster.rs`: the Redis users,
 //!     the TLS certificates and the cluster that `redis up` makes.
 //! * `logs.rs`: log output on stderr.
@@ -74,6 +74,8 @@ enum Command {
     Tail(commands::tail::TailArgs),
     /// Per stream and group: published, delivered, pending, lag, dead-lettered.
     Stats(commands::stats::StatsArgs),
+    /// Dead letters: list them, show one, replay them onto the streams they came from.
+    Dlq(commands::dlq::DlqArgs),
     /// Fault injection under load: broker crash, hang, flash crash, slow or crashed consumer.
     Stress(commands::stress::StressArgs),
     /// VPIN of a trade file, bucket by bucket (Binance or Tardis trades).
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => commands::publish::run(args, &cli.global),
         Command::Tail(args) => commands::tail::run(args, &cli.global),
         Command::Stats(args) => commands::stats::run(args, &cli.global),
+        Command::Dlq(args) => commands::dlq::run(args, &cli.global),
         Command::Stress(args) => commands::stress::run(args, &cli.global),
         Command::Hub(args) => commands::hub::run(args, &cli.global),
         Command::StressConsumer(args) => commands::stress::run_consumer(args),

@@ -31,8 +31,10 @@
 //! * `system`: every engine in one process (`dualbus run --backend redis`): the stream and
 //!   hash commands above on every key under the prefix, plus `XGROUP DESTROY` for
 //!   `run --fresh`; still no server administration.
-//! * `admin`: everything, for the operator's verbs (`redis status|down`, `stats`, `tail`,
-//!   `inspect`, `publish`, `bench`, `stress`).
+//! * `admin`: everything, for the operator's verbs (`redis status|down`, `stats`, `dlq`,
+//!   `tail`, `inspect`, `publish`, `bench`, `stress`). `dlq replay` appends to any stream and
+//!   deletes from the dead-letter streams (`XDEL`, in a script with `EVALSHA`), which no other
+//!   user may.
 //!
 //! Key patterns hold both buses' names and one file serves both servers, so the failover
 //! mirrors (a bus's streams written on the other bus's server) pass the same rules.

@@ -4,6 +4,7 @@ pub mod acl;
 pub mod backtest;
 pub mod bench;
 pub mod certs;
+pub mod dlq;
 pub mod hub;
 pub mod inspect;
 pub(crate) mod plot;
