@@ -305,3 +305,84 @@ async fn a_cluster_url_at_a_single_server_says_so() {
         "{err}"
     );
 }
+
+/// A message that keeps failing on a cluster is dead-lettered: the copy goes to the master of
+/// the dead-letter stream's slot (usually not the master of the partition it came from), then
+/// the entry is acknowledged on its own master. Every failing message is there once, and
+/// nothing stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_messages_on_a_cluster_are_dead_lettered_across_masters() {
+    guarded("dead letters on a cluster", async {
+        let s = setup().await;
+        let hub = s.bus("marketdata", "marketdata-1");
+        let vpin = s.bus("vpin", "vpin-1");
+        let _sub = vpin
+            .subscribe(
+                SubscribeOptions::new("vpin", &["market_data.>"])
+                    .unwrap()
+                    .redelivery(Duration::from_millis(200), 2),
+                handler_fn(|m: &Envelope| {
+                    let v = m.enc.to_json_value(&m.payload).map_err(|e| e.to_string())?;
+                    match v["n"].as_u64() {
+                        Some(0) => Err("round 0 always fails".into()),
+                        _ => Ok(()),
+                    }
+                }),
+            )
+            .await
+            .unwrap();
+        let symbols = symbols();
+        for n in 0..3 {
+            publish_round(&hub, &symbols, n).await;
+        }
+        // Round 0 of every symbol fails: 24 dead letters, from partitions on every master.
+        let dead_slot = slot_of(b"dualbus:md:dead");
+        let from: HashSet<u16> = symbols
+            .iter()
+            .filter_map(|sym| {
+                let p = partition_of(sym, PARTITIONS);
+                s.cluster.master_of(slot_of(format!("{{p{p}}}").as_bytes()))
+            })
+            .collect();
+        assert!(
+            from.iter()
+                .any(|m| Some(*m) != s.cluster.master_of(dead_slot)),
+            "some letters come from another master than the dead-letter stream's"
+        );
+        wait_until("24 dead letters", LIMIT, || {
+            vpin.counters(BusId::MarketData).dead_lettered >= 24
+        })
+        .await;
+        let cli = |slot: u16, args: &[&str]| -> String {
+            let port = s.cluster.master_of(slot).expect("a master").to_string();
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port])
+                .args(args)
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(cli(dead_slot, &["XLEN", "dualbus:md:dead"]), "24");
+        // Each one once, from the partition streams, and acknowledged there.
+        let entries = cli(dead_slot, &["XRANGE", "dualbus:md:dead", "-", "+"]);
+        let from_streams = entries
+            .lines()
+            .filter(|l| l.starts_with("dualbus:md:{p"))
+            .count();
+        assert_eq!(from_streams, 24, "{entries}");
+        let pending = || -> u64 {
+            (0..PARTITIONS)
+                .map(|p| {
+                    let key = format!("dualbus:md:{{p{p}}}:market_data");
+                    let out = cli(slot_of(key.as_bytes()), &["XPENDING", &key, "vpin"]);
+                    out.lines()
+                        .next()
+                        .and_then(|l| l.parse::<u64>().ok())
+                        .unwrap_or(0)
+                })
+                .sum()
+        };
+        wait_until("nothing pending", LIMIT, || pending() == 0).await;
+    })
+    .await;
+}

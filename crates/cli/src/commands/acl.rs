@@ -10,8 +10,7 @@
 //!     groups there (`XREADGROUP`, `XACK`, `XAUTOCLAIM`, `XCLAIM`, `XPENDING`,
 //!     `XGROUP CREATE|CREATECONSUMER|SETID`, `XRANGE`, `XREVRANGE`), recording its queue
 //!     bound in their `{stream}#groups` hashes (`HSET`) and renewing its groups' leases
-//!     (`SET`, `PEXPIRE` on `{stream}#alive:{group}`); dead letters go in a transaction
-//!     (`MULTI`, `EXEC`); it counts the entries trimmed before its groups read them with a
+//!     (`SET`, `PEXPIRE` on `{stream}#alive:{group}`); it counts the entries trimmed before its groups read them with a
 //!     script (`EVALSHA`, `SCRIPT LOAD`; inside: `XINFO STREAM`, `XRANGE`, `XGROUP SETID`
 //!     and `HINCRBY` of `{stream}#trimmed`);
 //!   * append (`XADD`) to the streams of the kinds it publishes, its heartbeats
@@ -59,9 +58,6 @@ pub const SECRETS: &str = "secrets";
 /// Commands every user needs to connect and stay connected (and, on a Redis Cluster, to learn
 /// which node serves which slot).
 const CONNECTION: &str = "+ping +hello +auth +select +client|setname +cluster|slots";
-/// Transactions (a dead letter's copy and acknowledgement go in one `MULTI`/`EXEC`); the
-/// commands inside are checked against the user's key rules as usual.
-const TRANSACTIONS: &str = "+multi +exec +discard";
 /// What a reader does on its groups' leases (`{stream}#alive:{group}`: renewed while it lives).
 const LEASE: &str = "+set +pexpire";
 /// What a reader does on the streams it reads.
@@ -89,7 +85,7 @@ pub fn rules(cfg: &Config) -> Vec<(String, String)> {
     out.push((
         SYSTEM.to_string(),
         format!(
-            "on resetkeys resetchannels -@all {CONNECTION} {TRANSACTIONS} {all} {READ} {WRITE} \
+            "on resetkeys resetchannels -@all {CONNECTION} {all} {READ} {WRITE} \
              {LEASE} {TRIM_CHECK} +script|load +exists +xinfo|stream +xinfo|consumers +xlen \
              +xgroup|destroy +hset +hget +hgetall"
         ),
@@ -204,7 +200,7 @@ fn engine_rules(d: &Declaration, router: &Router) -> String {
     let write_leases = keys(&mut write.iter(), Some("#alive:*"));
     let append_keys = keys(&mut append_only.iter(), None);
     format!(
-        "on resetkeys resetchannels -@all {CONNECTION} {TRANSACTIONS} +script|load \
+        "on resetkeys resetchannels -@all {CONNECTION} +script|load \
          (~{prefix}:* +xinfo|groups +xlen) \
          ({read_keys}{READ}) \
          ({read_bounds}+hset +hget +hgetall) \

@@ -133,7 +133,7 @@ impl ClusterTransport {
     /// cluster node (a single server is `redis://`); `Refused` for credentials;
     /// `Unreachable` when no node answers.
     pub async fn connect(opts: RedisOptions) -> Result<ClusterTransport, ConnectError> {
-        let shared = Arc::new(Shared::new(opts)?);
+        let shared = Shared::new(opts)?;
         shared.load(true).await?;
         Ok(ClusterTransport { shared })
     }
@@ -236,7 +236,7 @@ pub async fn master_urls(opts: RedisOptions) -> Result<Vec<String>, ConnectError
 }
 
 impl Shared {
-    fn new(opts: RedisOptions) -> Result<Shared, ConnectError> {
+    fn new(opts: RedisOptions) -> Result<Arc<Shared>, ConnectError> {
         let shown = dualbus_core::redact_url(&opts.url);
         let seeds = seed_urls(&opts.url).map_err(|reason| ConnectError::BadUrl {
             bus: opts.bus.clone(),
@@ -246,15 +246,23 @@ impl Shared {
         let (scheme, addrs) = split_seeds(&seeds);
         let mut node_opts = opts;
         node_opts.url = shown;
-        Ok(Shared {
-            opts: node_opts,
-            scheme,
-            seeds: addrs,
-            topo: RwLock::new(Topology::default()),
-            refresh: tokio::sync::Mutex::new(None),
-            retired: Mutex::new(TransportStats::default()),
-            reloading: AtomicBool::new(false),
-        })
+        Ok(Arc::new_cyclic(|me: &std::sync::Weak<Shared>| {
+            // Each master's transport reaches the others through this: a dead letter goes to
+            // the master of the dead-letter stream's slot.
+            let me = me.clone();
+            node_opts.node_route = Some(crate::NodeRoute::new(move |key| {
+                Some(me.upgrade()?.node_for(key)?.inner.conn.clone())
+            }));
+            Shared {
+                opts: node_opts,
+                scheme,
+                seeds: addrs,
+                topo: RwLock::new(Topology::default()),
+                refresh: tokio::sync::Mutex::new(None),
+                retired: Mutex::new(TransportStats::default()),
+                reloading: AtomicBool::new(false),
+            }
+        }))
     }
 
     fn node_url(&self, addr: &str) -> String {

@@ -87,6 +87,36 @@ pub struct RedisOptions {
     /// (renewed every quarter of this): a reliable group's queue bound holds publishers only
     /// while it is alive.
     pub group_lease: Duration,
+    /// Where keys of other hash slots live, for a transport that serves one master of a Redis
+    /// Cluster ([`ClusterTransport`] sets it on its masters' transports): the dead-letter
+    /// stream is usually on another master than the stream its entries come from. `None`: one
+    /// server holds every key.
+    pub node_route: Option<NodeRoute>,
+}
+
+/// The connection of the master serving a key's hash slot (see [`RedisOptions::node_route`]).
+#[derive(Clone)]
+pub struct NodeRoute(Arc<RouteFn>);
+
+/// What a [`NodeRoute`] asks: the connection of the master of a key.
+type RouteFn = dyn Fn(&str) -> Option<ConnectionManager> + Send + Sync;
+
+impl NodeRoute {
+    /// A route that asks `f` for the connection of the master of a key.
+    pub fn new(f: impl Fn(&str) -> Option<ConnectionManager> + Send + Sync + 'static) -> Self {
+        NodeRoute(Arc::new(f))
+    }
+
+    /// The connection of the master serving `key`, if one is known.
+    pub fn conn_for(&self, key: &str) -> Option<ConnectionManager> {
+        (self.0)(key)
+    }
+}
+
+impl std::fmt::Debug for NodeRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeRoute")
+    }
 }
 
 impl RedisOptions {
@@ -101,6 +131,7 @@ impl RedisOptions {
             max_payload: dualbus_core::envelope::DEFAULT_MAX_PAYLOAD,
             outgoing_bound: 100_000,
             group_lease: Duration::from_secs(10),
+            node_route: None,
         }
     }
 }

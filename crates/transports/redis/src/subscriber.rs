@@ -304,10 +304,13 @@ impl RedisSubscriber {
             .collect())
     }
 
-    /// Moves entries to the dead-letter stream with their reason and acknowledges them, in one
-    /// transaction (`MULTI`/`EXEC`): when the broker refuses the copy (`OOM` under
-    /// `maxmemory`), nothing is acknowledged either, and the entries stay pending, to be tried
-    /// again after the idle timeout.
+    /// Moves entries to the dead-letter stream with their reason, then acknowledges those whose
+    /// copy the broker took. The copies go first, on their own (on a Redis Cluster, to the
+    /// master of the dead-letter stream's slot, which is usually another one): an entry whose
+    /// copy was refused (`OOM` under `maxmemory`, a key of the wrong type) is not acknowledged
+    /// and stays pending, to be tried again after the idle timeout, with its reason kept. A
+    /// failure between the copy and the acknowledgement leaves a copy and the entry pending:
+    /// it can be dead-lettered twice, never lost. Returns how many were moved.
     async fn dead_letter(
         &mut self,
         i: usize,
@@ -319,9 +322,7 @@ impl RedisSubscriber {
         }
         let key = self.spec.streams[i].clone();
         let mut pipe = redis::pipe();
-        pipe.atomic();
         for (e, reason, deliveries) in &entries {
-            tracing::warn!(stream = %key, group = %self.spec.group, entry = %e.id, reason = %reason, "dead-lettered");
             let cmd = pipe
                 .cmd("XADD")
                 .arg(&*self.spec.dead_letter)
@@ -343,18 +344,51 @@ impl RedisSubscriber {
                 .arg("dead_entry")
                 .arg(&e.raw_id[..])
                 .arg("dead_deliveries")
-                .arg(*deliveries)
-                .ignore();
-            if acknowledge {
-                pipe.cmd("XACK")
-                    .arg(&*key)
-                    .arg(&*self.spec.group)
-                    .arg(&e.raw_id[..])
-                    .ignore();
+                .arg(*deliveries);
+        }
+        let route = self.inner.opts.node_route.as_ref();
+        let results: Vec<redis::Value> = match route {
+            Some(r) => {
+                let mut conn = r.conn_for(&self.spec.dead_letter).ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no master known for the dead-letter stream",
+                        self.spec.dead_letter.to_string(),
+                    ))
+                })?;
+                pipe.query_async(&mut conn).await?
+            }
+            None => pipe.query_async(&mut self.conn).await?,
+        };
+        let mut moved = Vec::new();
+        for (k, (e, reason, _)) in entries.iter().enumerate() {
+            match results.get(k) {
+                Some(redis::Value::ServerError(err)) => tracing::warn!(
+                    stream = %key,
+                    group = %self.spec.group,
+                    entry = %e.id,
+                    error = %err,
+                    "the dead-letter stream refused the entry: it stays pending and is tried \
+                     again after the idle timeout"
+                ),
+                _ => {
+                    tracing::warn!(stream = %key, group = %self.spec.group, entry = %e.id, reason = %reason, "dead-lettered");
+                    moved.push(*e);
+                }
             }
         }
-        pipe.query_async::<()>(&mut self.conn).await?;
-        let n = entries.len() as u64;
+        if acknowledge && !moved.is_empty() {
+            let mut ack = redis::cmd("XACK");
+            ack.arg(&*key).arg(&*self.spec.group);
+            for e in &moved {
+                ack.arg(&e.raw_id[..]);
+            }
+            ack.query_async::<()>(&mut self.conn).await?;
+        }
+        for e in &moved {
+            self.reasons.remove(&(i as u16, e.id));
+        }
+        let n = moved.len() as u64;
         self.inner
             .stats
             .dead_lettered
@@ -382,7 +416,8 @@ impl RedisSubscriber {
             }
             let attempt = attempts.and_then(|a| a.get(&e.id).copied()).unwrap_or(1);
             if reliable && attempt > self.spec.max_deliveries as u64 {
-                let reason = match self.reasons.remove(&(i as u16, e.id)) {
+                // Kept until the entry is dead-lettered: a refused copy is tried again.
+                let reason = match self.reasons.get(&(i as u16, e.id)) {
                     Some(r) => format!(
                         "not acknowledged after {} deliveries; last error: {r}",
                         attempt - 1
