@@ -26,6 +26,14 @@
 //!
 //! Each reliable consumer runs it on every stream when it subscribes (a group coming back
 //! after its consumers were gone) and at every sweep.
+//!
+//! Redis 7.0 writes a group's reads to its AOF and its replicas as `XCLAIM ... LASTID`, which
+//! carries the position but not `entries-read`: a server restarted from its AOF, or a promoted
+//! replica, has the group where it was but its counter as of the last `XGROUP SETID ...
+//! ENTRIESREAD`. So the script writes the counter down (`SETID` at the group's own position)
+//! at every check, and never counts more than the trims removed (`entries-added - length`):
+//! after such a restart, a stream that was never trimmed counts nothing, and one that was can
+//! count at most the reads since the last check (at most a second of them) as trimmed.
 
 use crate::admission;
 use redis::aio::ConnectionLike;
@@ -80,7 +88,6 @@ local deleted = field(info, 'max-deleted-entry-id')
 if first and deleted ~= '0-0' and not before(deleted, first[1]) then return -1 end
 local limit = tonumber(ARGV[2])
 local after = length
-if added - read <= 0 then return 0 end
 if first and not before(last, first[1]) then
   local tail = #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', limit)
   if tail < limit then
@@ -91,8 +98,13 @@ if first and not before(last, first[1]) then
   end
 end
 local lost = added - read - after
-if lost <= 0 then return 0 end
+-- Never more than the trims removed (a stale counter, see the module doc).
+if lost > added - length then lost = added - length end
+if lost < 0 then lost = 0 end
+-- Written down at every check, lost or not: reads reach the AOF and replicas as
+-- XCLAIM ... LASTID, which do not carry the counter.
 redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', read + lost)
+if lost == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], ARGV[1], lost)
 return lost
 "#;
