@@ -223,7 +223,8 @@ impl Default for BusSection {
 pub struct DeliverySection {
     /// `reliable` or `fast`.
     pub mode: String,
-    /// `newest` or `oldest`: where a new group starts.
+    /// Where a new group starts: `newest`, `oldest`, or a time (RFC 3339,
+    /// `2026-12-05T09:30:00Z`): what the streams hold from then on.
     pub start: String,
     /// Most messages a group may hold unread or unacknowledged.
     pub queue_bound: u64,
@@ -946,7 +947,7 @@ impl Config {
             bad(
                 "delivery.start",
                 &format!("{:?}", d.start),
-                "expected \"newest\" or \"oldest\"",
+                "expected \"newest\", \"oldest\" or a time such as \"2026-12-05T09:30:00Z\" (RFC 3339)",
             );
         }
         for (key, v, min) in [
@@ -1057,12 +1058,17 @@ pub fn parse_mode(s: &str) -> Option<Mode> {
     }
 }
 
-/// Parses `newest` / `oldest`.
+/// Parses `newest` / `oldest` / a time in RFC 3339 (`2026-12-05T09:30:00Z`, read by the
+/// `humantime` crate), the latter as [`StartFrom::Time`].
 pub fn parse_start(s: &str) -> Option<StartFrom> {
     match s {
         "newest" => Some(StartFrom::Newest),
         "oldest" => Some(StartFrom::Oldest),
-        _ => None,
+        _ => {
+            let at = humantime::parse_rfc3339_weak(s).ok()?;
+            let ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+            Some(StartFrom::Time(ms as u64))
+        }
     }
 }
 
@@ -1079,6 +1085,27 @@ pub fn parse_backpressure(s: &str) -> Option<Backpressure> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn delivery_start_takes_a_time() {
+        let cfg = Config::from_toml_with_env(
+            "[delivery]\nstart = \"2026-12-05T09:30:00Z\"\n",
+            Path::new("t.toml"),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(cfg.start(), StartFrom::Time(1_796_463_000_000));
+        let err = Config::from_toml_with_env(
+            "[delivery]\nstart = \"yesterday\"\n",
+            Path::new("t.toml"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("delivery.start"), "{err}");
+        assert!(err.contains("\"yesterday\""), "{err}");
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
 
     #[test]
     fn a_partial_bus_section_keeps_the_default_address() {

@@ -233,3 +233,84 @@ fn stats_counts_what_a_trim_took_before_a_group_read_it() {
         "{table}"
     );
 }
+
+/// `dualbus tail --since` starts a new group at a time: what was published before it is not
+/// shown, what came after is; a value that is neither a duration nor a time is refused with
+/// the value named.
+#[test]
+fn tail_since_starts_a_new_group_at_a_time() {
+    let md = RedisServer::start().expect("redis-server");
+    let logic = RedisServer::start().expect("redis-server");
+    let publish = |n: &str| {
+        dualbus(
+            &md,
+            &logic,
+            &[
+                "publish",
+                "--kind",
+                "risk_alert",
+                "--topic",
+                "risk_alert.BTCUSDT",
+                "--payload",
+                &format!("{{\"batch\": {n}}}"),
+                "--count",
+                "3",
+            ],
+        )
+    };
+    publish("1");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let at = std::time::SystemTime::now();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    publish("2");
+    // The time as RFC 3339, from the test's clock (the broker's, on this machine).
+    let since = humantime::format_rfc3339_millis(at).to_string();
+    let out = dualbus(
+        &md,
+        &logic,
+        &[
+            "tail",
+            "risk_alert.>",
+            "--since",
+            &since,
+            "--count",
+            "3",
+            "--json",
+        ],
+    );
+    let batches: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["payload"]["batch"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(batches, vec![2, 2, 2], "{out}");
+    // A duration ago that covers both batches shows the first one first.
+    let out = dualbus(
+        &md,
+        &logic,
+        &[
+            "tail",
+            "risk_alert.>",
+            "--since",
+            "1h",
+            "--count",
+            "1",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["payload"]["batch"], 1, "{out}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_dualbus"))
+        .args(["--md-url", &md.url(), "--logic-url", &logic.url()])
+        .args(["tail", "risk_alert.>", "--since", "last tuesday"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("\"last tuesday\" is neither a duration"),
+        "{err}"
+    );
+}

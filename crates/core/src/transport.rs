@@ -126,6 +126,10 @@ pub enum StartFrom {
     Newest,
     /// Everything the stream still holds.
     Oldest,
+    /// What the stream still holds from this time on, Unix epoch milliseconds. On Redis by
+    /// the broker's clock (stream ids are its milliseconds); embedded by the messages' publish
+    /// time (`ts`).
+    Time(u64),
 }
 
 /// When a publish returns.

@@ -647,6 +647,79 @@ pub async fn dead_group_holds_no_publisher(f: &dyn TransportFactory) {
     assert_eq!(ns, (0..50).collect::<Vec<_>>());
 }
 
+/// A new group started at a time gets what the stream holds from that time on: the messages
+/// published before it are not given, those after are, in order.
+pub async fn start_from_time(f: &dyn TransportFactory) {
+    let pair = f.pair().await;
+    let bus = pair.bus("analytics");
+    let stream = bus
+        .route(&EventKind::AnalyticsResult, Priority::Normal)
+        .stream;
+    publish_n_confirmed(&bus, EventKind::AnalyticsResult, "analytics_result.pnl", 5).await;
+    // Clear of the millisecond of the last one either side.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for n in 5..10u64 {
+        let env = bus
+            .envelope(
+                EventKind::AnalyticsResult,
+                "analytics_result.pnl",
+                Priority::Normal,
+                &json!({ "n": n }),
+            )
+            .expect("envelope");
+        bus.publish_confirmed(env).await.expect("publish");
+    }
+    let spec = |group: &str, start: StartFrom| {
+        let mut s = SubscribeSpec::new(
+            group,
+            format!("{group}-1").as_str(),
+            vec![stream.clone()],
+            bus.router().dead_stream(BusId::Logic),
+        );
+        s.start = start;
+        s
+    };
+    let mut since = pair
+        .logic
+        .subscribe(spec("since", StartFrom::Time(at)))
+        .await
+        .unwrap();
+    let got: Vec<u64> = read_n(&mut since, 5)
+        .await
+        .iter()
+        .map(|d| n_of(&d.envelope))
+        .collect();
+    assert_eq!(got, vec![5, 6, 7, 8, 9]);
+    // Nothing more for it.
+    let more = tokio::time::timeout(Duration::from_millis(300), since.next_batch(10)).await;
+    assert!(
+        more.map_or(true, |b| b.map_or(true, |b| b.deliveries.is_empty())),
+        "only what was published from the time on"
+    );
+    // A time before everything is the whole stream; one after it, nothing yet.
+    let mut all = pair
+        .logic
+        .subscribe(spec("all", StartFrom::Time(1)))
+        .await
+        .unwrap();
+    assert_eq!(read_n(&mut all, 10).await.len(), 10);
+    let mut later = pair
+        .logic
+        .subscribe(spec("later", StartFrom::Time(at + 3_600_000)))
+        .await
+        .unwrap();
+    let none = tokio::time::timeout(Duration::from_millis(300), later.next_batch(10)).await;
+    assert!(
+        none.map_or(true, |b| b.map_or(true, |b| b.deliveries.is_empty())),
+        "nothing is from the future"
+    );
+}
+
 /// `DropOldest`: at the bound the group's oldest messages are dropped and counted; the
 /// publisher never waits.
 pub async fn backpressure_drop_oldest(f: &dyn TransportFactory) {

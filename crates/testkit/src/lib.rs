@@ -169,6 +169,7 @@ macro_rules! conformance_suite {
             duplicates_are_suppressed,
             backpressure_block,
             dead_group_holds_no_publisher,
+            start_from_time,
             a_panicking_handler_fails_its_message_not_its_reader,
             backpressure_drop_oldest,
             backpressure_reject,

@@ -193,7 +193,13 @@ async fn earlier_groups(
         .into_iter()
         .filter(|r| groups.contains(&r.backlog.group))
         .collect();
-    let start = &bus.config().delivery.start;
+    let start = match bus.config().start() {
+        dualbus_core::StartFrom::Newest => "newest message".to_string(),
+        dualbus_core::StartFrom::Oldest => "oldest message".to_string(),
+        dualbus_core::StartFrom::Time(_) => {
+            format!("first message from {}", bus.config().delivery.start)
+        }
+    };
     if fresh {
         // Dropping groups is the operator's right: an engine's own Redis user may not.
         let cfg = global.redis_config()?;
@@ -225,7 +231,7 @@ async fn earlier_groups(
         }
         if !quiet {
             eprintln!(
-                "--fresh: dropped {dropped} consumer group{} of an earlier run; every group starts at the {start} message",
+                "--fresh: dropped {dropped} consumer group{} of an earlier run; every group starts at the {start}",
                 if dropped == 1 { "" } else { "s" }
             );
         }
@@ -237,7 +243,7 @@ async fn earlier_groups(
         .collect();
     if !quiet {
         eprintln!(
-            "consumer groups: one that exists resumes where it stopped (at least once: nothing skipped); a new one starts at the {start} message (delivery.start)"
+            "consumer groups: one that exists resumes where it stopped (at least once: nothing skipped); a new one starts at the {start} (delivery.start)"
         );
     }
     // Said even when quiet: old messages are about to be handled as if they were new.

@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 Examples:
   dualbus tail 'risk_alert.>'
   dualbus tail 'market_data.trade.*' --count 10 --json
-  dualbus tail '>' --from-start")]
+  dualbus tail '>' --from-start
+  dualbus tail 'risk_alert.>' --since 15m
+  dualbus tail 'trade_execution.>' --since 2026-12-05T09:30:00Z")]
 pub struct TailArgs {
     /// Topic pattern: segments separated by dots, `*` for one segment, `>` for the rest; the
     /// first segment names the kind (`risk_alert.>`); a wildcard there reads every kind.
@@ -30,8 +32,29 @@ pub struct TailArgs {
     #[arg(long)]
     json: bool,
     /// Start from the oldest entry the streams hold (for a new group).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "since")]
     from_start: bool,
+    /// Start from what the streams hold from this time on (for a new group): a duration ago
+    /// (`15m`, `2h`, `1d`) or a time (RFC 3339, `2026-12-05T09:30:00Z`). On Redis by the
+    /// broker's clock (stream ids are its milliseconds).
+    #[arg(long, value_parser = parse_since)]
+    since: Option<u64>,
+}
+
+/// `--since`: a duration ago or an RFC 3339 time, as Unix milliseconds (read by the
+/// `humantime` crate).
+fn parse_since(s: &str) -> Result<u64, String> {
+    let at = match humantime::parse_duration(s) {
+        Ok(ago) => std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("{s:?} ago is before 1970"))?,
+        Err(_) => humantime::parse_rfc3339_weak(s).map_err(|_| {
+            format!("{s:?} is neither a duration (15m, 2h) nor a time (2026-12-05T09:30:00Z)")
+        })?,
+    };
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("{s:?} is before 1970"))
 }
 
 struct Forward(mpsc::Sender<Envelope>);
@@ -87,11 +110,13 @@ pub fn run(args: TailArgs, global: &Global) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("tail-{}", std::process::id()));
     runtime(2)?.block_on(async move {
         let bus = super::connect_buses("tail", cfg.clone()).await?;
-        let mut opts = SubscribeOptions::new(&group, &[&args.pattern])?.start(if args.from_start {
-            StartFrom::Oldest
-        } else {
-            StartFrom::Newest
-        });
+        let mut opts = SubscribeOptions::new(&group, &[&args.pattern])?.start(
+            match (args.from_start, args.since) {
+                (true, _) => StartFrom::Oldest,
+                (_, Some(ms)) => StartFrom::Time(ms),
+                _ => StartFrom::Newest,
+            },
+        );
         if private {
             // A private group never holds publishers back: no bound, no acknowledgements.
             opts = opts.mode(Mode::Fast).lag_limit(u64::MAX / 2);

@@ -97,6 +97,22 @@ struct State {
     groups: Vec<Group>,
 }
 
+impl State {
+    /// The offset of the first retained message published at or after `ts` (nanoseconds), or
+    /// the next offset when there is none.
+    fn first_since(&self, ts: u64) -> u64 {
+        for seg in &self.segs {
+            for (k, env) in seg.msgs.iter().enumerate() {
+                let at = seg.base + k as u64;
+                if at >= self.first && env.ts >= ts {
+                    return at;
+                }
+            }
+        }
+        self.next
+    }
+}
+
 /// A delivered, unacknowledged entry (24 bytes; one per message in flight).
 struct Pending {
     offset: u64,
@@ -494,6 +510,7 @@ impl Transport for MemoryTransport {
                 let start = match spec.start {
                     StartFrom::Newest => st.next,
                     StartFrom::Oldest => st.first,
+                    StartFrom::Time(ms) => st.first_since(ms.saturating_mul(1_000_000)),
                 };
                 let gi = match st.groups.iter().position(|g| g.name == spec.group) {
                     Some(i) => i,

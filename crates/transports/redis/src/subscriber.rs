@@ -107,11 +107,14 @@ impl RedisSubscriber {
             conn,
             spec,
         };
-        let start: &[u8] = match sub.spec.start {
-            StartFrom::Newest => b"$",
-            StartFrom::Oldest => b"0",
+        // A group made at an id reads the entries after it: for a time, the last possible id
+        // of the millisecond before.
+        let start: Vec<u8> = match sub.spec.start {
+            StartFrom::Newest => b"$".to_vec(),
+            StartFrom::Oldest | StartFrom::Time(0) => b"0".to_vec(),
+            StartFrom::Time(ms) => format!("{}-{}", ms - 1, u64::MAX).into_bytes(),
         };
-        sub.create_groups(start)
+        sub.create_groups(&start)
             .await
             .map_err(|e| SubscribeError::Unavailable(sub.inner.describe(&e)))?;
         // A group coming back after its consumers were gone: count what it lost meanwhile,
