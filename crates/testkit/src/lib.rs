@@ -8,7 +8,9 @@
 //! * [`conformance`]: the tests, as `async fn(&dyn TransportFactory)`.
 //! * [`conformance_suite!`]: expands to one `#[tokio::test]` per conformance test.
 //! * [`MemoryFactory`], [`RedisFactory`]: the factories of the embedded and Redis transports.
-//! * [`RedisServer`]: a real `redis-server` on a free port, killed on drop.
+//! * [`RedisServer`]: a real `redis-server` on a free port, killed on drop; [`redis_client`]:
+//!   a client over two Redis transports made from options.
+//! * [`CapturedLog`]: what a test's log subscriber wrote.
 //! * [`stress`]: the `dualbus-stress` crate, re-exported: fault injection under load (crash,
 //!   hang, flash crash, slow consumer), shared by `dualbus stress` and the failover tests.
 //! * [`wire_doc`]: the examples of `docs/wire-format.md`, for the tests that check it.
@@ -129,6 +131,65 @@ async fn connect_redis(bus: &str, url: &str) -> dualbus_redis::RedisTransport {
     dualbus_redis::RedisTransport::connect(opts)
         .await
         .expect("connect to the test redis-server")
+}
+
+/// A client for engine `src` (sequence numbers from 1) over two Redis transports connected with
+/// `md` and `logic`; the transports too, for their stats. Without `cfg`, the default config
+/// with failover off: tests often give both buses one server, where a bus marked down under
+/// load would re-send its window to the same server and stream.
+pub async fn redis_client(
+    src: &str,
+    md: dualbus_redis::RedisOptions,
+    logic: dualbus_redis::RedisOptions,
+    cfg: Option<Config>,
+) -> (
+    DualBus,
+    Arc<dualbus_redis::RedisTransport>,
+    Arc<dualbus_redis::RedisTransport>,
+) {
+    let md = Arc::new(
+        dualbus_redis::RedisTransport::connect(md)
+            .await
+            .expect("connect to the test redis-server (md)"),
+    );
+    let logic = Arc::new(
+        dualbus_redis::RedisTransport::connect(logic)
+            .await
+            .expect("connect to the test redis-server (logic)"),
+    );
+    let bus = DualBus::builder(src)
+        .config(cfg.unwrap_or_else(|| {
+            let mut c = Config::default();
+            c.failover.enabled = dualbus_bus::FailoverMode::Off;
+            c
+        }))
+        .transports(md.clone(), logic.clone())
+        .first_seq(1)
+        .build()
+        .expect("valid test client");
+    (bus, md, logic)
+}
+
+/// Collects what a `tracing_subscriber` fmt layer writes, for tests that check log lines
+/// (`.with_writer(move || log.clone())`).
+#[derive(Clone, Default)]
+pub struct CapturedLog(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Polls `cond` every 2 ms until it holds; panics with `what` after `limit` (a guard against a

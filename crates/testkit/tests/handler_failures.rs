@@ -4,28 +4,11 @@
 
 use dualbus_bus::{handler_fn, BusId, DualBus, HandlerError, SubscribeOptions};
 use dualbus_core::EventKind;
-use parking_lot::Mutex;
-use std::io::Write;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// Collects what the fmt subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[test]
 fn handler_failures_are_warnings_naming_group_kind_id_and_reason() {
-    let captured = Captured::default();
+    let captured = dualbus_testkit::CapturedLog::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
@@ -71,7 +54,7 @@ fn handler_failures_are_warnings_naming_group_kind_id_and_reason() {
         );
         sub.stop().await;
     });
-    let log = String::from_utf8(captured.0.lock().clone()).unwrap();
+    let log = captured.text();
     let warnings: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("handler failed"))

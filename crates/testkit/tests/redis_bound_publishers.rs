@@ -6,7 +6,7 @@
 use dualbus_bus::{BusId, DualBus};
 use dualbus_core::{Backpressure, EventKind, Priority, SubscribeSpec, Transport};
 use dualbus_redis::{RedisOptions, RedisTransport, ADMISSION_SLICE};
-use dualbus_testkit::RedisServer;
+use dualbus_testkit::{redis_client, RedisServer};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +16,8 @@ const EACH: u64 = 1000;
 const BOUND: u64 = 160;
 
 async fn client(server: &RedisServer, name: &str) -> (DualBus, Arc<RedisTransport>) {
-    let connect = |bus: &str| RedisTransport::connect(RedisOptions::new(bus, &server.url()));
-    let md = Arc::new(connect("md").await.unwrap());
-    let logic = Arc::new(connect("logic").await.unwrap());
-    let bus = DualBus::builder(name)
-        .transports(md, logic.clone())
-        .first_seq(1)
-        .build()
-        .unwrap();
+    let opts = |bus: &str| RedisOptions::new(bus, &server.url());
+    let (bus, _, logic) = redis_client(name, opts("md"), opts("logic"), None).await;
     (bus, logic)
 }
 

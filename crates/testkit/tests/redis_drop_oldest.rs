@@ -3,10 +3,10 @@
 //! the group read. Nothing may be given twice (a cursor moved back re-delivers), and at the end
 //! the group has read or skipped every entry (its `entries-read` is the stream's count).
 
-use dualbus_bus::{BusId, DualBus};
+use dualbus_bus::BusId;
 use dualbus_core::{Backpressure, EventKind, Priority, SubscribeSpec, Subscriber, Transport};
-use dualbus_redis::{RedisOptions, RedisTransport};
-use dualbus_testkit::RedisServer;
+use dualbus_redis::RedisOptions;
+use dualbus_testkit::{redis_client, RedisServer};
 use parking_lot::Mutex;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,14 +18,8 @@ const N: u64 = 20_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_under_concurrent_readers_gives_nothing_twice() {
     let server = RedisServer::start().unwrap();
-    let connect = |bus: &str| RedisTransport::connect(RedisOptions::new(bus, &server.url()));
-    let md = Arc::new(connect("md").await.unwrap());
-    let logic = Arc::new(connect("logic").await.unwrap());
-    let bus = DualBus::builder("analytics")
-        .transports(md, logic.clone())
-        .first_seq(1)
-        .build()
-        .unwrap();
+    let opts = |bus: &str| RedisOptions::new(bus, &server.url());
+    let (bus, _, logic) = redis_client("analytics", opts("md"), opts("logic"), None).await;
     let stream = bus
         .route(&EventKind::AnalyticsResult, Priority::Normal)
         .stream;

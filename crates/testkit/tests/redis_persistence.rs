@@ -5,8 +5,8 @@
 
 use dualbus_bus::{handler_fn, Config, DualBus, SubscribeOptions};
 use dualbus_core::{Envelope, EventKind};
-use dualbus_redis::{RedisOptions, RedisTransport};
-use dualbus_testkit::{guarded, wait_until, RedisServer};
+use dualbus_redis::RedisOptions;
+use dualbus_testkit::{guarded, redis_client, wait_until, RedisServer};
 use parking_lot::Mutex;
 use serde_json::json;
 use std::sync::Arc;
@@ -16,25 +16,12 @@ const N: u64 = 3000;
 const AOF: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "everysec"];
 
 async fn bus(md: &RedisServer, logic: &RedisServer, src: &str) -> DualBus {
-    let md_t = Arc::new(
-        RedisTransport::connect(RedisOptions::new("md", &md.url()))
-            .await
-            .unwrap(),
-    );
-    let logic_t = Arc::new(
-        RedisTransport::connect(RedisOptions::new("logic", &logic.url()))
-            .await
-            .unwrap(),
-    );
     let mut cfg = Config::default();
     cfg.failover.heartbeat_ms = 100;
     cfg.failover.heartbeat_timeout_ms = 300;
-    DualBus::builder(src)
-        .config(cfg)
-        .transports(md_t, logic_t)
-        .first_seq(1)
-        .build()
-        .unwrap()
+    let md = RedisOptions::new("md", &md.url());
+    let logic = RedisOptions::new("logic", &logic.url());
+    redis_client(src, md, logic, Some(cfg)).await.0
 }
 
 /// `(last-delivered-id, XLEN)` of the `venue` group on the order stream, from the server on

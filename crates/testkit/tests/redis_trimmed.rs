@@ -6,7 +6,7 @@
 use dualbus_bus::{BusId, DualBus};
 use dualbus_core::{Envelope, EventKind, Priority, SubscribeSpec, Subscriber, Transport};
 use dualbus_redis::{trimmed_key, RedisOptions, RedisTransport};
-use dualbus_testkit::RedisServer;
+use dualbus_testkit::{redis_client, RedisServer};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -25,18 +25,11 @@ struct Rig {
 
 async fn rig() -> Rig {
     let server = RedisServer::start().unwrap();
-    let connect = |bus: &str| {
-        let mut o = RedisOptions::new(bus, &server.url());
-        o.maxlen = MAXLEN;
-        RedisTransport::connect(o)
+    let opts = |bus: &str| RedisOptions {
+        maxlen: MAXLEN,
+        ..RedisOptions::new(bus, &server.url())
     };
-    let md = Arc::new(connect("md").await.unwrap());
-    let logic = Arc::new(connect("logic").await.unwrap());
-    let bus = DualBus::builder("analytics")
-        .transports(md, logic.clone())
-        .first_seq(1)
-        .build()
-        .unwrap();
+    let (bus, _, logic) = redis_client("analytics", opts("md"), opts("logic"), None).await;
     let stream = bus
         .route(&EventKind::AnalyticsResult, Priority::Normal)
         .stream;
