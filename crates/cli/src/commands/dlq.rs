@@ -280,8 +280,7 @@ fn redis_error(e: redis::RedisError, shown: &str) -> anyhow::Error {
     }
 }
 
-/// A stream entry's fields, in order, as bytes.
-type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+use inspect::Fields;
 
 /// One dead letter.
 struct Letter {
@@ -340,44 +339,6 @@ impl Letter {
     }
 }
 
-fn bytes(v: &Value) -> Vec<u8> {
-    match v {
-        Value::BulkString(b) => b.clone(),
-        Value::SimpleString(s) => s.clone().into_bytes(),
-        Value::VerbatimString { text, .. } => text.clone().into_bytes(),
-        Value::Int(i) => i.to_string().into_bytes(),
-        _ => Vec::new(),
-    }
-}
-
-/// The entries of an `XRANGE` reply: id and fields.
-fn entries(v: &Value) -> Vec<(String, Fields)> {
-    let Value::Array(items) = v else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter_map(|e| {
-            let Value::Array(parts) = e else {
-                return None;
-            };
-            let id = String::from_utf8_lossy(&bytes(parts.first()?)).into_owned();
-            let fields = match parts.get(1)? {
-                Value::Array(kv) => kv
-                    .chunks(2)
-                    .filter_map(|c| match c {
-                        [k, v] => Some((bytes(k), bytes(v))),
-                        _ => None,
-                    })
-                    .collect(),
-                Value::Map(m) => m.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
-                _ => Vec::new(),
-            };
-            Some((id, fields))
-        })
-        .collect()
-}
-
 /// The buses `--bus` selects.
 fn buses(bus: Option<BusId>) -> Vec<BusId> {
     bus.map_or_else(|| BusId::ALL.to_vec(), |b| vec![b])
@@ -393,36 +354,15 @@ async fn read_bus(
     let key = router.dead_stream(bus);
     let mut out = Vec::new();
     for (i, node) in servers.bus(bus).await?.nodes.iter_mut().enumerate() {
-        let mut start = "-".to_string();
-        loop {
-            let v: Value = match redis::cmd("XRANGE")
-                .arg(&*key)
-                .arg(&start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut node.conn)
-                .await
-            {
-                Ok(v) => v,
-                Err(e) if e.code() == Some("MOVED") => break,
-                Err(e) => return Err(redis_error(e, &node.shown).context(format!("reading {key}"))),
-            };
-            let page = entries(&v);
-            let n = page.len();
-            for (id, fields) in page {
-                start = format!("({id}");
-                out.push(Letter {
-                    bus,
-                    node: i,
-                    id,
-                    fields,
-                });
-            }
-            if n < 1000 {
-                break;
-            }
-        }
+        let page = inspect::all_entries(&mut node.conn, &key)
+            .await
+            .map_err(|e| redis_error(e, &node.shown).context(format!("reading {key}")))?;
+        out.extend(page.into_iter().map(|(id, fields)| Letter {
+            bus,
+            node: i,
+            id,
+            fields,
+        }));
     }
     Ok(out)
 }
@@ -492,7 +432,7 @@ async fn find(
                 Err(e) if e.code() == Some("MOVED") => continue,
                 Err(e) => return Err(redis_error(e, &node.shown).context(format!("reading {key}"))),
             };
-            found.extend(entries(&v).into_iter().map(|(id, fields)| Letter {
+            found.extend(inspect::entries(&v).into_iter().map(|(id, fields)| Letter {
                 bus: b,
                 node: i,
                 id,
@@ -1061,15 +1001,15 @@ async fn stream_groups(servers: &mut Servers<'_>, bus: BusId, stream: &str) -> O
             Value::Array(kv) => kv
                 .chunks(2)
                 .filter_map(|c| match c {
-                    [k, v] => Some((bytes(k), v)),
+                    [k, v] => Some((inspect::bytes(k), v)),
                     _ => None,
                 })
                 .collect(),
-            Value::Map(m) => m.iter().map(|(k, v)| (bytes(k), v)).collect(),
+            Value::Map(m) => m.iter().map(|(k, v)| (inspect::bytes(k), v)).collect(),
             _ => Vec::new(),
         };
         if let Some((_, v)) = pairs.iter().find(|(k, _)| k == b"name") {
-            names.push(String::from_utf8_lossy(&bytes(v)).into_owned());
+            names.push(String::from_utf8_lossy(&inspect::bytes(v)).into_owned());
         }
     }
     names.sort();

@@ -273,16 +273,53 @@ pub async fn server_info(
         .collect())
 }
 
-/// Dead letters per (original stream, group), from the bus's dead-letter stream.
-pub async fn dead_counts(
+/// A stream entry's fields, in order, as bytes.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A reply value as bytes (a string, or an integer written out).
+pub fn bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.clone().into_bytes(),
+        Value::VerbatimString { text, .. } => text.clone().into_bytes(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// The entries of an `XRANGE` reply: id and fields (RESP2 arrays or RESP3 maps).
+pub fn entries(v: &Value) -> Vec<(String, Fields)> {
+    list(v)
+        .into_iter()
+        .filter_map(|e| {
+            let parts = list(e);
+            let id = String::from_utf8_lossy(&bytes(parts.first()?)).into_owned();
+            let fields = match parts.get(1)? {
+                Value::Map(m) => m.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
+                kv => list(kv)
+                    .chunks(2)
+                    .filter_map(|c| match c {
+                        [k, v] => Some((bytes(k), bytes(v))),
+                        _ => None,
+                    })
+                    .collect(),
+            };
+            Some((id, fields))
+        })
+        .collect()
+}
+
+/// Every entry of `key` on this server, the oldest first, read 1000 at a time; nothing from a
+/// cluster master that does not hold the key (it answers `MOVED`: another one does).
+pub async fn all_entries(
     conn: &mut MultiplexedConnection,
-    dead_key: &str,
-) -> anyhow::Result<BTreeMap<(String, String), u64>> {
-    let mut out = BTreeMap::new();
+    key: &str,
+) -> Result<Vec<(String, Fields)>, redis::RedisError> {
+    let mut out = Vec::new();
     let mut start = "-".to_string();
     loop {
         let v: Value = match redis::cmd("XRANGE")
-            .arg(dead_key)
+            .arg(key)
             .arg(&start)
             .arg("+")
             .arg("COUNT")
@@ -291,33 +328,37 @@ pub async fn dead_counts(
             .await
         {
             Ok(v) => v,
-            // A cluster master that does not hold the key: another one counts it.
             Err(e) if e.code() == Some("MOVED") => return Ok(out),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
-        let entries = list(&v);
-        if entries.is_empty() {
-            break;
+        let page = entries(&v);
+        let n = page.len();
+        if let Some((last, _)) = page.last() {
+            start = format!("({last}");
         }
-        let mut last = String::new();
-        for e in &entries {
-            let parts = list(e);
-            last = parts.first().map(|x| text(x)).unwrap_or_default();
-            let fields = parts.get(1).map(|f| pairs(f)).unwrap_or_default();
-            let get = |name: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| text(v))
-                    .unwrap_or_default()
-            };
-            *out.entry((get("dead_stream"), get("dead_group")))
-                .or_insert(0) += 1;
+        out.extend(page);
+        if n < 1000 {
+            return Ok(out);
         }
-        if entries.len() < 1000 {
-            break;
-        }
-        start = format!("({last}");
+    }
+}
+
+/// Dead letters per (original stream, group), from the bus's dead-letter stream.
+pub async fn dead_counts(
+    conn: &mut MultiplexedConnection,
+    dead_key: &str,
+) -> anyhow::Result<BTreeMap<(String, String), u64>> {
+    let mut out = BTreeMap::new();
+    for (_, fields) in all_entries(conn, dead_key).await? {
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name.as_bytes())
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        *out.entry((get("dead_stream"), get("dead_group")))
+            .or_insert(0) += 1;
     }
     Ok(out)
 }

@@ -152,9 +152,7 @@ impl RedisSubscriber {
                     group = %self.spec.group,
                     "cannot tell whether entries were trimmed unread (XDEL holes in the stream)"
                 ),
-                Err(e)
-                    if crate::writer::is_noperm(&e.to_string()) || e.code() == Some("NOPERM") =>
-                {
+                Err(e) if crate::writer::is_noperm(&e.to_string()) => {
                     tracing::warn!(
                         group = %self.spec.group,
                         error = %e,
