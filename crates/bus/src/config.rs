@@ -85,6 +85,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "queue_bound",
             "backpressure",
             "idle_timeout_ms",
+            "backoff_max_ms",
             "group_lease_ms",
             "max_deliveries",
             "lag_limit",
@@ -231,8 +232,11 @@ pub struct DeliverySection {
     /// `block`, `drop_oldest` (also `drop-oldest`) or `reject`.
     #[serde(deserialize_with = "backpressure")]
     pub backpressure: Backpressure,
-    /// Unacknowledged messages idle this long are redelivered.
+    /// Unacknowledged messages idle this long are redelivered; each further redelivery of the
+    /// same message waits twice as long as the one before, up to `backoff_max_ms`.
     pub idle_timeout_ms: u64,
+    /// The longest wait before a redelivery; `idle_timeout_ms` or less: no backoff.
+    pub backoff_max_ms: u64,
     /// Redis: a group counts as alive until this long after its last consumer stopped
     /// renewing its lease (every quarter of this); a group whose consumers all died stops
     /// holding publishers to its `queue_bound` then.
@@ -267,6 +271,7 @@ impl Default for DeliverySection {
             queue_bound: 100_000,
             backpressure: Backpressure::Block,
             idle_timeout_ms: 30_000,
+            backoff_max_ms: 120_000,
             group_lease_ms: 10_000,
             max_deliveries: 5,
             lag_limit: 100_000,

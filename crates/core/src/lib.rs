@@ -31,6 +31,7 @@ pub use codec::{CodecError, Encoding};
 pub use envelope::{Envelope, EnvelopeBuilder, PayloadError, WireError, WIRE_VERSION};
 pub use kind::{EventKind, KindError, Priority};
 pub use topic::{Pattern, Topic, TopicError};
+pub use transport::redelivery_wait;
 pub use transport::{
     AckError, Backpressure, Batch, Confirm, DeadLetter, Delivery, EntryId, EnvelopeRef, Health,
     Mode, PublishError, ReceiveError, StartFrom, SubscribeError, SubscribeSpec, Subscriber,

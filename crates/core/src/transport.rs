@@ -161,8 +161,13 @@ pub struct SubscribeSpec {
     pub backpressure: Backpressure,
     /// Fast mode: how far behind a consumer may fall before it jumps to the head.
     pub lag_limit: u64,
-    /// Unacknowledged messages idle this long are redelivered (to any consumer of the group).
+    /// Unacknowledged messages idle this long are redelivered (to any consumer of the group);
+    /// each further redelivery of the same message waits twice as long, up to `backoff_max`
+    /// (see [`redelivery_wait`]).
     pub idle_timeout: Duration,
+    /// The longest wait before a redelivery; at `idle_timeout` or below, every redelivery
+    /// waits `idle_timeout` (no backoff).
+    pub backoff_max: Duration,
     /// After this many deliveries without acknowledgement a message is dead-lettered.
     pub max_deliveries: u32,
     /// Where dead letters go.
@@ -170,8 +175,8 @@ pub struct SubscribeSpec {
 }
 
 impl SubscribeSpec {
-    /// A reliable subscription with the library defaults (bound 100,000, block, idle 30 s,
-    /// 5 deliveries, lag limit 100,000).
+    /// A reliable subscription with the library defaults (bound 100,000, block, idle 30 s
+    /// backing off to at most 2 minutes, 5 deliveries, lag limit 100,000).
     pub fn new(
         group: impl Into<Arc<str>>,
         consumer: impl Into<Arc<str>>,
@@ -188,10 +193,42 @@ impl SubscribeSpec {
             backpressure: Backpressure::Block,
             lag_limit: 100_000,
             idle_timeout: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(120),
             max_deliveries: 5,
             dead_letter: dead_letter.into(),
         }
     }
+
+    /// How long a message delivered `deliveries` times stays unacknowledged before it is
+    /// delivered again: see [`redelivery_wait`].
+    pub fn redelivery_wait(&self, deliveries: u32) -> Duration {
+        redelivery_wait(
+            self.idle_timeout,
+            self.backoff_max,
+            self.max_deliveries,
+            deliveries,
+        )
+    }
+}
+
+/// How long a message delivered `deliveries` times stays unacknowledged before it is delivered
+/// again: `idle` after the first delivery, doubling with each delivery after that, at most
+/// `backoff_max` and never less than `idle`. A message that has had its `max_deliveries` waits
+/// `idle` and is then dead-lettered (it will not be delivered again, so there is nothing to
+/// back off for).
+pub fn redelivery_wait(
+    idle: Duration,
+    backoff_max: Duration,
+    max_deliveries: u32,
+    deliveries: u32,
+) -> Duration {
+    if deliveries <= 1 || deliveries >= max_deliveries {
+        return idle;
+    }
+    let doublings = (deliveries - 1).min(31);
+    idle.saturating_mul(1u32 << doublings)
+        .min(backoff_max)
+        .max(idle)
 }
 
 /// A message moved to a dead-letter stream, with why.
@@ -438,5 +475,44 @@ pub trait Subscriber: Send {
     /// [`AckError`] when the broker fails.
     async fn close(&mut self) -> Result<(), AckError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(idle_ms: u64, max_ms: u64, deliveries: u32) -> SubscribeSpec {
+        let mut s = SubscribeSpec::new("g", "c", Vec::new(), "dead");
+        s.idle_timeout = Duration::from_millis(idle_ms);
+        s.backoff_max = Duration::from_millis(max_ms);
+        s.max_deliveries = deliveries;
+        s
+    }
+
+    #[test]
+    fn redelivery_waits_double_up_to_the_cap() {
+        let s = spec(100, 700, 6);
+        let waits: Vec<u128> = (1..=6).map(|n| s.redelivery_wait(n).as_millis()).collect();
+        // 100, 200, 400, then capped at 700; the sixth delivery was the last: it waits the
+        // idle timeout before it is dead-lettered.
+        assert_eq!(waits, vec![100, 200, 400, 700, 700, 100]);
+    }
+
+    #[test]
+    fn a_cap_at_or_below_the_idle_timeout_means_a_fixed_wait() {
+        for cap in [0, 50, 100] {
+            let s = spec(100, cap, 5);
+            let waits: Vec<u128> = (1..=5).map(|n| s.redelivery_wait(n).as_millis()).collect();
+            assert_eq!(waits, vec![100; 5], "cap {cap} ms");
+        }
+    }
+
+    #[test]
+    fn huge_delivery_counts_do_not_overflow() {
+        let s = spec(30_000, 120_000, u32::MAX);
+        assert_eq!(s.redelivery_wait(1_000), Duration::from_secs(120));
+        let s = spec(u64::MAX / 2, u64::MAX, u32::MAX);
+        assert!(s.redelivery_wait(40) >= s.idle_timeout);
     }
 }

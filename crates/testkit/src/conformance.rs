@@ -381,6 +381,76 @@ pub async fn dead_letter_after_max_deliveries(f: &dyn TransportFactory) {
     assert!(consumer.counters(BusId::Logic).dead_lettered >= 1);
 }
 
+/// A message that keeps failing waits longer before each redelivery: the idle timeout after
+/// its first delivery, then twice that, up to the backoff cap; after its last delivery it is
+/// dead-lettered once the idle timeout has passed. The other messages are handled once.
+pub async fn redelivery_backs_off(f: &dyn TransportFactory) {
+    const IDLE: Duration = Duration::from_millis(150);
+    const CAP: Duration = Duration::from_millis(500);
+    let pair = f.pair().await;
+    let publisher = pair.bus("strategy");
+    let attempts: Arc<Mutex<Vec<std::time::Instant>>> = Default::default();
+    let a2 = attempts.clone();
+    let ok = Recorder::default();
+    let ok2 = ok.0.clone();
+    let h = handler_fn(move |m| {
+        if n_of(m) == 1 {
+            a2.lock().push(std::time::Instant::now());
+            return Err(HandlerError::from("venue down"));
+        }
+        ok2.lock().push(m.clone());
+        Ok(())
+    });
+    let consumer = pair.bus("risk");
+    let _s = consumer
+        .subscribe(
+            opts("risk", &["strategy_signal.>"])
+                .redelivery(IDLE, 5)
+                .backoff_max(CAP),
+            h,
+        )
+        .await
+        .unwrap();
+    settle().await;
+    publish_n(
+        &publisher,
+        EventKind::StrategySignal,
+        "strategy_signal.SOL",
+        3,
+    )
+    .await;
+    let mut letters = Vec::new();
+    let start = std::time::Instant::now();
+    while letters.is_empty() {
+        assert!(start.elapsed() < LIMIT, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        letters = consumer.dead_letters(BusId::Logic, 10).await.unwrap();
+    }
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].deliveries, 5);
+    assert!(
+        letters[0].reason.contains("venue down"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(ok.ns(), vec![0, 2]);
+    let at = attempts.lock().clone();
+    assert_eq!(at.len(), 5, "delivered five times");
+    // The waits the transport keeps between deliveries: 150, 300, then the cap twice. A wait
+    // runs from when the broker handed the message out, a little before the handler saw it,
+    // so each gap is checked against three quarters of its wait; without the backoff every
+    // gap is about the idle timeout and the second one fails.
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    let waits = [IDLE, IDLE * 2, CAP, CAP];
+    for (k, (gap, wait)) in gaps.iter().zip(waits).enumerate() {
+        assert!(
+            *gap >= wait * 3 / 4,
+            "redelivery {} came {gap:?} after the one before; it waits {wait:?} (gaps {gaps:?})",
+            k + 2
+        );
+    }
+}
+
 /// A handler that panics fails that message only: its reader goes on with the next ones, the
 /// message comes back and, panicking every time, is dead-lettered with the panic's text; the
 /// panics are counted. A message that panicked once and then succeeds is handled.

@@ -227,6 +227,7 @@ macro_rules! conformance_suite {
             dead_consumer_messages_are_reclaimed,
             restarted_consumer_rereads_its_own_pending,
             dead_letter_after_max_deliveries,
+            redelivery_backs_off,
             duplicates_are_suppressed,
             backpressure_block,
             dead_group_holds_no_publisher,

@@ -29,6 +29,8 @@ pub struct SubscribeOptions {
     pub backpressure: Option<Backpressure>,
     /// Redelivery delay of unacknowledged messages.
     pub idle_timeout: Option<Duration>,
+    /// Longest wait before a redelivery (the backoff's cap).
+    pub backoff_max: Option<Duration>,
     /// Deliveries before dead-lettering.
     pub max_deliveries: Option<u32>,
     /// Fast-mode lag limit.
@@ -56,6 +58,7 @@ impl SubscribeOptions {
             queue_bound: None,
             backpressure: None,
             idle_timeout: None,
+            backoff_max: None,
             max_deliveries: None,
             lag_limit: None,
             batch_max: None,
@@ -82,10 +85,18 @@ impl SubscribeOptions {
         self.backpressure = Some(policy);
         self
     }
-    /// Sets the redelivery timeout and the deliveries before dead-lettering.
+    /// Sets the redelivery timeout and the deliveries before dead-lettering. A message is
+    /// redelivered once unacknowledged for `idle`; each further redelivery waits twice as long
+    /// as the one before, up to the backoff cap ([`SubscribeOptions::backoff_max`]).
     pub fn redelivery(mut self, idle: Duration, max_deliveries: u32) -> Self {
         self.idle_timeout = Some(idle);
         self.max_deliveries = Some(max_deliveries);
+        self
+    }
+    /// Sets the longest wait before a redelivery (default `delivery.backoff_max_ms`); the
+    /// idle timeout or less turns the backoff off: every redelivery waits the idle timeout.
+    pub fn backoff_max(mut self, max: Duration) -> Self {
+        self.backoff_max = Some(max);
         self
     }
     /// Sets the fast-mode lag limit.
@@ -130,6 +141,9 @@ impl DualBus {
             idle_timeout: opts
                 .idle_timeout
                 .unwrap_or(Duration::from_millis(d.idle_timeout_ms)),
+            backoff_max: opts
+                .backoff_max
+                .unwrap_or(Duration::from_millis(d.backoff_max_ms)),
             max_deliveries: opts.max_deliveries.unwrap_or(d.max_deliveries as u32),
             dead_letter: self.inner.router.dead_stream(bus),
         }

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 use async_trait::async_trait;
+use dualbus_core::redelivery_wait;
 use dualbus_core::transport::{GroupBacklog, StreamKey};
 use dualbus_core::{
     AckError, Backpressure, Batch, Confirm, DeadLetter, Delivery, EntryId, Envelope, EnvelopeRef,
@@ -130,6 +131,7 @@ struct Group {
     policy: Backpressure,
     lag_limit: u64,
     idle_timeout: Duration,
+    backoff_max: Duration,
     max_deliveries: u32,
     dead_letter: StreamKey,
     /// Next offset to deliver.
@@ -522,6 +524,7 @@ impl Transport for MemoryTransport {
                             policy: spec.backpressure,
                             lag_limit: spec.lag_limit.max(1),
                             idle_timeout: spec.idle_timeout,
+                            backoff_max: spec.backoff_max,
                             max_deliveries: spec.max_deliveries,
                             dead_letter: spec.dead_letter.clone(),
                             cursor: start,
@@ -717,9 +720,16 @@ impl MemorySubscriber {
                         let due = if replay_own && p.consumer == r.consumer {
                             true
                         } else {
+                            // Each redelivery of a message waits longer (the backoff).
                             sweep
                                 && now.saturating_sub(p.delivered_at)
-                                    >= g.idle_timeout.as_nanos() as u64
+                                    >= redelivery_wait(
+                                        g.idle_timeout,
+                                        g.backoff_max,
+                                        g.max_deliveries,
+                                        u32::from(p.count),
+                                    )
+                                    .as_nanos() as u64
                         };
                         if !due {
                             continue;

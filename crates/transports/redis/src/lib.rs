@@ -9,7 +9,8 @@
 //! * `admission` (private): queue bounds of consumer groups, enforced by publishers (block,
 //!   drop oldest, reject) from the groups' pending and lag counts.
 //! * `subscriber` (private): `XREADGROUP` over all of a subscription's streams per call, on a
-//!   connection of its own; `XAUTOCLAIM` sweeps; dead letters; `NOGROUP` recovery.
+//!   connection of its own; `XPENDING`/`XCLAIM` sweeps with a backoff; dead letters; `NOGROUP`
+//!   recovery.
 //! * `reply` (private): parsing of Redis replies (RESP2 arrays and RESP3 maps).
 //! * `resp` (private): the read path's own connection, whose `XREADGROUP` replies a small
 //!   RESP2 parser reads straight into entries (its fuzzing entry is public).

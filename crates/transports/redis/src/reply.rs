@@ -69,7 +69,7 @@ fn into_items(v: Value) -> Vec<Value> {
     }
 }
 
-/// Parses a list of entries (`XRANGE`, one stream of `XREADGROUP`, `XAUTOCLAIM`'s second item).
+/// Parses a list of entries (`XRANGE`, `XCLAIM`, one stream of `XREADGROUP`).
 /// Takes the reply by value: the field buffers move into the entries instead of being copied
 /// (on the read path, every field of every entry; a profile of `dualbus run --backend redis`
 /// showed reply handling as half of each engine's CPU).
@@ -212,31 +212,31 @@ pub(crate) async fn count_after(
     Ok(entries(v).map(|e| e.len() as u64).unwrap_or(0))
 }
 
-/// One row of extended `XPENDING`: (id, consumer, idle ms, deliveries).
-pub(crate) fn pending_rows(v: &Value) -> Vec<(EntryId, Vec<u8>, u64)> {
+/// One row of extended `XPENDING`.
+pub(crate) struct PendingRow {
+    pub id: EntryId,
+    pub raw_id: Vec<u8>,
+    /// Milliseconds since it was last delivered.
+    pub idle_ms: u64,
+    /// Times it was delivered.
+    pub deliveries: u64,
+}
+
+/// The rows of extended `XPENDING` (id, consumer, idle ms, deliveries).
+pub(crate) fn pending_rows(v: &Value) -> Vec<PendingRow> {
     items(v)
         .into_iter()
         .filter_map(|row| {
             let r = items(row);
-            let raw = bytes(r.first()?)?;
-            Some((parse_id(&raw)?, raw, int(r.get(3)?)?.max(0) as u64))
+            let raw_id = bytes(r.first()?)?;
+            Some(PendingRow {
+                id: parse_id(&raw_id)?,
+                raw_id,
+                idle_ms: int(r.get(2)?)?.max(0) as u64,
+                deliveries: int(r.get(3)?)?.max(0) as u64,
+            })
         })
         .collect()
-}
-
-/// Parses `XAUTOCLAIM`: (next cursor, claimed entries, ids of deleted entries).
-pub(crate) fn autoclaim(v: Value) -> Result<(Bytes, Vec<Entry>, usize), String> {
-    if !matches!(v, Value::Array(_) | Value::Set(_) | Value::Map(_)) {
-        return Err(format!("unexpected XAUTOCLAIM reply {v:?}"));
-    }
-    let mut parts = into_items(v).into_iter();
-    let cursor = parts
-        .next()
-        .and_then(into_bytes)
-        .ok_or_else(|| "an XAUTOCLAIM reply without a cursor".to_string())?;
-    let claimed = parts.next().map(entries).transpose()?.unwrap_or_default();
-    let deleted = parts.next().map(|d| into_items(d).len()).unwrap_or(0);
-    Ok((cursor, claimed, deleted))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! One consumer of a group: `XREADGROUP` over all of its streams per call on a connection of its
-//! own, re-reading its own pending entries first after a restart, `XAUTOCLAIM` sweeps for
+//! own, re-reading its own pending entries first after a restart, `XPENDING`/`XCLAIM` sweeps for
 //! entries idle too long, dead letters, and recovery from `NOGROUP`.
 
 use crate::admission;
@@ -29,6 +29,7 @@ pub(crate) struct RedisSubscriber {
     spec: SubscribeSpec,
     /// Per stream: `Some(last id)` while re-reading this consumer's own pending entries.
     replay: Vec<Option<Vec<u8>>>,
+    /// Per stream: the last pending entry a sweep looked at (empty: start from the first).
     claim_cursor: Vec<Vec<u8>>,
     last_sweep: Instant,
     sweep_every: Duration,
@@ -53,6 +54,10 @@ impl Drop for RedisSubscriber {
         }
     }
 }
+
+/// Pending entries a sweep looks at, at least, per stream (entries still backing off are
+/// looked at and passed over).
+const CLAIM_SCAN: usize = 128;
 
 /// Acknowledgements held back at most before they are sent on their own.
 const MAX_HELD_ACKS: usize = 4096;
@@ -92,7 +97,7 @@ impl RedisSubscriber {
                 };
                 n
             ],
-            claim_cursor: vec![b"0-0".to_vec(); n],
+            claim_cursor: vec![Vec::new(); n],
             last_sweep: Instant::now(),
             sweep_every,
             block,
@@ -230,7 +235,7 @@ impl RedisSubscriber {
             *r = None;
         }
         for c in self.claim_cursor.iter_mut() {
-            *c = b"0-0".to_vec();
+            c.clear();
         }
         Ok(())
     }
@@ -301,7 +306,7 @@ impl RedisSubscriber {
             .await?;
         Ok(reply::pending_rows(&v)
             .into_iter()
-            .map(|(id, _, c)| (id, c))
+            .map(|r| (r.id, r.deliveries))
             .collect())
     }
 
@@ -483,17 +488,23 @@ impl RedisSubscriber {
     }
 
     /// Takes entries delivered again (re-read after a restart, or claimed), with their
-    /// delivery counts, and counts them as redelivered.
+    /// delivery counts (asked of the broker unless given), and counts them as redelivered.
     async fn take_again(
         &mut self,
         i: usize,
         entries: &[Entry],
+        counts: Option<HashMap<EntryId, u64>>,
         envs: &mut Vec<Envelope>,
         meta: &mut Vec<(u16, EntryId, u32)>,
         batch: &mut Batch,
     ) -> Result<(), redis::RedisError> {
-        let live: Vec<&Entry> = entries.iter().filter(|e| !e.deleted).collect();
-        let counts = self.counts(i, &live).await?;
+        let counts = match counts {
+            Some(c) => c,
+            None => {
+                let live: Vec<&Entry> = entries.iter().filter(|e| !e.deleted).collect();
+                self.counts(i, &live).await?
+            }
+        };
         let before = envs.len();
         self.take(i, entries, Some(&counts), envs, meta, batch)
             .await?;
@@ -541,7 +552,8 @@ impl RedisSubscriber {
                 None => self.replay[i] = None,
                 Some(last) => self.replay[i] = Some(last.raw_id.to_vec()),
             }
-            self.take_again(i, &entries, envs, meta, batch).await?;
+            self.take_again(i, &entries, None, envs, meta, batch)
+                .await?;
         }
         for &i in &idx {
             if !seen[i] {
@@ -551,6 +563,12 @@ impl RedisSubscriber {
         Ok(())
     }
 
+    /// Claims the group's entries that were left unacknowledged long enough: an entry
+    /// delivered n times waits `spec.redelivery_wait(n)` (the idle timeout, doubling with each
+    /// further delivery up to the backoff cap). Per stream, one `XPENDING IDLE` page from a
+    /// cursor (so entries still backing off do not hide the ones after them), then one `XCLAIM`
+    /// per wait, whose minimum idle time makes an entry another consumer claimed meanwhile
+    /// stay with it.
     async fn sweep(
         &mut self,
         max: usize,
@@ -564,30 +582,124 @@ impl RedisSubscriber {
             if envs.len() >= max {
                 break;
             }
-            let v: redis::Value = redis::cmd("XAUTOCLAIM")
+            let room = max - envs.len();
+            let page = room.max(CLAIM_SCAN);
+            let start = if self.claim_cursor[i].is_empty() {
+                b"-".to_vec()
+            } else {
+                [&b"("[..], &self.claim_cursor[i]].concat()
+            };
+            let v: redis::Value = redis::cmd("XPENDING")
                 .arg(&*self.spec.streams[i])
                 .arg(&*self.spec.group)
-                .arg(&*self.spec.consumer)
+                .arg("IDLE")
                 .arg(idle_ms)
-                .arg(&self.claim_cursor[i][..])
-                .arg("COUNT")
-                .arg(max - envs.len())
+                .arg(start)
+                .arg("+")
+                .arg(page)
                 .query_async(&mut self.conn)
                 .await?;
-            let (cursor, claimed, deleted) = reply::autoclaim(v).map_err(|e| {
-                redis::RedisError::from((redis::ErrorKind::Parse, "XAUTOCLAIM reply", e))
-            })?;
-            self.claim_cursor[i] = cursor.to_vec();
-            if deleted > 0 {
-                self.inner
-                    .stats
-                    .dropped
-                    .fetch_add(deleted as u64, Ordering::Relaxed);
+            let rows = reply::pending_rows(&v);
+            // Due entries by their wait, in id order within each wait.
+            let mut due: std::collections::BTreeMap<u64, Vec<reply::PendingRow>> =
+                Default::default();
+            let mut taken = 0;
+            let mut examined = 0;
+            for row in rows.iter() {
+                if taken == room {
+                    break;
+                }
+                examined += 1;
+                let n = u32::try_from(row.deliveries).unwrap_or(u32::MAX);
+                let wait = self.spec.redelivery_wait(n).as_millis().max(1) as u64;
+                if row.idle_ms >= wait {
+                    taken += 1;
+                    due.entry(wait).or_default().push(reply::PendingRow {
+                        id: row.id,
+                        raw_id: row.raw_id.clone(),
+                        idle_ms: row.idle_ms,
+                        deliveries: row.deliveries,
+                    });
+                }
+            }
+            // The next sweep goes on after the last entry looked at, and starts over once a
+            // page came back short (the end of the list).
+            self.claim_cursor[i] = if examined == rows.len() && rows.len() < page {
+                Vec::new()
+            } else {
+                rows[examined - 1].raw_id.clone()
+            };
+            if due.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for (wait, rows) in &due {
+                let cmd = pipe
+                    .cmd("XCLAIM")
+                    .arg(&*self.spec.streams[i])
+                    .arg(&*self.spec.group)
+                    .arg(&*self.spec.consumer)
+                    .arg(*wait);
+                for r in rows {
+                    cmd.arg(&r.raw_id[..]);
+                }
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
+            let mut claimed = Vec::new();
+            for v in replies {
+                claimed.extend(reply::entries(v).map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::Parse, "XCLAIM reply", e))
+                })?);
+            }
+            claimed.sort_by_key(|e| e.id);
+            // An entry asked for and not returned was either trimmed away while pending (the
+            // claim removed it from the group) or claimed by another consumer first.
+            let got: std::collections::HashSet<EntryId> = claimed.iter().map(|e| e.id).collect();
+            let missing: Vec<Vec<u8>> = due
+                .values()
+                .flatten()
+                .filter(|r| !got.contains(&r.id))
+                .map(|r| r.raw_id.clone())
+                .collect();
+            if !missing.is_empty() {
+                self.count_trimmed_claims(i, &missing).await?;
             }
             if claimed.is_empty() {
                 continue;
             }
-            self.take_again(i, &claimed, envs, meta, batch).await?;
+            // A claim counts a delivery.
+            let counts: HashMap<EntryId, u64> = due
+                .values()
+                .flatten()
+                .map(|r| (r.id, r.deliveries + 1))
+                .collect();
+            self.take_again(i, &claimed, Some(counts), envs, meta, batch)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Of entries a claim did not return, counts as dropped those no longer in the stream
+    /// (trimmed while pending; the claim took them off the group's pending list).
+    async fn count_trimmed_claims(
+        &mut self,
+        i: usize,
+        ids: &[Vec<u8>],
+    ) -> Result<(), redis::RedisError> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("XRANGE")
+                .arg(&*self.spec.streams[i])
+                .arg(&id[..])
+                .arg(&id[..]);
+        }
+        let found: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
+        let gone = found
+            .iter()
+            .filter(|v| matches!(v, redis::Value::Array(a) if a.is_empty()))
+            .count() as u64;
+        if gone > 0 {
+            self.inner.stats.dropped.fetch_add(gone, Ordering::Relaxed);
         }
         Ok(())
     }
