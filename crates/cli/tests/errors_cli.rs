@@ -19,11 +19,26 @@ fn dualbus_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// A directory of its own for one test.
-fn scratch(name: &str) -> std::path::PathBuf {
+/// A directory of its own for one test, removed when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("dualbus-errors-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// How many times `needle` occurs in `hay`.

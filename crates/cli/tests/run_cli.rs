@@ -351,9 +351,35 @@ fn groups_left_by_an_earlier_run_are_named_and_fresh_drops_them() {
     assert!(err.contains("--fresh drops these groups"), "{err}");
     assert_eq!(got, 3, "the old messages are handled: {err}");
     // Again, but fresh: the groups are dropped and the old messages never reach the engine.
+    // What the old group had counted as trimmed goes with it.
     publish();
+    let stream = "dualbus:logic:ml_prediction";
+    let trimmed = dualbus_redis::trimmed_key(stream);
+    let logic_conn = || {
+        redis::Client::open(logic_url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    };
+    let _: i64 = redis::cmd("HSET")
+        .arg(&trimmed)
+        .arg("strategy")
+        .arg(7)
+        .query(&mut logic_conn())
+        .unwrap();
     let (err, got) = run(true, "third.json");
     assert!(err.contains("--fresh: dropped"), "{err}");
     assert!(!err.contains("left by an earlier run"), "{err}");
     assert_eq!(got, 0, "{err}");
+    let left: Option<u64> = redis::cmd("HGET")
+        .arg(&trimmed)
+        .arg("strategy")
+        .query(&mut logic_conn())
+        .unwrap();
+    assert_eq!(
+        left.unwrap_or(0),
+        0,
+        "the dropped group's trimmed count is gone"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

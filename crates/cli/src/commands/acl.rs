@@ -28,8 +28,9 @@
 //!   Nothing else: no `FLUSHALL`, `CONFIG`, `KEYS`, `DEL`, `XTRIM`, `XDEL`, `XGROUP DESTROY`, no
 //!   other key.
 //! * `system`: every engine in one process (`dualbus run --backend redis`): the stream and
-//!   hash commands above on every key under the prefix, plus `XGROUP DESTROY` for
-//!   `run --fresh`; still no server administration.
+//!   hash commands above on every key under the prefix, plus `XGROUP DESTROY` and `HDEL` (a
+//!   dropped group's bound and trimmed count) for `run --fresh`; still no server
+//!   administration.
 //! * `admin`: everything, for the operator's verbs (`redis status|down`, `stats`, `dlq`,
 //!   `tail`, `inspect`, `publish`, `bench`, `stress`). `dlq replay` appends to any stream and
 //!   deletes from the dead-letter streams (`XDEL`, in a script with `EVALSHA`), which no other
@@ -87,7 +88,7 @@ pub fn rules(cfg: &Config) -> Vec<(String, String)> {
         format!(
             "on resetkeys resetchannels -@all {CONNECTION} {all} {READ} {WRITE} \
              {LEASE} {TRIM_CHECK} +script|load +exists +xinfo|stream +xinfo|consumers +xlen \
-             +xgroup|destroy +hset +hget +hgetall"
+             +xgroup|destroy +hset +hget +hgetall +hdel"
         ),
     ));
     out.push((

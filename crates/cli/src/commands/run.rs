@@ -180,7 +180,8 @@ async fn connect(
 /// The start policy on Redis, said at start (unless `quiet`): a consumer group that exists
 /// resumes where it stopped; a new one starts at `delivery.start`. Groups of `groups` that an earlier run left
 /// with pending or unread messages are named, with what they hold; with `fresh` they are
-/// dropped first (XGROUP DESTROY), so the engines start at `delivery.start` with nothing old.
+/// dropped first (XGROUP DESTROY, with their bounds, trimmed-unread counts and leases), so the
+/// engines start at `delivery.start` with nothing old.
 async fn earlier_groups(
     bus: &DualBus,
     global: &Global,
@@ -214,11 +215,7 @@ async fn earlier_groups(
                 .await
                 .with_context(|| format!("--fresh: cannot reach {shown}"))?;
             for r in rows.iter().filter(|r| r.bus == b) {
-                let _: i64 = redis::cmd("XGROUP")
-                    .arg("DESTROY")
-                    .arg(&r.stream)
-                    .arg(&r.backlog.group)
-                    .query_async(&mut conn)
+                dualbus_redis::drop_group(&mut conn, &r.stream, &r.backlog.group)
                     .await
                     .with_context(|| {
                         format!(

@@ -46,6 +46,35 @@ mod writer;
 pub use admission::SLICE as ADMISSION_SLICE;
 pub use trim::trimmed_key;
 
+/// Drops consumer group `group` of `stream` and what dualbus keeps beside it: its bound in
+/// `{stream}#groups` and its trimmed-unread count in `{stream}#trimmed`, so a group created
+/// again under the name starts with none of the old one's state (its lease expires on its
+/// own). All the keys are in the stream's hash slot (one command pipeline, on a cluster too).
+/// Returns whether the group existed.
+///
+/// # Errors
+/// The broker's error (a user without `XGROUP DESTROY` or `HDEL`, the connection).
+pub async fn drop_group(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<bool> {
+    let (destroyed, _, _): (i64, i64, i64) = redis::pipe()
+        .cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(stream)
+        .arg(group)
+        .cmd("HDEL")
+        .arg(admission::bounds_key(stream))
+        .arg(group)
+        .cmd("HDEL")
+        .arg(trimmed_key(stream))
+        .arg(group)
+        .query_async(conn)
+        .await?;
+    Ok(destroyed > 0)
+}
+
 pub use cluster::{is_cluster_url, ClusterTransport};
 pub use tls::{client, TlsConfig};
 
