@@ -161,6 +161,15 @@ pub struct ConsumerArgs {
     /// Queue bound of the group.
     #[arg(long)]
     bound: usize,
+    /// Stream-key prefix.
+    #[arg(long, default_value = stress::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Its instance name in the checked group.
+    #[arg(long, default_value = "stress-sub-1")]
+    instance: String,
+    /// The group's redelivery idle timeout, in ms.
+    #[arg(long, default_value_t = 500)]
+    idle_ms: u64,
     /// Where handled messages are written.
     #[arg(long)]
     out: std::path::PathBuf,
@@ -173,10 +182,15 @@ pub struct ConsumerArgs {
 pub fn run_consumer(args: ConsumerArgs) -> anyhow::Result<()> {
     runtime(2)?
         .block_on(stress::run_child_consumer(
-            &args.md_url,
-            &args.logic_url,
-            args.maxlen,
-            args.bound,
+            &stress::ChildSpec {
+                md_url: args.md_url,
+                logic_url: args.logic_url,
+                maxlen: args.maxlen,
+                bound: args.bound,
+                prefix: args.prefix,
+                instance: args.instance,
+                idle: Duration::from_millis(args.idle_ms),
+            },
             args.out,
             args.stop_marker,
         ))
