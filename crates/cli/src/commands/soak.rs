@@ -273,18 +273,20 @@ impl Soak<'_> {
                 Phase::SlowConsumer => {
                     traffic.stall_slow(true);
                     self.idle_for(stall).await;
+                    let behind = traffic.behind();
                     traffic.stall_slow(false);
                     let t = Instant::now();
                     let caught_up = traffic.catch_up(CATCH_UP_LIMIT).await;
                     self.report.slow_consumer_stalls += 1;
                     self.say(&format!(
-                        "slow consumer: the slow group stalled {stall:?}, {} {:.1} s",
+                        "slow consumer: the slow group stalled {stall:?} ({behind} messages \
+                         behind), {} {} ms",
                         if caught_up {
                             "caught up in"
                         } else {
                             "had not caught up after"
                         },
-                        t.elapsed().as_secs_f64()
+                        t.elapsed().as_millis()
                     ));
                 }
                 Phase::Burst => {
