@@ -181,10 +181,14 @@ pub async fn run(
         )),
     };
     // A failed soak keeps the engines' output for a look; a passed one removes it.
-    if matches!(&result, Ok(r) if r.failures.is_empty()) {
-        let _ = std::fs::remove_dir_all(&soak.dir);
+    match result {
+        Ok(r) if r.failures.is_empty() => {
+            let _ = std::fs::remove_dir_all(&soak.dir);
+            Ok(r)
+        }
+        Ok(r) => Ok(r),
+        Err(e) => Err(e.context(format!("the engines' output is in {}", soak.dir.display()))),
     }
-    result
 }
 
 impl Soak<'_> {
