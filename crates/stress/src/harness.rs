@@ -1,7 +1,9 @@
 //! The harness: scenarios, the publisher and checking consumer, faults, the report.
 
 use crate::RedisServer;
-use dualbus_bus::{BusId, Config, DualBus, FailoverMode, Handler, HandlerError, SubscribeOptions};
+use dualbus_bus::{
+    BusId, Config, DualBus, FailoverMode, Handler, HandlerError, SubscribeOptions, Subscription,
+};
 use dualbus_core::{
     now_unix_nanos, Backpressure, Envelope, EventKind, Priority, StartFrom, Transport,
 };
@@ -91,6 +93,20 @@ pub struct Millis {
     pub max: f64,
 }
 
+impl Millis {
+    /// The median and worst of `v` (zeros when empty).
+    pub fn of(mut v: Vec<f64>) -> Millis {
+        v.sort_by(|a, b| a.total_cmp(b));
+        match v.last() {
+            Some(&max) => Millis {
+                p50: v[v.len() / 2],
+                max,
+            },
+            None => Millis::default(),
+        }
+    }
+}
+
 /// Percentiles in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Nanos {
@@ -100,6 +116,22 @@ pub struct Nanos {
     pub p99: u64,
     /// Worst.
     pub max: u64,
+}
+
+impl Nanos {
+    /// The median, 99th percentile and worst of `v` (zeros when empty).
+    pub fn of(mut v: Vec<u64>) -> Nanos {
+        v.sort_unstable();
+        let Some(&max) = v.last() else {
+            return Nanos::default();
+        };
+        let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+        Nanos {
+            p50: at(0.5),
+            p99: at(0.99),
+            max,
+        }
+    }
 }
 
 /// What a run found.
@@ -149,36 +181,59 @@ pub fn peak_rss_of(pid: &str) -> u64 {
 }
 
 #[derive(Default)]
-struct Seen {
-    by_kind: HashMap<EventKind, Vec<u64>>,
+pub(crate) struct Seen {
+    pub(crate) by_kind: HashMap<EventKind, Vec<u64>>,
     /// The previous message handled by each consumer instance, per kind.
-    previous: HashMap<(usize, EventKind), u64>,
+    pub(crate) previous: HashMap<(usize, EventKind), u64>,
     /// Messages handled after a later one of the same kind by the same consumer instance.
-    reordered: u64,
+    pub(crate) reordered: u64,
     /// Messages a dead consumer was handed and never handled: another instance takes them
     /// over after the idle timeout, after later ones by design (a redelivery, not a reorder).
-    held: std::collections::HashSet<(EventKind, u64)>,
-    critical_ns: Vec<u64>,
-    last_at: Option<Instant>,
-    max_gap: Duration,
+    pub(crate) held: std::collections::HashSet<(EventKind, u64)>,
+    pub(crate) critical_ns: Vec<u64>,
+    pub(crate) last_at: Option<Instant>,
+    pub(crate) max_gap: Duration,
+}
+
+impl Seen {
+    /// Messages handled, duplicates included.
+    pub(crate) fn handled(&self) -> u64 {
+        self.by_kind.values().map(|v| v.len() as u64).sum()
+    }
+
+    /// Messages of `kind` handled, duplicates included.
+    pub(crate) fn handled_of(&self, kind: &EventKind) -> u64 {
+        self.by_kind.get(kind).map_or(0, |v| v.len() as u64)
+    }
 }
 
 /// A fault waiting for its first delivery over the other bus.
-struct PendingFault {
-    bus: BusId,
-    at: Instant,
-    at_ns: u64,
+pub(crate) struct PendingFault {
+    pub(crate) bus: BusId,
+    pub(crate) at: Instant,
+    pub(crate) at_ns: u64,
 }
 
-struct Recorder {
-    seen: Arc<Mutex<Seen>>,
-    fault: Arc<Mutex<Option<PendingFault>>>,
-    failover_ms: Arc<Mutex<Vec<f64>>>,
-    gate: Option<Arc<AtomicBool>>,
+impl PendingFault {
+    /// A fault of `bus` starting now.
+    pub(crate) fn now(bus: BusId) -> PendingFault {
+        PendingFault {
+            bus,
+            at: Instant::now(),
+            at_ns: now_unix_nanos(),
+        }
+    }
+}
+
+pub(crate) struct Recorder {
+    pub(crate) seen: Arc<Mutex<Seen>>,
+    pub(crate) fault: Arc<Mutex<Option<PendingFault>>>,
+    pub(crate) failover_ms: Arc<Mutex<Vec<f64>>>,
+    pub(crate) gate: Option<Arc<AtomicBool>>,
     /// Once set, the consumer is dead: it stops at its next message, holding its batch.
-    dead: Option<Arc<AtomicBool>>,
+    pub(crate) dead: Option<Arc<AtomicBool>>,
     /// Which consumer instance this is (order is checked per instance).
-    instance: usize,
+    pub(crate) instance: usize,
 }
 
 fn bus_of(kind: &EventKind) -> BusId {
@@ -244,7 +299,11 @@ impl Recorder {
     }
 }
 
-async fn connect(bus: &str, url: &str, maxlen: u64) -> Result<Arc<RedisTransport>, String> {
+pub(crate) async fn connect(
+    bus: &str,
+    url: &str,
+    maxlen: u64,
+) -> Result<Arc<RedisTransport>, String> {
     let mut opts = RedisOptions::new(bus, url);
     opts.connect_timeout = Duration::from_millis(500);
     opts.maxlen = maxlen;
@@ -255,7 +314,7 @@ async fn connect(bus: &str, url: &str, maxlen: u64) -> Result<Arc<RedisTransport
 }
 
 /// Published sequence numbers per kind.
-type Published = Arc<Mutex<HashMap<EventKind, Vec<u64>>>>;
+pub(crate) type Published = Arc<Mutex<HashMap<EventKind, Vec<u64>>>>;
 
 /// Publishes market data at `rate` per second (the hub) until `stop`.
 async fn publish_market_data(
@@ -350,6 +409,163 @@ async fn publish_logic(
     }
 }
 
+/// The stream-key prefix of the scenarios' traffic (the system's default).
+pub const DEFAULT_PREFIX: &str = "dualbus";
+
+/// The kinds the checked publishers send.
+pub(crate) const CHECKED_KINDS: [EventKind; 3] = [
+    EventKind::MarketData,
+    EventKind::StrategySignal,
+    EventKind::RiskAlert,
+];
+
+/// The checked clients' configuration: failover on, streams of `maxlen` entries, keys under
+/// `prefix`, and the heartbeat timeout given (the default, 100 ms, when `None`).
+pub(crate) fn checked_config(
+    maxlen: u64,
+    heartbeat_timeout: Option<Duration>,
+    prefix: &str,
+) -> Config {
+    let mut cfg = Config::default();
+    cfg.prefix = prefix.to_string();
+    cfg.failover.enabled = FailoverMode::On;
+    cfg.md.maxlen = maxlen;
+    cfg.logic.maxlen = maxlen;
+    if let Some(t) = heartbeat_timeout {
+        cfg.failover.heartbeat_timeout_ms = t.as_millis() as u64;
+    }
+    cfg
+}
+
+/// Connects both buses and builds the checked publisher (`stress-pub`, sequence numbers from
+/// 1); its siblings share the transports.
+pub(crate) async fn checked_publisher(
+    md_url: &str,
+    logic_url: &str,
+    cfg: &Config,
+) -> Result<(Arc<RedisTransport>, Arc<RedisTransport>, DualBus), String> {
+    let md = connect("md", md_url, cfg.md.maxlen).await?;
+    let logic = connect("logic", logic_url, cfg.logic.maxlen).await?;
+    let publisher = DualBus::builder("stress-pub")
+        .config(cfg.clone())
+        .transports(md.clone(), logic.clone())
+        .first_seq(1)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((md, logic, publisher))
+}
+
+/// The checked publishers, running.
+pub(crate) struct Publishing {
+    /// Market data per second, read at every tick: a burst raises it.
+    pub(crate) rate: Arc<AtomicU64>,
+    /// Set: they stop.
+    pub(crate) stop: Arc<AtomicBool>,
+    /// What they published.
+    pub(crate) published: Published,
+    /// Publish calls that failed.
+    pub(crate) errors: Arc<AtomicU64>,
+    /// Market data, and strategy signals with risk alerts.
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the checked publishers: market data, and strategy signals with one risk alert in ten,
+/// each at `rate` per second (market data's can be changed while they run).
+pub(crate) fn start_publishers(publisher: &DualBus, rate: u64) -> Result<Publishing, String> {
+    let p = Publishing {
+        rate: Arc::new(AtomicU64::new(rate)),
+        stop: Arc::new(AtomicBool::new(false)),
+        published: Default::default(),
+        errors: Arc::new(AtomicU64::new(0)),
+        tasks: Vec::new(),
+    };
+    let md_task = tokio::spawn(publish_market_data(
+        publisher.clone(),
+        p.rate.clone(),
+        p.stop.clone(),
+        p.published.clone(),
+        p.errors.clone(),
+    ));
+    let logic_publisher = publisher
+        .sibling("stress-logic", "stress-logic-1")
+        .map_err(|e| e.to_string())?;
+    let logic_task = tokio::spawn(publish_logic(
+        logic_publisher,
+        rate,
+        p.stop.clone(),
+        p.published.clone(),
+        p.errors.clone(),
+    ));
+    Ok(Publishing {
+        tasks: vec![md_task, logic_task],
+        ..p
+    })
+}
+
+/// Waits until `progress()`, (handled, expected), has handled all expected, or has not moved
+/// for `idle`.
+pub(crate) async fn wait_delivered(progress: impl Fn() -> (u64, u64), idle: Duration) {
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    loop {
+        let (got, want) = progress();
+        if got >= want || last_change.elapsed() > idle {
+            return;
+        }
+        if got != last {
+            last = got;
+            last_change = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What one checked group got of what was published.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tally {
+    /// Messages published of the kinds the group takes.
+    pub expected: u64,
+    /// Distinct messages handled.
+    pub delivered: u64,
+    /// Published, never handled.
+    pub lost: u64,
+    /// Handled more than once.
+    pub duplicated: u64,
+    /// Handled after a later message of the same kind (by the same consumer instance).
+    pub reordered: u64,
+    /// Longest time between two deliveries.
+    pub max_gap_ms: f64,
+}
+
+/// Counts, for the `kinds` a group takes, what it handled (`seen`) of what was `published`.
+pub(crate) fn tally(
+    published: &HashMap<EventKind, Vec<u64>>,
+    seen: &Seen,
+    kinds: &[EventKind],
+) -> Tally {
+    let mut t = Tally::default();
+    for kind in kinds {
+        let sent = published.get(kind).map(Vec::as_slice).unwrap_or_default();
+        let got = seen
+            .by_kind
+            .get(kind)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut distinct = got.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let sent_set: std::collections::HashSet<u64> = sent.iter().copied().collect();
+        let delivered = distinct.iter().filter(|s| sent_set.contains(s)).count() as u64;
+        t.expected += sent.len() as u64;
+        t.delivered += delivered;
+        t.lost += sent.len() as u64 - delivered;
+        t.duplicated += (got.len() - distinct.len()) as u64;
+    }
+    t.reordered = seen.reordered;
+    t.max_gap_ms = seen.max_gap.as_secs_f64() * 1e3;
+    t
+}
+
 /// Runs one scenario; `progress` receives a line now and then.
 ///
 /// # Errors
@@ -363,24 +579,9 @@ pub async fn run(
     // Streams must hold the whole backlog a slow group may build (MAXLEN trims regardless of
     // consumer groups).
     let maxlen = opts.backlog.saturating_mul(2).max(1_000_000);
-    let md = connect("md", &md_server.url(), maxlen).await?;
-    let logic = connect("logic", &logic_server.url(), maxlen).await?;
-    let mut cfg = Config::default();
-    cfg.failover.enabled = FailoverMode::On;
-    cfg.md.maxlen = maxlen;
-    cfg.logic.maxlen = maxlen;
-    if let Some(t) = opts.heartbeat_timeout {
-        cfg.failover.heartbeat_timeout_ms = t.as_millis() as u64;
-    }
-    let mk = |src: &str| -> Result<DualBus, String> {
-        DualBus::builder(src)
-            .config(cfg.clone())
-            .transports(md.clone(), logic.clone())
-            .first_seq(1)
-            .build()
-            .map_err(|e| e.to_string())
-    };
-    let publisher = mk("stress-pub")?;
+    let cfg = checked_config(maxlen, opts.heartbeat_timeout, DEFAULT_PREFIX);
+    let (md, logic, publisher) =
+        checked_publisher(&md_server.url(), &logic_server.url(), &cfg).await?;
     let consumer = publisher
         .sibling("stress-sub", "stress-sub-1")
         .map_err(|e| e.to_string())?;
@@ -416,7 +617,19 @@ pub async fn run(
     // Consumer crash in a process of its own: it joins the group before anything is published.
     let mut child = match (&opts.consumer_exe, consumer_crash) {
         (Some(exe), true) => Some(
-            ChildConsumer::start(exe, &md_server.url(), &logic_server.url(), maxlen, bound).await?,
+            ChildConsumer::start(
+                exe,
+                &ChildSpec {
+                    md_url: md_server.url(),
+                    logic_url: logic_server.url(),
+                    maxlen,
+                    bound,
+                    prefix: DEFAULT_PREFIX.to_string(),
+                    instance: "stress-sub-1".to_string(),
+                    idle,
+                },
+            )
+            .await?,
         ),
         _ => None,
     };
@@ -448,69 +661,21 @@ pub async fn run(
     let gate = Arc::new(AtomicBool::new(!slow));
     let slow_seen: Arc<Mutex<Seen>> = Default::default();
     let slow_sub = if slow {
-        Some(
-            publisher
-                .sibling("stress-slow", "stress-slow-1")
-                .map_err(|e| e.to_string())?
-                .subscribe(
-                    SubscribeOptions::new("slow", &["market_data.>"])
-                        .map_err(|e| e.to_string())?
-                        .start(StartFrom::Oldest)
-                        .bound(bound, Backpressure::Block),
-                    Recorder {
-                        seen: slow_seen.clone(),
-                        fault: Default::default(),
-                        failover_ms: Default::default(),
-                        gate: Some(gate.clone()),
-                        dead: None,
-                        instance: 1,
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())?,
-        )
+        Some(subscribe_slow(&publisher, bound, slow_seen.clone(), gate.clone()).await?)
     } else {
         None
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let rate = Arc::new(AtomicU64::new(opts.rate));
-    let stop = Arc::new(AtomicBool::new(false));
-    let published: Published = Default::default();
-    let errors = Arc::new(AtomicU64::new(0));
-    let md_task = tokio::spawn(publish_market_data(
-        publisher.clone(),
-        rate.clone(),
-        stop.clone(),
-        published.clone(),
-        errors.clone(),
-    ));
-    let logic_publisher = publisher
-        .sibling("stress-logic", "stress-logic-1")
-        .map_err(|e| e.to_string())?;
-    let logic_task = tokio::spawn(publish_logic(
-        logic_publisher,
-        opts.rate,
-        stop.clone(),
-        published.clone(),
-        errors.clone(),
-    ));
-    let set_fault = |bus: BusId| {
-        *fault.lock() = Some(PendingFault {
-            bus,
-            at: Instant::now(),
-            at_ns: now_unix_nanos(),
-        });
-    };
-    let wait_back = |bus: BusId| {
-        let p = publisher.clone();
-        async move {
-            let t = Instant::now();
-            while !p.failover_counters(bus).up && t.elapsed() < Duration::from_secs(15) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
+    let Publishing {
+        rate,
+        stop,
+        published,
+        errors,
+        tasks,
+    } = start_publishers(&publisher, opts.rate)?;
+    let set_fault = |bus: BusId| *fault.lock() = Some(PendingFault::now(bus));
+    let wait_back = |bus: BusId| wait_up(&publisher, bus, Duration::from_secs(15));
     let mut peak_servers = 0u64;
     let mut sample_servers = |md: &RedisServer, logic: &RedisServer| {
         for s in [md, logic] {
@@ -565,11 +730,11 @@ pub async fn run(
             if let Some(mut c) = child.take() {
                 // Tell it to stop at its next message, wait until it holds one, SIGKILL it.
                 c.kill_holding_a_batch().await?;
-                c.merge_into(&mut seen.lock())?;
+                c.merge_into(&mut seen.lock(), 1)?;
                 // What it held is what the broker still lists as its pending entries: those
                 // reach consumer 2 as redeliveries, after later messages.
                 for url in [md_server.url(), logic_server.url()] {
-                    let held = pending_of(&url, "stress", "stress-sub-1").await?;
+                    let held = pending_of(&url, DEFAULT_PREFIX, "stress", "stress-sub-1").await?;
                     seen.lock().held.extend(held);
                 }
                 progress("  consumer process 1 killed (SIGKILL) holding its batch; consumer 2 takes over");
@@ -606,8 +771,9 @@ pub async fn run(
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let _ = md_task.await;
-    let _ = logic_task.await;
+    for t in tasks {
+        let _ = t.await;
+    }
     sample_servers(&md_server, &logic_server);
 
     // Wait for every published message (or for progress to stop for 10 s).
@@ -616,22 +782,15 @@ pub async fn run(
         .lock()
         .get(&EventKind::MarketData)
         .map_or(0, |v| v.len() as u64);
-    let count =
-        |s: &Arc<Mutex<Seen>>| -> u64 { s.lock().by_kind.values().map(|v| v.len() as u64).sum() };
-    let mut last = 0;
-    let mut last_change = Instant::now();
-    loop {
-        let got = count(&seen) + if slow { count(&slow_seen) } else { 0 };
-        let want = expected + if slow { expected_slow } else { 0 };
-        if got >= want || last_change.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-        if got != last {
-            last = got;
-            last_change = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_delivered(
+        || {
+            let got = seen.lock().handled() + if slow { slow_seen.lock().handled() } else { 0 };
+            let want = expected + if slow { expected_slow } else { 0 };
+            (got, want)
+        },
+        Duration::from_secs(10),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     if let Some(s) = sub {
         s.stop().await;
@@ -649,53 +808,19 @@ pub async fn run(
         publish_errors: errors.load(Ordering::Relaxed),
         ..Default::default()
     };
-    let mut tally = |seen: &Seen, kinds: &[EventKind]| {
-        for kind in kinds {
-            let sent = published.get(kind).cloned().unwrap_or_default();
-            let got = seen.by_kind.get(kind).cloned().unwrap_or_default();
-            let mut distinct = got.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            let sent_set: std::collections::HashSet<u64> = sent.iter().copied().collect();
-            let delivered = distinct.iter().filter(|s| sent_set.contains(s)).count() as u64;
-            report.published += sent.len() as u64;
-            report.delivered += delivered;
-            report.lost += sent.len() as u64 - delivered;
-            report.duplicated += (got.len() - distinct.len()) as u64;
-        }
-        report.reordered += seen.reordered;
-        report.max_gap_ms = report.max_gap_ms.max(seen.max_gap.as_secs_f64() * 1e3);
-    };
-    if slow {
-        tally(&slow_seen.lock(), &[EventKind::MarketData]);
+    let t = if slow {
+        tally(&published, &slow_seen.lock(), &[EventKind::MarketData])
     } else {
-        tally(
-            &seen.lock(),
-            &[
-                EventKind::MarketData,
-                EventKind::StrategySignal,
-                EventKind::RiskAlert,
-            ],
-        );
-    }
-    let mut fo = failover_ms.lock().clone();
-    fo.sort_by(|a, b| a.total_cmp(b));
-    if !fo.is_empty() {
-        report.failover_ms = Millis {
-            p50: fo[fo.len() / 2],
-            max: fo[fo.len() - 1],
-        };
-    }
-    let mut crit = seen.lock().critical_ns.clone();
-    crit.sort_unstable();
-    if !crit.is_empty() {
-        let at = |q: f64| crit[((crit.len() as f64 * q) as usize).min(crit.len() - 1)];
-        report.critical_latency_ns = Nanos {
-            p50: at(0.5),
-            p99: at(0.99),
-            max: crit[crit.len() - 1],
-        };
-    }
+        tally(&published, &seen.lock(), &CHECKED_KINDS)
+    };
+    report.published = t.expected;
+    report.delivered = t.delivered;
+    report.lost = t.lost;
+    report.duplicated = t.duplicated;
+    report.reordered = t.reordered;
+    report.max_gap_ms = t.max_gap_ms;
+    report.failover_ms = Millis::of(failover_ms.lock().clone());
+    report.critical_latency_ns = Nanos::of(seen.lock().critical_ns.clone());
     for bus in BusId::ALL {
         let c = publisher.failover_counters(bus);
         report.failovers += c.failovers;
@@ -706,11 +831,58 @@ pub async fn run(
     Ok(report)
 }
 
+/// The `slow` group (market data, from the oldest entry): each message is recorded in `seen`
+/// as it arrives, and the handler then holds its batch while `gate` is down.
+pub(crate) async fn subscribe_slow(
+    publisher: &DualBus,
+    bound: usize,
+    seen: Arc<Mutex<Seen>>,
+    gate: Arc<AtomicBool>,
+) -> Result<Subscription, String> {
+    publisher
+        .sibling("stress-slow", "stress-slow-1")
+        .map_err(|e| e.to_string())?
+        .subscribe(
+            SubscribeOptions::new("slow", &["market_data.>"])
+                .map_err(|e| e.to_string())?
+                .start(StartFrom::Oldest)
+                .bound(bound, Backpressure::Block),
+            Recorder {
+                seen,
+                fault: Default::default(),
+                failover_ms: Default::default(),
+                gate: Some(gate),
+                dead: None,
+                instance: 1,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until `publisher` has `bus` up (its traffic back on it), at most `within`; whether it
+/// has.
+pub(crate) async fn wait_up(publisher: &DualBus, bus: BusId, within: Duration) -> bool {
+    let t = Instant::now();
+    loop {
+        if publisher.failover_counters(bus).up {
+            return true;
+        }
+        if t.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Topic patterns of the checked group.
 const CHECKED_PATTERNS: [&str; 3] = ["market_data.>", "strategy_signal.>", "risk_alert.>"];
 
 /// Subscription options of the checked group ("stress"), shared with the consumer process.
-fn checked_group_options(idle: Duration, bound: usize) -> Result<SubscribeOptions, String> {
+pub(crate) fn checked_group_options(
+    idle: Duration,
+    bound: usize,
+) -> Result<SubscribeOptions, String> {
     Ok(SubscribeOptions::new("stress", &CHECKED_PATTERNS)
         .map_err(|e| e.to_string())?
         .start(StartFrom::Oldest)
@@ -718,8 +890,28 @@ fn checked_group_options(idle: Duration, bound: usize) -> Result<SubscribeOption
         .redelivery(idle, 5))
 }
 
+/// What the consumer process (`dualbus stress-consumer`) is: the servers, its stream keys,
+/// its group's settings and its name.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// MarketData server.
+    pub md_url: String,
+    /// Engine Logic server.
+    pub logic_url: String,
+    /// Stream length.
+    pub maxlen: u64,
+    /// Queue bound of the group.
+    pub bound: usize,
+    /// Stream-key prefix.
+    pub prefix: String,
+    /// Its instance name in the checked group.
+    pub instance: String,
+    /// The group's redelivery idle timeout.
+    pub idle: Duration,
+}
+
 /// The consumer-crash victim as a separate OS process (`dualbus stress-consumer`).
-struct ChildConsumer {
+pub(crate) struct ChildConsumer {
     child: tokio::process::Child,
     /// Where it writes what it handled: one `kind seq` line per message, `held kind seq` for the
     /// message it stopped at.
@@ -729,12 +921,9 @@ struct ChildConsumer {
 }
 
 impl ChildConsumer {
-    async fn start(
+    pub(crate) async fn start(
         exe: &std::path::Path,
-        md_url: &str,
-        logic_url: &str,
-        maxlen: u64,
-        bound: usize,
+        spec: &ChildSpec,
     ) -> Result<ChildConsumer, String> {
         use tokio::io::AsyncBufReadExt;
         let dir = std::env::temp_dir();
@@ -744,13 +933,19 @@ impl ChildConsumer {
         let mut child = tokio::process::Command::new(exe)
             .arg("stress-consumer")
             .arg("--md-url")
-            .arg(md_url)
+            .arg(&spec.md_url)
             .arg("--logic-url")
-            .arg(logic_url)
+            .arg(&spec.logic_url)
             .arg("--maxlen")
-            .arg(maxlen.to_string())
+            .arg(spec.maxlen.to_string())
             .arg("--bound")
-            .arg(bound.to_string())
+            .arg(spec.bound.to_string())
+            .arg("--prefix")
+            .arg(&spec.prefix)
+            .arg("--instance")
+            .arg(&spec.instance)
+            .arg("--idle-ms")
+            .arg(spec.idle.as_millis().to_string())
             .arg("--out")
             .arg(&out)
             .arg("--stop-marker")
@@ -776,7 +971,12 @@ impl ChildConsumer {
         })
     }
 
-    async fn kill_holding_a_batch(&mut self) -> Result<(), String> {
+    /// Its process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub(crate) async fn kill_holding_a_batch(&mut self) -> Result<(), String> {
         std::fs::write(&self.stop_marker, b"stop").map_err(|e| e.to_string())?;
         let t = Instant::now();
         loop {
@@ -794,8 +994,9 @@ impl ChildConsumer {
         Ok(())
     }
 
-    /// Adds what the dead process handled (as instance 1) and the message it held.
-    fn merge_into(&self, seen: &mut Seen) -> Result<(), String> {
+    /// Adds what the dead process handled (as consumer instance `instance`) and the message
+    /// it held.
+    pub(crate) fn merge_into(&self, seen: &mut Seen, instance: usize) -> Result<(), String> {
         let text = std::fs::read_to_string(&self.out).map_err(|e| e.to_string())?;
         for line in text.lines() {
             let mut f = line.split_whitespace();
@@ -815,7 +1016,7 @@ impl ChildConsumer {
                 continue;
             }
             seen.by_kind.entry(kind.clone()).or_default().push(seq);
-            if let Some(prev) = seen.previous.insert((1, kind), seq) {
+            if let Some(prev) = seen.previous.insert((instance, kind), seq) {
                 if seq < prev {
                     seen.reordered += 1;
                 }
@@ -832,7 +1033,7 @@ impl Drop for ChildConsumer {
     }
 }
 
-/// The body of `dualbus stress-consumer`: instance `stress-sub-1` of the checked group on the
+/// The body of `dualbus stress-consumer`: instance `spec.instance` of the checked group on the
 /// given servers; writes each handled message to `out` as it handles it; once `stop_marker`
 /// exists, stops at its next message (writing `held kind seq`) and never handles or
 /// acknowledges anything again, until it is killed.
@@ -840,22 +1041,16 @@ impl Drop for ChildConsumer {
 /// # Errors
 /// When it cannot connect or subscribe.
 pub async fn run_child_consumer(
-    md_url: &str,
-    logic_url: &str,
-    maxlen: u64,
-    bound: usize,
+    spec: &ChildSpec,
     out: std::path::PathBuf,
     stop_marker: std::path::PathBuf,
 ) -> Result<(), String> {
     use std::io::Write;
-    let md = connect("md", md_url, maxlen).await?;
-    let logic = connect("logic", logic_url, maxlen).await?;
-    let mut cfg = Config::default();
-    cfg.failover.enabled = FailoverMode::On;
-    cfg.md.maxlen = maxlen;
-    cfg.logic.maxlen = maxlen;
+    let md = connect("md", &spec.md_url, spec.maxlen).await?;
+    let logic = connect("logic", &spec.logic_url, spec.maxlen).await?;
+    let cfg = checked_config(spec.maxlen, None, &spec.prefix);
     let bus = DualBus::builder("stress-sub")
-        .instance("stress-sub-1")
+        .instance(&spec.instance)
         .config(cfg)
         .transports(md, logic)
         .build()
@@ -883,10 +1078,7 @@ pub async fn run_child_consumer(
         Ok(())
     });
     let _sub = bus
-        .subscribe(
-            checked_group_options(Duration::from_millis(500), bound)?,
-            handler,
-        )
+        .subscribe(checked_group_options(spec.idle, spec.bound)?, handler)
         .await
         .map_err(|e| e.to_string())?;
     println!("ready");
@@ -899,9 +1091,10 @@ pub async fn run_child_consumer(
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// The (kind, seq) of every entry a consumer has pending in `group` on the server at `url`,
-/// over all dualbus streams there.
-async fn pending_of(
+/// over all streams under `prefix` there.
+pub(crate) async fn pending_of(
     url: &str,
+    prefix: &str,
     group: &str,
     consumer: &str,
 ) -> Result<Vec<(EventKind, u64)>, String> {
@@ -911,7 +1104,7 @@ async fn pending_of(
         .await
         .map_err(|e| e.to_string())?;
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("dualbus:*")
+        .arg(format!("{prefix}:*"))
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;

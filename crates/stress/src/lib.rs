@@ -14,6 +14,8 @@
 //! * [`harness`] (re-exported here): [`Scenario`], [`StressOptions`], [`run`], the report
 //!   ([`StressReport`]), the child consumer process of the consumer-crash scenario, and
 //!   [`peak_rss_of`].
+//! * [`soak`]: the checked traffic of `dualbus stress soak` ([`soak::SoakTraffic`]) and its
+//!   schedule of faults ([`soak::schedule`]); the command runs the engines beside it.
 //! * [`redis_server`]: [`RedisServer`], a real `redis-server` on a free port, killed on drop
 //!   (and [`RedisCluster`]); the brokers this harness starts and kills, and the test kit's.
 
@@ -21,6 +23,7 @@
 
 pub mod harness;
 pub mod redis_server;
+pub mod soak;
 
 pub use harness::*;
 pub use redis_server::{RedisCluster, RedisServer};

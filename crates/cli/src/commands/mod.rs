@@ -15,6 +15,7 @@ pub mod redis;
 pub mod redis_cluster;
 pub mod run;
 pub mod schema;
+pub mod soak;
 pub mod stats;
 pub mod stop;
 pub mod stress;
