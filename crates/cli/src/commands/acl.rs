@@ -67,10 +67,11 @@ const READ: &str = "+xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|crea
 /// What a reader runs to count the entries trimmed before its groups read them: the script
 /// (whose keys are a read stream and its `#trimmed` hash) and what the script calls on them.
 const TRIM_CHECK: &str = "+evalsha +xinfo|stream +hincrby";
-/// What a publisher does on the streams it writes (appending, and the queue bounds: a
-/// `drop_oldest` bound is a script, `EVALSHA`, that runs the rest).
+/// What a publisher does on the streams it writes (appending; after a write whose answer did
+/// not come, reading what the broker appended all the same, `XRANGE`/`XREVRANGE`; and the
+/// queue bounds: a `drop_oldest` bound is a script, `EVALSHA`, that runs the rest).
 const WRITE: &str =
-    "+xadd +xpending +xinfo|groups +xinfo|stream +xrange +xack +xgroup|setid +evalsha";
+    "+xadd +xpending +xinfo|groups +xinfo|stream +xrange +xrevrange +xack +xgroup|setid +evalsha";
 
 /// Every user's ACL rules but its password, in file order: `default`, the engines, `system`,
 /// `admin`.

@@ -632,8 +632,16 @@ impl RedisSubscriber {
             if due.is_empty() {
                 continue;
             }
+            // Entries trimmed away while pending (older than the stream's first entry: dualbus
+            // trims only from the head) cannot be delivered: acknowledged here, and counted as
+            // dropped by what `XACK` says it removed, so two consumers sweeping at once count
+            // each once (a claim would drop them from the group without saying so).
+            self.ack_trimmed(i, &mut due).await?;
+            if due.values().all(Vec::is_empty) {
+                continue;
+            }
             let mut pipe = redis::pipe();
-            for (wait, rows) in &due {
+            for (wait, rows) in due.iter().filter(|(_, r)| !r.is_empty()) {
                 let cmd = pipe
                     .cmd("XCLAIM")
                     .arg(&*self.spec.streams[i])
@@ -652,18 +660,6 @@ impl RedisSubscriber {
                 })?);
             }
             claimed.sort_by_key(|e| e.id);
-            // An entry asked for and not returned was either trimmed away while pending (the
-            // claim removed it from the group) or claimed by another consumer first.
-            let got: std::collections::HashSet<EntryId> = claimed.iter().map(|e| e.id).collect();
-            let missing: Vec<Vec<u8>> = due
-                .values()
-                .flatten()
-                .filter(|r| !got.contains(&r.id))
-                .map(|r| r.raw_id.clone())
-                .collect();
-            if !missing.is_empty() {
-                self.count_trimmed_claims(i, &missing).await?;
-            }
             if claimed.is_empty() {
                 continue;
             }
@@ -679,28 +675,45 @@ impl RedisSubscriber {
         Ok(())
     }
 
-    /// Of entries a claim did not return, counts as dropped those no longer in the stream
-    /// (trimmed while pending; the claim took them off the group's pending list).
-    async fn count_trimmed_claims(
+    /// Takes out of `due` the entries of stream `i` that a trim removed (older than its first
+    /// entry), acknowledges them and counts as dropped those the acknowledgement removed.
+    async fn ack_trimmed(
         &mut self,
         i: usize,
-        ids: &[Vec<u8>],
+        due: &mut std::collections::BTreeMap<u64, Vec<reply::PendingRow>>,
     ) -> Result<(), redis::RedisError> {
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("XRANGE")
-                .arg(&*self.spec.streams[i])
-                .arg(&id[..])
-                .arg(&id[..]);
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(&*self.spec.streams[i])
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn)
+            .await?;
+        let first = reply::entries(v)
+            .map_err(|e| redis::RedisError::from((redis::ErrorKind::Parse, "XRANGE reply", e)))?
+            .first()
+            .map(|e| e.id);
+        let mut gone: Vec<Vec<u8>> = Vec::new();
+        for rows in due.values_mut() {
+            rows.retain(|r| {
+                let trimmed = first.is_none_or(|f| r.id < f);
+                if trimmed {
+                    gone.push(r.raw_id.clone());
+                }
+                !trimmed
+            });
         }
-        let found: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
-        let gone = found
-            .iter()
-            .filter(|v| matches!(v, redis::Value::Array(a) if a.is_empty()))
-            .count() as u64;
-        if gone > 0 {
-            self.inner.stats.dropped.fetch_add(gone, Ordering::Relaxed);
+        if gone.is_empty() {
+            return Ok(());
         }
+        let mut ack = redis::cmd("XACK");
+        ack.arg(&*self.spec.streams[i]).arg(&*self.spec.group);
+        for id in &gone {
+            ack.arg(&id[..]);
+        }
+        let n: u64 = ack.query_async(&mut self.conn).await?;
+        self.inner.stats.dropped.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 

@@ -2,10 +2,11 @@
 //! pipeline per round trip. Nothing waits for a batch to fill and no timer is involved: while a
 //! pipeline is in flight, new jobs queue up and form the next one.
 
-use crate::Inner;
+use crate::{reply, Inner};
 use dualbus_core::transport::StreamKey;
 use dualbus_core::{Envelope, PublishError};
 use redis::aio::ConnectionManager;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
@@ -14,6 +15,16 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 /// Most entries in one pipeline.
 const MAX_PIPELINE: usize = 4096;
+
+/// Most entries a check of what a failed pipeline wrote looks at per stream, back from the end
+/// to the last entry the broker confirmed (past it, what was not found is written again:
+/// possibly twice, which consumers drop as duplicates).
+const CHECK_LIMIT: usize = 200_000;
+/// The same for a stream the writer has no confirmed entry of yet (at least four times the
+/// entries looked for).
+const CHECK_LIMIT_UNKNOWN: usize = 8_192;
+/// Entries per page of that check.
+const CHECK_PAGE: usize = 1024;
 
 /// Envelopes to append to one stream; `done` is answered once they are written (confirmed
 /// publishes and flushes).
@@ -93,6 +104,102 @@ fn pipeline(jobs: &[Job], maxlen: u64) -> (redis::Pipeline, usize) {
     (pipe, n)
 }
 
+/// A message in a stream: (stream, src, inst, seq).
+type Written = (StreamKey, std::sync::Arc<str>, std::sync::Arc<str>, u64);
+
+/// Which entries of `jobs` are on their streams already. Per stream, reads back from the end
+/// (`XREVRANGE`) down to the last entry the broker confirmed to this writer, at most
+/// `CHECK_LIMIT` entries (`CHECK_LIMIT_UNKNOWN` when none was confirmed yet), matching the
+/// entries' `src`, `inst` and `seq` fields. What a failed write did append is at the end.
+async fn written_anyway(
+    conn: &mut ConnectionManager,
+    jobs: &[Job],
+    last_ids: &HashMap<StreamKey, Vec<u8>>,
+) -> redis::RedisResult<HashSet<Written>> {
+    // Per stream, per seq: the sources of the entries looked for.
+    type Sources = Vec<(std::sync::Arc<str>, std::sync::Arc<str>)>;
+    let mut wanted: HashMap<StreamKey, HashMap<u64, Sources>> = HashMap::new();
+    for job in jobs.iter().filter(|j| !j.batch.is_empty()) {
+        let w = wanted.entry(job.stream.clone()).or_default();
+        for e in &job.batch {
+            w.entry(e.seq)
+                .or_default()
+                .push((e.src.clone(), e.inst.clone()));
+        }
+    }
+    let mut found = HashSet::new();
+    for (stream, mut want) in wanted {
+        let mut left: usize = want.values().map(Vec::len).sum();
+        let (floor, limit) = match last_ids.get(&stream) {
+            Some(id) => ([&b"("[..], id].concat(), CHECK_LIMIT),
+            None => (b"-".to_vec(), CHECK_LIMIT_UNKNOWN.max(4 * left)),
+        };
+        let mut top = b"+".to_vec();
+        let mut seen = 0;
+        while left > 0 && seen < limit {
+            let v: redis::Value = redis::cmd("XREVRANGE")
+                .arg(&*stream)
+                .arg(&top[..])
+                .arg(&floor[..])
+                .arg("COUNT")
+                .arg(CHECK_PAGE)
+                .query_async(conn)
+                .await?;
+            let page = reply::entries(v).map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Parse, "XREVRANGE reply", e))
+            })?;
+            let Some(end) = page.last() else { break };
+            top = [&b"("[..], &end.raw_id[..]].concat();
+            seen += page.len();
+            for entry in &page {
+                let field = |name: &[u8]| {
+                    entry
+                        .fields
+                        .iter()
+                        .find(|(k, _)| &k[..] == name)
+                        .map(|(_, v)| &v[..])
+                };
+                let seq = field(b"seq")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let (Some(seq), Some(src), Some(inst)) = (seq, field(b"src"), field(b"inst"))
+                else {
+                    continue;
+                };
+                let Some(sources) = want.get_mut(&seq) else {
+                    continue;
+                };
+                if let Some(k) = sources
+                    .iter()
+                    .position(|(s, i)| s.as_bytes() == src && i.as_bytes() == inst)
+                {
+                    let (s, i) = sources.swap_remove(k);
+                    found.insert((stream.clone(), s, i, seq));
+                    left -= 1;
+                }
+            }
+            if page.len() < CHECK_PAGE {
+                break;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether an error asking the broker may clear by itself (an outage, a frozen or loading
+/// broker), so the question is asked again, rather than one that will not (a key of another
+/// type, a cluster node that lost the slot, an ACL refusal, a reply that does not parse).
+fn transient(e: &redis::RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+        )
+}
+
 /// Whether a Redis error is a refusal by an ACL (`NOPERM`).
 pub(crate) fn is_noperm(error: &str) -> bool {
     // A command a script calls is refused with a plain error (`ERR The user executing the
@@ -136,6 +243,11 @@ pub(crate) async fn run(
     orphan: Orphan,
 ) {
     let mut jobs: Vec<Job> = Vec::new();
+    // Per stream, the id of the last entry the broker said it appended for this writer: where
+    // a check of what a failed pipeline wrote starts.
+    let mut last_ids: HashMap<StreamKey, Vec<u8>> = HashMap::new();
+    // Whether a check that cannot be made (see `transient`) was logged.
+    let mut check_warned = false;
     // Set when the transport is found dropped: from then on, failed writes are retried until
     // `orphan.drain` has passed.
     let mut orphaned_at: Option<std::time::Instant> = None;
@@ -190,6 +302,22 @@ pub(crate) async fn run(
                             }
                             k += 1;
                         }
+                        // The last entry appended to the stream for this job.
+                        let appended = results.get(k - job.batch.len()..k).unwrap_or_default();
+                        if let Some(id) = appended.iter().rev().find_map(|r| match r {
+                            redis::Value::BulkString(id) => Some(id),
+                            _ => None,
+                        }) {
+                            match last_ids.get_mut(&job.stream) {
+                                Some(last) => {
+                                    last.clear();
+                                    last.extend_from_slice(id);
+                                }
+                                None => {
+                                    last_ids.insert(job.stream.clone(), id.clone());
+                                }
+                            }
+                        }
                         if let Some(why) = &failed {
                             tracing::error!(error = %why, "the broker refused entries; they are counted as refused");
                         }
@@ -225,29 +353,99 @@ pub(crate) async fn run(
                         break;
                     }
                     if orphaned_at.is_some_and(|at| at.elapsed() >= orphan.drain) {
-                        // The transport is gone and the broker does not take the rest: say
-                        // how many are lost (no counter outlives the transport).
-                        let mut lost: usize = jobs.iter().map(|j| j.batch.len()).sum();
-                        rx.close();
-                        while let Ok(j) = rx.try_recv() {
-                            lost += j.batch.len();
-                        }
-                        tracing::error!(
-                            bus = %orphan.bus,
-                            lost,
-                            error = %why,
-                            "the transport was dropped with messages queued and the broker did \
-                             not take them within {:?}: lost (flush before dropping a client)",
-                            orphan.drain
-                        );
+                        give_up(&mut rx, &jobs, &orphan, &why);
                         return;
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
+                    if n == 0 {
+                        continue;
+                    }
+                    // An answer that did not come in time may be a write the broker made all
+                    // the same (a frozen or swamped broker answers late): what it has is not
+                    // sent again. Asked on the same connection, after the failed pipeline, and
+                    // nothing is sent again until the broker answers the question: a retry
+                    // queued behind a frozen broker's late answer would be written twice.
+                    let found = loop {
+                        match written_anyway(&mut conn, &jobs, &last_ids).await {
+                            Ok(found) => {
+                                // The broker answers again.
+                                if let Some(shared) = inner.upgrade() {
+                                    shared.note_answer();
+                                    shared.mark(true);
+                                }
+                                break found;
+                            }
+                            Err(e) if transient(&e) => {
+                                if inner.upgrade().is_none() && orphaned_at.is_none() {
+                                    orphaned_at = Some(std::time::Instant::now());
+                                }
+                                if orphaned_at.is_some_and(|at| at.elapsed() >= orphan.drain) {
+                                    give_up(&mut rx, &jobs, &orphan, &e.to_string());
+                                    return;
+                                }
+                                tracing::debug!(bus = %orphan.bus, error = %e, "asking what a failed pipeline wrote failed; asking again");
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_millis(100));
+                            }
+                            // One that will not clear by itself (an ACL from before the check,
+                            // a key of another type): the write is sent again whole, as before
+                            // the check; consumers drop what they get twice.
+                            Err(e) => {
+                                if !check_warned {
+                                    check_warned = true;
+                                    tracing::warn!(bus = %orphan.bus, error = %e, "cannot ask what a failed pipeline wrote: sending it again whole, so consumers may get duplicates, which they drop (`dualbus redis acl` writes rules that allow the check: XREVRANGE)");
+                                }
+                                break HashSet::new();
+                            }
+                        }
+                    };
+                    if !found.is_empty() {
+                        let mut dropped = 0;
+                        for job in jobs.iter_mut() {
+                            let before = job.batch.len();
+                            job.batch.retain(|e| {
+                                !found.contains(&(
+                                    job.stream.clone(),
+                                    e.src.clone(),
+                                    e.inst.clone(),
+                                    e.seq,
+                                ))
+                            });
+                            dropped += before - job.batch.len();
+                        }
+                        jobs.retain(|j| !j.batch.is_empty() || j.done.is_some());
+                        tracing::info!(
+                            bus = %orphan.bus,
+                            entries = dropped,
+                            "the broker had written entries whose answer came too late: not sent again"
+                        );
+                        if jobs.is_empty() {
+                            break;
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// The transport is gone and the broker does not take the rest: says how many are lost (no
+/// counter outlives the transport).
+fn give_up(rx: &mut mpsc::Receiver<Job>, jobs: &[Job], orphan: &Orphan, why: &str) {
+    let mut lost: usize = jobs.iter().map(|j| j.batch.len()).sum();
+    rx.close();
+    while let Ok(j) = rx.try_recv() {
+        lost += j.batch.len();
+    }
+    tracing::error!(
+        bus = %orphan.bus,
+        lost,
+        error = %why,
+        "the transport was dropped with messages queued and the broker did not take them \
+         within {:?}: lost (flush before dropping a client)",
+        orphan.drain
+    );
 }
 
 #[cfg(test)]
