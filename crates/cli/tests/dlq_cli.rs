@@ -538,6 +538,21 @@ async fn an_unparsable_entry_is_skipped_unless_raw_and_replays_are_trimmed() {
         shown.contains("the fields do not parse (missing field `seq`)"),
         "{shown}"
     );
+    // `publish` names the bus it wrote to without the password the secrets gave it.
+    let published = cli
+        .ok(&[
+            "publish",
+            "--kind",
+            "ml_prediction",
+            "--topic",
+            "ml_prediction.BTCUSDT",
+            "--payload",
+            r#"{"symbol":"BTCUSDT","prob_up":0.6}"#,
+        ])
+        .await;
+    let password = std::fs::read_to_string(secrets.join("admin")).expect("admin password");
+    assert!(published.contains("published 1 message"), "{published}");
+    assert!(!published.contains(password.trim()), "{published}");
 
     // Without --raw: skipped, with the reason, and left where it is.
     let skipped = cli.ok(&["dlq", "replay", "--all", "--delete"]).await;

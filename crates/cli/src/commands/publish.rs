@@ -114,7 +114,8 @@ pub fn run(args: PublishArgs, global: &Global) -> anyhow::Result<()> {
             if n == 1 { "" } else { "s" },
             route.stream,
             route.bus,
-            bus.config().bus(route.bus).url
+            // The address as the config has it may carry a password (`redis up`'s users).
+            dualbus_core::redact_url(&bus.config().bus(route.bus).url)
         );
         Ok(())
     })
