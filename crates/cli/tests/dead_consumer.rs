@@ -86,9 +86,12 @@ fn a_killed_consumer_process_does_not_freeze_the_feed() {
             .unwrap_or_else(|e| panic!("the hub's report is not JSON: {e}{}", procs.stderrs()));
     let published = count(&report, "published", "market_data");
     let bound: u64 = BOUND.parse().expect("a number");
+    // A feed frozen by the dead group stops at its bound exactly (one publisher: no overshoot,
+    // docs/guarantees.md); how far past it the hub gets in its 6 s depends on the machine's
+    // load (780 on a CI machine running a soak beside it), so twice the bound is the test.
     assert!(
-        published > 5 * bound,
-        "the hub published {published} market-data messages, not far past the dead group's \
+        published >= 2 * bound,
+        "the hub published {published} market-data messages, not past the dead group's \
          bound of {bound}: {report}"
     );
 
