@@ -92,6 +92,19 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
+/// The Engine Logic bus's dead letters (up to 10), once there is at least one.
+async fn first_dead_letters(consumer: &DualBus) -> Vec<dualbus_core::DeadLetter> {
+    let start = std::time::Instant::now();
+    loop {
+        let letters = consumer.dead_letters(BusId::Logic, 10).await.unwrap();
+        if !letters.is_empty() {
+            return letters;
+        }
+        assert!(start.elapsed() < LIMIT, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every group receives every matching message.
 pub async fn fan_out_every_group_gets_every_message(f: &dyn TransportFactory) {
     let pair = f.pair().await;
@@ -357,13 +370,7 @@ pub async fn dead_letter_after_max_deliveries(f: &dyn TransportFactory) {
         3,
     )
     .await;
-    let mut letters = Vec::new();
-    let start = std::time::Instant::now();
-    while letters.is_empty() {
-        assert!(start.elapsed() < LIMIT, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        letters = consumer.dead_letters(BusId::Logic, 10).await.unwrap();
-    }
+    let letters = first_dead_letters(&consumer).await;
     assert_eq!(letters.len(), 1);
     let l = &letters[0];
     assert_eq!(l.group, "risk");
@@ -419,13 +426,7 @@ pub async fn redelivery_backs_off(f: &dyn TransportFactory) {
         3,
     )
     .await;
-    let mut letters = Vec::new();
-    let start = std::time::Instant::now();
-    while letters.is_empty() {
-        assert!(start.elapsed() < LIMIT, "no dead letter");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        letters = consumer.dead_letters(BusId::Logic, 10).await.unwrap();
-    }
+    let letters = first_dead_letters(&consumer).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].deliveries, 5);
     assert!(
